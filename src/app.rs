@@ -1,0 +1,204 @@
+//! The `sync` command: connects each mount's bucket, runs passes over all mounts concurrently,
+//! and in recurring mode repeats them every interval until the deadline or a signal.
+//!
+//! A mount that fails (bucket missing, access denied, server away) does not stop the others; in
+//! recurring mode it is connected and tried again on the next pass.
+
+use crate::cache::Cache;
+use crate::cli::SyncConfig;
+use crate::engine::download::retry;
+use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
+use crate::progress::Progress;
+use crate::store::ObjectStore;
+use crate::store::s3::S3Connector;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How a `sync` run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Every mount synchronized (one-shot), or recurring mode ended as asked.
+    Complete,
+    /// At least one mount or object failed (one-shot).
+    Failed,
+    /// Stopped by SIGINT or SIGTERM before a one-shot run completed.
+    Interrupted,
+}
+
+pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
+    std::fs::create_dir_all(&config.destination).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create destination {}: {e}",
+            config.destination.display()
+        )
+    })?;
+    let cache = Cache::open(&config.destination)?;
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::default());
+    let engine = Engine::new(
+        cache,
+        &EngineConfig {
+            concurrency: config.concurrency,
+            part_size: config.part_size,
+        },
+        progress.clone(),
+        cancel.clone(),
+    );
+    let mut mounts = Vec::new();
+    for mount in &config.mounts {
+        if mount.writeable {
+            tracing::info!(mount = %mount.id, "uploading is not supported yet: the mount is read-only");
+        }
+        mounts.push(engine.open_mount(mount.clone())?);
+    }
+
+    let signalled = spawn_signal_listener(cancel.clone());
+    if config.recurring
+        && let Some(after) = config.stop_after
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::info!(
+                seconds = after.as_secs(),
+                "stopping recurring downloads as configured"
+            );
+            cancel.cancel();
+        });
+    }
+
+    let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
+    let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
+    let outcome = loop {
+        let failed = {
+            let _report = progress.report();
+            progress.reset();
+            run_pass(&engine, &config, &mounts, &mut stores, &mut connectors).await
+        };
+        engine.clear_staging();
+        if cancel.is_cancelled() {
+            break if config.recurring || !signalled.is_cancelled() {
+                SyncOutcome::Complete
+            } else {
+                SyncOutcome::Interrupted
+            };
+        }
+        if !config.recurring {
+            break if failed {
+                SyncOutcome::Failed
+            } else {
+                SyncOutcome::Complete
+            };
+        }
+        tokio::select! {
+            () = tokio::time::sleep(config.interval) => {}
+            () = cancel.cancelled() => break SyncOutcome::Complete,
+        }
+    };
+    Ok(outcome)
+}
+
+/// One pass over every mount; returns whether anything failed.
+async fn run_pass(
+    engine: &Engine,
+    config: &SyncConfig,
+    mounts: &[Arc<MountState>],
+    stores: &mut [Option<Arc<dyn ObjectStore>>],
+    connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
+) -> bool {
+    let mut failed = false;
+    for (state, slot) in mounts.iter().zip(stores.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        let mount = &state.mount;
+        // Mounts with a role read credentials from the profile named after the mount id.
+        let profile = mount.role_arn.as_ref().map(|_| mount.id.clone());
+        let connector = match connectors.get(&profile) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(S3Connector::load(&config.s3, profile.as_deref()).await);
+                connectors.insert(profile, c.clone());
+                c
+            }
+        };
+        match retry("connect", || connector.connect(&mount.bucket)).await {
+            Ok(store) => *slot = Some(Arc::new(store)),
+            Err(source) => {
+                failed = true;
+                let err = EngineError::Store {
+                    mount: mount.id.clone(),
+                    bucket: mount.bucket.clone(),
+                    prefix: mount.prefix.clone(),
+                    source,
+                };
+                tracing::error!("{err}");
+            }
+        }
+    }
+    let passes = mounts
+        .iter()
+        .zip(stores.iter())
+        .filter_map(|(state, store)| Some((state, store.clone()?)))
+        .map(|(state, store)| async move {
+            let start = Instant::now();
+            let result = engine.sync_mount(state, store).await;
+            (state, result, start.elapsed())
+        });
+    for (state, result, elapsed) in futures_util::future::join_all(passes).await {
+        match result {
+            Ok(stats) => {
+                failed |= stats.failed > 0;
+                log_summary(&state.mount.id, &stats, elapsed.as_secs_f64());
+            }
+            Err(EngineError::Cancelled { .. }) => {}
+            Err(e) => {
+                failed = true;
+                tracing::error!("{e}");
+            }
+        }
+    }
+    failed
+}
+
+fn log_summary(mount: &str, s: &PassStats, seconds: f64) {
+    tracing::info!(
+        mount,
+        listed = s.listed,
+        downloaded = s.downloaded,
+        updated = s.updated,
+        deleted = s.deleted,
+        skipped = s.skipped,
+        failed = s.failed,
+        unchanged = s.unchanged,
+        bytes = s.bytes,
+        seconds = format_args!("{seconds:.2}"),
+        "pass complete"
+    );
+}
+
+/// Cancels on SIGINT or SIGTERM; the returned token tells whether a signal arrived.
+fn spawn_signal_listener(cancel: CancellationToken) -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signalled = CancellationToken::new();
+    let flag = signalled.clone();
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals");
+        return signalled;
+    };
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "stopping");
+        flag.cancel();
+        cancel.cancel();
+    });
+    signalled
+}

@@ -1,0 +1,318 @@
+//! The local tree the engine fills: `root/<mount id>/...` for the data and `root/.s3-synchronizer/`
+//! for the tool's state (a lock, per-mount manifests, and the staging area).
+//!
+//! Invariants:
+//! - Data is written only into staging files, on the same file system as the data, and moved to
+//!   its final path by one `rename` after it is complete: no reader ever sees a partial file, and
+//!   a crash leaves debris only in staging, which the next start clears.
+//! - The tool never writes or deletes through a symbolic link: every directory on the way to a
+//!   final path is checked with `lstat`, and only regular files are deleted.
+//! - One process at a time owns a root (an exclusive `flock` on `lock`).
+
+use crate::engine::plan::Local;
+use crate::mounts::STATE_DIR;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another s3-synchronizer is already using {}", .0.display())]
+    Locked(PathBuf),
+    #[error("refusing to write through {}: it is a symbolic link or not a directory", .0.display())]
+    NotADirectory(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub struct Cache {
+    root: PathBuf,
+    state: PathBuf,
+    staging: PathBuf,
+    next_staging: AtomicU64,
+    _lock: File,
+}
+
+impl Cache {
+    /// Opens `root` (which must exist), takes its lock and clears staging debris.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        let meta = fs::metadata(root).map_err(io_err(root))?;
+        if !meta.is_dir() {
+            return Err(CacheError::NotADirectory(root.to_owned()));
+        }
+        let state = root.join(STATE_DIR);
+        let staging = state.join("staging");
+        fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        let lock_path = state.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                CacheError::Locked(root.to_owned())
+            } else {
+                io_err(&lock_path)(e)
+            });
+        }
+        let cache = Self {
+            root: root.to_owned(),
+            state,
+            staging,
+            next_staging: AtomicU64::new(0),
+            _lock: lock,
+        };
+        cache.clear_staging();
+        Ok(cache)
+    }
+
+    /// Removes every staging file: debris of a crash, or of downloads cancelled at shutdown.
+    pub fn clear_staging(&self) {
+        if let Ok(entries) = fs::read_dir(&self.staging) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    pub fn mount_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub fn manifest_dir(&self, id: &str) -> PathBuf {
+        self.state.join("mounts").join(id)
+    }
+
+    /// Creates the mount directory; refuses one that is a symbolic link.
+    pub fn prepare_mount_dir(&self, id: &str) -> Result<PathBuf, CacheError> {
+        let dir = self.mount_dir(id);
+        ensure_dir(&self.root, id)?;
+        Ok(dir)
+    }
+
+    /// A new empty staging file of `size` bytes.
+    pub fn stage(&self, size: u64) -> Result<Staged, CacheError> {
+        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .staging
+            .join(format!("{}-{n}.part", std::process::id()));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let staged = Staged {
+            path,
+            file: Arc::new(file),
+            committed: false,
+        };
+        staged.file.set_len(size).map_err(io_err(&staged.path))?;
+        Ok(staged)
+    }
+}
+
+/// A file being downloaded. Dropped before [`Staged::commit`], it removes itself.
+pub struct Staged {
+    path: PathBuf,
+    file: Arc<File>,
+    committed: bool,
+}
+
+impl Staged {
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets the mtime and moves the complete file to `dir/rel`, creating directories as needed.
+    pub fn commit(mut self, dir: &Path, rel: &str, mtime: SystemTime) -> Result<(), CacheError> {
+        self.file.set_modified(mtime).map_err(io_err(&self.path))?;
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            ensure_dir(dir, parent)?;
+        }
+        let dest = dir.join(rel);
+        if let Ok(m) = fs::symlink_metadata(&dest)
+            && m.is_dir()
+        {
+            return Err(io_err(&dest)(io::Error::from(io::ErrorKind::IsADirectory)));
+        }
+        fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `base/rel` and every directory between, refusing to pass through anything that is not
+/// a real directory (a symbolic link planted there, or a file).
+pub fn ensure_dir(base: &Path, rel: &str) -> Result<(), CacheError> {
+    let mut path = base.to_owned();
+    for component in rel.split('/').filter(|c| !c.is_empty()) {
+        path.push(component);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => return Err(CacheError::NotADirectory(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                        return Err(CacheError::NotADirectory(path));
+                    }
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            },
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// What is at `dir/rel`, without following a final symbolic link.
+pub fn probe(dir: &Path, rel: &str) -> Local {
+    match fs::symlink_metadata(dir.join(rel)) {
+        Ok(m) if m.is_file() => Local::File { size: m.len() },
+        Ok(_) => Local::Other,
+        Err(_) => Local::Missing,
+    }
+}
+
+/// Removes the regular file `dir/rel`, then its parents up to `dir` while they are empty.
+/// Returns whether a file was removed; something other than a regular file is left alone.
+pub fn remove_file(dir: &Path, rel: &str) -> Result<bool, CacheError> {
+    let path = dir.join(rel);
+    if has_symlink_parent(dir, rel) {
+        return Err(CacheError::NotADirectory(path));
+    }
+    let removed = match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            true
+        }
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    remove_empty_parents(dir, rel);
+    Ok(removed)
+}
+
+/// Removes the directory `dir/rel` and then its parents while they are empty.
+pub fn remove_empty_dir(dir: &Path, rel: &str) {
+    if has_symlink_parent(dir, rel) {
+        return;
+    }
+    let path = dir.join(rel);
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) && fs::remove_dir(&path).is_ok() {
+        remove_empty_parents(dir, rel);
+    }
+}
+
+fn remove_empty_parents(dir: &Path, rel: &str) {
+    let mut rel = rel;
+    while let Some((parent, _)) = rel.rsplit_once('/') {
+        // remove_dir fails on a non-empty directory: files a user put there keep it alive.
+        if fs::remove_dir(dir.join(parent)).is_err() {
+            break;
+        }
+        rel = parent;
+    }
+}
+
+fn has_symlink_parent(dir: &Path, rel: &str) -> bool {
+    crate::paths::ancestors(rel)
+        .any(|a| fs::symlink_metadata(dir.join(a)).is_ok_and(|m| !m.is_dir()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_files_vanish_unless_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        let s = cache.stage(3).unwrap();
+        let staged_path = s.path().to_owned();
+        drop(s);
+        assert!(!staged_path.exists());
+
+        let s = cache.stage(3).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&*s.file(), b"abc", 0).unwrap();
+        s.commit(&dir, "x/y/z", SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(fs::read(dir.join("x/y/z")).unwrap(), b"abc");
+        assert_eq!(fs::read_dir(&cache.staging).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_second_process_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = Cache::open(tmp.path()).unwrap();
+        let err = Cache::open(tmp.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("another s3-synchronizer is already using"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn never_writes_or_deletes_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.join("d")).unwrap();
+
+        let s = cache.stage(1).unwrap();
+        assert!(matches!(
+            s.commit(&dir, "d/victim", SystemTime::UNIX_EPOCH),
+            Err(CacheError::NotADirectory(_))
+        ));
+        assert!(remove_file(&dir, "d/victim").is_err());
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn removing_a_file_prunes_only_empty_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        fs::write(dir.join("a/b/f"), b"1").unwrap();
+        fs::write(dir.join("a/mine"), b"user file").unwrap();
+        assert!(remove_file(dir, "a/b/f").unwrap());
+        assert!(!dir.join("a/b").exists());
+        assert!(dir.join("a/mine").exists());
+    }
+}

@@ -1,0 +1,392 @@
+//! The command line: `sync` (and the original program's Go-style flags, which imply `sync`),
+//! turned into a validated [`SyncConfig`].
+//!
+//! Go's flag package accepts `-flag` and `--flag`, `-flag value` and `-flag=value`, and bare
+//! booleans with `-flag=false`. Clap handles the double-dash forms through aliases; before clap
+//! sees the arguments, a single-dash token naming a known long flag gets its second dash.
+
+use crate::mounts::{Mount, MountsError, parse_mounts};
+use crate::store::s3::S3Options;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "s3-synchronizer",
+    version,
+    about = "Puts data from S3 (and S3-compatible stores) on the local file system",
+    after_help = "Run without a subcommand, the original program's flags mean `sync`:\n  \
+                  s3-synchronizer -defaultS3Mounts '[...]' -destination /data -recurringDownloads"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy each mount to DESTINATION/<id>/, once or on a schedule.
+    Sync(SyncArgs),
+}
+
+/// The flags of the original program, with kebab-case names and the original names as aliases.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// The mounts, as JSON: [{"id":"x","bucket":"b","prefix":"p/","writeable":false,"kmsKeyId":"k"}]
+    #[arg(long, visible_alias = "defaultS3Mounts", value_name = "JSON")]
+    pub default_s3_mounts: Option<String>,
+
+    /// Read the mounts JSON from this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "default_s3_mounts")]
+    pub mounts_file: Option<PathBuf>,
+
+    /// The directory each mount is copied into, as DESTINATION/<id>/.
+    #[arg(long, default_value = "./", value_name = "DIR")]
+    pub destination: PathBuf,
+
+    /// Ranged GETs in flight at once, across all files and mounts.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Print debug information (RUST_LOG, when set, takes precedence).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
+    pub debug: bool,
+
+    /// Keep synchronizing every --download-interval seconds.
+    #[arg(long, visible_alias = "recurringDownloads", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool,
+          value_name = "BOOL")]
+    pub recurring_downloads: bool,
+
+    /// Stop recurring downloads after this many seconds; zero or negative: never.
+    #[arg(long, visible_alias = "stopRecurringDownloadsAfter", default_value_t = -1,
+          allow_negative_numbers = true, value_name = "SECONDS")]
+    pub stop_recurring_downloads_after: i64,
+
+    /// Seconds to wait after one pass completes before the next one starts.
+    #[arg(
+        long,
+        visible_alias = "downloadInterval",
+        default_value_t = 60,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
+    pub download_interval: i64,
+
+    /// AWS region (default: AWS_REGION or the profile's, then us-east-1). A bucket in another
+    /// region is detected and read there.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// AWS credentials profile (default: the standard credentials chain).
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+
+    /// Endpoint of an S3-compatible store (also AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Address buckets as ENDPOINT/bucket (automatic for IP-address and localhost endpoints).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
+    pub force_path_style: bool,
+
+    /// Objects larger than this download as parallel ranged GETs of this size (e.g. 8MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub part_size: u64,
+}
+
+/// Everything `sync` needs, validated.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub mounts: Vec<Mount>,
+    pub destination: PathBuf,
+    pub concurrency: usize,
+    pub part_size: u64,
+    pub debug: bool,
+    pub recurring: bool,
+    pub interval: Duration,
+    pub stop_after: Option<Duration>,
+    pub s3: S3Options,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Mounts(#[from] MountsError),
+    #[error("cannot read the mounts file {}: {source}", path.display())]
+    MountsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--download-interval must be a positive number of seconds, got {0}")]
+    Interval(i64),
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+}
+
+/// Parses the process arguments, accepting the original Go-style spellings.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(normalize_args(args.into_iter().collect()))
+}
+
+fn long_flag_names() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut names = Vec::new();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            names.extend(arg.get_long().map(str::to_owned));
+            names.extend(
+                arg.get_all_aliases()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    names.extend(["help".to_owned(), "version".to_owned()]);
+    names
+}
+
+/// `-flag` -> `--flag` for known long flags, and `sync` inserted when no subcommand is named.
+fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let names = long_flag_names();
+    for arg in args.iter_mut().skip(1) {
+        let Some(s) = arg.to_str() else { continue };
+        if s == "--" {
+            break;
+        }
+        if let Some(rest) = s.strip_prefix('-')
+            && !rest.starts_with('-')
+        {
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            if name.len() > 1 && names.iter().any(|n| n == name) {
+                *arg = OsString::from(format!("-{s}"));
+            }
+        }
+    }
+    let subcommands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .chain(["help".to_owned()])
+        .collect();
+    let named = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
+        subcommands.iter().any(|s| s == a) || ["-h", "--help", "-V", "--version"].contains(&a)
+    });
+    if !named {
+        args.insert(1.min(args.len()), OsString::from("sync"));
+    }
+    args
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (use true or false)")),
+    }
+}
+
+/// `8388608`, `8M`, `8MiB`, `512K`, `1G` (units are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. 8MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
+    };
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    if size < 4096 {
+        return Err(format!("size {s:?} is too small (at least 4KiB)"));
+    }
+    Ok(size)
+}
+
+/// Whether an endpoint needs path-style addressing: IP addresses and localhost have no
+/// per-bucket DNS names.
+fn needs_path_style(endpoint: &str) -> bool {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok()
+}
+
+impl SyncArgs {
+    pub fn into_config(self) -> Result<SyncConfig, ConfigError> {
+        let json = match (&self.default_s3_mounts, &self.mounts_file) {
+            (_, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::MountsFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (Some(json), None) => json.clone(),
+            (None, None) => return Err(MountsError::Empty.into()),
+        };
+        let mounts = parse_mounts(&json)?;
+        if self.download_interval <= 0 {
+            return Err(ConfigError::Interval(self.download_interval));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::Concurrency);
+        }
+        let endpoint_url = self
+            .endpoint_url
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .filter(|u| !u.is_empty());
+        let force_path_style =
+            self.force_path_style || endpoint_url.as_deref().is_some_and(needs_path_style);
+        Ok(SyncConfig {
+            mounts,
+            destination: self.destination,
+            concurrency: self.concurrency,
+            part_size: self.part_size,
+            debug: self.debug,
+            recurring: self.recurring_downloads,
+            interval: Duration::from_secs(self.download_interval as u64),
+            stop_after: (self.stop_recurring_downloads_after > 0)
+                .then(|| Duration::from_secs(self.stop_recurring_downloads_after as u64)),
+            s3: S3Options {
+                region: self.region,
+                profile: self.profile,
+                endpoint_url,
+                force_path_style,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync_args(args: &[&str]) -> SyncArgs {
+        let argv = std::iter::once("s3-synchronizer")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        match parse(argv)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Sync(a) => a,
+        }
+    }
+
+    const MOUNTS: &str = r#"[{"id":"a","bucket":"b"}]"#;
+
+    #[test]
+    fn go_style_invocation_means_sync() {
+        let a = sync_args(&[
+            "-defaultS3Mounts",
+            MOUNTS,
+            "-destination",
+            "/x",
+            "-recurringDownloads",
+            "-concurrency",
+            "7",
+            "-stopRecurringDownloadsAfter",
+            "-1",
+            "-downloadInterval=5",
+            "-region",
+            "eu-west-1",
+            "-profile=p",
+            "-debug",
+        ]);
+        assert_eq!(a.default_s3_mounts.as_deref(), Some(MOUNTS));
+        assert_eq!(a.destination, PathBuf::from("/x"));
+        assert!(a.recurring_downloads && a.debug);
+        assert_eq!(a.concurrency, 7);
+        assert_eq!(a.stop_recurring_downloads_after, -1);
+        assert_eq!(a.download_interval, 5);
+        assert_eq!(a.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(a.profile.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn go_booleans_and_double_dashes() {
+        let a = sync_args(&[
+            "--defaultS3Mounts",
+            MOUNTS,
+            "--recurringDownloads=false",
+            "-debug=true",
+        ]);
+        assert!(!a.recurring_downloads);
+        assert!(a.debug);
+        let a = sync_args(&[
+            "sync",
+            "--default-s3-mounts",
+            MOUNTS,
+            "--recurring-downloads",
+        ]);
+        assert!(a.recurring_downloads);
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = sync_args(&["-defaultS3Mounts", MOUNTS])
+            .into_config()
+            .unwrap();
+        assert_eq!(c.concurrency, 20);
+        assert_eq!(c.destination, PathBuf::from("./"));
+        assert!(!c.recurring);
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.stop_after, None);
+        assert_eq!(c.part_size, 8 << 20);
+    }
+
+    #[test]
+    fn bad_values_are_refused_clearly() {
+        let err = sync_args(&["-defaultS3Mounts", MOUNTS, "-downloadInterval", "0"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--download-interval must be a positive"),
+            "{err}"
+        );
+        let err = sync_args(&["-defaultS3Mounts", "[{"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("mounts JSON is malformed"),
+            "{err}"
+        );
+        assert!(
+            parse(["s3-synchronizer", "-recurringDownloads=maybe"].map(OsString::from)).is_err()
+        );
+    }
+
+    #[test]
+    fn sizes_and_path_style() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("12parsecs").is_err());
+        assert!(parse_size("1").is_err());
+        assert!(needs_path_style("http://127.0.0.1:9000"));
+        assert!(needs_path_style("http://[::1]:9000/"));
+        assert!(needs_path_style("http://localhost:9000"));
+        assert!(!needs_path_style("https://s3.eu-west-1.amazonaws.com"));
+    }
+}

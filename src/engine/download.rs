@@ -1,0 +1,381 @@
+//! Downloading one object into a staging file with concurrent ranged GETs, then committing it.
+//!
+//! Every GET of one object carries the ETag from the listing (`If-Match`). When the store says the
+//! object changed, the partial download is thrown away, the object is looked up again and the
+//! download restarts with the new version: parts of two versions are never stitched together.
+//! Transient failures of a part retry that part alone, with backoff; the GET permit is released
+//! while it waits.
+
+use super::{MountState, Shared};
+use crate::manifest::Entry;
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Attempts per request before a transient failure counts as permanent.
+const MAX_ATTEMPTS: u32 = 6;
+/// Times a download restarts because the object changed under it, within one pass.
+const MAX_VERSION_RESTARTS: u32 = 5;
+/// Bytes buffered per part before they are written out.
+const WRITE_BATCH: usize = 1 << 20;
+
+pub(crate) enum Outcome {
+    Written {
+        bytes: u64,
+    },
+    /// The object was deleted after it was listed.
+    Gone,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("\"{key}\": {reason}")]
+pub(crate) struct FetchError {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the staging file: {0}")]
+    Write(#[from] io::Error),
+}
+
+pub(crate) trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl Transient for PartError {
+    fn is_transient(&self) -> bool {
+        matches!(self, PartError::Store(e) if e.is_transient())
+    }
+}
+
+/// Delay before retry number `attempt` (0-based): exponential from 100 ms, capped at 5 s, with
+/// jitter so that many parts failing together do not retry in lockstep.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    base / 2 + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Runs `op` until it succeeds, fails permanently, or has failed transiently [`MAX_ATTEMPTS`] times.
+pub(crate) async fn retry<T, E, F, Fut>(what: &str, mut op: F) -> Result<T, E>
+where
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && attempt + 1 < MAX_ATTEMPTS => {
+                tracing::debug!(what, attempt, error = %e, "retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The byte ranges of an object of `size` bytes in parts of `part_size`.
+pub(crate) fn part_ranges(size: u64, part_size: u64) -> Vec<Range<u64>> {
+    (0..size)
+        .step_by(part_size.max(1) as usize)
+        .map(|start| start..(start + part_size).min(size))
+        .collect()
+}
+
+/// Downloads `meta` to `path` under the mount directory and records it in the manifest.
+pub(crate) async fn fetch(
+    shared: Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    mut meta: ObjectMeta,
+    path: String,
+) -> Result<Outcome, FetchError> {
+    let fail = |reason: String, key: &str| FetchError {
+        key: key.to_owned(),
+        reason,
+    };
+    for _ in 0..MAX_VERSION_RESTARTS {
+        let size = meta.size;
+        let sh = shared.clone();
+        let staged = tokio::task::spawn_blocking(move || sh.cache.stage(size))
+            .await
+            .expect("staging task panicked")
+            .map_err(|e| fail(e.to_string(), &meta.key))?;
+        match download_parts(&shared, &store, &meta, staged.file()).await {
+            Ok(()) => {}
+            Err(PartError::Store(StoreError::PreconditionFailed { .. })) => {
+                drop(staged);
+                tracing::info!(key = %meta.key, "object changed during download; starting again");
+                match retry("head", || store.head(&meta.key)).await {
+                    Ok(Some(new)) => meta = new,
+                    Ok(None) => return Ok(Outcome::Gone),
+                    Err(e) => return Err(fail(e.to_string(), &meta.key)),
+                }
+                continue;
+            }
+            Err(e) => return Err(fail(e.to_string(), &meta.key)),
+        }
+        let entry = Entry {
+            key: meta.key.clone(),
+            etag: meta.etag.clone(),
+            size: meta.size,
+            mtime: unix_seconds(meta.last_modified),
+            dir: false,
+        };
+        let mtime = meta.last_modified;
+        let key = meta.key.clone();
+        return tokio::task::spawn_blocking(move || {
+            staged
+                .commit(&mount.dir, &path, mtime)
+                .map_err(|e| e.to_string())?;
+            mount
+                .manifest
+                .lock()
+                .put(&path, entry)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("commit task panicked")
+        .map(|()| Outcome::Written { bytes: size })
+        .map_err(|reason| fail(reason, &key));
+    }
+    Err(fail(
+        "the object kept changing while it was downloaded; it will be tried again next pass".into(),
+        &meta.key,
+    ))
+}
+
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+async fn download_parts(
+    shared: &Arc<Shared>,
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    file: Arc<File>,
+) -> Result<(), PartError> {
+    let ranges = part_ranges(meta.size, shared.part_size);
+    if ranges.len() <= 1 {
+        for range in ranges {
+            download_part(
+                shared.clone(),
+                store.clone(),
+                meta.clone(),
+                range,
+                file.clone(),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    let mut parts = JoinSet::new();
+    for range in ranges {
+        let span =
+            tracing::debug_span!("part", key = %meta.key, start = range.start, end = range.end);
+        parts.spawn(
+            download_part(
+                shared.clone(),
+                store.clone(),
+                meta.clone(),
+                range,
+                file.clone(),
+            )
+            .instrument(span),
+        );
+    }
+    while let Some(done) = parts.join_next().await {
+        // An error returns at once; dropping `parts` aborts the other parts.
+        done.expect("part task panicked")?;
+    }
+    Ok(())
+}
+
+async fn download_part(
+    shared: Arc<Shared>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    range: Range<u64>,
+    file: Arc<File>,
+) -> Result<(), PartError> {
+    retry(&meta.key, || async {
+        let _permit = shared
+            .permits
+            .acquire()
+            .await
+            .expect("permits are never closed");
+        let mut counted = 0;
+        let result = read_part(&shared, &*store, &meta, range.clone(), &file, &mut counted).await;
+        if result.is_err() {
+            shared.progress.sub_bytes(counted);
+        }
+        result
+    })
+    .await
+}
+
+async fn read_part(
+    shared: &Shared,
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    range: Range<u64>,
+    file: &Arc<File>,
+    counted: &mut u64,
+) -> Result<(), PartError> {
+    let mut body = store.get(&meta.key, range.clone(), &meta.etag).await?;
+    let mut offset = range.start;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if offset + (batched + chunk.len()) as u64 > range.end {
+            return Err(StoreError::Transient(format!(
+                "server sent more than the {} bytes asked for",
+                range.end - range.start
+            ))
+            .into());
+        }
+        shared.progress.add_bytes(chunk.len() as u64);
+        *counted += chunk.len() as u64;
+        batched += chunk.len();
+        batch.push(chunk);
+        if batched >= WRITE_BATCH {
+            write_batch(file, std::mem::take(&mut batch), offset).await?;
+            offset += batched as u64;
+            batched = 0;
+        }
+    }
+    if !batch.is_empty() {
+        write_batch(file, batch, offset).await?;
+        offset += batched as u64;
+    }
+    if offset != range.end {
+        return Err(StoreError::Transient(format!(
+            "body ended early: got {} of {} bytes",
+            offset - range.start,
+            range.end - range.start
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Result<()> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || write_all_vectored_at(&file, &batch, offset))
+        .await
+        .expect("write task panicked")
+}
+
+/// `pwritev` of every buffer at `offset`, looping over short writes: one system call per batch
+/// instead of one per network chunk, and no copy into an intermediate buffer.
+fn write_all_vectored_at(file: &File, bufs: &[Bytes], mut offset: u64) -> io::Result<()> {
+    let mut bufs: Vec<&[u8]> = bufs
+        .iter()
+        .map(|b| &b[..])
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut first = 0;
+    while first < bufs.len() {
+        let iov: Vec<libc::iovec> = bufs[first..]
+            .iter()
+            .take(1024) // IOV_MAX
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into a live, immutable `Bytes` buffer borrowed for the
+        // duration of the call; pwritev only reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        let mut written = n as usize;
+        while written > 0 {
+            let b = bufs[first];
+            if written >= b.len() {
+                written -= b.len();
+                first += 1;
+            } else {
+                bufs[first] = &b[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_object_exactly() {
+        assert_eq!(part_ranges(0, 8), Vec::<Range<u64>>::new());
+        assert_eq!(part_ranges(8, 8), [0..8]);
+        assert_eq!(part_ranges(17, 8), [0..8, 8..16, 16..17]);
+    }
+
+    #[test]
+    fn vectored_writes_land_at_their_offset() {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let bufs: Vec<Bytes> = (0..3000u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 7]))
+            .collect();
+        write_all_vectored_at(tmp.as_file(), &bufs, 5).unwrap();
+        let data = std::fs::read(tmp.path()).unwrap();
+        assert_eq!(data.len(), 5 + 3000 * 7);
+        assert!(data[..5].iter().all(|&b| b == 0));
+        assert_eq!(data[5 + 7 * 2999], (2999 % 251) as u8);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(100));
+        assert!(backoff(3) >= Duration::from_millis(400));
+        assert!(backoff(30) <= Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,294 @@
+//! The sync engine: one pass of one mount is list -> [`plan::plan`] -> delete -> create
+//! directories -> download, then the manifest is compacted.
+//!
+//! Concurrency: one semaphore bounds the GETs in flight across all files and mounts; files are
+//! started a bounded number at a time so a huge listing does not become a huge task set.
+//!
+//! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
+//! one journal append, never across an `.await`.
+
+pub mod download;
+pub mod plan;
+
+use crate::cache::{self, Cache, CacheError};
+use crate::manifest::{Entry, Manifest, ManifestError};
+use crate::mounts::Mount;
+use crate::progress::Progress;
+use crate::store::{ObjectStore, StoreError};
+use download::{FetchError, Outcome, retry, unix_seconds};
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// GETs in flight at once, across all files and mounts.
+    pub concurrency: usize,
+    /// Objects larger than this download as parallel ranged GETs of this size.
+    pub part_size: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) cache: Cache,
+    pub(crate) permits: Semaphore,
+    pub(crate) part_size: u64,
+    pub(crate) progress: Arc<Progress>,
+    files_in_flight: usize,
+    cancel: CancellationToken,
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// A mount and what the tool knows of its local copy.
+pub struct MountState {
+    pub mount: Mount,
+    pub(crate) dir: PathBuf,
+    pub(crate) manifest: Mutex<Manifest>,
+}
+
+/// What one pass over one mount did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassStats {
+    pub listed: usize,
+    pub unchanged: usize,
+    pub downloaded: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("mount \"{mount}\" (s3://{bucket}/{prefix}): {source}")]
+    Store {
+        mount: String,
+        bucket: String,
+        prefix: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("mount \"{mount}\": {source}")]
+    Cache {
+        mount: String,
+        #[source]
+        source: CacheError,
+    },
+    #[error("mount \"{mount}\": stopped before the pass completed")]
+    Cancelled { mount: String },
+    #[error("mount \"{mount}\": {source}")]
+    Manifest {
+        mount: String,
+        #[source]
+        source: ManifestError,
+    },
+}
+
+impl Engine {
+    /// An engine whose passes stop early, leaving no staging files, once `cancel` fires.
+    pub fn new(
+        cache: Cache,
+        config: &EngineConfig,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let concurrency = config.concurrency.max(1);
+        Self {
+            shared: Arc::new(Shared {
+                cache,
+                permits: Semaphore::new(concurrency),
+                part_size: config.part_size.max(1),
+                progress,
+                files_in_flight: (concurrency * 2).max(8),
+                cancel,
+            }),
+        }
+    }
+
+    /// Prepares a mount's directory and loads its manifest.
+    pub fn open_mount(&self, mount: Mount) -> Result<Arc<MountState>, EngineError> {
+        let dir = self
+            .shared
+            .cache
+            .prepare_mount_dir(&mount.id)
+            .map_err(|source| EngineError::Cache {
+                mount: mount.id.clone(),
+                source,
+            })?;
+        let manifest =
+            Manifest::open(&self.shared.cache.manifest_dir(&mount.id)).map_err(|source| {
+                EngineError::Manifest {
+                    mount: mount.id.clone(),
+                    source,
+                }
+            })?;
+        Ok(Arc::new(MountState {
+            mount,
+            dir,
+            manifest: Mutex::new(manifest),
+        }))
+    }
+
+    /// Removes any staging files left by downloads that were cancelled.
+    pub fn clear_staging(&self) {
+        self.shared.cache.clear_staging();
+    }
+
+    /// One pass: brings the mount directory in line with the bucket.
+    pub async fn sync_mount(
+        &self,
+        state: &Arc<MountState>,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<PassStats, EngineError> {
+        let mount = &state.mount;
+        let store_err = |source| EngineError::Store {
+            mount: mount.id.clone(),
+            bucket: mount.bucket.clone(),
+            prefix: mount.prefix.clone(),
+            source,
+        };
+        let cancelled = || EngineError::Cancelled {
+            mount: mount.id.clone(),
+        };
+        let cancel = &self.shared.cancel;
+        let remote = tokio::select! {
+            listed = retry("list", || store.list(&mount.prefix)) => listed.map_err(store_err)?,
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
+
+        let st = state.clone();
+        let (plan, mut stats) = tokio::task::spawn_blocking(move || {
+            let manifest = st.manifest.lock();
+            let plan = plan::plan(&st.mount.prefix, &remote, manifest.entries(), |rel| {
+                cache::probe(&st.dir, rel)
+            });
+            drop(manifest);
+            let stats = apply_local_changes(&st, &plan);
+            (plan, stats)
+        })
+        .await
+        .expect("planning task panicked");
+
+        let progress = &self.shared.progress;
+        progress.add_planned(
+            plan.fetch.len() as u64,
+            plan.fetch.iter().map(|f| f.meta.size).sum(),
+        );
+        let mut jobs = plan.fetch.into_iter();
+        let mut running = JoinSet::new();
+        loop {
+            while running.len() < self.shared.files_in_flight {
+                let Some(job) = jobs.next() else { break };
+                let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);
+                let update = job.update;
+                let task = download::fetch(
+                    self.shared.clone(),
+                    state.clone(),
+                    store.clone(),
+                    job.meta,
+                    job.path,
+                );
+                running.spawn(async move { (update, task.await) }.instrument(span));
+            }
+            let done = tokio::select! {
+                done = running.join_next() => done,
+                () = cancel.cancelled() => {
+                    // Waits for the aborted downloads, so their staging files are gone.
+                    running.shutdown().await;
+                    return Err(cancelled());
+                }
+            };
+            let Some(done) = done else { break };
+            let (update, result) = done.expect("download task panicked");
+            progress.file_done();
+            match result {
+                Ok(Outcome::Written { bytes }) => {
+                    stats.bytes += bytes;
+                    if update {
+                        stats.updated += 1;
+                    } else {
+                        stats.downloaded += 1;
+                    }
+                }
+                Ok(Outcome::Gone) => {}
+                Err(FetchError { key, reason }) => {
+                    stats.failed += 1;
+                    tracing::error!(mount = %mount.id, bucket = %mount.bucket, key, "download failed: {reason}");
+                }
+            }
+        }
+
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.manifest.lock().compact())
+            .await
+            .expect("manifest task panicked")
+            .map_err(|source| EngineError::Manifest {
+                mount: mount.id.clone(),
+                source,
+            })?;
+        Ok(stats)
+    }
+}
+
+/// Deletions and folder-marker directories of a plan; returns the stats so far.
+fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
+    let mount = &state.mount;
+    let mut stats = PassStats {
+        listed: plan.listed,
+        unchanged: plan.unchanged,
+        skipped: plan.skipped.len(),
+        ..PassStats::default()
+    };
+    for (key, reason) in &plan.skipped {
+        tracing::warn!(mount = %mount.id, bucket = %mount.bucket, key, "skipping key: {reason}");
+    }
+    let mut manifest = state.manifest.lock();
+    let record = |result: Result<(), ManifestError>, stats: &mut PassStats| {
+        if let Err(e) = result {
+            tracing::error!(mount = %mount.id, "{e}");
+            stats.failed += 1;
+        }
+    };
+    for d in &plan.delete {
+        if d.dir {
+            cache::remove_empty_dir(&state.dir, &d.path);
+            record(manifest.remove(&d.path), &mut stats);
+            continue;
+        }
+        match cache::remove_file(&state.dir, &d.path) {
+            Ok(removed) => {
+                stats.deleted += usize::from(removed);
+                record(manifest.remove(&d.path), &mut stats);
+            }
+            Err(e) => {
+                stats.failed += 1;
+                tracing::error!(mount = %mount.id, path = %d.path, "could not delete: {e}");
+            }
+        }
+    }
+    for (path, meta) in &plan.dirs {
+        if let Err(e) = cache::ensure_dir(&state.dir, path) {
+            stats.failed += 1;
+            tracing::error!(mount = %mount.id, bucket = %mount.bucket, key = %meta.key, "{e}");
+            continue;
+        }
+        let entry = Entry {
+            key: meta.key.clone(),
+            etag: meta.etag.clone(),
+            size: 0,
+            mtime: unix_seconds(meta.last_modified),
+            dir: true,
+        };
+        if manifest.get(path) != Some(&entry) {
+            record(manifest.put(path, entry), &mut stats);
+        }
+    }
+    stats
+}

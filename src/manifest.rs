@@ -1,0 +1,226 @@
+//! The per-mount manifest: what the tool has put on disk (relative path -> ETag, size,
+//! LastModified). It is the only licence to delete: a local file absent from it is never removed.
+//!
+//! Durability: a snapshot (`manifest.json`, replaced atomically by write + rename) plus an
+//! append-only journal (`journal.jsonl`, one JSON line per completed file or deletion). A file
+//! is renamed into place before its journal line is written, so after a crash the manifest never
+//! claims a file that is not there. Loading replays the journal over the snapshot and ignores a
+//! torn last line; [`Manifest::compact`] folds the journal into a new snapshot.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The S3 key the path came from.
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+    /// LastModified as seconds since the Unix epoch.
+    pub mtime: i64,
+    /// A directory from a folder marker, not a file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum JournalLine {
+    Put { path: String, entry: Entry },
+    Del { path: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("manifest {}: {source}", path.display())]
+pub struct ManifestError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+pub struct Manifest {
+    dir: PathBuf,
+    entries: BTreeMap<String, Entry>,
+    journal: File,
+}
+
+const SNAPSHOT: &str = "manifest.json";
+const JOURNAL: &str = "journal.jsonl";
+
+impl Manifest {
+    /// Opens (or creates) the manifest kept in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, ManifestError> {
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ManifestError { path, source }
+        };
+        fs::create_dir_all(dir).map_err(err(dir))?;
+        let snapshot_path = dir.join(SNAPSHOT);
+        let mut entries = match fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<Snapshot>(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                    .map_err(err(&snapshot_path))?
+                    .entries
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(err(&snapshot_path)(e)),
+        };
+        let journal_path = dir.join(JOURNAL);
+        match File::open(&journal_path) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    let line = line.map_err(err(&journal_path))?;
+                    // A torn last line (crash mid-append) carries nothing that was promised.
+                    match serde_json::from_str::<JournalLine>(&line) {
+                        Ok(JournalLine::Put { path, entry }) => {
+                            entries.insert(path, entry);
+                        }
+                        Ok(JournalLine::Del { path }) => {
+                            entries.remove(&path);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&journal_path)(e)),
+        }
+        let mut manifest = Self {
+            dir: dir.to_owned(),
+            entries,
+            journal: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&journal_path)
+                .map_err(err(&journal_path))?,
+        };
+        // Start every run from a fresh snapshot and an empty journal.
+        manifest.compact()?;
+        Ok(manifest)
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Records that `path` now holds `entry`.
+    pub fn put(&mut self, path: &str, entry: Entry) -> Result<(), ManifestError> {
+        self.append(&JournalLine::Put {
+            path: path.to_owned(),
+            entry: entry.clone(),
+        })?;
+        self.entries.insert(path.to_owned(), entry);
+        Ok(())
+    }
+
+    /// Records that the tool removed `path`.
+    pub fn remove(&mut self, path: &str) -> Result<(), ManifestError> {
+        if self.entries.contains_key(path) {
+            self.append(&JournalLine::Del {
+                path: path.to_owned(),
+            })?;
+            self.entries.remove(path);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, line: &JournalLine) -> Result<(), ManifestError> {
+        let mut buf = serde_json::to_vec(line).expect("journal lines serialize");
+        buf.push(b'\n');
+        // One write call per line, so a crash leaves at most one torn line at the end.
+        self.journal
+            .write_all(&buf)
+            .map_err(|source| ManifestError {
+                path: self.dir.join(JOURNAL),
+                source,
+            })
+    }
+
+    /// Writes a new snapshot atomically and empties the journal.
+    pub fn compact(&mut self) -> Result<(), ManifestError> {
+        let snapshot_path = self.dir.join(SNAPSHOT);
+        let err = |source| ManifestError {
+            path: snapshot_path.clone(),
+            source,
+        };
+        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
+        let data = serde_json::to_vec(&Snapshot {
+            version: 1,
+            entries: self.entries.clone(),
+        })
+        .expect("manifest serializes");
+        {
+            let mut f = File::create(&tmp).map_err(err)?;
+            f.write_all(&data).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        fs::rename(&tmp, &snapshot_path).map_err(err)?;
+        self.journal = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.dir.join(JOURNAL))
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(etag: &str) -> Entry {
+        Entry {
+            key: format!("k-{etag}"),
+            etag: etag.into(),
+            size: 3,
+            mtime: 1,
+            dir: false,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_without_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut m = Manifest::open(tmp.path()).unwrap();
+            m.put("a", entry("1")).unwrap();
+            m.put("b", entry("2")).unwrap();
+            m.remove("a").unwrap();
+            // Dropped without compact: as after kill -9.
+        }
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.entries().len(), 1);
+        assert_eq!(m.get("b"), Some(&entry("2")));
+    }
+
+    #[test]
+    fn ignores_a_torn_last_journal_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut m = Manifest::open(tmp.path()).unwrap();
+            m.put("a", entry("1")).unwrap();
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(tmp.path().join(JOURNAL))
+            .unwrap();
+        f.write_all(br#"{"put":{"path":"b","ent"#).unwrap();
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.entries().keys().collect::<Vec<_>>(), ["a"]);
+    }
+}

@@ -1,0 +1,75 @@
+//! The object store seam: everything above this module is generic over [`ObjectStore`], so the
+//! engine runs the same code against S3 ([`s3::S3Store`]) and the in-memory store used by tests
+//! ([`memory::MemoryStore`]).
+//!
+//! A store is bound to one bucket. Every ranged read names the ETag it expects; a store answers
+//! [`StoreError::PreconditionFailed`] when the object no longer has it, so parts of two versions
+//! are never stitched together.
+
+pub mod memory;
+pub mod s3;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use std::ops::Range;
+use std::time::SystemTime;
+
+/// What a listing says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// The ETag without surrounding quotes.
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// A streaming object body: chunks in order, ending with `None`.
+pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("bucket \"{bucket}\" does not exist")]
+    NoSuchBucket { bucket: String },
+    #[error("access denied to bucket \"{bucket}\"{}", key_suffix(.key))]
+    AccessDenied { bucket: String, key: Option<String> },
+    #[error("object \"{key}\" does not exist")]
+    NoSuchKey { key: String },
+    #[error("object \"{key}\" changed while it was being read")]
+    PreconditionFailed { key: String },
+    /// Worth retrying: 5xx, throttling, dropped connections, timeouts, truncated bodies.
+    #[error("{0}")]
+    Transient(String),
+    /// Not worth retrying.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+fn key_suffix(key: &Option<String>) -> String {
+    key.as_deref()
+        .map(|k| format!(" reading \"{k}\""))
+        .unwrap_or_default()
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+/// One bucket of an S3-compatible object store.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// The bucket this store reads.
+    fn bucket(&self) -> &str;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// The current metadata of one object, `None` when it no longer exists.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// Bytes `range` of `key`, only if its ETag is still `etag`.
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError>;
+}

@@ -1,0 +1,251 @@
+//! The only module that knows the AWS SDK: paginated ListObjectsV2, HeadObject, and ranged
+//! GetObject with `If-Match`, with SDK errors classified into [`StoreError`].
+//!
+//! Retries are the engine's job (one policy for every store), so the SDK's own retries are off.
+
+use super::{Body, ObjectMeta, ObjectStore, StoreError};
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+/// How to reach S3: what the command line says about the service, shared by every mount.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// `None`: the AWS chain (env, profile), then us-east-1.
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+}
+
+/// Loaded AWS configuration (credentials chain, region) for one profile.
+pub struct S3Connector {
+    opts: S3Options,
+    sdk: aws_config::SdkConfig,
+}
+
+impl S3Connector {
+    /// Loads the AWS configuration for `profile` (or the options' profile when `None`).
+    pub async fn load(opts: &S3Options, profile: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(p) = profile.or(opts.profile.as_deref()) {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &opts.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(url) = &opts.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let mut sdk = loader.load().await;
+        if sdk.region().is_none() {
+            sdk = sdk
+                .into_builder()
+                .region(Region::from_static("us-east-1"))
+                .build();
+        }
+        Self {
+            opts: opts.clone(),
+            sdk,
+        }
+    }
+
+    fn client(&self, region: Option<&str>) -> Client {
+        let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(self.opts.force_path_style);
+        if self.opts.endpoint_url.is_some() {
+            // S3-compatible servers often return whole-object checksums on ranged reads and
+            // mishandle aws-chunked uploads; integrity is checked by ETag and length instead.
+            conf = conf
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        if let Some(r) = region {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        Client::from_conf(conf.build())
+    }
+
+    /// A store for `bucket`, in the bucket's own region when it differs from the configured one.
+    /// Fails with a clear error when the bucket is missing or access is denied.
+    pub async fn connect(&self, bucket: &str) -> Result<S3Store, StoreError> {
+        let client = self.client(None);
+        let configured = self.sdk.region().map(|r| r.as_ref().to_owned());
+        let region = match client.head_bucket().bucket(bucket).send().await {
+            Ok(out) => out.bucket_region().map(str::to_owned),
+            Err(err) => match err.raw_response().and_then(bucket_region_header) {
+                // S3 answers 301/400 with the right region when the bucket lives elsewhere.
+                Some(r) if Some(&r) != configured.as_ref() => Some(r),
+                _ => return Err(classify(&err, bucket, None)),
+            },
+        };
+        let client = match region {
+            Some(r) if Some(&r) != configured.as_ref() => {
+                tracing::info!(bucket, region = %r, "bucket is in another region");
+                self.client(Some(&r))
+            }
+            _ => client,
+        };
+        Ok(S3Store {
+            client,
+            bucket: bucket.to_owned(),
+        })
+    }
+}
+
+fn bucket_region_header(resp: &HttpResponse) -> Option<String> {
+    resp.headers().get("x-amz-bucket-region").map(str::to_owned)
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+fn classify<E>(err: &SdkError<E, HttpResponse>, bucket: &str, key: Option<&str>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or_default();
+    let detail = DisplayErrorContext(err).to_string();
+    match (status, code) {
+        (Some(412), _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed {
+            key: key.unwrap_or_default().to_owned(),
+        },
+        (_, "NoSuchBucket") => StoreError::NoSuchBucket {
+            bucket: bucket.to_owned(),
+        },
+        (_, "NoSuchKey") => StoreError::NoSuchKey {
+            key: key.unwrap_or_default().to_owned(),
+        },
+        (Some(404), _) if key.is_none() => StoreError::NoSuchBucket {
+            bucket: bucket.to_owned(),
+        },
+        (Some(404), _) => StoreError::NoSuchKey {
+            key: key.unwrap_or_default().to_owned(),
+        },
+        (Some(401 | 403), _) | (_, "AccessDenied") => StoreError::AccessDenied {
+            bucket: bucket.to_owned(),
+            key: key.map(str::to_owned),
+        },
+        (Some(408 | 429 | 500..=599), _)
+        | (_, "SlowDown" | "Throttling" | "RequestTimeout" | "InternalError") => {
+            StoreError::Transient(detail)
+        }
+        _ => match err {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => StoreError::Transient(detail),
+            _ => StoreError::Permanent(detail),
+        },
+    }
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_owned()
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(&e, &self.bucket, None))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key() else { continue };
+                out.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    etag: unquote(obj.e_tag().unwrap_or_default()),
+                    last_modified: to_system_time(obj.last_modified()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_owned(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: unquote(out.e_tag().unwrap_or_default()),
+                last_modified: to_system_time(out.last_modified()),
+            })),
+            Err(e) => match classify(&e, &self.bucket, Some(key)) {
+                StoreError::NoSuchKey { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(format!("\"{etag}\""))
+            .send()
+            .await
+            .map_err(|e| classify(&e, &self.bucket, Some(key)))?;
+        let key = key.to_owned();
+        let body = futures_util::stream::unfold(Some(out.body), move |body| {
+            let key = key.clone();
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    Some(Ok(chunk)) => Some((Ok(chunk), Some(body))),
+                    Some(Err(e)) => Some((
+                        Err(StoreError::Transient(format!(
+                            "reading \"{key}\": {}",
+                            DisplayErrorContext(e)
+                        ))),
+                        None,
+                    )),
+                    None => None,
+                }
+            }
+        });
+        Ok(Box::pin(body))
+    }
+}
