@@ -292,3 +292,6 @@ fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
     }
     stats
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,9 @@
 use super::{Body, ObjectMeta, ObjectStore, StoreError};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
@@ -42,22 +45,33 @@ impl S3Connector {
                     .read_timeout(Duration::from_secs(60))
                     .build(),
             );
-        if let Some(p) = profile.or(opts.profile.as_deref()) {
+        let profile = profile.or(opts.profile.as_deref());
+        if let Some(p) = profile {
             loader = loader.profile_name(p);
         }
-        if let Some(r) = &opts.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
+        // Region: the flag, else AWS_REGION, else the profile's, else us-east-1 (the original
+        // program's default). Instance metadata is not asked: the bucket's own region is
+        // detected on connect anyway.
+        let region = match &opts.region {
+            Some(r) => Region::new(r.clone()),
+            None => {
+                let mut from_profile = ProfileFileRegionProvider::builder();
+                if let Some(p) = profile {
+                    from_profile = from_profile.profile_name(p);
+                }
+                RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(from_profile.build())
+                    .or_else(Region::from_static("us-east-1"))
+                    .region()
+                    .await
+                    .unwrap_or_else(|| Region::from_static("us-east-1"))
+            }
+        };
+        loader = loader.region(region);
         if let Some(url) = &opts.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        let mut sdk = loader.load().await;
-        if sdk.region().is_none() {
-            sdk = sdk
-                .into_builder()
-                .region(Region::from_static("us-east-1"))
-                .build();
-        }
+        let sdk = loader.load().await;
         Self {
             opts: opts.clone(),
             sdk,

@@ -1,0 +1,1 @@
+//! Engine tests against the in-memory store.
