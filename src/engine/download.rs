@@ -7,7 +7,8 @@
 //! while it waits.
 
 use super::{MountState, Shared};
-use crate::manifest::Entry;
+use crate::cache::{CacheError, Staged};
+use crate::manifest::{Entry, ManifestError};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -49,6 +50,10 @@ enum PartError {
     Store(#[from] StoreError),
     #[error("writing the staging file: {0}")]
     Write(#[from] io::Error),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 pub(crate) trait Transient {
@@ -114,59 +119,107 @@ pub(crate) async fn fetch(
     mut meta: ObjectMeta,
     path: String,
 ) -> Result<Outcome, FetchError> {
-    let fail = |reason: String, key: &str| FetchError {
+    let fail = |e: PartError, key: &str| FetchError {
         key: key.to_owned(),
-        reason,
+        reason: e.to_string(),
     };
     for _ in 0..MAX_VERSION_RESTARTS {
-        let size = meta.size;
-        let sh = shared.clone();
-        let staged = tokio::task::spawn_blocking(move || sh.cache.stage(size))
-            .await
-            .expect("staging task panicked")
-            .map_err(|e| fail(e.to_string(), &meta.key))?;
-        match download_parts(&shared, &store, &meta, staged.file()).await {
-            Ok(()) => {}
+        let result = if meta.size <= shared.part_size.min(WRITE_BATCH as u64) {
+            fetch_small(&shared, &mount, &store, &meta, &path).await
+        } else {
+            fetch_large(&shared, &mount, &store, &meta, &path).await
+        };
+        match result {
+            Ok(()) => return Ok(Outcome::Written { bytes: meta.size }),
             Err(PartError::Store(StoreError::PreconditionFailed { .. })) => {
-                drop(staged);
                 tracing::info!(key = %meta.key, "object changed during download; starting again");
                 match retry("head", || store.head(&meta.key)).await {
                     Ok(Some(new)) => meta = new,
                     Ok(None) => return Ok(Outcome::Gone),
-                    Err(e) => return Err(fail(e.to_string(), &meta.key)),
+                    Err(e) => return Err(fail(e.into(), &meta.key)),
                 }
-                continue;
             }
-            Err(e) => return Err(fail(e.to_string(), &meta.key)),
+            Err(e) => return Err(fail(e, &meta.key)),
         }
-        let entry = Entry {
-            key: meta.key.clone(),
-            etag: meta.etag.clone(),
-            size: meta.size,
-            mtime: unix_seconds(meta.last_modified),
-            dir: false,
-        };
-        let mtime = meta.last_modified;
-        let key = meta.key.clone();
-        return tokio::task::spawn_blocking(move || {
-            staged
-                .commit(&mount.dir, &path, mtime)
-                .map_err(|e| e.to_string())?;
-            mount
-                .manifest
-                .lock()
-                .put(&path, entry)
-                .map_err(|e| e.to_string())
-        })
+    }
+    Err(FetchError {
+        key: meta.key,
+        reason:
+            "the object kept changing while it was downloaded; it will be tried again next pass"
+                .into(),
+    })
+}
+
+/// A small object is read into memory with one GET, then staged, written and committed in one
+/// blocking call: one hand-off to the blocking pool per file instead of three.
+async fn fetch_small(
+    shared: &Arc<Shared>,
+    mount: &Arc<MountState>,
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    path: &str,
+) -> Result<(), PartError> {
+    let data = if meta.size == 0 {
+        Vec::new()
+    } else {
+        download_part(
+            shared.clone(),
+            store.clone(),
+            meta.clone(),
+            0..meta.size,
+            None,
+        )
+        .await?
+    };
+    let (shared, mount, meta, path) =
+        (shared.clone(), mount.clone(), meta.clone(), path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let staged = shared.cache.stage(0)?;
+        write_all_vectored_at(&staged.file(), &data, 0)?;
+        commit(&mount, staged, &meta, &path)
+    })
+    .await
+    .expect("write task panicked")
+}
+
+/// A large object is written part by part, as parts arrive, into a staging file of its size.
+async fn fetch_large(
+    shared: &Arc<Shared>,
+    mount: &Arc<MountState>,
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    path: &str,
+) -> Result<(), PartError> {
+    let sh = shared.clone();
+    let size = meta.size;
+    let staged = tokio::task::spawn_blocking(move || sh.cache.stage(size))
+        .await
+        .expect("staging task panicked")?;
+    download_parts(shared, store, meta, staged.file()).await?;
+    let (mount, meta, path) = (mount.clone(), meta.clone(), path.to_owned());
+    tokio::task::spawn_blocking(move || commit(&mount, staged, &meta, &path))
         .await
         .expect("commit task panicked")
-        .map(|()| Outcome::Written { bytes: size })
-        .map_err(|reason| fail(reason, &key));
-    }
-    Err(fail(
-        "the object kept changing while it was downloaded; it will be tried again next pass".into(),
-        &meta.key,
-    ))
+}
+
+/// Moves a complete staging file into place, then records it (in that order: the manifest
+/// never claims a file that is not there).
+fn commit(
+    mount: &MountState,
+    staged: Staged,
+    meta: &ObjectMeta,
+    path: &str,
+) -> Result<(), PartError> {
+    staged.commit(&mount.dir, path, meta.last_modified)?;
+    let entry = Entry {
+        key: meta.key.clone(),
+        etag: meta.etag.clone(),
+        size: meta.size,
+        mtime: unix_seconds(meta.last_modified),
+        dir: false,
+    };
+    mount.manifest.lock().put(path, entry)?;
+    Ok(())
 }
 
 pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
@@ -183,19 +236,6 @@ async fn download_parts(
     file: Arc<File>,
 ) -> Result<(), PartError> {
     let ranges = part_ranges(meta.size, shared.part_size);
-    if ranges.len() <= 1 {
-        for range in ranges {
-            download_part(
-                shared.clone(),
-                store.clone(),
-                meta.clone(),
-                range,
-                file.clone(),
-            )
-            .await?;
-        }
-        return Ok(());
-    }
     let mut parts = JoinSet::new();
     for range in ranges {
         let span =
@@ -206,25 +246,27 @@ async fn download_parts(
                 store.clone(),
                 meta.clone(),
                 range,
-                file.clone(),
+                Some(file.clone()),
             )
             .instrument(span),
         );
     }
     while let Some(done) = parts.join_next().await {
         // An error returns at once; dropping `parts` aborts the other parts.
-        done.expect("part task panicked")?;
+        done.expect("part task panicked").map(drop)?;
     }
     Ok(())
 }
 
+/// Downloads one part with retries. With a `file`, the bytes are written to it as they arrive;
+/// without, they are returned.
 async fn download_part(
     shared: Arc<Shared>,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     range: Range<u64>,
-    file: Arc<File>,
-) -> Result<(), PartError> {
+    file: Option<Arc<File>>,
+) -> Result<Vec<Bytes>, PartError> {
     retry(&meta.key, || async {
         let _permit = shared
             .permits
@@ -232,7 +274,15 @@ async fn download_part(
             .await
             .expect("permits are never closed");
         let mut counted = 0;
-        let result = read_part(&shared, &*store, &meta, range.clone(), &file, &mut counted).await;
+        let result = read_part(
+            &shared,
+            &*store,
+            &meta,
+            range.clone(),
+            file.as_ref(),
+            &mut counted,
+        )
+        .await;
         if result.is_err() {
             shared.progress.sub_bytes(counted);
         }
@@ -246,9 +296,9 @@ async fn read_part(
     store: &dyn ObjectStore,
     meta: &ObjectMeta,
     range: Range<u64>,
-    file: &Arc<File>,
+    file: Option<&Arc<File>>,
     counted: &mut u64,
-) -> Result<(), PartError> {
+) -> Result<Vec<Bytes>, PartError> {
     let mut body = store.get(&meta.key, range.clone(), &meta.etag).await?;
     let mut offset = range.start;
     let mut batch: Vec<Bytes> = Vec::new();
@@ -266,16 +316,22 @@ async fn read_part(
         *counted += chunk.len() as u64;
         batched += chunk.len();
         batch.push(chunk);
-        if batched >= WRITE_BATCH {
+        if let Some(file) = file
+            && batched >= WRITE_BATCH
+        {
             write_batch(file, std::mem::take(&mut batch), offset).await?;
             offset += batched as u64;
             batched = 0;
         }
     }
-    if !batch.is_empty() {
-        write_batch(file, batch, offset).await?;
+    if let Some(file) = file
+        && !batch.is_empty()
+    {
+        write_batch(file, std::mem::take(&mut batch), offset).await?;
         offset += batched as u64;
+        batched = 0;
     }
+    offset += batched as u64;
     if offset != range.end {
         return Err(StoreError::Transient(format!(
             "body ended early: got {} of {} bytes",
@@ -284,7 +340,7 @@ async fn read_part(
         ))
         .into());
     }
-    Ok(())
+    Ok(batch)
 }
 
 async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Result<()> {
