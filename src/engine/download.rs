@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn parts_cover_the_object_exactly() {
         assert_eq!(part_ranges(0, 8), Vec::<Range<u64>>::new());
-        assert_eq!(part_ranges(8, 8), [0..8]);
+        assert_eq!(part_ranges(8, 8), vec![0..8]);
         assert_eq!(part_ranges(17, 8), [0..8, 8..16, 16..17]);
     }
 
