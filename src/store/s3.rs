@@ -37,14 +37,7 @@ pub struct S3Connector {
 impl S3Connector {
     /// Loads the AWS configuration for `profile` (or the options' profile when `None`).
     pub async fn load(opts: &S3Options, profile: Option<&str>) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(60))
-                    .build(),
-            );
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
         let profile = profile.or(opts.profile.as_deref());
         if let Some(p) = profile {
             loader = loader.profile_name(p);
@@ -68,10 +61,11 @@ impl S3Connector {
             }
         };
         loader = loader.region(region);
-        if let Some(url) = &opts.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let sdk = loader.load().await;
+        Self::from_sdk(opts, loader.load().await)
+    }
+
+    /// A connector over an already loaded AWS configuration (credentials, region).
+    pub fn from_sdk(opts: &S3Options, sdk: aws_config::SdkConfig) -> Self {
         Self {
             opts: opts.clone(),
             sdk,
@@ -80,7 +74,17 @@ impl S3Connector {
 
     fn client(&self, region: Option<&str>) -> Client {
         let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
-            .force_path_style(self.opts.force_path_style);
+            .force_path_style(self.opts.force_path_style)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(url) = &self.opts.endpoint_url {
+            conf = conf.endpoint_url(url);
+        }
         if self.opts.endpoint_url.is_some() {
             // S3-compatible servers often return whole-object checksums on ranged reads and
             // mishandle aws-chunked uploads; integrity is checked by ETag and length instead.

@@ -68,22 +68,27 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let endpoint = format!("http://{addr}");
+        Self {
+            client: Self::client(&endpoint),
+            endpoint,
+            child,
+            log,
+            _data: data,
+        }
+    }
+
+    /// An S3 client for shaping a server's contents in tests.
+    pub fn client(endpoint: &str) -> Client {
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(endpoint)
             .force_path_style(true)
             .credentials_provider(Credentials::new(KEY, SECRET, None, None, "test"))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        Self {
-            endpoint,
-            client: Client::from_conf(conf),
-            child,
-            log,
-            _data: data,
-        }
+        Client::from_conf(conf)
     }
 
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {

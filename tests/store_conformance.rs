@@ -1,0 +1,202 @@
+//! One conformance suite for every `ObjectStore`: the in-memory store, and the S3 store against
+//! two real S3-compatible servers on loopback (`rclone serve s3`, and moto, which, unlike rclone,
+//! honours `If-Match`).
+
+mod common;
+
+use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
+use common::*;
+use s3_synchronizer::store::memory::MemoryStore;
+use s3_synchronizer::store::s3::{S3Connector, S3Options};
+use s3_synchronizer::store::{ObjectStore, StoreError};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+async fn read(
+    store: &dyn ObjectStore,
+    key: &str,
+    range: std::ops::Range<u64>,
+    etag: &str,
+) -> Result<Vec<u8>, StoreError> {
+    use futures_util::StreamExt;
+    let mut body = store.get(key, range, etag).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// The suite. `put` writes an object through the backend's own API.
+async fn conformance<F, Fut>(store: Arc<dyn ObjectStore>, put: F, honours_if_match: bool)
+where
+    F: Fn(String, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let data = bytes(300_000, 3);
+    put("dir/obj.bin".into(), data.clone()).await;
+    put("dir/sub/x".into(), b"x".to_vec()).await;
+    put("dirt/not-under-dir".into(), b"no".to_vec()).await;
+    // Enough keys to need more than one page of a listing.
+    for i in 0..1005 {
+        put(format!("many/{i:04}"), vec![b'm'; i % 3]).await;
+    }
+
+    let listed = store.list("dir/").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["dir/obj.bin", "dir/sub/x"]);
+    let meta = &listed[0];
+    assert_eq!(meta.size, data.len() as u64);
+    assert!(
+        !meta.etag.is_empty() && !meta.etag.contains('"'),
+        "etag {:?}",
+        meta.etag
+    );
+    assert_eq!(store.list("many/").await.unwrap().len(), 1005);
+
+    let head = store
+        .head("dir/obj.bin")
+        .await
+        .unwrap()
+        .expect("object exists");
+    assert_eq!((head.size, &head.etag), (meta.size, &meta.etag));
+    assert_eq!(store.head("dir/missing").await.unwrap(), None);
+
+    assert_eq!(
+        read(&*store, "dir/obj.bin", 0..data.len() as u64, &meta.etag)
+            .await
+            .unwrap(),
+        data
+    );
+    assert_eq!(
+        read(&*store, "dir/obj.bin", 1000..70_000, &meta.etag)
+            .await
+            .unwrap(),
+        data[1000..70_000]
+    );
+    assert!(matches!(
+        read(&*store, "dir/missing", 0..1, "x").await,
+        Err(StoreError::NoSuchKey { .. } | StoreError::PreconditionFailed { .. })
+    ));
+
+    if honours_if_match {
+        put("dir/obj.bin".into(), bytes(300_000, 4)).await;
+        let err = read(&*store, "dir/obj.bin", 0..10, &meta.etag)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    let mem = MemoryStore::new("bkt");
+    let m = mem.clone();
+    conformance(
+        mem,
+        move |k, v| {
+            m.put(&k, v);
+            async {}
+        },
+        true,
+    )
+    .await;
+    let err = MemoryStore::missing("nope").list("").await.unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NoSuchBucket {
+            bucket: "nope".into()
+        }
+    );
+}
+
+fn connector(endpoint: &str) -> S3Connector {
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            KEY, SECRET, None, None, "test",
+        )))
+        .build();
+    let opts = S3Options {
+        region: Some("us-east-1".into()),
+        profile: None,
+        endpoint_url: Some(endpoint.to_owned()),
+        force_path_style: true,
+    };
+    S3Connector::from_sdk(&opts, sdk)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_conforms_against_rclone() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let conn = connector(&s3.endpoint);
+    let store = Arc::new(conn.connect("bkt").await.unwrap());
+    let s3 = &s3;
+    conformance(
+        store,
+        |k, v| async move { s3.put("bkt", &k, &v).await },
+        false,
+    )
+    .await;
+    let err = conn.connect("no-such-bucket").await.err().unwrap();
+    assert_eq!(
+        err,
+        StoreError::NoSuchBucket {
+            bucket: "no-such-bucket".into()
+        }
+    );
+}
+
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_conforms_against_moto() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into()))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start moto_server (pip install 'moto[server]')");
+    let _moto = Moto(child);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_for(30, "moto_server to start", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let client = S3Server::client(&endpoint);
+    client.create_bucket().bucket("bkt").send().await.unwrap();
+    let conn = connector(&endpoint);
+    let store = Arc::new(conn.connect("bkt").await.unwrap());
+    let client = &client;
+    conformance(
+        store,
+        |k, v| async move {
+            client
+                .put_object()
+                .bucket("bkt")
+                .key(k)
+                .body(v.into())
+                .send()
+                .await
+                .unwrap();
+        },
+        true,
+    )
+    .await;
+}
