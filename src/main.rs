@@ -1,5 +1,6 @@
 use s3_synchronizer::app::{self, SyncOutcome};
 use s3_synchronizer::cli::{self, Command};
+use s3_synchronizer::progress::LogWriter;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +13,7 @@ fn init_tracing(debug: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter::stderr())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

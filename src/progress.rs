@@ -116,3 +116,45 @@ pub fn human_bytes(n: f64) -> String {
         format!("{n:.1} {}", UNITS[unit])
     }
 }
+
+/// Log output for tracing: on a terminal, each log line first erases the live progress line
+/// (which the next tick redraws), so the two never mix.
+pub struct LogWriter {
+    tty: bool,
+}
+
+impl LogWriter {
+    pub fn stderr() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            clear_first: self.tty,
+        }
+    }
+}
+
+pub struct LineWriter {
+    clear_first: bool,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if std::mem::take(&mut self.clear_first) {
+            err.write_all(b"\r\x1b[2K")?;
+        }
+        err.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
