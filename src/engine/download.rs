@@ -139,6 +139,8 @@ pub(crate) async fn fetch(
                     Err(e) => return Err(fail(e.into(), &meta.key)),
                 }
             }
+            // Deleted between the listing and the GET: nothing to copy, nothing failed.
+            Err(PartError::Store(StoreError::NoSuchKey { .. })) => return Ok(Outcome::Gone),
             Err(e) => return Err(fail(e, &meta.key)),
         }
     }
