@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: times a full fresh copy of the same data, from the same local
+# S3-compatible server (`rclone serve s3` on loopback), by s3-synchronizer, `rclone copy` and
+# `s5cmd cp`, and prints a table of the best times.
+#
+#   scripts/bench.sh                              # both sets, 3 runs of each tool
+#   scripts/bench.sh --sets small --runs 5
+#   scripts/bench.sh --tools rclone,s5cmd         # only some of the tools
+#
+# Sets (bucket `bench`, random data written to the server's disk before it starts):
+#   small  1,000 objects of 256 KiB under small/
+#   large  2 objects of 512 MiB under large/
+# Tools, each into a new empty destination, `sync` run before each timed copy:
+#   ours    s3-synchronizer sync (defaults: --concurrency 20, --part-size 8MiB)
+#   rclone  rclone copy --transfers 16 --multi-thread-streams 16, 8 MiB chunks above 8 MiB
+#   s5cmd   s5cmd --numworkers 16 cp (its default part size and per-file concurrency)
+# Within each round the order of the tools rotates, so noise hits all of them alike. Each tool's
+# first copy of a set is checked byte for byte against the source; a wrong copy fails the script.
+# Ratio = peer's best time / ours: above 1 means s3-synchronizer is faster.
+#
+# Temporary data (about 2.5 GiB at most) goes under target/ in this repository (set BENCH_DIR to
+# use another directory; not a RAM disk) and is removed on exit. Needs 4 GiB free there.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+    sed -n '2,24s/^# \{0,1\}//p' "$0"
+}
+
+sets="small,large"
+runs=3
+tools="ours,rclone,s5cmd"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --sets | --runs | --tools)
+        [[ $# -ge 2 ]] || die "$1 needs a value"
+        printf -v "${1#--}" '%s' "$2"
+        shift 2
+        ;;
+    --sets=* | --runs=* | --tools=*)
+        name="${1%%=*}"
+        printf -v "${name#--}" '%s' "${1#*=}"
+        shift
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+    esac
+done
+
+IFS=, read -r -a set_list <<<"$sets"
+IFS=, read -r -a tool_list <<<"$tools"
+[[ ${#set_list[@]} -gt 0 ]] || die "--sets is empty"
+[[ ${#tool_list[@]} -gt 0 ]] || die "--tools is empty"
+for s in "${set_list[@]}"; do
+    [[ "$s" == small || "$s" == large ]] || die "unknown set '$s' (small, large)"
+done
+have_ours=0
+for t in "${tool_list[@]}"; do
+    case "$t" in
+    ours) have_ours=1 ;;
+    rclone | s5cmd) ;;
+    *) die "unknown tool '$t' (ours, rclone, s5cmd)" ;;
+    esac
+done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+
+ensure_python_tools
+if [[ $have_ours -eq 1 ]]; then
+    build_tool
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Scratch space on a real disk.
+parent="${BENCH_DIR:-$REPO_ROOT/target}"
+mkdir -p -- "$parent"
+free_kib="$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')"
+if [[ "$free_kib" -lt $((4 * 1024 * 1024)) ]]; then
+    die "$(awk -v k="$free_kib" 'BEGIN { printf "%.1f", k / 1048576 }') GiB free under $parent; the benchmark needs 4 GiB (set BENCH_DIR to another directory)"
+fi
+make_temp_dir "$parent"
+work="$TEMP_DIR"
+data="$work/data"
+dest="$work/dest"
+logs="$work/logs"
+mkdir -p "$data/bench" "$logs"
+
+log "writing random data under $work"
+python3 - "$data/bench" "${set_list[@]}" <<'EOF'
+import os, sys
+root, sets = sys.argv[1], sys.argv[2:]
+layout = {"small": (1000, 256 * 1024), "large": (2, 512 * 1024 * 1024)}
+for name in sets:
+    count, size = layout[name]
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(count):
+        with open(os.path.join(root, name, "obj-%04d.bin" % i), "wb") as f:
+            left = size
+            while left:
+                n = min(left, 16 * 1024 * 1024)
+                f.write(os.urandom(n))
+                left -= n
+EOF
+sync
+
+# The server caches listings, so it starts after the data is in place.
+start_s3_server "$data"
+
+# The server computes each object's ETag (an MD5) on its first listing: list every set once
+# before timing, so that cost falls on no tool.
+for s in "${set_list[@]}"; do
+    s3_env s5cmd --endpoint-url "$S3_ENDPOINT" ls "s3://bench/$s/*" >/dev/null ||
+        die "cannot list s3://bench/$s/ on the local server"
+done
+
+# ---------------------------------------------------------------------------------------------
+# run_tool TOOL SET: one fresh copy of SET into $dest/SET (ours also keeps its state in $dest).
+run_tool() {
+    local tool="$1" set="$2"
+    case "$tool" in
+    ours)
+        s3_env "$TOOL" sync \
+            --default-s3-mounts "[{\"id\":\"$set\",\"bucket\":\"bench\",\"prefix\":\"$set/\"}]" \
+            --destination "$dest" --endpoint-url "$S3_ENDPOINT" --region "$S3_REGION"
+        ;;
+    rclone)
+        s3_env rclone copy "bench:bench/$set" "$dest/$set" \
+            --transfers 16 --multi-thread-streams 16 \
+            --multi-thread-chunk-size 8M --multi-thread-cutoff 8M
+        ;;
+    s5cmd)
+        s3_env s5cmd --endpoint-url "$S3_ENDPOINT" --numworkers 16 \
+            cp "s3://bench/$set/*" "$dest/$set/"
+        ;;
+    *) die "unknown tool $tool" ;;
+    esac
+}
+
+# verify SET TOOL: the copy in $dest equals the source, and nothing else is there.
+verify() {
+    local set="$1" tool="$2"
+    if ! diff -r -q "$data/bench/$set" "$dest/$set" >"$logs/diff-$set-$tool.txt" 2>&1; then
+        head -n 20 "$logs/diff-$set-$tool.txt" >&2
+        die "WRONG COPY: $tool's copy of set '$set' differs from the source (see above)"
+    fi
+    expect_entries "$dest" "$set" .s3-synchronizer
+}
+
+declare -A times   # "set tool" -> space-separated seconds of each run
+declare -A bytes   # set -> total bytes
+for s in "${set_list[@]}"; do
+    bytes[$s]="$(find "$data/bench/$s" -type f -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')"
+done
+
+n_tools=${#tool_list[@]}
+for s in "${set_list[@]}"; do
+    for ((round = 0; round < runs; round++)); do
+        for ((k = 0; k < n_tools; k++)); do
+            t="${tool_list[$(((round + k) % n_tools))]}"
+            rm -rf -- "$dest"
+            mkdir -p -- "$dest"
+            sync
+            out="$logs/$s-$t-$round.log"
+            t0="$(now)"
+            rc=0
+            run_tool "$t" "$s" >"$out" 2>&1 || rc=$?
+            if [[ $rc -eq 130 || $rc -eq 143 ]]; then
+                log "interrupted"
+                exit "$rc"
+            elif [[ $rc -ne 0 ]]; then
+                tail -n 20 "$out" >&2
+                die "$t failed on set '$s' with exit code $rc (round $((round + 1)); its output is above)"
+            fi
+            t1="$(now)"
+            secs="$(elapsed "$t0" "$t1")"
+            times["$s $t"]="${times["$s $t"]:-}${times["$s $t"]:+ }$secs"
+            printf '   %-5s round %d  %-6s %7s s\n' "$s" $((round + 1)) "$t" "$secs" >&2
+            if [[ $round -eq 0 ]]; then
+                verify "$s" "$t"
+            fi
+        done
+    done
+    rm -rf -- "$dest"
+done
+
+# ---------------------------------------------------------------------------------------------
+best() { tr ' ' '\n' <<<"$1" | sort -g | head -n 1; }
+
+echo
+echo "$(nproc) CPUs; $(rclone version 2>/dev/null | head -n 1); s5cmd $(s5cmd version 2>/dev/null);" \
+    "best of $runs runs; MB = 10^6 bytes"
+echo
+echo "| set | tool | best s | MB/s | ratio (peer s / ours s) |"
+echo "|---|---|---:|---:|---:|"
+for s in "${set_list[@]}"; do
+    ours_best=""
+    if [[ $have_ours -eq 1 ]]; then
+        ours_best="$(best "${times["$s ours"]}")"
+    fi
+    for t in "${tool_list[@]}"; do
+        b="$(best "${times["$s $t"]}")"
+        awk -v set="$s" -v tool="$t" -v b="$b" -v n="${bytes[$s]}" -v o="$ours_best" 'BEGIN {
+            name = (tool == "ours") ? "s3-synchronizer" : tool
+            ratio = (o == "" || o + 0 == 0) ? "-" : sprintf("%.2f", b / o)
+            printf "| %s | %s | %.2f | %.0f | %s |\n", set, name, b, n / b / 1e6, ratio
+        }'
+    done
+done
+echo
+echo "All runs (seconds):"
+for s in "${set_list[@]}"; do
+    for t in "${tool_list[@]}"; do
+        printf '  %-5s %-6s %s\n' "$s" "$t" "${times["$s $t"]}"
+    done
+done
