@@ -60,6 +60,18 @@ async fn copies_each_mount_byte_for_byte() {
         expect(&under(&objects, "data/"))
     );
     assert!(dest.path().join("data/a/b/c").is_dir());
+    // Local mtimes are the objects' LastModified (HEAD gives it to the second).
+    let head = s3
+        .client
+        .head_object()
+        .bucket("bkt")
+        .key("data/multi.bin")
+        .send()
+        .await
+        .unwrap();
+    let remote = head.last_modified().unwrap().secs();
+    let local = std::fs::metadata(dest.path().join("all/data/multi.bin")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&local), remote);
     let staging = dest.path().join(".s3-synchronizer/staging");
     assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
     // Multi-part objects took several ranged GETs; the empty object took none.
