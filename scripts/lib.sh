@@ -175,6 +175,13 @@ _ensure_commands() {
     done
 }
 
+# ensure_fuse: FUSE for mount mode: /dev/fuse and `fusermount3` (Debian's fuse3).
+ensure_fuse() {
+    command -v fusermount3 >/dev/null 2>&1 || _apt_install fuse3 ||
+        die "FUSE tools are needed (apt-get install fuse3)"
+    [[ -e /dev/fuse ]] || die "/dev/fuse is missing: this machine cannot mount FUSE file systems"
+}
+
 # ensure_rust: `cargo` on PATH and a C compiler/linker (the TLS library builds C code).
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then

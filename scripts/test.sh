@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 ensure_rust
 ensure_test_tools
+ensure_fuse
 
 if cargo fmt --version >/dev/null 2>&1; then
     echo "== cargo fmt --check"

@@ -8,9 +8,11 @@
 
 use super::{MountState, Shared};
 use crate::cache::{CacheError, Staged};
-use crate::manifest::{Entry, ManifestError};
+use crate::manifest::{Entry as ManifestEntry, ManifestError};
+use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use futures_util::StreamExt;
 use std::fs::File;
 use std::future::Future;
@@ -18,7 +20,9 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -29,6 +33,7 @@ const MAX_VERSION_RESTARTS: u32 = 5;
 /// Bytes buffered per part before they are written out.
 const WRITE_BATCH: usize = 1 << 20;
 
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     Written {
         bytes: u64,
@@ -37,9 +42,9 @@ pub(crate) enum Outcome {
     Gone,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("\"{key}\": {reason}")]
-pub(crate) struct FetchError {
+pub struct FetchError {
     pub key: String,
     pub reason: String,
 }
@@ -111,29 +116,126 @@ pub(crate) fn part_ranges(size: u64, part_size: u64) -> Vec<Range<u64>> {
         .collect()
 }
 
-/// Downloads `meta` to `path` under the mount directory and records it in the manifest.
+/// A download under way, shared by everyone who wants that file: the bulk pass that started it
+/// and any reader that asked for it since. A reader makes it urgent: its remaining GETs take
+/// permits from the priority lane instead of queueing behind the backlog.
+pub(crate) struct Flight {
+    urgent: AtomicBool,
+    wake: Notify,
+    done: watch::Sender<Option<Result<Outcome, FetchError>>>,
+}
+
+impl Flight {
+    fn new(urgent: bool) -> Self {
+        Self {
+            urgent: AtomicBool::new(urgent),
+            wake: Notify::new(),
+            done: watch::channel(None).0,
+        }
+    }
+
+    fn hurry(&self) {
+        self.urgent.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    async fn wait(&self) -> Result<Outcome, FetchError> {
+        let mut rx = self.done.subscribe();
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .expect("the flight outlives its waiters");
+        done.clone().expect("checked by wait_for")
+    }
+}
+
+/// Removes a flight from the registry when its download ends, however it ends (a cancelled
+/// download tells its waiters so instead of leaving them waiting).
+struct FlightGuard<'a> {
+    shared: &'a Shared,
+    key: String,
+    flight: Arc<Flight>,
+    result: Option<Result<Outcome, FetchError>>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.flights.remove(&self.key);
+        let result = self.result.take().unwrap_or_else(|| {
+            Err(FetchError {
+                key: self.key.clone(),
+                reason: "the download was cancelled".into(),
+            })
+        });
+        self.flight.done.send_replace(Some(result));
+    }
+}
+
+/// Everything one object's download needs, shared by its part tasks.
+struct Job {
+    shared: Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    flight: Arc<Flight>,
+}
+
+/// Downloads `meta` to `path` under the mount directory and records it in the manifest. When
+/// the same file is already downloading, waits for that download instead (hurrying it along
+/// when `urgent`).
 pub(crate) async fn fetch(
     shared: Arc<Shared>,
     mount: Arc<MountState>,
     store: Arc<dyn ObjectStore>,
-    mut meta: ObjectMeta,
+    meta: ObjectMeta,
     path: String,
+    urgent: bool,
 ) -> Result<Outcome, FetchError> {
+    let key = format!("{}/{}", mount.mount.id, path);
+    let flight = match shared.flights.entry(key.clone()) {
+        Entry::Occupied(e) => {
+            let flight = e.get().clone();
+            drop(e);
+            if urgent {
+                flight.hurry();
+            }
+            return flight.wait().await;
+        }
+        Entry::Vacant(e) => e.insert(Arc::new(Flight::new(urgent))).clone(),
+    };
+    let mut guard = FlightGuard {
+        shared: &shared,
+        key,
+        flight: flight.clone(),
+        result: None,
+    };
+    let job = Arc::new(Job {
+        shared: shared.clone(),
+        mount,
+        store,
+        flight,
+    });
+    let result = download(&job, meta, &path).await;
+    guard.result = Some(result.clone());
+    drop(guard);
+    result
+}
+
+async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Outcome, FetchError> {
     let fail = |e: PartError, key: &str| FetchError {
         key: key.to_owned(),
         reason: e.to_string(),
     };
     for _ in 0..MAX_VERSION_RESTARTS {
-        let result = if meta.size <= shared.part_size.min(WRITE_BATCH as u64) {
-            fetch_small(&shared, &mount, &store, &meta, &path).await
+        let result = if meta.size <= job.shared.part_size.min(WRITE_BATCH as u64) {
+            fetch_small(job, &meta, path).await
         } else {
-            fetch_large(&shared, &mount, &store, &meta, &path).await
+            fetch_large(job, &meta, path).await
         };
         match result {
             Ok(()) => return Ok(Outcome::Written { bytes: meta.size }),
             Err(PartError::Store(StoreError::PreconditionFailed { .. })) => {
                 tracing::info!(key = %meta.key, "object changed during download; starting again");
-                match retry("head", || store.head(&meta.key)).await {
+                match retry("head", || job.store.head(&meta.key)).await {
                     Ok(Some(new)) => meta = new,
                     Ok(None) => return Ok(Outcome::Gone),
                     Err(e) => return Err(fail(e.into(), &meta.key)),
@@ -154,52 +256,42 @@ pub(crate) async fn fetch(
 
 /// A small object is read into memory with one GET, then staged, written and committed in one
 /// blocking call: one hand-off to the blocking pool per file instead of three.
-async fn fetch_small(
-    shared: &Arc<Shared>,
-    mount: &Arc<MountState>,
-    store: &Arc<dyn ObjectStore>,
-    meta: &ObjectMeta,
-    path: &str,
-) -> Result<(), PartError> {
+async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
     let data = if meta.size == 0 {
         Vec::new()
     } else {
-        download_part(
-            shared.clone(),
-            store.clone(),
-            meta.clone(),
-            0..meta.size,
-            None,
-        )
-        .await?
+        download_part(job.clone(), meta.clone(), 0..meta.size, None).await?
     };
-    let (shared, mount, meta, path) =
-        (shared.clone(), mount.clone(), meta.clone(), path.to_owned());
+    let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
-        let staged = shared.cache.stage(0)?;
+        let staged = job.shared.cache.stage(0)?;
         write_all_vectored_at(&staged.file(), &data, 0)?;
-        commit(&mount, staged, &meta, &path)
+        commit(&job.mount, staged, &meta, &path)
     })
     .await
     .expect("write task panicked")
 }
 
 /// A large object is written part by part, as parts arrive, into a staging file of its size.
-async fn fetch_large(
-    shared: &Arc<Shared>,
-    mount: &Arc<MountState>,
-    store: &Arc<dyn ObjectStore>,
-    meta: &ObjectMeta,
-    path: &str,
-) -> Result<(), PartError> {
-    let sh = shared.clone();
+async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
+    let shared = job.shared.clone();
     let size = meta.size;
-    let staged = tokio::task::spawn_blocking(move || sh.cache.stage(size))
+    let staged = tokio::task::spawn_blocking(move || shared.cache.stage(size))
         .await
         .expect("staging task panicked")?;
-    download_parts(shared, store, meta, staged.file()).await?;
-    let (mount, meta, path) = (mount.clone(), meta.clone(), path.to_owned());
-    tokio::task::spawn_blocking(move || commit(&mount, staged, &meta, &path))
+    let mut parts = JoinSet::new();
+    for range in part_ranges(meta.size, job.shared.part_size) {
+        let span =
+            tracing::debug_span!("part", key = %meta.key, start = range.start, end = range.end);
+        let part = download_part(job.clone(), meta.clone(), range, Some(staged.file()));
+        parts.spawn(part.instrument(span));
+    }
+    while let Some(done) = parts.join_next().await {
+        // An error returns at once; dropping `parts` aborts the other parts.
+        done.expect("part task panicked").map(drop)?;
+    }
+    let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
+    tokio::task::spawn_blocking(move || commit(&job.mount, staged, &meta, &path))
         .await
         .expect("commit task panicked")
 }
@@ -213,7 +305,7 @@ fn commit(
     path: &str,
 ) -> Result<(), PartError> {
     staged.commit(&mount.dir, path, meta.last_modified)?;
-    let entry = Entry {
+    let entry = ManifestEntry {
         key: meta.key.clone(),
         etag: meta.etag.clone(),
         size: meta.size,
@@ -231,54 +323,39 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-async fn download_parts(
-    shared: &Arc<Shared>,
-    store: &Arc<dyn ObjectStore>,
-    meta: &ObjectMeta,
-    file: Arc<File>,
-) -> Result<(), PartError> {
-    let ranges = part_ranges(meta.size, shared.part_size);
-    let mut parts = JoinSet::new();
-    for range in ranges {
-        let span =
-            tracing::debug_span!("part", key = %meta.key, start = range.start, end = range.end);
-        parts.spawn(
-            download_part(
-                shared.clone(),
-                store.clone(),
-                meta.clone(),
-                range,
-                Some(file.clone()),
-            )
-            .instrument(span),
-        );
+/// A GET permit: from the bulk lane, or from the priority lane once the download is urgent
+/// (also when it becomes urgent while this part is still queueing).
+async fn permit(job: &Job) -> SemaphorePermit<'_> {
+    let (shared, flight) = (&job.shared, &job.flight);
+    loop {
+        let woken = flight.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if flight.urgent.load(Ordering::SeqCst) {
+            return shared.urgent_permits.acquire().await.expect("never closed");
+        }
+        tokio::select! {
+            permit = shared.permits.acquire() => return permit.expect("never closed"),
+            () = &mut woken => {}
+        }
     }
-    while let Some(done) = parts.join_next().await {
-        // An error returns at once; dropping `parts` aborts the other parts.
-        done.expect("part task panicked").map(drop)?;
-    }
-    Ok(())
 }
 
 /// Downloads one part with retries. With a `file`, the bytes are written to it as they arrive;
 /// without, they are returned.
 async fn download_part(
-    shared: Arc<Shared>,
-    store: Arc<dyn ObjectStore>,
+    job: Arc<Job>,
     meta: ObjectMeta,
     range: Range<u64>,
     file: Option<Arc<File>>,
 ) -> Result<Vec<Bytes>, PartError> {
     retry(&meta.key, || async {
-        let _permit = shared
-            .permits
-            .acquire()
-            .await
-            .expect("permits are never closed");
+        let _permit = permit(&job).await;
+        let progress = &job.shared.progress;
         let mut counted = 0;
         let result = read_part(
-            &shared,
-            &*store,
+            progress,
+            &*job.store,
             &meta,
             range.clone(),
             file.as_ref(),
@@ -286,7 +363,7 @@ async fn download_part(
         )
         .await;
         if result.is_err() {
-            shared.progress.sub_bytes(counted);
+            progress.sub_bytes(counted);
         }
         result
     })
@@ -294,7 +371,7 @@ async fn download_part(
 }
 
 async fn read_part(
-    shared: &Shared,
+    progress: &Progress,
     store: &dyn ObjectStore,
     meta: &ObjectMeta,
     range: Range<u64>,
@@ -314,7 +391,7 @@ async fn read_part(
             ))
             .into());
         }
-        shared.progress.add_bytes(chunk.len() as u64);
+        progress.add_bytes(chunk.len() as u64);
         *counted += chunk.len() as u64;
         batched += chunk.len();
         batch.push(chunk);

@@ -14,8 +14,10 @@ use crate::cache::{self, Cache, CacheError};
 use crate::manifest::{Entry, Manifest, ManifestError};
 use crate::mounts::Mount;
 use crate::progress::Progress;
-use crate::store::{ObjectStore, StoreError};
-use download::{FetchError, Outcome, retry, unix_seconds};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use dashmap::DashMap;
+pub use download::FetchError;
+use download::{Outcome, retry, unix_seconds};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +36,12 @@ pub struct EngineConfig {
 
 pub(crate) struct Shared {
     pub(crate) cache: Cache,
+    /// The bulk lane: GETs of the background passes.
     pub(crate) permits: Semaphore,
+    /// The priority lane: GETs of downloads a reader is waiting for.
+    pub(crate) urgent_permits: Semaphore,
+    /// Downloads under way, by `<mount id>/<path>`.
+    pub(crate) flights: DashMap<String, Arc<download::Flight>>,
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
     files_in_flight: usize,
@@ -104,6 +111,8 @@ impl Engine {
             shared: Arc::new(Shared {
                 cache,
                 permits: Semaphore::new(concurrency),
+                urgent_permits: Semaphore::new(concurrency),
+                flights: DashMap::new(),
                 part_size: config.part_size.max(1),
                 progress,
                 files_in_flight: (concurrency * 2).max(8),
@@ -136,6 +145,20 @@ impl Engine {
         }))
     }
 
+    /// Downloads one object now, ahead of the backlog, and waits for it; when the file is already
+    /// downloading, hurries that download along instead of starting another.
+    pub async fn fetch_now(
+        &self,
+        state: &Arc<MountState>,
+        store: Arc<dyn ObjectStore>,
+        meta: ObjectMeta,
+        path: String,
+    ) -> Result<(), FetchError> {
+        download::fetch(self.shared.clone(), state.clone(), store, meta, path, true)
+            .await
+            .map(drop)
+    }
+
     /// Removes any staging files left by downloads that were cancelled.
     pub fn clear_staging(&self) {
         self.shared.cache.clear_staging();
@@ -147,22 +170,44 @@ impl Engine {
         state: &Arc<MountState>,
         store: Arc<dyn ObjectStore>,
     ) -> Result<PassStats, EngineError> {
+        let remote = self.list(state, &store).await?;
+        self.apply(state, store, remote).await
+    }
+
+    /// Lists the mount's objects (with retries).
+    pub async fn list(
+        &self,
+        state: &MountState,
+        store: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<ObjectMeta>, EngineError> {
         let mount = &state.mount;
-        let store_err = |source| EngineError::Store {
-            mount: mount.id.clone(),
-            bucket: mount.bucket.clone(),
-            prefix: mount.prefix.clone(),
-            source,
-        };
+        tokio::select! {
+            listed = retry("list", || store.list(&mount.prefix)) => {
+                listed.map_err(|source| EngineError::Store {
+                    mount: mount.id.clone(),
+                    bucket: mount.bucket.clone(),
+                    prefix: mount.prefix.clone(),
+                    source,
+                })
+            }
+            () = self.shared.cancel.cancelled() => Err(EngineError::Cancelled {
+                mount: mount.id.clone(),
+            }),
+        }
+    }
+
+    /// Brings the mount directory in line with `remote`, a listing of the mount.
+    pub async fn apply(
+        &self,
+        state: &Arc<MountState>,
+        store: Arc<dyn ObjectStore>,
+        remote: Vec<ObjectMeta>,
+    ) -> Result<PassStats, EngineError> {
+        let mount = &state.mount;
         let cancelled = || EngineError::Cancelled {
             mount: mount.id.clone(),
         };
         let cancel = &self.shared.cancel;
-        let remote = tokio::select! {
-            listed = retry("list", || store.list(&mount.prefix)) => listed.map_err(store_err)?,
-            () = cancel.cancelled() => return Err(cancelled()),
-        };
-
         let st = state.clone();
         let (plan, mut stats) = tokio::task::spawn_blocking(move || {
             let manifest = st.manifest.lock();
@@ -194,6 +239,7 @@ impl Engine {
                     store.clone(),
                     job.meta,
                     job.path,
+                    false,
                 );
                 running.spawn(async move { (update, task.await) }.instrument(span));
             }
