@@ -12,3 +12,4 @@ pub mod mounts;
 pub mod paths;
 pub mod progress;
 pub mod store;
+pub mod vfs;

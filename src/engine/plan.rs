@@ -45,6 +45,52 @@ pub struct Plan {
     pub skipped: Vec<(String, Unrepresentable)>,
 }
 
+/// How a listing lays out under the mount directory: which paths are files and which are
+/// directories, and which keys cannot be represented.
+#[derive(Debug, Default)]
+pub struct Layout<'a> {
+    pub files: BTreeMap<String, &'a ObjectMeta>,
+    /// Directories from folder markers.
+    pub dirs: BTreeMap<String, &'a ObjectMeta>,
+    /// Directories that exist because something is below them.
+    pub implied_dirs: BTreeSet<String>,
+    pub skipped: Vec<(String, Unrepresentable)>,
+}
+
+pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
+    let mut out = Layout::default();
+    for meta in remote {
+        match map_key(prefix, &meta.key) {
+            Ok(Mapped::File(path)) => {
+                out.files.insert(path, meta);
+            }
+            Ok(Mapped::Dir(path)) => {
+                out.dirs.insert(path, meta);
+            }
+            Ok(Mapped::Root) => {}
+            Err(reason) => out.skipped.push((meta.key.clone(), reason)),
+        }
+    }
+    out.implied_dirs = out
+        .files
+        .keys()
+        .chain(out.dirs.keys())
+        .flat_map(|p| ancestors(p).map(str::to_owned))
+        .collect();
+    let conflicts: Vec<String> = out
+        .files
+        .keys()
+        .filter(|p| out.dirs.contains_key(*p) || out.implied_dirs.contains(*p))
+        .cloned()
+        .collect();
+    for path in conflicts {
+        let meta = out.files.remove(&path).expect("conflict is a file");
+        out.skipped
+            .push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+    }
+    out
+}
+
 pub fn plan(
     prefix: &str,
     remote: &[ObjectMeta],
@@ -55,35 +101,13 @@ pub fn plan(
         listed: remote.len(),
         ..Plan::default()
     };
-    let mut files: BTreeMap<String, &ObjectMeta> = BTreeMap::new();
-    let mut dirs: BTreeMap<String, &ObjectMeta> = BTreeMap::new();
-    for meta in remote {
-        match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => {
-                files.insert(path, meta);
-            }
-            Ok(Mapped::Dir(path)) => {
-                dirs.insert(path, meta);
-            }
-            Ok(Mapped::Root) => {}
-            Err(reason) => out.skipped.push((meta.key.clone(), reason)),
-        }
-    }
-    let implied_dirs: BTreeSet<String> = files
-        .keys()
-        .chain(dirs.keys())
-        .flat_map(|p| ancestors(p).map(str::to_owned))
-        .collect();
-    let conflicts: Vec<String> = files
-        .keys()
-        .filter(|p| dirs.contains_key(*p) || implied_dirs.contains(*p))
-        .cloned()
-        .collect();
-    for path in conflicts {
-        let meta = files.remove(&path).expect("conflict is a file");
-        out.skipped
-            .push((meta.key.clone(), Unrepresentable::FileAndDirectory));
-    }
+    let Layout {
+        files,
+        dirs,
+        implied_dirs,
+        skipped,
+    } = layout(prefix, remote);
+    out.skipped = skipped;
 
     for (path, entry) in manifest {
         let wanted = if entry.dir {

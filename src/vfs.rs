@@ -1,0 +1,482 @@
+//! The file system of mount mode, not tied to FUSE: an inode table built from the listings, and
+//! lookup/getattr/readdir/open/read over the local cache. `fuse.rs` only translates.
+//!
+//! Layout: inode 1 is the root; its children are the mount ids; below each, the mount's objects as
+//! [`layout`] maps them (the same mapping `sync` writes to disk).
+//!
+//! Inode numbers are stable: a path keeps its inode across refreshes for as long as it exists.
+//! An open handle holds the cache file it opened, so a reader keeps the version it opened even
+//! when a refresh replaces the file (the rename leaves the old inode alive for open handles).
+//!
+//! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
+
+use crate::cache;
+use crate::engine::plan::{Local, layout};
+use crate::engine::{Engine, FetchError, MountState};
+use crate::store::{ObjectMeta, ObjectStore};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// What `stat` shows for an inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("download failed: {0}")]
+    Download(#[from] FetchError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A mount as the file system serves it: its local state and its bucket.
+pub struct Source {
+    pub state: Arc<MountState>,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+enum Data {
+    Dir(BTreeMap<String, u64>),
+    File(ObjectMeta),
+}
+
+struct Node {
+    parent: u64,
+    /// Index into the sources, `None` for the root.
+    mount: Option<usize>,
+    /// Path under the mount directory; empty for a mount's own directory.
+    path: String,
+    data: Data,
+}
+
+#[derive(Default)]
+struct Tree {
+    nodes: HashMap<u64, Node>,
+    inos: HashMap<(Option<usize>, String), u64>,
+    next: u64,
+}
+
+impl Tree {
+    fn ino_for(&mut self, mount: Option<usize>, path: &str) -> u64 {
+        if let Some(&ino) = self.inos.get(&(mount, path.to_owned())) {
+            return ino;
+        }
+        self.next += 1;
+        self.inos.insert((mount, path.to_owned()), self.next);
+        self.next
+    }
+
+    fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
+        match &mut self.nodes.get_mut(&ino).expect("parent exists").data {
+            Data::Dir(children) => children,
+            Data::File(_) => unreachable!("parents are directories"),
+        }
+    }
+}
+
+pub struct Vfs {
+    tree: RwLock<Tree>,
+    sources: Vec<Source>,
+    engine: Arc<Engine>,
+    handles: DashMap<u64, Arc<File>>,
+    next_fh: AtomicU64,
+    /// Directories show the time the file system started.
+    started: SystemTime,
+}
+
+impl Vfs {
+    /// A file system with an empty directory per mount; [`Vfs::update`] fills them.
+    pub fn new(engine: Arc<Engine>, sources: Vec<Source>) -> Self {
+        let mut tree = Tree {
+            next: ROOT,
+            ..Tree::default()
+        };
+        tree.inos.insert((None, String::new()), ROOT);
+        let mut root = BTreeMap::new();
+        for (i, source) in sources.iter().enumerate() {
+            let ino = tree.ino_for(Some(i), "");
+            root.insert(source.state.mount.id.clone(), ino);
+            tree.nodes.insert(
+                ino,
+                Node {
+                    parent: ROOT,
+                    mount: Some(i),
+                    path: String::new(),
+                    data: Data::Dir(BTreeMap::new()),
+                },
+            );
+        }
+        tree.nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                mount: None,
+                path: String::new(),
+                data: Data::Dir(root),
+            },
+        );
+        Self {
+            tree: RwLock::new(tree),
+            sources,
+            engine,
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// Replaces mount `i`'s tree with what `remote`, a fresh listing of it, describes.
+    pub fn update(&self, i: usize, remote: &[ObjectMeta]) {
+        let prefix = &self.sources[i].state.mount.prefix;
+        let layout = layout(prefix, remote);
+        let mut dirs: Vec<&str> = layout
+            .dirs
+            .keys()
+            .chain(layout.implied_dirs.iter())
+            .map(String::as_str)
+            .collect();
+        // Parents before children.
+        dirs.sort_by_key(|d| (d.matches('/').count(), *d));
+        dirs.dedup();
+
+        let mut tree = self.tree.write();
+        let mount_ino = tree.ino_for(Some(i), "");
+        // Drop the mount's old nodes; their paths keep their inode numbers if they come back.
+        let old: Vec<u64> = tree
+            .nodes
+            .iter()
+            .filter(|(ino, n)| n.mount == Some(i) && **ino != mount_ino)
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in old {
+            let node = tree.nodes.remove(&ino).expect("listed above");
+            let present = match &node.data {
+                Data::Dir(_) => dirs.contains(&node.path.as_str()),
+                Data::File(_) => layout.files.contains_key(&node.path),
+            };
+            if !present {
+                tree.inos.remove(&(Some(i), node.path));
+            }
+        }
+        tree.children_mut(mount_ino).clear();
+
+        let parent_of = |tree: &mut Tree, path: &str| match path.rsplit_once('/') {
+            Some((parent, _)) => tree.ino_for(Some(i), parent),
+            None => mount_ino,
+        };
+        let name_of = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
+        for dir in dirs {
+            let ino = tree.ino_for(Some(i), dir);
+            let parent = parent_of(&mut tree, dir);
+            tree.nodes.insert(
+                ino,
+                Node {
+                    parent,
+                    mount: Some(i),
+                    path: dir.to_owned(),
+                    data: Data::Dir(BTreeMap::new()),
+                },
+            );
+            tree.children_mut(parent).insert(name_of(dir), ino);
+        }
+        for (path, meta) in layout.files {
+            let ino = tree.ino_for(Some(i), &path);
+            let parent = parent_of(&mut tree, &path);
+            tree.children_mut(parent).insert(name_of(&path), ino);
+            tree.nodes.insert(
+                ino,
+                Node {
+                    parent,
+                    mount: Some(i),
+                    path,
+                    data: Data::File(meta.clone()),
+                },
+            );
+        }
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> Attr {
+        match &node.data {
+            Data::Dir(_) => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: self.started,
+            },
+            Data::File(meta) => Attr {
+                ino,
+                kind: Kind::File,
+                size: meta.size,
+                mtime: meta.last_modified,
+            },
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let tree = self.tree.read();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        Ok(self.attr_of(ino, node))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let tree = self.tree.read();
+        let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
+        let Data::Dir(children) = &node.data else {
+            return Err(FsError::NotADirectory);
+        };
+        let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        Ok(self.attr_of(ino, &tree.nodes[&ino]))
+    }
+
+    /// The entries of a directory, `.` and `..` first.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, String)>, FsError> {
+        let tree = self.tree.read();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        let Data::Dir(children) = &node.data else {
+            return Err(FsError::NotADirectory);
+        };
+        let mut out = vec![
+            (ino, Kind::Dir, ".".to_owned()),
+            (node.parent, Kind::Dir, "..".to_owned()),
+        ];
+        for (name, &child) in children {
+            let kind = match tree.nodes[&child].data {
+                Data::Dir(_) => Kind::Dir,
+                Data::File(_) => Kind::File,
+            };
+            out.push((child, kind, name.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Opens a file for reading, downloading it first (ahead of the backlog) when the cache does
+    /// not hold the listed version yet. Returns a file handle.
+    pub async fn open(&self, ino: u64) -> Result<u64, FsError> {
+        let (i, path, meta) = {
+            let tree = self.tree.read();
+            let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+            match (&node.data, node.mount) {
+                (Data::File(meta), Some(i)) => (i, node.path.clone(), meta.clone()),
+                _ => return Err(FsError::IsADirectory),
+            }
+        };
+        let source = &self.sources[i];
+        if !is_cached(&source.state, &path, &meta) {
+            self.engine
+                .fetch_now(&source.state, source.store.clone(), meta, path.clone())
+                .await?;
+        }
+        let file = File::open(source.state.dir.join(&path)).map_err(|e| match e.kind() {
+            // Deleted from the bucket while we waited.
+            io::ErrorKind::NotFound => FsError::NotFound,
+            _ => FsError::Io(e),
+        })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Arc::new(file));
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file = self.handles.get(&fh).ok_or(FsError::BadHandle)?.clone();
+        let mut buf = vec![0; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(&fh);
+    }
+
+    /// Counts for `statfs`: files and directories served.
+    pub fn counts(&self) -> (u64, u64) {
+        let tree = self.tree.read();
+        let files = tree
+            .nodes
+            .values()
+            .filter(|n| matches!(n.data, Data::File(_)))
+            .count() as u64;
+        (files, tree.nodes.len() as u64 - files)
+    }
+}
+
+/// Whether the cache holds exactly the listed version of a file.
+fn is_cached(state: &MountState, path: &str, meta: &ObjectMeta) -> bool {
+    let recorded = state
+        .manifest
+        .lock()
+        .get(path)
+        .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
+    recorded && cache::probe(&state.dir, path) == (Local::File { size: meta.size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::engine::EngineConfig;
+    use crate::mounts::Mount;
+    use crate::progress::Progress;
+    use crate::store::memory::MemoryStore;
+    use tokio_util::sync::CancellationToken;
+
+    fn mount(id: &str, prefix: &str) -> Mount {
+        Mount {
+            id: id.into(),
+            bucket: "bkt".into(),
+            prefix: prefix.into(),
+            writeable: false,
+            kms_key_id: None,
+            role_arn: None,
+        }
+    }
+
+    async fn vfs_over(store: &Arc<MemoryStore>, dir: &std::path::Path) -> (Arc<Vfs>, Arc<Engine>) {
+        let engine = Arc::new(Engine::new(
+            Cache::open(dir).unwrap(),
+            &EngineConfig {
+                concurrency: 2,
+                part_size: 64 * 1024,
+            },
+            Arc::new(Progress::default()),
+            CancellationToken::new(),
+        ));
+        let state = engine.open_mount(mount("m", "p/")).unwrap();
+        let store: Arc<dyn ObjectStore> = store.clone();
+        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Source { state, store }]));
+        let listing = store_list(&vfs).await;
+        vfs.update(0, &listing);
+        (vfs, engine)
+    }
+
+    async fn store_list(vfs: &Vfs) -> Vec<ObjectMeta> {
+        let s = &vfs.sources()[0];
+        s.store.list(&s.state.mount.prefix).await.unwrap()
+    }
+
+    fn path_ino(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
+        let mut ino = ROOT;
+        for name in path.split('/') {
+            ino = vfs.lookup(ino, name)?.ino;
+        }
+        Ok(ino)
+    }
+
+    async fn read_all(vfs: &Vfs, path: &str) -> Result<Vec<u8>, FsError> {
+        let fh = vfs.open(path_ino(vfs, path)?).await?;
+        let data = vfs.read(fh, 0, 1 << 24)?;
+        vfs.release(fh);
+        Ok(data)
+    }
+
+    #[tokio::test]
+    async fn lists_before_downloading_and_reads_on_demand() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new("bkt");
+        store.put("p/a/b.txt", &b"hello"[..]);
+        store.put("p/big", vec![7u8; 300_000]);
+        store.put("other/x", &b"not mine"[..]);
+        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+
+        let names: Vec<String> = vfs
+            .readdir(path_ino(&vfs, "m").unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.2)
+            .collect();
+        assert_eq!(names, [".", "..", "a", "big"]);
+        assert_eq!(
+            vfs.getattr(path_ino(&vfs, "m/big").unwrap()).unwrap().size,
+            300_000
+        );
+        assert_eq!(store.gets(), 0, "listing alone downloads nothing");
+
+        assert_eq!(read_all(&vfs, "m/a/b.txt").await.unwrap(), b"hello");
+        assert_eq!(read_all(&vfs, "m/big").await.unwrap(), vec![7u8; 300_000]);
+        assert!(matches!(path_ino(&vfs, "m/x"), Err(FsError::NotFound)));
+
+        // Cached now: opening again needs no GET.
+        let gets = store.gets();
+        assert_eq!(read_all(&vfs, "m/big").await.unwrap(), vec![7u8; 300_000]);
+        assert_eq!(store.gets(), gets);
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_inodes_and_open_handles_keep_their_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new("bkt");
+        store.put("p/f", &b"one"[..]);
+        store.put("p/gone", &b"bye"[..]);
+        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+        let ino = path_ino(&vfs, "m/f").unwrap();
+        let fh = vfs.open(ino).await.unwrap();
+
+        store.put("p/f", &b"two!"[..]);
+        store.delete("p/gone");
+        store.put("p/new", &b"new"[..]);
+        vfs.update(0, &store_list(&vfs).await);
+
+        assert_eq!(path_ino(&vfs, "m/f").unwrap(), ino, "inode is stable");
+        assert!(matches!(path_ino(&vfs, "m/gone"), Err(FsError::NotFound)));
+        assert_eq!(read_all(&vfs, "m/new").await.unwrap(), b"new");
+        assert_eq!(read_all(&vfs, "m/f").await.unwrap(), b"two!");
+        // The handle opened before the change still reads the version it opened.
+        assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"one");
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_fails_the_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new("bkt");
+        store.put("p/bad", &b"x"[..]);
+        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+        store.set_fault(|_, _| {
+            Some(crate::store::memory::Fault::Fail(
+                crate::store::StoreError::Permanent("denied".into()),
+            ))
+        });
+        let err = read_all(&vfs, "m/bad").await.unwrap_err();
+        assert!(matches!(err, FsError::Download(_)), "{err:?}");
+        assert!(err.to_string().contains("\"p/bad\""), "{err}");
+    }
+}
