@@ -8,6 +8,7 @@ use crate::cache::Cache;
 use crate::cli::SyncConfig;
 use crate::engine::download::retry;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
+use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
@@ -113,27 +114,10 @@ async fn run_pass(
         if slot.is_some() {
             continue;
         }
-        let mount = &state.mount;
-        // Mounts with a role read credentials from the profile named after the mount id.
-        let profile = mount.role_arn.as_ref().map(|_| mount.id.clone());
-        let connector = match connectors.get(&profile) {
-            Some(c) => c.clone(),
-            None => {
-                let c = Arc::new(S3Connector::load(&config.s3, profile.as_deref()).await);
-                connectors.insert(profile, c.clone());
-                c
-            }
-        };
-        match retry("connect", || connector.connect(&mount.bucket)).await {
-            Ok(store) => *slot = Some(Arc::new(store)),
-            Err(source) => {
+        match connect(&state.mount, config, connectors).await {
+            Ok(store) => *slot = Some(store),
+            Err(err) => {
                 failed = true;
-                let err = EngineError::Store {
-                    mount: mount.id.clone(),
-                    bucket: mount.bucket.clone(),
-                    prefix: mount.prefix.clone(),
-                    source,
-                };
                 tracing::error!("{err}");
             }
         }
@@ -163,7 +147,34 @@ async fn run_pass(
     failed
 }
 
-fn log_summary(mount: &str, s: &PassStats, seconds: f64) {
+/// A store for the mount's bucket. Mounts with a role read credentials from the AWS profile
+/// named after the mount id, as the original program did.
+pub(crate) async fn connect(
+    mount: &Mount,
+    config: &SyncConfig,
+    connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
+) -> Result<Arc<dyn ObjectStore>, EngineError> {
+    let profile = mount.role_arn.as_ref().map(|_| mount.id.clone());
+    let connector = match connectors.get(&profile) {
+        Some(c) => c.clone(),
+        None => {
+            let c = Arc::new(S3Connector::load(&config.s3, profile.as_deref()).await);
+            connectors.insert(profile, c.clone());
+            c
+        }
+    };
+    match retry("connect", || connector.connect(&mount.bucket)).await {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(source) => Err(EngineError::Store {
+            mount: mount.id.clone(),
+            bucket: mount.bucket.clone(),
+            prefix: mount.prefix.clone(),
+            source,
+        }),
+    }
+}
+
+pub(crate) fn log_summary(mount: &str, s: &PassStats, seconds: f64) {
     tracing::info!(
         mount,
         listed = s.listed,

@@ -30,6 +30,85 @@ pub struct Cli {
 pub enum Command {
     /// Copy each mount to DESTINATION/<id>/, once or on a schedule.
     Sync(SyncArgs),
+    /// Serve each mount read-only at DESTINATION/<id>/ (FUSE): every file is visible at once and
+    /// downloaded into a local cache in the background; a read of a file not yet downloaded
+    /// fetches it first.
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub common: SyncArgs,
+
+    /// Where downloaded files are kept (default: $XDG_CACHE_HOME/s3-synchronizer/<destination>,
+    /// or under ~/.cache).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Mount over a destination that is not empty.
+    #[arg(long)]
+    pub allow_non_empty: bool,
+
+    /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+    #[arg(long, conflicts_with = "allow_root")]
+    pub allow_other: bool,
+
+    /// Let root read the mount too.
+    #[arg(long)]
+    pub allow_root: bool,
+}
+
+/// Everything `mount` needs, validated.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub sync: SyncConfig,
+    pub cache_dir: PathBuf,
+    pub allow_non_empty: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+}
+
+impl MountArgs {
+    pub fn into_config(self) -> Result<MountConfig, ConfigError> {
+        let sync = self.common.into_config()?;
+        let cache_dir = match self.cache_dir {
+            Some(dir) => dir,
+            None => default_cache_dir(&sync.destination).ok_or(ConfigError::NoCacheDir)?,
+        };
+        Ok(MountConfig {
+            sync,
+            cache_dir,
+            allow_non_empty: self.allow_non_empty,
+            allow_other: self.allow_other,
+            allow_root: self.allow_root,
+        })
+    }
+}
+
+/// `$XDG_CACHE_HOME/s3-synchronizer/<name>-<hash of the absolute destination>`.
+fn default_cache_dir(destination: &std::path::Path) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let absolute = std::path::absolute(destination).ok()?;
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = absolute
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    let name = absolute
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    Some(
+        base.join("s3-synchronizer")
+            .join(format!("{name}-{hash:016x}")),
+    )
 }
 
 /// The flags of the original program, with kebab-case names and the original names as aliases.
@@ -127,6 +206,8 @@ pub enum ConfigError {
     Interval(i64),
     #[error("--concurrency must be at least 1")]
     Concurrency,
+    #[error("no cache directory: set --cache-dir (or HOME / XDG_CACHE_HOME)")]
+    NoCacheDir,
 }
 
 /// Parses the process arguments, accepting the original Go-style spellings.
@@ -290,6 +371,7 @@ mod tests {
             .command
         {
             Command::Sync(a) => a,
+            Command::Mount(a) => a.common,
         }
     }
 
@@ -374,6 +456,35 @@ mod tests {
         );
         assert!(
             parse(["s3-synchronizer", "-recurringDownloads=maybe"].map(OsString::from)).is_err()
+        );
+    }
+
+    #[test]
+    fn mount_takes_the_same_flags_and_a_cache_dir() {
+        let argv = [
+            "s3-synchronizer",
+            "mount",
+            "-defaultS3Mounts",
+            MOUNTS,
+            "--destination",
+            "/mnt/d",
+            "--cache-dir",
+            "/c",
+            "-downloadInterval",
+            "5",
+        ];
+        let Command::Mount(m) = parse(argv.map(OsString::from)).unwrap().command else {
+            panic!("not mount");
+        };
+        let c = m.into_config().unwrap();
+        assert_eq!(c.cache_dir, PathBuf::from("/c"));
+        assert_eq!(c.sync.interval, Duration::from_secs(5));
+        let a = default_cache_dir(std::path::Path::new("/mnt/data")).unwrap();
+        let b = default_cache_dir(std::path::Path::new("/mnt/other/data")).unwrap();
+        assert_ne!(a, b);
+        assert!(
+            a.to_string_lossy().contains("s3-synchronizer/data-"),
+            "{a:?}"
         );
     }
 

@@ -1,14 +1,16 @@
 use s3_synchronizer::app::{self, SyncOutcome};
 use s3_synchronizer::cli::{self, Command};
+use s3_synchronizer::mount;
 use s3_synchronizer::progress::LogWriter;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(debug: bool) {
     let default = if debug {
-        "s3_synchronizer=debug,info"
+        "s3_synchronizer=debug,fuser=warn,info"
     } else {
-        "s3_synchronizer=info,warn"
+        // fuser warns about routine events (an unmount it did not make itself).
+        "s3_synchronizer=info,fuser=error,warn"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -18,34 +20,65 @@ fn init_tracing(debug: bool) {
         .init();
 }
 
-fn main() -> ExitCode {
-    let cli = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    let Command::Sync(args) = cli.command;
-    let config = match args.into_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    init_tracing(config.debug);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// Bad flags or mounts JSON: one line, exit code 2.
+fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(app::sync(config)) {
-        Ok(SyncOutcome::Complete) => ExitCode::SUCCESS,
-        Ok(SyncOutcome::Failed) => ExitCode::FAILURE,
-        Ok(SyncOutcome::Interrupted) => ExitCode::from(130),
-        Err(e) => {
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        })
+}
+
+fn main() -> ExitCode {
+    let cli = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Command::Sync(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            init_tracing(config.debug);
+            let runtime = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match runtime.block_on(app::sync(config)) {
+                Ok(SyncOutcome::Complete) => ExitCode::SUCCESS,
+                Ok(SyncOutcome::Failed) => ExitCode::FAILURE,
+                Ok(SyncOutcome::Interrupted) => ExitCode::from(130),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Mount(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            init_tracing(config.sync.debug);
+            let runtime = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let result = mount::mount(config, &runtime);
+            // Background downloads have been cancelled; do not wait for their blocking writes.
+            runtime.shutdown_background();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,0 +1,210 @@
+//! The `mount` command: lists every mount, serves them read-only over FUSE at the destination,
+//! and keeps a local cache filled and refreshed in the background with the sync engine.
+//!
+//! Lifecycle: runs in the foreground until the file system is unmounted (`fusermount -u`,
+//! `umount`) or a SIGINT/SIGTERM arrives, which unmounts it; either way the process exits 0.
+
+use crate::app::{connect, log_summary};
+use crate::cache::Cache;
+use crate::cli::MountConfig;
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::fuse::FuseFs;
+use crate::progress::Progress;
+use crate::vfs::{Source, Vfs};
+use anyhow::{Context, bail};
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Refuses destinations that cannot or should not be mounted over, with one clear line.
+fn check_destination(dest: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
+    let shown = dest.display();
+    let meta = match std::fs::metadata(dest) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("destination {shown} does not exist: create the directory to mount on first")
+        }
+        Err(e) => bail!("destination {shown}: {e}"),
+    };
+    if !meta.is_dir() {
+        bail!("destination {shown} is not a directory");
+    }
+    let parent = std::fs::metadata(dest.join("..")).with_context(|| format!("{shown}/.."))?;
+    if parent.dev() != meta.dev() || parent.ino() == meta.ino() {
+        bail!("destination {shown} is already a mount point (unmount it first)");
+    }
+    let non_empty = std::fs::read_dir(dest)
+        .with_context(|| format!("destination {shown}"))?
+        .next()
+        .is_some();
+    if non_empty && !allow_non_empty {
+        bail!("destination {shown} is not empty (use --allow-non-empty to mount over it)");
+    }
+    Ok(())
+}
+
+pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let sync = &config.sync;
+    check_destination(&sync.destination, config.allow_non_empty)?;
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "FUSE is not available (/dev/fuse is missing): install it, e.g. apt-get install fuse3"
+        );
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.cache_dir)
+        .with_context(|| {
+            format!(
+                "cannot create cache directory {}",
+                config.cache_dir.display()
+            )
+        })?;
+    let cancel = CancellationToken::new();
+    let engine = Arc::new(Engine::new(
+        Cache::open(&config.cache_dir)?,
+        &EngineConfig {
+            concurrency: sync.concurrency,
+            part_size: sync.part_size,
+        },
+        Arc::new(Progress::default()),
+        cancel.clone(),
+    ));
+
+    // Connect and list every mount before mounting: all files are visible from the start.
+    let (vfs, listings) = runtime.block_on(async {
+        let mut connectors = HashMap::new();
+        let mut sources = Vec::new();
+        let mut listings = Vec::new();
+        for mount in &sync.mounts {
+            let state = engine.open_mount(mount.clone())?;
+            let store = connect(mount, sync, &mut connectors).await?;
+            listings.push(engine.list(&state, &store).await?);
+            sources.push(Source { state, store });
+        }
+        let vfs = Arc::new(Vfs::new(engine.clone(), sources));
+        for (i, listing) in listings.iter().enumerate() {
+            vfs.update(i, listing);
+        }
+        Ok::<_, EngineError>((vfs, listings))
+    })?;
+
+    runtime.spawn(refresh_loop(
+        engine.clone(),
+        vfs.clone(),
+        listings.into_iter().map(Some).collect(),
+        sync.interval,
+    ));
+
+    // Entries and attributes may be cached by the kernel for at most a second, so a refresh
+    // shows promptly without a round trip per stat.
+    let ttl = Duration::from_secs(1).min(sync.interval);
+    let fs = FuseFs::new(vfs, runtime.handle().clone(), ttl);
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("s3-synchronizer".into()),
+        fuser::MountOption::Subtype("s3-synchronizer".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    fuse_config.acl = if config.allow_other {
+        fuser::SessionACL::All
+    } else if config.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(4);
+    let mut session = fuser::Session::new(fs, &sync.destination, &fuse_config)
+        .with_context(|| format!("cannot mount {}", sync.destination.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let background = session.spawn()?;
+    tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
+
+    let signal = runtime.block_on(async {
+        let ended = tokio::task::spawn_blocking(move || background.join());
+        tokio::select! {
+            result = ended => {
+                result.expect("session thread panicked")?;
+                Ok::<_, std::io::Error>(None)
+            }
+            name = wait_for_signal() => Ok(Some(name)),
+        }
+    })?;
+    if let Some(name) = signal {
+        tracing::info!(signal = name, "unmounting");
+        unmounter.unmount()?;
+    } else {
+        tracing::info!("unmounted");
+    }
+    cancel.cancel();
+    engine.clear_staging();
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Downloads everything in the background, then every interval lists again, updates the file
+/// system and downloads what changed.
+async fn refresh_loop(
+    engine: Arc<Engine>,
+    vfs: Arc<Vfs>,
+    mut listings: Vec<Option<Vec<crate::store::ObjectMeta>>>,
+    interval: Duration,
+) {
+    loop {
+        let passes = vfs.sources().iter().zip(listings).map(|(source, listing)| {
+            let engine = &engine;
+            async move {
+                // A mount whose listing failed keeps what it has: nothing is deleted on an error.
+                let Some(listing) = listing else { return };
+                let start = Instant::now();
+                let result = engine
+                    .apply(&source.state, source.store.clone(), listing)
+                    .await;
+                match result {
+                    Ok(stats) => log_summary(
+                        &source.state.mount.id,
+                        &stats,
+                        start.elapsed().as_secs_f64(),
+                    ),
+                    Err(EngineError::Cancelled { .. }) => {}
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+        });
+        futures_util::future::join_all(passes).await;
+        tokio::time::sleep(interval).await;
+        listings = Vec::new();
+        for (i, source) in vfs.sources().iter().enumerate() {
+            match engine.list(&source.state, &source.store).await {
+                Ok(listing) => {
+                    vfs.update(i, &listing);
+                    listings.push(Some(listing));
+                }
+                Err(e) => {
+                    // Keep serving what we have; try again next interval.
+                    tracing::error!("{e}");
+                    listings.push(None);
+                }
+            }
+        }
+    }
+}
