@@ -95,7 +95,14 @@ impl Filesystem for FuseFs {
         let vfs = self.vfs.clone();
         self.runtime.spawn(async move {
             match vfs.open(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(opened) => {
+                    let flags = if opened.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(opened.fh), flags)
+                }
                 Err(e) => {
                     if let FsError::Download(err) = &e {
                         tracing::error!(key = %err.key, "read failed: {}", err.reason);

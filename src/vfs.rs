@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -55,6 +55,14 @@ pub enum FsError {
     Download(#[from] FetchError),
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// An open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The same version as the previous open: the kernel may keep the pages it cached.
+    pub keep_cache: bool,
 }
 
 /// A mount as the file system serves it: its local state and its bucket.
@@ -107,6 +115,8 @@ pub struct Vfs {
     sources: Vec<Source>,
     engine: Arc<Engine>,
     handles: DashMap<u64, Arc<File>>,
+    /// The version (cache file inode) each inode was last opened at.
+    versions: DashMap<u64, u64>,
     next_fh: AtomicU64,
     /// Directories show the time the file system started.
     started: SystemTime,
@@ -148,6 +158,7 @@ impl Vfs {
             sources,
             engine,
             handles: DashMap::new(),
+            versions: DashMap::new(),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
         }
@@ -282,8 +293,8 @@ impl Vfs {
     }
 
     /// Opens a file for reading, downloading it first (ahead of the backlog) when the cache does
-    /// not hold the listed version yet. Returns a file handle.
-    pub async fn open(&self, ino: u64) -> Result<u64, FsError> {
+    /// not hold the listed version yet.
+    pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
         let (i, path, meta) = {
             let tree = self.tree.read();
             let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
@@ -303,9 +314,12 @@ impl Vfs {
             io::ErrorKind::NotFound => FsError::NotFound,
             _ => FsError::Io(e),
         })?;
+        // Each download is a new cache file, so the cache file's inode identifies the version.
+        let version = file.metadata()?.ino();
+        let keep_cache = self.versions.insert(ino, version) == Some(version);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(fh, Arc::new(file));
-        Ok(fh)
+        Ok(Opened { fh, keep_cache })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -403,7 +417,7 @@ mod tests {
     }
 
     async fn read_all(vfs: &Vfs, path: &str) -> Result<Vec<u8>, FsError> {
-        let fh = vfs.open(path_ino(vfs, path)?).await?;
+        let fh = vfs.open(path_ino(vfs, path)?).await?.fh;
         let data = vfs.read(fh, 0, 1 << 24)?;
         vfs.release(fh);
         Ok(data)
@@ -449,7 +463,13 @@ mod tests {
         store.put("p/gone", &b"bye"[..]);
         let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
         let ino = path_ino(&vfs, "m/f").unwrap();
-        let fh = vfs.open(ino).await.unwrap();
+        let first = vfs.open(ino).await.unwrap();
+        assert!(!first.keep_cache, "nothing cached yet");
+        assert!(
+            vfs.open(ino).await.unwrap().keep_cache,
+            "same version again"
+        );
+        let fh = first.fh;
 
         store.put("p/f", &b"two!"[..]);
         store.delete("p/gone");
@@ -459,7 +479,12 @@ mod tests {
         assert_eq!(path_ino(&vfs, "m/f").unwrap(), ino, "inode is stable");
         assert!(matches!(path_ino(&vfs, "m/gone"), Err(FsError::NotFound)));
         assert_eq!(read_all(&vfs, "m/new").await.unwrap(), b"new");
-        assert_eq!(read_all(&vfs, "m/f").await.unwrap(), b"two!");
+        let reopened = vfs.open(ino).await.unwrap();
+        assert!(
+            !reopened.keep_cache,
+            "a new version must not be served from stale pages"
+        );
+        assert_eq!(vfs.read(reopened.fh, 0, 100).unwrap(), b"two!");
         // The handle opened before the change still reads the version it opened.
         assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"one");
     }
