@@ -57,6 +57,10 @@ pub struct MountArgs {
     /// Let root read the mount too.
     #[arg(long)]
     pub allow_root: bool,
+
+    /// Run in the background: return once the file system is mounted.
+    #[arg(long)]
+    pub daemon: bool,
 }
 
 /// Everything `mount` needs, validated.
@@ -67,6 +71,7 @@ pub struct MountConfig {
     pub allow_non_empty: bool,
     pub allow_other: bool,
     pub allow_root: bool,
+    pub daemon: bool,
 }
 
 impl MountArgs {
@@ -82,6 +87,7 @@ impl MountArgs {
             allow_non_empty: self.allow_non_empty,
             allow_other: self.allow_other,
             allow_root: self.allow_root,
+            daemon: self.daemon,
         })
     }
 }

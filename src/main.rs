@@ -65,6 +65,15 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(e),
             };
             init_tracing(config.sync.debug);
+            if config.daemon {
+                return match mount::daemonize(&config) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             let runtime = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,

@@ -46,6 +46,38 @@ fn check_destination(dest: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts this program again without `--daemon`, in a new session, and returns once it has
+/// mounted the destination (or fails with what went wrong if it exits first).
+pub fn daemonize(config: &MountConfig) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let dest = &config.sync.destination;
+    check_destination(dest, config.allow_non_empty)?;
+    let before = std::fs::metadata(dest)?.dev();
+    let args = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon" && a != "-daemon");
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the background process")?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the background process exited before mounting ({status})");
+        }
+        if std::fs::metadata(dest).is_ok_and(|m| m.dev() != before) {
+            tracing::info!(pid = child.id(), "mounted in the background");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let sync = &config.sync;
     check_destination(&sync.destination, config.allow_non_empty)?;
