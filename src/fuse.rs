@@ -4,19 +4,36 @@
 //! `open` may wait for a download, so it is answered from a task on the async runtime; the FUSE
 //! threads keep serving other requests meanwhile. Writes never reach here: the file system is
 //! mounted read-only, so the kernel answers them with EROFS.
+//!
+//! Passthrough: where the kernel offers it (and we may use it: it needs CAP_SYS_ADMIN), every
+//! open file is backed by its complete cache file, so reads never reach this process. One backing
+//! id serves all open handles of an inode; a handle opened on another version while one is open
+//! is served through `read` instead.
 
-use crate::vfs::{Attr, FsError, Kind, Vfs};
+use crate::vfs::{Attr, FsError, Kind, Opened, Vfs};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
+
+/// Backing ids of open files: one per inode and version, kept alive by the handles using it.
+#[derive(Default)]
+struct Backing {
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    by_inode: HashMap<u64, (u64, Weak<BackingId>)>,
+}
 
 pub struct FuseFs {
     vfs: Arc<Vfs>,
+    passthrough: bool,
+    backing: Arc<Mutex<Backing>>,
     runtime: tokio::runtime::Handle,
     /// How long the kernel may cache attributes and entries: changes show within this.
     ttl: Duration,
@@ -30,6 +47,8 @@ impl FuseFs {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
             vfs,
+            passthrough: false,
+            backing: Arc::default(),
             runtime,
             ttl,
             uid,
@@ -73,7 +92,53 @@ fn errno(e: &FsError) -> Errno {
     }
 }
 
+/// A backing id for `opened`, shared with the other handles of the same inode and version;
+/// `None` when the inode is open on another version or the kernel refuses.
+fn backing_for(
+    backing: &Mutex<Backing>,
+    vfs: &Vfs,
+    ino: u64,
+    opened: &Opened,
+    reply: &ReplyOpen,
+) -> Option<Arc<BackingId>> {
+    let mut table = backing.lock();
+    let id = match table.by_inode.get(&ino) {
+        Some((version, weak)) if weak.strong_count() > 0 => {
+            if *version != opened.version {
+                return None;
+            }
+            weak.upgrade()?
+        }
+        _ => {
+            let file = vfs.handle_file(opened.fh)?;
+            match reply.open_backing(&*file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    table
+                        .by_inode
+                        .insert(ino, (opened.version, Arc::downgrade(&id)));
+                    id
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough refused; serving reads");
+                    return None;
+                }
+            }
+        }
+    };
+    table.by_handle.insert(opened.fh, id.clone());
+    Some(id)
+}
+
 impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Stack depth 2 lets the cache itself sit on a stacked file system (e.g. overlayfs).
+        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        tracing::debug!(passthrough = self.passthrough, "FUSE session ready");
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
@@ -93,6 +158,7 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let vfs = self.vfs.clone();
+        let backing = self.passthrough.then(|| self.backing.clone());
         self.runtime.spawn(async move {
             match vfs.open(ino.0).await {
                 Ok(opened) => {
@@ -101,7 +167,13 @@ impl Filesystem for FuseFs {
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(opened.fh), flags)
+                    let fh = FileHandle(opened.fh);
+                    match backing.and_then(|b| backing_for(&b, &vfs, ino.0, &opened, &reply)) {
+                        // Reads go to the backing file's own page cache; the kernel refuses
+                        // passthrough opens that also ask to keep a FUSE page cache.
+                        Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                        None => reply.opened(fh, flags),
+                    }
                 }
                 Err(e) => {
                     if let FsError::Download(err) = &e {
@@ -141,6 +213,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.vfs.release(fh.0);
+        self.backing.lock().by_handle.remove(&fh.0);
         reply.ok();
     }
 

@@ -61,6 +61,8 @@ pub enum FsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
+    /// Identifies the version of the file this handle reads.
+    pub version: u64,
     /// The same version as the previous open: the kernel may keep the pages it cached.
     pub keep_cache: bool,
 }
@@ -319,7 +321,16 @@ impl Vfs {
         let keep_cache = self.versions.insert(ino, version) == Some(version);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(fh, Arc::new(file));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            version,
+            keep_cache,
+        })
+    }
+
+    /// The cache file behind an open handle.
+    pub fn handle_file(&self, fh: u64) -> Option<Arc<File>> {
+        self.handles.get(&fh).map(|f| f.clone())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
