@@ -500,6 +500,100 @@ mod tests {
         assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"one");
     }
 
+    /// A store whose GETs of keys under `p/backlog/` wait until the test opens the gate.
+    struct Gated {
+        inner: Arc<MemoryStore>,
+        gate: tokio::sync::Semaphore,
+        stalled: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Gated {
+        fn bucket(&self) -> &str {
+            self.inner.bucket()
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, crate::store::StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, crate::store::StoreError> {
+            self.inner.head(key).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+            etag: &str,
+        ) -> Result<crate::store::Body, crate::store::StoreError> {
+            if key.starts_with("p/backlog/") {
+                self.stalled.fetch_add(1, Ordering::SeqCst);
+                drop(self.gate.acquire().await.unwrap());
+            }
+            self.inner.get(key, range, etag).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_open_does_not_wait_behind_the_backlog() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        // More backlog files than the engine starts at once, so the wanted file is not among
+        // the downloads already under way.
+        for i in 0..20 {
+            mem.put(&format!("p/backlog/{i:02}"), vec![i as u8; 100_000]);
+        }
+        mem.put("p/zz-wanted", &b"needed now"[..]);
+        let gated = Arc::new(Gated {
+            inner: mem.clone(),
+            gate: tokio::sync::Semaphore::new(0),
+            stalled: AtomicU64::new(0),
+        });
+        let engine = Arc::new(Engine::new(
+            Cache::open(tmp.path()).unwrap(),
+            &EngineConfig {
+                concurrency: 1,
+                part_size: 64 * 1024,
+            },
+            Arc::new(Progress::default()),
+            CancellationToken::new(),
+        ));
+        let state = engine.open_mount(mount("m", "p/")).unwrap();
+        let store: Arc<dyn ObjectStore> = gated.clone();
+        let listing = store.list("p/").await.unwrap();
+        let vfs = Vfs::new(
+            engine.clone(),
+            vec![Source {
+                state: state.clone(),
+                store: store.clone(),
+            }],
+        );
+        vfs.update(0, &listing);
+
+        // The bulk pass takes the only bulk permit and stalls on the gated backlog.
+        let bulk = tokio::spawn({
+            let (engine, state, store) = (engine.clone(), state.clone(), store.clone());
+            async move { engine.apply(&state, store, listing).await }
+        });
+        while gated.stalled.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_all(&vfs, "m/zz-wanted"),
+        )
+        .await
+        .expect("the open queued behind the stalled backlog");
+        assert_eq!(read.unwrap(), b"needed now");
+        assert!(!bulk.is_finished(), "the backlog is still pending");
+
+        gated.gate.add_permits(1000);
+        let stats = bulk.await.unwrap().unwrap();
+        assert_eq!(stats.failed, 0);
+        assert_eq!(
+            read_all(&vfs, "m/backlog/19").await.unwrap(),
+            vec![19u8; 100_000]
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_download_fails_the_open() {
         let tmp = tempfile::tempdir().unwrap();

@@ -134,9 +134,11 @@ impl Flight {
         }
     }
 
-    fn hurry(&self) {
-        self.urgent.store(true, Ordering::SeqCst);
+    /// Makes the download urgent; returns whether it was not already.
+    fn hurry(&self) -> bool {
+        let newly = !self.urgent.swap(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+        newly
     }
 
     async fn wait(&self) -> Result<Outcome, FetchError> {
@@ -168,6 +170,9 @@ impl Drop for FlightGuard<'_> {
             })
         });
         self.flight.done.send_replace(Some(result));
+        if self.flight.urgent.load(Ordering::SeqCst) {
+            self.shared.urgent_ended();
+        }
     }
 }
 
@@ -195,12 +200,17 @@ pub(crate) async fn fetch(
         Entry::Occupied(e) => {
             let flight = e.get().clone();
             drop(e);
-            if urgent {
-                flight.hurry();
+            if urgent && flight.hurry() {
+                shared.urgent_started();
             }
             return flight.wait().await;
         }
-        Entry::Vacant(e) => e.insert(Arc::new(Flight::new(urgent))).clone(),
+        Entry::Vacant(e) => {
+            if urgent {
+                shared.urgent_started();
+            }
+            e.insert(Arc::new(Flight::new(urgent))).clone()
+        }
     };
     let mut guard = FlightGuard {
         shared: &shared,
@@ -323,16 +333,27 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// A GET permit: from the bulk lane, or from the priority lane once the download is urgent
-/// (also when it becomes urgent while this part is still queueing).
+/// A GET permit: from the priority lane once the download is urgent (also when it becomes
+/// urgent while this part is still queueing); otherwise from the bulk lane, which starts no new
+/// GET while any urgent download is under way, so a waiting reader gets the bandwidth.
 async fn permit(job: &Job) -> SemaphorePermit<'_> {
     let (shared, flight) = (&job.shared, &job.flight);
     loop {
         let woken = flight.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let idle = shared.urgent_idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
         if flight.urgent.load(Ordering::SeqCst) {
             return shared.urgent_permits.acquire().await.expect("never closed");
+        }
+        if shared.urgent_active.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                () = &mut idle => {}
+                () = &mut woken => {}
+            }
+            continue;
         }
         tokio::select! {
             permit = shared.permits.acquire() => return permit.expect("never closed"),

@@ -21,7 +21,8 @@ use download::{Outcome, retry, unix_seconds};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -42,10 +43,26 @@ pub(crate) struct Shared {
     pub(crate) urgent_permits: Semaphore,
     /// Downloads under way, by `<mount id>/<path>`.
     pub(crate) flights: DashMap<String, Arc<download::Flight>>,
+    /// Urgent downloads under way; while there are any, the bulk lane starts no new GET.
+    pub(crate) urgent_active: AtomicUsize,
+    /// Woken when the last urgent download ends.
+    pub(crate) urgent_idle: Notify,
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
     files_in_flight: usize,
     cancel: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn urgent_started(&self) {
+        self.urgent_active.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn urgent_ended(&self) {
+        if self.urgent_active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.urgent_idle.notify_waiters();
+        }
+    }
 }
 
 pub struct Engine {
@@ -113,6 +130,8 @@ impl Engine {
                 permits: Semaphore::new(concurrency),
                 urgent_permits: Semaphore::new(concurrency),
                 flights: DashMap::new(),
+                urgent_active: AtomicUsize::new(0),
+                urgent_idle: Notify::new(),
                 part_size: config.part_size.max(1),
                 progress,
                 files_in_flight: (concurrency * 2).max(8),
