@@ -152,8 +152,14 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         fuser::SessionACL::Owner
     };
     fuse_config.n_threads = Some(4);
-    let mut session = fuser::Session::new(fs, &sync.destination, &fuse_config)
-        .with_context(|| format!("cannot mount {}", sync.destination.display()))?;
+    let mut session =
+        fuser::Session::new(fs, &sync.destination, &fuse_config).with_context(|| {
+            format!(
+                "cannot mount {} (FUSE needs /dev/fuse and, for non-root users, fusermount3: \
+             apt-get install fuse3)",
+                sync.destination.display()
+            )
+        })?;
     let mut unmounter = session.unmount_callable();
     let background = session.spawn()?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
