@@ -1,1 +1,437 @@
-//! Engine tests against the in-memory store.
+//! Engine tests against the in-memory store: what lands on disk, which requests were made, and
+//! what a failure leaves behind.
+
+use super::*;
+use crate::mounts::STATE_DIR;
+use crate::store::Body;
+use crate::store::memory::{Fault, MemoryStore};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+const PART: u64 = 64 * 1024;
+
+fn mount(prefix: &str) -> Mount {
+    Mount {
+        id: "m".into(),
+        bucket: "bkt".into(),
+        prefix: prefix.into(),
+        writeable: false,
+        kms_key_id: None,
+        role_arn: None,
+    }
+}
+
+fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engine {
+    Engine::new(
+        Cache::open(root).unwrap(),
+        &EngineConfig {
+            concurrency,
+            part_size: PART,
+        },
+        Arc::new(Progress::default()),
+        cancel,
+    )
+}
+
+/// Runs one pass over `store` under prefix `p/` with a fresh engine over `root`.
+async fn pass(root: &Path, store: Arc<dyn ObjectStore>) -> Result<PassStats, EngineError> {
+    let engine = engine_at(root, 4, CancellationToken::new());
+    let state = engine.open_mount(mount("p/")).unwrap();
+    engine.sync_mount(&state, store).await
+}
+
+/// Every file and directory under `dir` (relative paths; directories end in `/`), with contents.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            if path.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                walk(base, &path, out);
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn staging(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join(STATE_DIR).join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Bytes that differ from part to part, so a misplaced part shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i / 1000) as u8 ^ (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+fn expected(entries: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+    entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn first_pass_copies_everything_and_second_pass_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    let big = pattern(300_000, 1);
+    store.put("p/a/b/c.txt", &b"nested"[..]);
+    store.put("p/empty", Vec::new());
+    store.put("p/big.bin", big.clone());
+    store.put("p/with space/ünïcødé.txt", &b"names"[..]);
+    store.put("p/folder/", Vec::new());
+    store.put("p2/not-mine", &b"outside the prefix"[..]);
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!(
+        tree(&tmp.path().join("m")),
+        expected(&[
+            ("a/", b""),
+            ("a/b/", b""),
+            ("a/b/c.txt", b"nested"),
+            ("big.bin", &big),
+            ("empty", b""),
+            ("folder/", b""),
+            ("with space/", b""),
+            ("with space/ünïcødé.txt", b"names"),
+        ])
+    );
+    assert_eq!((stats.listed, stats.downloaded, stats.failed), (5, 4, 0));
+    assert_eq!(stats.bytes, 6 + 300_000 + 5);
+    // Three small objects in one GET each (the empty one needs none), the big one in 5 parts.
+    assert_eq!(store.gets(), 2 + 5);
+    assert!(staging(tmp.path()).is_empty());
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!(
+        store.gets(),
+        7,
+        "an unchanged bucket is not downloaded again"
+    );
+    assert_eq!((stats.unchanged, stats.downloaded), (4, 0));
+}
+
+#[tokio::test]
+async fn changes_are_applied_and_local_files_are_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    store.put("p/keep", &b"keep"[..]);
+    store.put("p/change", &b"old"[..]);
+    store.put("p/gone/deep/file", &b"bye"[..]);
+    pass(tmp.path(), store.clone()).await.unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::write(dir.join("mine.txt"), b"a user's file").unwrap();
+
+    store.put("p/change", &b"new content"[..]);
+    store.delete("p/gone/deep/file");
+    store.put("p/added", &b"added"[..]);
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+
+    assert_eq!(
+        tree(&dir),
+        expected(&[
+            ("added", b"added"),
+            ("change", b"new content"),
+            ("keep", b"keep"),
+            ("mine.txt", b"a user's file"),
+        ])
+    );
+    assert_eq!(
+        (
+            stats.downloaded,
+            stats.updated,
+            stats.deleted,
+            stats.unchanged
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_and_truncated_bodies_are_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    let big = pattern(200_000, 2);
+    store.put("p/big", big.clone());
+    store.put("p/small", &b"small object"[..]);
+    // The first two GETs of every range fail: one with a 503, one with a body cut short.
+    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
+    store.set_fault(move |key, range| {
+        let n = seen.entry((key.to_owned(), range.start)).or_default();
+        *n += 1;
+        match *n {
+            1 => Some(Fault::Fail(StoreError::Transient("503 SlowDown".into()))),
+            2 => Some(Fault::Truncate(3)),
+            _ => None,
+        }
+    });
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!(stats.failed, 0);
+    assert_eq!(
+        tree(&tmp.path().join("m")),
+        expected(&[("big", &big), ("small", b"small object")])
+    );
+    assert_eq!(store.gets(), 3 * (4 + 1));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_fails_that_file_only_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    store.put("p/ok", &b"fine"[..]);
+    store.put("p/denied", pattern(200_000, 3));
+    // Only the third part is refused, so the other parts were already written to staging.
+    store.set_fault(|key, range| {
+        (key == "p/denied" && range.start == 2 * PART).then(|| {
+            Fault::Fail(StoreError::AccessDenied {
+                bucket: "bkt".into(),
+                key: Some(key.into()),
+            })
+        })
+    });
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!((stats.downloaded, stats.failed), (1, 1));
+    assert_eq!(tree(&tmp.path().join("m")), expected(&[("ok", b"fine")]));
+    assert!(staging(tmp.path()).is_empty(), "no partial file is left");
+
+    // Once access is granted, the next pass fetches what failed, and only that.
+    store.set_fault(|_, _| None);
+    let before = store.gets();
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!((stats.downloaded, stats.unchanged, stats.failed), (1, 1, 0));
+    assert_eq!(store.gets() - before, 4);
+    assert_eq!(
+        std::fs::read(tmp.path().join("m/denied")).unwrap(),
+        pattern(200_000, 3)
+    );
+}
+
+#[tokio::test]
+async fn an_object_overwritten_mid_download_lands_whole_in_its_new_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    let (old, new) = (pattern(300_000, 4), pattern(250_000, 5));
+    store.put("p/obj", old);
+    let mut armed = true;
+    let replacement = new.clone();
+    store.set_fault(move |_, range| {
+        (range.start == 3 * PART && std::mem::take(&mut armed)).then(|| {
+            let data = replacement.clone();
+            Fault::Before(Box::new(move |s: &MemoryStore| {
+                s.put("p/obj", data);
+            }))
+        })
+    });
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!((stats.downloaded, stats.failed), (1, 0));
+    assert_eq!(std::fs::read(tmp.path().join("m/obj")).unwrap(), new);
+    assert!(store.counters.heads.load(Ordering::Relaxed) >= 1);
+
+    // The manifest recorded the new version: nothing to do next time.
+    let before = store.gets();
+    pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!(store.gets(), before);
+}
+
+#[tokio::test]
+async fn an_object_deleted_after_listing_is_gone_not_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    store.put("p/vanishing", &b"x"[..]);
+    store.put("p/stays", &b"y"[..]);
+    store.set_fault(|key, _| {
+        (key == "p/vanishing").then(|| Fault::Before(Box::new(|s| s.delete("p/vanishing"))))
+    });
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!((stats.downloaded, stats.failed), (1, 0));
+    assert_eq!(tree(&tmp.path().join("m")), expected(&[("stays", b"y")]));
+}
+
+#[tokio::test]
+async fn dangerous_and_unrepresentable_keys_are_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    for key in [
+        "p/../escape",
+        "p/a/../../escape",
+        "p/./dot",
+        "p/x/..",
+        "p/both",
+        "p/both/child",
+    ] {
+        store.put(key, &b"bad"[..]);
+    }
+    store.put(&format!("p/{}", "n".repeat(256)), &b"too long"[..]);
+    store.put("p/fine", &b"good"[..]);
+
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    // `p/both` is both a file and the directory of `p/both/child`: the directory wins.
+    assert_eq!((stats.downloaded, stats.skipped), (2, 6), "{stats:?}");
+    let everything = tree(tmp.path());
+    let data: Vec<&String> = everything
+        .keys()
+        .filter(|p| !p.starts_with(STATE_DIR))
+        .collect();
+    assert_eq!(data, ["m/", "m/both/", "m/both/child", "m/fine"]);
+    assert_eq!(everything["m/fine"], b"good");
+    assert!(!tmp.path().parent().unwrap().join("escape").exists());
+}
+
+/// Wraps a store and records the most GETs ever in flight at once (a GET is in flight from the
+/// call until its body is dropped).
+struct Gauge {
+    inner: Arc<MemoryStore>,
+    now: Arc<AtomicUsize>,
+    peak: AtomicUsize,
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Gauge {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let guard = InFlight(self.now.clone());
+        self.peak.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let body = self.inner.get(key, range, etag).await?;
+        Ok(Box::pin(body.map(move |chunk| {
+            let _ = &guard;
+            chunk
+        })))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_bounds_the_gets_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = MemoryStore::new("bkt");
+    for i in 0..20 {
+        inner.put(&format!("p/f{i}"), pattern(150_000 + i, i as u8));
+    }
+    let gauge = Arc::new(Gauge {
+        inner: inner.clone(),
+        now: Arc::new(AtomicUsize::new(0)),
+        peak: AtomicUsize::new(0),
+    });
+    let engine = engine_at(tmp.path(), 3, CancellationToken::new());
+    let state = engine.open_mount(mount("p/")).unwrap();
+    let stats = engine.sync_mount(&state, gauge.clone()).await.unwrap();
+    assert_eq!(stats.downloaded, 20);
+    let peak = gauge.peak.load(Ordering::SeqCst);
+    assert!(peak <= 3, "at most 3 GETs at once, saw {peak}");
+    assert!(peak >= 2, "downloads ran one at a time");
+    for i in 0..20 {
+        let got = std::fs::read(tmp.path().join(format!("m/f{i}"))).unwrap();
+        assert!(got == pattern(150_000 + i, i as u8), "f{i} differs");
+    }
+}
+
+/// Wraps a store; the body of `key` sends its first chunk and then never ends.
+struct Stall {
+    inner: Arc<MemoryStore>,
+    key: &'static str,
+    started: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl ObjectStore for Stall {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        let body = self.inner.get(key, range, etag).await?;
+        if key != self.key {
+            return Ok(body);
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::pin(
+            body.take(1).chain(futures_util::stream::pending()),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_pass_leaves_no_partial_file_and_an_empty_staging_area() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = MemoryStore::new("bkt");
+    inner.put("p/stuck", pattern(400_000, 6));
+    let started = Arc::new(AtomicU64::new(0));
+    let store = Arc::new(Stall {
+        inner,
+        key: "p/stuck",
+        started: started.clone(),
+    });
+    let cancel = CancellationToken::new();
+    let engine = engine_at(tmp.path(), 4, cancel.clone());
+    let state = engine.open_mount(mount("p/")).unwrap();
+    let stop = async {
+        while started.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(staging(tmp.path()).len(), 1, "the download is staged");
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(engine.sync_mount(&state, store), stop);
+    assert!(
+        matches!(result, Err(EngineError::Cancelled { .. })),
+        "{result:?}"
+    );
+    assert!(staging(tmp.path()).is_empty());
+    assert!(!tmp.path().join("m/stuck").exists());
+}
+
+#[tokio::test]
+async fn a_missing_bucket_names_the_mount_and_the_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = pass(tmp.path(), MemoryStore::missing("bkt"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mount \"m\" (s3://bkt/p/): bucket \"bkt\" does not exist"
+    );
+}
