@@ -61,6 +61,11 @@ pub struct MountArgs {
     /// Run in the background: return once the file system is mounted.
     #[arg(long)]
     pub daemon: bool,
+
+    /// Serve every read through this process, even where the kernel could read complete cache
+    /// files directly (FUSE passthrough).
+    #[arg(long)]
+    pub no_passthrough: bool,
 }
 
 /// Everything `mount` needs, validated.
@@ -72,6 +77,7 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub allow_root: bool,
     pub daemon: bool,
+    pub passthrough: bool,
 }
 
 impl MountArgs {
@@ -88,6 +94,7 @@ impl MountArgs {
             allow_other: self.allow_other,
             allow_root: self.allow_root,
             daemon: self.daemon,
+            passthrough: !self.no_passthrough,
         })
     }
 }

@@ -23,15 +23,17 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
-/// Backing ids of open files: one per inode and version, kept alive by the handles using it.
+/// Backing ids of open files: one per inode, kept alive by the handles using it.
 #[derive(Default)]
 struct Backing {
     by_handle: HashMap<u64, Arc<BackingId>>,
-    by_inode: HashMap<u64, (u64, Weak<BackingId>)>,
+    by_inode: HashMap<u64, Weak<BackingId>>,
 }
 
 pub struct FuseFs {
     vfs: Arc<Vfs>,
+    /// Whether passthrough may be used (the kernel has the last word, in `init`).
+    allow_passthrough: bool,
     passthrough: bool,
     backing: Arc<Mutex<Backing>>,
     runtime: tokio::runtime::Handle,
@@ -42,11 +44,17 @@ pub struct FuseFs {
 }
 
 impl FuseFs {
-    pub fn new(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle, ttl: Duration) -> Self {
+    pub fn new(
+        vfs: Arc<Vfs>,
+        runtime: tokio::runtime::Handle,
+        ttl: Duration,
+        allow_passthrough: bool,
+    ) -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
             vfs,
+            allow_passthrough,
             passthrough: false,
             backing: Arc::default(),
             runtime,
@@ -92,8 +100,9 @@ fn errno(e: &FsError) -> Errno {
     }
 }
 
-/// A backing id for `opened`, shared with the other handles of the same inode and version;
-/// `None` when the inode is open on another version or the kernel refuses.
+/// A backing id for `opened`, shared with the other handles of the same inode (the kernel binds
+/// an inode to one backing file; one inode is one version, see `vfs`); `None` when the kernel
+/// refuses.
 fn backing_for(
     backing: &Mutex<Backing>,
     vfs: &Vfs,
@@ -103,20 +112,13 @@ fn backing_for(
 ) -> Option<Arc<BackingId>> {
     let mut table = backing.lock();
     let id = match table.by_inode.get(&ino) {
-        Some((version, weak)) if weak.strong_count() > 0 => {
-            if *version != opened.version {
-                return None;
-            }
-            weak.upgrade()?
-        }
+        Some(weak) if weak.strong_count() > 0 => weak.upgrade()?,
         _ => {
             let file = vfs.handle_file(opened.fh)?;
             match reply.open_backing(&*file) {
                 Ok(id) => {
                     let id = Arc::new(id);
-                    table
-                        .by_inode
-                        .insert(ino, (opened.version, Arc::downgrade(&id)));
+                    table.by_inode.insert(ino, Arc::downgrade(&id));
                     id
                 }
                 Err(e) => {
@@ -133,7 +135,8 @@ fn backing_for(
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Stack depth 2 lets the cache itself sit on a stacked file system (e.g. overlayfs).
-        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        self.passthrough = self.allow_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
         tracing::debug!(passthrough = self.passthrough, "FUSE session ready");
         Ok(())
@@ -147,6 +150,10 @@ impl Filesystem for FuseFs {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.vfs.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -205,7 +212,7 @@ impl Filesystem for FuseFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -213,7 +220,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.vfs.release(fh.0);
-        self.backing.lock().by_handle.remove(&fh.0);
+        let mut table = self.backing.lock();
+        table.by_handle.remove(&fh.0);
+        if table
+            .by_inode
+            .get(&ino.0)
+            .is_some_and(|id| id.strong_count() == 0)
+        {
+            table.by_inode.remove(&ino.0);
+        }
         reply.ok();
     }
 

@@ -27,6 +27,10 @@ fn check_destination(dest: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("destination {shown} does not exist: create the directory to mount on first")
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "destination {shown} is a dead FUSE mount (its process is gone): \
+             unmount it first with `fusermount3 -u {shown}`"
+        ),
         Err(e) => bail!("destination {shown}: {e}"),
     };
     if !meta.is_dir() {
@@ -135,7 +139,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     // Entries and attributes may be cached by the kernel for at most a second, so a refresh
     // shows promptly without a round trip per stat.
     let ttl = Duration::from_secs(1).min(sync.interval);
-    let fs = FuseFs::new(vfs, runtime.handle().clone(), ttl);
+    let fs = FuseFs::new(vfs, runtime.handle().clone(), ttl, config.passthrough);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::RO,
@@ -160,15 +164,18 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 sync.destination.display()
             )
         })?;
+    // The session runs on its own thread and owns the mount until `unmounter` takes it.
     let mut unmounter = session.unmount_callable();
-    let background = session.spawn()?;
+    let background = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || session.run())?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
 
     let signal = runtime.block_on(async {
         let ended = tokio::task::spawn_blocking(move || background.join());
         tokio::select! {
             result = ended => {
-                result.expect("session thread panicked")?;
+                result.expect("join task panicked").expect("session thread panicked")?;
                 Ok::<_, std::io::Error>(None)
             }
             name = wait_for_signal() => Ok(Some(name)),
@@ -176,12 +183,40 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     })?;
     if let Some(name) = signal {
         tracing::info!(signal = name, "unmounting");
-        unmounter.unmount()?;
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("{e}: files are still open under the mount; detaching it");
+            detach(&sync.destination)?;
+        }
     } else {
         tracing::info!("unmounted");
     }
     cancel.cancel();
     engine.clear_staging();
+    Ok(())
+}
+
+/// Lazily unmounts a busy mount: it leaves the namespace now and goes away once its files are
+/// closed (`umount -l`; `fusermount3 -u -z` for users who may not call umount2).
+fn detach(dest: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_dest = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: umount2 with a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c_dest.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(dest)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot run fusermount3 to detach the mount")?;
+    if !status.success() {
+        bail!(
+            "could not unmount {}: fusermount3 -u -z failed",
+            dest.display()
+        );
+    }
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 //! Layout: inode 1 is the root; its children are the mount ids; below each, the mount's objects as
 //! [`layout`] maps them (the same mapping `sync` writes to disk).
 //!
-//! Inode numbers are stable: a path keeps its inode across refreshes for as long as it exists.
-//! An open handle holds the cache file it opened, so a reader keeps the version it opened even
-//! when a refresh replaces the file (the rename leaves the old inode alive for open handles).
+//! Inode numbers are stable: a path keeps its inode across refreshes for as long as it exists
+//! with the same content. An object that changes gets a new inode, so one inode always stands
+//! for one version: the kernel never mixes pages of two versions, and FUSE passthrough (which
+//! binds an inode to one backing file) keeps working. An open handle holds the cache file it
+//! opened, so a reader keeps the version it opened even when a refresh replaces the file (the
+//! rename leaves the old file alive for open handles).
 //!
 //! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
 
@@ -14,9 +17,9 @@ use crate::cache;
 use crate::engine::plan::{Local, layout};
 use crate::engine::{Engine, FetchError, MountState};
 use crate::store::{ObjectMeta, ObjectStore};
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -119,6 +122,10 @@ pub struct Vfs {
     handles: DashMap<u64, Arc<File>>,
     /// The version (cache file inode) each inode was last opened at.
     versions: DashMap<u64, u64>,
+    /// Inodes the kernel has looked up and not yet forgotten.
+    known: DashSet<u64>,
+    /// The last attributes of known inodes that a refresh replaced or removed.
+    retired: DashMap<u64, Attr>,
     next_fh: AtomicU64,
     /// Directories show the time the file system started.
     started: SystemTime,
@@ -161,6 +168,8 @@ impl Vfs {
             engine,
             handles: DashMap::new(),
             versions: DashMap::new(),
+            known: DashSet::new(),
+            retired: DashMap::new(),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
         }
@@ -183,10 +192,12 @@ impl Vfs {
         // Parents before children.
         dirs.sort_by_key(|d| (d.matches('/').count(), *d));
         dirs.dedup();
+        let is_dir: HashSet<&str> = dirs.iter().copied().collect();
 
         let mut tree = self.tree.write();
         let mount_ino = tree.ino_for(Some(i), "");
-        // Drop the mount's old nodes; their paths keep their inode numbers if they come back.
+        // Drop the mount's old nodes; their paths keep their inode numbers if they come back
+        // unchanged.
         let old: Vec<u64> = tree
             .nodes
             .iter()
@@ -195,12 +206,19 @@ impl Vfs {
             .collect();
         for ino in old {
             let node = tree.nodes.remove(&ino).expect("listed above");
-            let present = match &node.data {
-                Data::Dir(_) => dirs.contains(&node.path.as_str()),
-                Data::File(_) => layout.files.contains_key(&node.path),
+            let same = match &node.data {
+                Data::Dir(_) => is_dir.contains(node.path.as_str()),
+                Data::File(old) => layout
+                    .files
+                    .get(&node.path)
+                    .is_some_and(|new| new.etag == old.etag && new.size == old.size),
             };
-            if !present {
+            if !same {
+                if self.known.contains(&ino) {
+                    self.retired.insert(ino, self.attr_of(ino, &node));
+                }
                 tree.inos.remove(&(Some(i), node.path));
+                self.versions.remove(&ino);
             }
         }
         tree.children_mut(mount_ino).clear();
@@ -257,10 +275,22 @@ impl Vfs {
         }
     }
 
+    /// The attributes of `ino`, also of a version a refresh has since replaced or removed while
+    /// the kernel still holds it (an open handle still reads it, and `fstat` asks).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let tree = self.tree.read();
-        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        Ok(self.attr_of(ino, node))
+        if let Some(node) = self.tree.read().nodes.get(&ino) {
+            return Ok(self.attr_of(ino, node));
+        }
+        self.retired
+            .get(&ino)
+            .map(|a| a.clone())
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The kernel has dropped `ino`: it will not ask about it again.
+    pub fn forget(&self, ino: u64) {
+        self.known.remove(&ino);
+        self.retired.remove(&ino);
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
@@ -270,6 +300,7 @@ impl Vfs {
             return Err(FsError::NotADirectory);
         };
         let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        self.known.insert(ino);
         Ok(self.attr_of(ino, &tree.nodes[&ino]))
     }
 
@@ -467,13 +498,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refresh_keeps_inodes_and_open_handles_keep_their_version() {
+    async fn a_changed_object_gets_a_new_inode_and_open_handles_keep_their_version() {
         let tmp = tempfile::tempdir().unwrap();
         let store = MemoryStore::new("bkt");
         store.put("p/f", &b"one"[..]);
         store.put("p/gone", &b"bye"[..]);
+        store.put("p/same", &b"same"[..]);
         let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
         let ino = path_ino(&vfs, "m/f").unwrap();
+        let same = path_ino(&vfs, "m/same").unwrap();
         let first = vfs.open(ino).await.unwrap();
         assert!(!first.keep_cache, "nothing cached yet");
         assert!(
@@ -487,17 +520,21 @@ mod tests {
         store.put("p/new", &b"new"[..]);
         vfs.update(0, &store_list(&vfs).await);
 
-        assert_eq!(path_ino(&vfs, "m/f").unwrap(), ino, "inode is stable");
+        assert_eq!(path_ino(&vfs, "m/same").unwrap(), same, "inode is stable");
+        let changed = path_ino(&vfs, "m/f").unwrap();
+        assert_ne!(changed, ino, "a new version is a new inode");
         assert!(matches!(path_ino(&vfs, "m/gone"), Err(FsError::NotFound)));
         assert_eq!(read_all(&vfs, "m/new").await.unwrap(), b"new");
-        let reopened = vfs.open(ino).await.unwrap();
-        assert!(
-            !reopened.keep_cache,
-            "a new version must not be served from stale pages"
-        );
+        let reopened = vfs.open(changed).await.unwrap();
+        assert!(!reopened.keep_cache, "nothing cached for the new inode yet");
         assert_eq!(vfs.read(reopened.fh, 0, 100).unwrap(), b"two!");
-        // The handle opened before the change still reads the version it opened.
+        assert_eq!(vfs.getattr(changed).unwrap().size, 4);
+        // The handle opened before the change still reads, and stats, the version it opened,
+        // until the kernel forgets the old inode.
         assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"one");
+        assert_eq!(vfs.getattr(ino).unwrap().size, 3);
+        vfs.forget(ino);
+        assert!(matches!(vfs.getattr(ino), Err(FsError::NotFound)));
     }
 
     /// A store whose GETs of keys under `p/backlog/` wait until the test opens the gate.

@@ -23,7 +23,7 @@ pub struct S3Server {
     pub client: Client,
     child: Child,
     log: PathBuf,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 fn rclone() -> String {
@@ -33,10 +33,18 @@ fn rclone() -> String {
 impl S3Server {
     /// Starts a server whose buckets are `buckets` (empty).
     pub async fn start(buckets: &[&str]) -> Self {
+        Self::start_seeded(buckets, |_| {}).await
+    }
+
+    /// Starts a server whose buckets are `buckets`, after `seed` has written objects straight
+    /// into its data directory (one directory per bucket). Quicker than uploading large test
+    /// data; later changes must go through the API (the server caches its listings).
+    pub async fn start_seeded(buckets: &[&str], seed: impl FnOnce(&Path)) -> Self {
         let data = tempfile::tempdir().unwrap();
         for b in buckets {
             std::fs::create_dir(data.path().join(b)).unwrap();
         }
+        seed(data.path());
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -73,7 +81,7 @@ impl S3Server {
             endpoint,
             child,
             log,
-            _data: data,
+            data,
         }
     }
 
@@ -114,10 +122,25 @@ impl S3Server {
 
     /// GET requests the server has answered so far.
     pub fn gets(&self) -> usize {
+        self.get_log().len()
+    }
+
+    /// The object (`bucket/key`) of every GET the server has answered so far, in order.
+    pub fn get_log(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
-            .matches("GET OBJECT")
-            .count()
+            .lines()
+            .filter_map(|line| {
+                let rest = line.split_once("GET OBJECT Bucket: ")?.1;
+                let (bucket, key) = rest.split_once(" Object: ")?;
+                Some(format!("{bucket}/{key}"))
+            })
+            .collect()
+    }
+
+    /// Where the server keeps the objects of `bucket`, one file per object.
+    pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.data.path().join(bucket)
     }
 
     /// A command running the tool against this server.

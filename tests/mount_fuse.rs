@@ -1,0 +1,403 @@
+//! `mount` against a real S3-compatible server on loopback, through real FUSE mounts
+//! (needs /dev/fuse and Debian's `fuse3`, which `scripts/test.sh` installs).
+
+mod common;
+
+use common::*;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A running `s3-synchronizer mount`, unmounted and stopped when dropped (also when a test fails).
+struct Mounted {
+    child: Child,
+    dest: PathBuf,
+    log: PathBuf,
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    match (std::fs::metadata(dir), std::fs::metadata(dir.join(".."))) {
+        (Ok(d), Ok(parent)) => d.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+fn fusermount_u(dest: &Path, lazy: bool) -> ExitStatus {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(dest);
+    cmd.stdin(Stdio::null())
+        .status()
+        .expect("fusermount3 (apt-get install fuse3)")
+}
+
+/// Where a test keeps its mount point (`mnt`), cache (`cache`) and the tool's log.
+fn dirs(root: &Path) -> (PathBuf, PathBuf) {
+    let (dest, cache) = (root.join("mnt"), root.join("cache"));
+    std::fs::create_dir_all(&dest).unwrap();
+    (dest, cache)
+}
+
+impl Mounted {
+    /// Starts `mount` of `mounts` at `root/mnt` with its cache in `root/cache`, and waits until
+    /// the file system is mounted.
+    fn start(s3: &S3Server, root: &Path, mounts: &str, extra: &[&str]) -> Self {
+        let (dest, cache) = dirs(root);
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = root.join(format!(
+            "mount-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = s3.tool();
+        cmd.args(["mount", "--default-s3-mounts", mounts, "--destination"])
+            .arg(&dest)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap());
+        let mut mounted = Self {
+            child: cmd.spawn().unwrap(),
+            dest,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mount_point(&mounted.dest) {
+            if let Some(status) = mounted.child.try_wait().unwrap() {
+                panic!("mount exited early ({status}):\n{}", mounted.log());
+            }
+            assert!(Instant::now() < deadline, "not mounted:\n{}", mounted.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        mounted
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `fusermount3 -u`, then the exit status of the process.
+    fn unmount(&mut self) -> ExitStatus {
+        assert!(
+            fusermount_u(&self.dest, false).success(),
+            "fusermount3 -u failed"
+        );
+        self.wait()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mount_point(&self.dest) {
+            fusermount_u(&self.dest, true);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn errno(result: std::io::Result<impl std::fmt::Debug>) -> Option<i32> {
+    result.expect_err("the mount is read-only").raw_os_error()
+}
+
+/// Files with the same relative paths and bytes in both trees, by `diff -r`.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .args([a, b])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "diff -r {} {}:\n{}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn populate(s3: &S3Server) -> Vec<u8> {
+    let multi = bytes(1024 * 1024 + 123, 1);
+    for (key, data) in [
+        ("top.txt", &b"top level\n"[..]),
+        ("data/empty", b""),
+        ("data/a/b/c/deep.csv", b"x,y\n1,2\n"),
+        ("data/multi.bin", &multi),
+        ("data/with space/ünïcødé ✓.txt", "héllo".as_bytes()),
+    ] {
+        s3.put("bkt", key, data).await;
+    }
+    multi
+}
+
+async fn serves_every_object_byte_for_byte(extra: &[&str]) {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let multi = populate(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut args = vec!["--part-size", "64KiB"];
+    args.extend_from_slice(extra);
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("all", "bkt", "")]), &args);
+    let all = m.dest.join("all");
+
+    // Listed with the objects' sizes, mtimes and read-only permissions.
+    let meta = std::fs::metadata(all.join("data/multi.bin")).unwrap();
+    assert_eq!(meta.len(), multi.len() as u64);
+    assert_eq!(meta.mode() & 0o777, 0o444);
+    let head = s3
+        .client
+        .head_object()
+        .bucket("bkt")
+        .key("data/multi.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(meta.mtime(), head.last_modified().unwrap().secs());
+
+    assert_same_tree(&all, &s3.bucket_dir("bkt"));
+
+    // The ways notebooks read: pread at any offset, seek to the end, mmap.
+    let file = File::open(all.join("data/multi.bin")).unwrap();
+    for offset in [0, 65_535, 65_536, 700_001, multi.len() - 7] {
+        let mut buf = [0u8; 7];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert_eq!(buf, multi[offset..offset + 7]);
+    }
+    let mut tail = Vec::new();
+    let mut seeker = &file;
+    seeker.seek(SeekFrom::End(-100)).unwrap();
+    seeker.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, multi[multi.len() - 100..]);
+    // SAFETY: a private read-only mapping of an open file, unmapped before `file` is dropped.
+    unsafe {
+        use std::os::unix::io::AsRawFd;
+        let len = multi.len();
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap");
+        let mapped = std::slice::from_raw_parts(ptr as *const u8, len);
+        assert!(mapped == &multi[..], "mmap sees other bytes");
+        libc::munmap(ptr, len);
+    }
+    drop(file);
+
+    // Read-only: every change is refused with EROFS.
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno(std::fs::write(all.join("new.txt"), b"x")), erofs);
+    let writable = std::fs::OpenOptions::new()
+        .append(true)
+        .open(all.join("top.txt"));
+    assert_eq!(errno(writable), erofs);
+    assert_eq!(errno(std::fs::remove_file(all.join("top.txt"))), erofs);
+    assert_eq!(
+        errno(std::fs::rename(all.join("top.txt"), all.join("moved"))),
+        erofs
+    );
+    assert_eq!(errno(std::fs::create_dir(all.join("dir"))), erofs);
+
+    // A second mount on the same destination is refused with one clear line.
+    let out = run(s3
+        .tool()
+        .args([
+            "mount",
+            "--default-s3-mounts",
+            &mounts_json(&[("x", "bkt", "")]),
+        ])
+        .arg("--destination")
+        .arg(&m.dest));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is already a mount point"),
+        "{}",
+        stderr(&out)
+    );
+
+    let status = m.unmount();
+    assert!(status.success(), "{status}\n{}", m.log());
+    assert!(!is_mount_point(&m.dest));
+    let staging = root.path().join("cache/.s3-synchronizer/staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_every_object_byte_for_byte_with_passthrough() {
+    serves_every_object_byte_for_byte(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_every_object_byte_for_byte_without_passthrough() {
+    serves_every_object_byte_for_byte(&["--no-passthrough"]).await;
+}
+
+/// Backlog objects: sparse files, so a large backlog costs no disk or upload time.
+const BACKLOG: usize = 32;
+const BACKLOG_SIZE: u64 = 16 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_jumps_ahead_of_the_backlog() {
+    let wanted = bytes(3 << 20, 9);
+    let seed = wanted.clone();
+    let s3 = S3Server::start_seeded(&["bkt"], |data| {
+        let backlog = data.join("bkt/backlog");
+        std::fs::create_dir_all(&backlog).unwrap();
+        for i in 0..BACKLOG {
+            let f = File::create(backlog.join(format!("b{i:02}"))).unwrap();
+            f.set_len(BACKLOG_SIZE).unwrap();
+        }
+        // Last in key order: without priority it would be downloaded last.
+        std::fs::create_dir_all(data.join("bkt/zz")).unwrap();
+        std::fs::write(data.join("bkt/zz/wanted.bin"), &seed).unwrap();
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let args = ["--concurrency", "2", "--part-size", "4MiB"];
+    let m = Mounted::start(&s3, root.path(), &mounts_json(&[("all", "bkt", "")]), &args);
+
+    let got = std::fs::read(m.dest.join("all/zz/wanted.bin")).unwrap();
+    let cached = std::fs::read_dir(root.path().join("cache/all/backlog"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(got == wanted, "wrong bytes");
+    assert!(
+        cached < BACKLOG,
+        "the read returned only after the whole backlog was downloaded"
+    );
+    // The server saw the wanted file's GETs before the backlog's last ones.
+    let log = s3.get_log();
+    let first = log.iter().position(|k| k == "bkt/zz/wanted.bin").unwrap();
+    let backlog_gets = BACKLOG * (BACKLOG_SIZE / (4 << 20)) as usize;
+    let backlog_before = log[..first]
+        .iter()
+        .filter(|k| k.starts_with("bkt/backlog/"))
+        .count();
+    assert!(backlog_before < backlog_gets, "{backlog_before} GETs first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_shows_added_changed_and_deleted_objects() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "same.txt", b"same").await;
+    s3.put("bkt", "change.txt", b"before").await;
+    s3.put("bkt", "gone/deleted.txt", b"bye").await;
+    let root = tempfile::tempdir().unwrap();
+    let args = ["--download-interval", "1"];
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &args);
+    let dir = m.dest.join("m");
+    assert_eq!(std::fs::read(dir.join("change.txt")).unwrap(), b"before");
+    let mut opened_before = File::open(dir.join("change.txt")).unwrap();
+
+    s3.put("bkt", "change.txt", b"after the change").await;
+    s3.put("bkt", "added/new.txt", b"new").await;
+    s3.delete("bkt", "gone/deleted.txt").await;
+    wait_for(30, "the refresh", || {
+        std::fs::read(dir.join("change.txt")).is_ok_and(|d| d == b"after the change")
+            && std::fs::read(dir.join("added/new.txt")).is_ok_and(|d| d == b"new")
+            && !dir.join("gone/deleted.txt").exists()
+    });
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["added", "change.txt", "same.txt"]);
+    // A handle opened before the change still stats and reads the version it opened.
+    assert_eq!(opened_before.metadata().unwrap().len(), 6);
+    let mut old = Vec::new();
+    opened_before.read_to_end(&mut old).unwrap();
+    assert_eq!(old, b"before");
+    drop(opened_before);
+
+    assert!(m.unmount().success(), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remount_serves_the_cache_without_downloading_again() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    populate(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("all", "bkt", "")]);
+    let args = ["--part-size", "64KiB"];
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    // Wait for the background download to fill the cache.
+    let cached = root.path().join("cache/all");
+    wait_for(60, "the cache to fill", || {
+        tree(&cached) == tree(&s3.bucket_dir("bkt"))
+    });
+    assert!(m.unmount().success(), "{}", m.log());
+
+    let gets = s3.gets();
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    assert_same_tree(&m.dest.join("all"), &s3.bucket_dir("bkt"));
+    assert_eq!(s3.gets(), gets, "unchanged objects were downloaded again");
+    assert!(m.unmount().success(), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_unmounts_and_exits_zero() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "f", b"data").await;
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &[]);
+    assert_eq!(std::fs::read(m.dest.join("m/f")).unwrap(), b"data");
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(m.child.id() as i32, libc::SIGTERM) };
+    let status = m.wait();
+    assert!(status.success(), "{status}\n{}", m.log());
+    assert!(!is_mount_point(&m.dest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_destinations_get_one_clear_line() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let full = root.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("something"), b"x").unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    for (dest, message) in [
+        (root.path().join("missing"), "does not exist"),
+        (file, "is not a directory"),
+        (full, "is not empty (use --allow-non-empty"),
+    ] {
+        let out = run(s3
+            .tool()
+            .env("RUST_LOG", "warn")
+            .args(["mount", "--default-s3-mounts", &mounts, "--destination"])
+            .arg(&dest));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}", dest.display());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&dest.display().to_string()) && err.contains(message),
+            "{err}"
+        );
+    }
+}
