@@ -7,8 +7,8 @@
 //!
 //! Passthrough: where the kernel offers it (and we may use it: it needs CAP_SYS_ADMIN), every
 //! open file is backed by its complete cache file, so reads never reach this process. One backing
-//! id serves all open handles of an inode; a handle opened on another version while one is open
-//! is served through `read` instead.
+//! id serves all open handles of an inode: the kernel binds an inode to one backing file, and
+//! `vfs` gives a changed object a new inode, so they always hold the same bytes.
 
 use crate::vfs::{Attr, FsError, Kind, Opened, Vfs};
 use fuser::{

@@ -64,8 +64,6 @@ pub enum FsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
-    /// Identifies the version of the file this handle reads.
-    pub version: u64,
     /// The same version as the previous open: the kernel may keep the pages it cached.
     pub keep_cache: bool,
 }
@@ -352,11 +350,7 @@ impl Vfs {
         let keep_cache = self.versions.insert(ino, version) == Some(version);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(fh, Arc::new(file));
-        Ok(Opened {
-            fh,
-            version,
-            keep_cache,
-        })
+        Ok(Opened { fh, keep_cache })
     }
 
     /// The cache file behind an open handle.
