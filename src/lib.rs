@@ -13,5 +13,6 @@ pub mod mount;
 pub mod mounts;
 pub mod paths;
 pub mod progress;
+pub mod ranges;
 pub mod store;
 pub mod vfs;
