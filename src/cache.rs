@@ -1,16 +1,23 @@
 //! The local tree the engine fills: `root/<mount id>/...` for the data and `root/.s3-synchronizer/`
-//! for the tool's state (a lock, per-mount manifests, and the staging area).
+//! for the tool's state (a lock, per-mount manifests, the staging area for small files, and
+//! resumable partial downloads of large ones).
 //!
 //! Invariants:
 //! - Data is written only into staging files, on the same file system as the data, and moved to
 //!   its final path by one `rename` after it is complete: no reader ever sees a partial file, and
 //!   a crash leaves debris only in staging, which the next start clears.
+//! - A large file downloads into `partial/<mount id>/<hash of key>.part`, a sparse file, with a
+//!   record beside it (`.json`: key, ETag, size and the byte ranges present) rewritten by
+//!   `rename` after each part. The record never claims a range before its bytes are written, so
+//!   after a crash the next run fetches only what is missing.
 //! - The tool never writes or deletes through a symbolic link: every directory on the way to a
 //!   final path is checked with `lstat`, and only regular files are deleted.
 //! - One process at a time owns a root (an exclusive `flock` on `lock`).
 
 use crate::engine::plan::Local;
 use crate::mounts::STATE_DIR;
+use crate::ranges::RangeSet;
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +52,7 @@ pub struct Cache {
     root: PathBuf,
     state: PathBuf,
     staging: PathBuf,
+    partial: PathBuf,
     next_staging: AtomicU64,
     _lock: File,
 }
@@ -77,6 +85,7 @@ impl Cache {
         }
         let cache = Self {
             root: root.to_owned(),
+            partial: state.join("partial"),
             state,
             staging,
             next_staging: AtomicU64::new(0),
@@ -125,17 +134,101 @@ impl Cache {
         let staged = Staged {
             path,
             file: Arc::new(file),
+            record: None,
             committed: false,
         };
         staged.file.set_len(size).map_err(io_err(&staged.path))?;
         Ok(staged)
     }
+
+    /// The resumable download of version `etag` of `key` (`size` bytes) for mount `id`, and the
+    /// ranges already present: what an earlier run left of the same version is picked up, any
+    /// other version is replaced. Dropped before [`Staged::commit`], it stays for the next run.
+    pub fn partial(
+        &self,
+        id: &str,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<(Staged, RangeSet), CacheError> {
+        let dir = self.partial.join(id);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let name = format!("{:016x}", fnv1a(key.as_bytes()));
+        let path = dir.join(format!("{name}.part"));
+        let record = dir.join(format!("{name}.json"));
+        let earlier = fs::read(&record)
+            .ok()
+            .and_then(|data| serde_json::from_slice::<PartialRecord>(&data).ok())
+            .filter(|r| r.key == key && r.etag == etag && r.size == size)
+            .filter(|_| fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size));
+        let (file, present) = match earlier {
+            Some(r) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                (file, r.present)
+            }
+            None => {
+                let _ = fs::remove_file(&record);
+                let _ = fs::remove_file(&path);
+                let file = OpenOptions::new()
+                    .create_new(true)
+                    .read(true)
+                    .write(true)
+                    .mode(0o644)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                file.set_len(size).map_err(io_err(&path))?;
+                (file, RangeSet::default())
+            }
+        };
+        let staged = Staged {
+            path,
+            file: Arc::new(file),
+            record: Some(PartialRecord {
+                key: key.to_owned(),
+                etag: etag.to_owned(),
+                size,
+                present: RangeSet::default(),
+            })
+            .map(|r| (record, r)),
+            committed: false,
+        };
+        Ok((staged, present))
+    }
+
+    /// Removes the partial downloads of mount `id` (those of objects since changed or deleted).
+    pub fn clear_partials(&self, id: &str) {
+        let _ = fs::remove_dir_all(self.partial.join(id));
+    }
 }
 
-/// A file being downloaded. Dropped before [`Staged::commit`], it removes itself.
+#[derive(Serialize, Deserialize)]
+struct PartialRecord {
+    key: String,
+    etag: String,
+    size: u64,
+    present: RangeSet,
+}
+
+/// FNV-1a: a stable name for a key's partial file, whatever its length or characters.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+static NEXT_RECORD: AtomicU64 = AtomicU64::new(0);
+
+/// A file being downloaded. Dropped before [`Staged::commit`], a staging file removes itself; a
+/// partial download stays to be resumed.
 pub struct Staged {
     path: PathBuf,
     file: Arc<File>,
+    /// For a partial download: where its record lives, and the record.
+    record: Option<(PathBuf, PartialRecord)>,
     committed: bool,
 }
 
@@ -146,6 +239,34 @@ impl Staged {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Records that `present` has been written (a partial download; a no-op otherwise). Safe to
+    /// call concurrently: a record that loses the race claims less than is present, never more.
+    pub fn record(&self, present: &RangeSet) -> Result<(), CacheError> {
+        let Some((path, record)) = &self.record else {
+            return Ok(());
+        };
+        let record = PartialRecord {
+            present: present.clone(),
+            key: record.key.clone(),
+            etag: record.etag.clone(),
+            size: record.size,
+        };
+        let n = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.{n}"));
+        let data = serde_json::to_vec(&record).expect("a record serializes");
+        fs::write(&tmp, data).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))
+    }
+
+    /// Throws a partial download away (its object changed).
+    pub fn discard(mut self) {
+        self.committed = true;
+        let _ = fs::remove_file(&self.path);
+        if let Some((record, _)) = &self.record {
+            let _ = fs::remove_file(record);
+        }
     }
 
     /// Sets the mtime and moves the complete file to `dir/rel`, creating directories as needed.
@@ -162,13 +283,16 @@ impl Staged {
         }
         fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
         self.committed = true;
+        if let Some((record, _)) = &self.record {
+            let _ = fs::remove_file(record);
+        }
         Ok(())
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && self.record.is_none() {
             let _ = fs::remove_file(&self.path);
         }
     }

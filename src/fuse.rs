@@ -28,6 +28,9 @@ use std::time::Duration;
 struct Backing {
     by_handle: HashMap<u64, Arc<BackingId>>,
     by_inode: HashMap<u64, Weak<BackingId>>,
+    /// Handles open without passthrough, per inode: while there are any, the kernel refuses
+    /// passthrough opens of that inode.
+    served: HashMap<u64, usize>,
 }
 
 pub struct FuseFs {
@@ -111,6 +114,9 @@ fn backing_for(
     reply: &ReplyOpen,
 ) -> Option<Arc<BackingId>> {
     let mut table = backing.lock();
+    if table.served.get(&ino).is_some_and(|&n| n > 0) {
+        return None;
+    }
     let id = match table.by_inode.get(&ino) {
         Some(weak) if weak.strong_count() > 0 => weak.upgrade()?,
         _ => {
@@ -165,7 +171,7 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let vfs = self.vfs.clone();
-        let backing = self.passthrough.then(|| self.backing.clone());
+        let (table, passthrough) = (self.backing.clone(), self.passthrough);
         self.runtime.spawn(async move {
             match vfs.open(ino.0).await {
                 Ok(opened) => {
@@ -175,11 +181,18 @@ impl Filesystem for FuseFs {
                         FopenFlags::empty()
                     };
                     let fh = FileHandle(opened.fh);
-                    match backing.and_then(|b| backing_for(&b, &vfs, ino.0, &opened, &reply)) {
+                    // A file still downloading is served: its reads may have to wait.
+                    let id = (passthrough && !opened.partial)
+                        .then(|| backing_for(&table, &vfs, ino.0, &opened, &reply))
+                        .flatten();
+                    match id {
                         // Reads go to the backing file's own page cache; the kernel refuses
                         // passthrough opens that also ask to keep a FUSE page cache.
                         Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-                        None => reply.opened(fh, flags),
+                        None => {
+                            *table.lock().served.entry(ino.0).or_default() += 1;
+                            reply.opened(fh, flags)
+                        }
                     }
                 }
                 Err(e) => {
@@ -203,9 +216,24 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vfs.read(fh.0, offset, size) {
+        let done = |result: Result<Vec<u8>, FsError>, reply: ReplyData| match result {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                if let FsError::Download(err) = &e {
+                    tracing::error!(key = %err.key, "read failed: {}", err.reason);
+                }
+                reply.error(errno(&e))
+            }
+        };
+        match self.vfs.read_now(fh.0, offset, size) {
+            Some(result) => done(result, reply),
+            // Waits for its range to download, off the FUSE threads.
+            None => {
+                let vfs = self.vfs.clone();
+                self.runtime.spawn(async move {
+                    done(vfs.read(fh.0, offset, size).await, reply);
+                });
+            }
         }
     }
 
@@ -221,7 +249,14 @@ impl Filesystem for FuseFs {
     ) {
         self.vfs.release(fh.0);
         let mut table = self.backing.lock();
-        table.by_handle.remove(&fh.0);
+        if table.by_handle.remove(&fh.0).is_none()
+            && let Some(n) = table.served.get_mut(&ino.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                table.served.remove(&ino.0);
+            }
+        }
         if table
             .by_inode
             .get(&ino.0)

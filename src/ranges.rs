@@ -105,7 +105,7 @@ mod tests {
         s.insert(20..25);
         assert_eq!(s.iter().collect::<Vec<_>>(), [10..25, 30..40]);
         s.insert(5..35);
-        assert_eq!(s.iter().collect::<Vec<_>>(), [5..40]);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![5..40]);
         s.insert(7..7);
         assert_eq!(s.bytes(), 35);
         assert!(s.covers(5..40) && !s.covers(4..6) && s.covers(9..9));

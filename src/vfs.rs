@@ -15,7 +15,7 @@
 
 use crate::cache;
 use crate::engine::plan::{Local, layout};
-use crate::engine::{Engine, FetchError, MountState};
+use crate::engine::{Download, Engine, FetchError, MountState, Reader};
 use crate::store::{ObjectMeta, ObjectStore};
 use dashmap::{DashMap, DashSet};
 use parking_lot::RwLock;
@@ -66,6 +66,16 @@ pub struct Opened {
     pub fh: u64,
     /// The same version as the previous open: the kernel may keep the pages it cached.
     pub keep_cache: bool,
+    /// Still downloading: reads may have to wait for their range.
+    pub partial: bool,
+}
+
+/// An open file: the cache file (complete, or still downloading).
+struct Handle {
+    file: Arc<File>,
+    download: Option<Arc<Download>>,
+    /// Where the last read ended: a read starting there is sequential.
+    next: AtomicU64,
 }
 
 /// A mount as the file system serves it: its local state and its bucket.
@@ -117,7 +127,7 @@ pub struct Vfs {
     tree: RwLock<Tree>,
     sources: Vec<Source>,
     engine: Arc<Engine>,
-    handles: DashMap<u64, Arc<File>>,
+    handles: DashMap<u64, Arc<Handle>>,
     /// The version (cache file inode) each inode was last opened at.
     versions: DashMap<u64, u64>,
     /// Inodes the kernel has looked up and not yet forgotten.
@@ -323,8 +333,9 @@ impl Vfs {
         Ok(out)
     }
 
-    /// Opens a file for reading, downloading it first (ahead of the backlog) when the cache does
-    /// not hold the listed version yet.
+    /// Opens a file for reading. A file the cache does not hold yet starts downloading (or its
+    /// download is joined); a large one opens at once and each read waits only for its range,
+    /// a small one opens once it is downloaded, ahead of the backlog.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
         let (i, path, meta) = {
             let tree = self.tree.read();
@@ -335,43 +346,85 @@ impl Vfs {
             }
         };
         let source = &self.sources[i];
+        let mut download = None;
         if !is_cached(&source.state, &path, &meta) {
-            self.engine
-                .fetch_now(&source.state, source.store.clone(), meta, path.clone())
+            let reader = self
+                .engine
+                .open_reader(&source.state, source.store.clone(), meta, path.clone())
                 .await?;
+            if let Reader::Partial(d) = reader {
+                download = Some(d);
+            }
         }
-        let file = File::open(source.state.dir.join(&path)).map_err(|e| match e.kind() {
-            // Deleted from the bucket while we waited.
-            io::ErrorKind::NotFound => FsError::NotFound,
-            _ => FsError::Io(e),
-        })?;
-        // Each download is a new cache file, so the cache file's inode identifies the version.
+        let file = match &download {
+            Some(d) => d.file().clone(),
+            None => Arc::new(File::open(source.state.dir.join(&path)).map_err(|e| {
+                match e.kind() {
+                    // Deleted from the bucket while we waited.
+                    io::ErrorKind::NotFound => FsError::NotFound,
+                    _ => FsError::Io(e),
+                }
+            })?),
+        };
+        // Each download is a new file, renamed into place when complete, so the file's inode
+        // identifies the version.
         let version = file.metadata()?.ino();
         let keep_cache = self.versions.insert(ino, version) == Some(version);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(file));
-        Ok(Opened { fh, keep_cache })
+        let partial = download.is_some();
+        self.handles.insert(
+            fh,
+            Arc::new(Handle {
+                file,
+                download,
+                next: AtomicU64::new(0),
+            }),
+        );
+        Ok(Opened {
+            fh,
+            keep_cache,
+            partial,
+        })
     }
 
     /// The cache file behind an open handle.
     pub fn handle_file(&self, fh: u64) -> Option<Arc<File>> {
-        self.handles.get(&fh).map(|f| f.clone())
+        self.handles.get(&fh).map(|h| h.file.clone())
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let file = self.handles.get(&fh).ok_or(FsError::BadHandle)?.clone();
-        let mut buf = vec![0; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// Reads at once when the range is there (always, for a complete file); `None` when the
+    /// read has to wait for a download: then use [`Vfs::read`].
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
+        let Some(handle) = self.handles.get(&fh).map(|h| h.clone()) else {
+            return Some(Err(FsError::BadHandle));
+        };
+        if let Some(d) = &handle.download
+            && !d.is_present(offset..offset + u64::from(size))
+        {
+            return None;
         }
-        buf.truncate(filled);
-        Ok(buf)
+        handle
+            .next
+            .store(offset + u64::from(size), Ordering::Relaxed);
+        Some(pread(&handle.file, offset, size))
+    }
+
+    /// Reads, first waiting for the bytes to be downloaded if they are not yet.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let handle = self
+            .handles
+            .get(&fh)
+            .map(|h| h.clone())
+            .ok_or(FsError::BadHandle)?;
+        let end = offset + u64::from(size);
+        if let Some(d) = &handle.download {
+            // A sequential reader gets the next stretch fetched ahead of it.
+            let sequential = handle.next.load(Ordering::Relaxed) == offset;
+            let ahead = sequential.then(|| end..end + READ_AHEAD);
+            d.read_ready(offset..end, ahead).await?;
+        }
+        handle.next.store(end, Ordering::Relaxed);
+        pread(&handle.file, offset, size)
     }
 
     pub fn release(&self, fh: u64) {
@@ -388,6 +441,24 @@ impl Vfs {
             .count() as u64;
         (files, tree.nodes.len() as u64 - files)
     }
+}
+
+/// How far ahead of a sequential reader a downloading file is fetched.
+const READ_AHEAD: u64 = 16 << 20;
+
+fn pread(file: &File, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    let mut buf = vec![0; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// Whether the cache holds exactly the listed version of a file.
@@ -454,7 +525,7 @@ mod tests {
 
     async fn read_all(vfs: &Vfs, path: &str) -> Result<Vec<u8>, FsError> {
         let fh = vfs.open(path_ino(vfs, path)?).await?.fh;
-        let data = vfs.read(fh, 0, 1 << 24)?;
+        let data = vfs.read(fh, 0, 1 << 24).await?;
         vfs.release(fh);
         Ok(data)
     }
@@ -521,11 +592,11 @@ mod tests {
         assert_eq!(read_all(&vfs, "m/new").await.unwrap(), b"new");
         let reopened = vfs.open(changed).await.unwrap();
         assert!(!reopened.keep_cache, "nothing cached for the new inode yet");
-        assert_eq!(vfs.read(reopened.fh, 0, 100).unwrap(), b"two!");
+        assert_eq!(vfs.read(reopened.fh, 0, 100).await.unwrap(), b"two!");
         assert_eq!(vfs.getattr(changed).unwrap().size, 4);
         // The handle opened before the change still reads, and stats, the version it opened,
         // until the kernel forgets the old inode.
-        assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"one");
+        assert_eq!(vfs.read(fh, 0, 100).await.unwrap(), b"one");
         assert_eq!(vfs.getattr(ino).unwrap().size, 3);
         vfs.forget(ino);
         assert!(matches!(vfs.getattr(ino), Err(FsError::NotFound)));

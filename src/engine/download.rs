@@ -1,4 +1,9 @@
-//! Downloading one object into a staging file with concurrent ranged GETs, then committing it.
+//! Downloading one object with concurrent ranged GETs, then committing it.
+//!
+//! A small object is one GET into memory, then a staging file. A large one is a [`Download`]:
+//! its parts land in a resumable partial file, in the order they are claimed: bulk workers claim
+//! the lowest missing part, and a reader waiting for a byte range claims the parts covering it
+//! ahead of them, on the priority lane ([`Download::read_ready`]).
 //!
 //! Every GET of one object carries the ETag from the listing (`If-Match`). When the store says the
 //! object changed, the partial download is thrown away, the object is looked up again and the
@@ -10,10 +15,12 @@ use super::{MountState, Shared};
 use crate::cache::{CacheError, Staged};
 use crate::manifest::{Entry as ManifestEntry, ManifestError};
 use crate::progress::Progress;
+use crate::ranges::RangeSet;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -59,6 +66,8 @@ enum PartError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub(crate) trait Transient {
@@ -108,14 +117,6 @@ where
     }
 }
 
-/// The byte ranges of an object of `size` bytes in parts of `part_size`.
-pub(crate) fn part_ranges(size: u64, part_size: u64) -> Vec<Range<u64>> {
-    (0..size)
-        .step_by(part_size.max(1) as usize)
-        .map(|start| start..(start + part_size).min(size))
-        .collect()
-}
-
 /// A download under way, shared by everyone who wants that file: the bulk pass that started it
 /// and any reader that asked for it since. A reader makes it urgent: its remaining GETs take
 /// permits from the priority lane instead of queueing behind the backlog.
@@ -123,6 +124,8 @@ pub(crate) struct Flight {
     urgent: AtomicBool,
     wake: Notify,
     done: watch::Sender<Option<Result<Outcome, FetchError>>>,
+    /// The large download under way (replaced when the object changes and it starts again).
+    download: watch::Sender<Option<Arc<Download>>>,
 }
 
 impl Flight {
@@ -131,6 +134,7 @@ impl Flight {
             urgent: AtomicBool::new(urgent),
             wake: Notify::new(),
             done: watch::channel(None).0,
+            download: watch::channel(None).0,
         }
     }
 
@@ -153,16 +157,18 @@ impl Flight {
 
 /// Removes a flight from the registry when its download ends, however it ends (a cancelled
 /// download tells its waiters so instead of leaving them waiting).
-struct FlightGuard<'a> {
-    shared: &'a Shared,
+struct FlightGuard {
+    shared: Arc<Shared>,
     key: String,
     flight: Arc<Flight>,
     result: Option<Result<Outcome, FetchError>>,
 }
 
-impl Drop for FlightGuard<'_> {
+impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.shared.flights.remove(&self.key);
+        // Readers keep their own reference; this one would keep the job alive in a cycle.
+        self.flight.download.send_replace(None);
         let result = self.result.take().unwrap_or_else(|| {
             Err(FetchError {
                 key: self.key.clone(),
@@ -184,6 +190,58 @@ struct Job {
     flight: Arc<Flight>,
 }
 
+/// The download of one file: already under way (join it), or registered now (run it).
+enum Registered {
+    Joined(Arc<Flight>),
+    New(FlightGuard),
+}
+
+fn register(shared: &Arc<Shared>, mount: &MountState, path: &str, urgent: bool) -> Registered {
+    let key = format!("{}/{}", mount.mount.id, path);
+    match shared.flights.entry(key.clone()) {
+        Entry::Occupied(e) => {
+            let flight = e.get().clone();
+            drop(e);
+            if urgent && flight.hurry() {
+                shared.urgent_started();
+            }
+            Registered::Joined(flight)
+        }
+        Entry::Vacant(e) => {
+            if urgent {
+                shared.urgent_started();
+            }
+            let flight = e.insert(Arc::new(Flight::new(urgent))).clone();
+            Registered::New(FlightGuard {
+                shared: shared.clone(),
+                key,
+                flight,
+                result: None,
+            })
+        }
+    }
+}
+
+/// Runs a registered download to its end and tells everyone waiting on it.
+async fn run(
+    mut guard: FlightGuard,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    path: String,
+) -> Result<Outcome, FetchError> {
+    let job = Arc::new(Job {
+        shared: guard.shared.clone(),
+        mount,
+        store,
+        flight: guard.flight.clone(),
+    });
+    let result = download(&job, meta, &path).await;
+    guard.result = Some(result.clone());
+    drop(guard);
+    result
+}
+
 /// Downloads `meta` to `path` under the mount directory and records it in the manifest. When
 /// the same file is already downloading, waits for that download instead (hurrying it along
 /// when `urgent`).
@@ -195,39 +253,60 @@ pub(crate) async fn fetch(
     path: String,
     urgent: bool,
 ) -> Result<Outcome, FetchError> {
-    let key = format!("{}/{}", mount.mount.id, path);
-    let flight = match shared.flights.entry(key.clone()) {
-        Entry::Occupied(e) => {
-            let flight = e.get().clone();
-            drop(e);
-            if urgent && flight.hurry() {
-                shared.urgent_started();
-            }
-            return flight.wait().await;
-        }
-        Entry::Vacant(e) => {
-            if urgent {
-                shared.urgent_started();
-            }
-            e.insert(Arc::new(Flight::new(urgent))).clone()
+    match register(&shared, &mount, &path, urgent) {
+        Registered::Joined(flight) => flight.wait().await,
+        Registered::New(guard) => run(guard, mount, store, meta, path).await,
+    }
+}
+
+/// How a reader gets at a file that is not in the cache yet.
+pub enum Reader {
+    /// The file is complete at its final path (or gone: its object was deleted).
+    Complete,
+    /// The file is downloading: read it through this, range by range.
+    Partial(Arc<Download>),
+}
+
+/// Starts (or joins) the download of a file for a reader, and returns as soon as the reader can
+/// read: at once for a large file (its ranges are fetched as they are read), after the download
+/// for a small one.
+pub(crate) async fn reader(
+    shared: Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    path: String,
+) -> Result<Reader, FetchError> {
+    if is_small(&shared, &meta) {
+        return fetch(shared, mount, store, meta, path, true)
+            .await
+            .map(|_| Reader::Complete);
+    }
+    let flight = match register(&shared, &mount, &path, false) {
+        Registered::Joined(flight) => flight,
+        Registered::New(guard) => {
+            let flight = guard.flight.clone();
+            let span = tracing::info_span!("download", mount = %mount.mount.id, key = %meta.key);
+            tokio::spawn(run(guard, mount, store, meta, path).instrument(span));
+            flight
         }
     };
-    let mut guard = FlightGuard {
-        shared: &shared,
-        key,
-        flight: flight.clone(),
-        result: None,
+    let mut published = flight.download.subscribe();
+    let download = async move {
+        published
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|d| d.clone())
     };
-    let job = Arc::new(Job {
-        shared: shared.clone(),
-        mount,
-        store,
-        flight,
-    });
-    let result = download(&job, meta, &path).await;
-    guard.result = Some(result.clone());
-    drop(guard);
-    result
+    tokio::select! {
+        Some(download) = download => Ok(Reader::Partial(download)),
+        done = flight.wait() => done.map(|_| Reader::Complete),
+    }
+}
+
+fn is_small(shared: &Shared, meta: &ObjectMeta) -> bool {
+    meta.size <= shared.part_size.min(WRITE_BATCH as u64)
 }
 
 async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Outcome, FetchError> {
@@ -236,7 +315,7 @@ async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Ou
         reason: e.to_string(),
     };
     for _ in 0..MAX_VERSION_RESTARTS {
-        let result = if meta.size <= job.shared.part_size.min(WRITE_BATCH as u64) {
+        let result = if is_small(&job.shared, &meta) {
             fetch_small(job, &meta, path).await
         } else {
             fetch_large(job, &meta, path).await
@@ -270,7 +349,7 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     let data = if meta.size == 0 {
         Vec::new()
     } else {
-        download_part(job.clone(), meta.clone(), 0..meta.size, None).await?
+        download_part(job.clone(), meta.clone(), 0..meta.size, None, false, None).await?
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -282,28 +361,273 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     .expect("write task panicked")
 }
 
-/// A large object is written part by part, as parts arrive, into a staging file of its size.
+/// A large object is written part by part, as parts arrive, into its partial file: bulk
+/// workers fetch the missing parts in order while readers may fetch the parts they need first.
 async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
-    let shared = job.shared.clone();
-    let size = meta.size;
-    let staged = tokio::task::spawn_blocking(move || shared.cache.stage(size))
-        .await
-        .expect("staging task panicked")?;
-    let mut parts = JoinSet::new();
-    for range in part_ranges(meta.size, job.shared.part_size) {
-        let span =
-            tracing::debug_span!("part", key = %meta.key, start = range.start, end = range.end);
-        let part = download_part(job.clone(), meta.clone(), range, Some(staged.file()));
-        parts.spawn(part.instrument(span));
+    let (shared, m) = (job.shared.clone(), meta.clone());
+    let id = job.mount.mount.id.clone();
+    let (staged, present) =
+        tokio::task::spawn_blocking(move || shared.cache.partial(&id, &m.key, &m.etag, m.size))
+            .await
+            .expect("staging task panicked")?;
+    if !present.is_empty() {
+        tracing::debug!(key = %meta.key, present = present.bytes(), "resuming a partial download");
     }
-    while let Some(done) = parts.join_next().await {
-        // An error returns at once; dropping `parts` aborts the other parts.
-        done.expect("part task panicked").map(drop)?;
+    let download = Arc::new(Download::new(job.clone(), meta.clone(), staged, present));
+    job.flight.download.send_replace(Some(download.clone()));
+
+    let mut workers = JoinSet::new();
+    let missing = download.parts.lock().missing();
+    for _ in 0..missing.min(job.shared.files_in_flight) {
+        let (job, download) = (job.clone(), download.clone());
+        workers.spawn(async move {
+            loop {
+                let permit = permit(&job, false).await;
+                let Some(part) = download.claim_next() else {
+                    return;
+                };
+                if !download.fetch_part(part, false, Some(permit)).await {
+                    return;
+                }
+            }
+        });
+    }
+    // Complete, or failed (a worker's part or a reader's): then the other workers stop.
+    let failed = download.wait_for(0..meta.size).await.err();
+    workers.shutdown().await;
+    let staged = download.staged.lock().take().expect("committed once");
+    if let Some(failure) = failed {
+        let error = download.parts.lock().error.take();
+        if matches!(
+            error,
+            Some(PartError::Store(
+                StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }
+            ))
+        ) {
+            // Parts of that version are of no use any more.
+            tokio::task::spawn_blocking(move || staged.discard());
+        }
+        return Err(error.unwrap_or(PartError::Failed(failure.reason)));
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || commit(&job.mount, staged, &meta, &path))
         .await
         .expect("commit task panicked")
+}
+
+/// A large object being downloaded into its partial file.
+pub struct Download {
+    job: Arc<Job>,
+    meta: ObjectMeta,
+    file: Arc<File>,
+    staged: Mutex<Option<Staged>>,
+    parts: Mutex<Parts>,
+    /// Bumped whenever a part lands or the download fails.
+    changed: watch::Sender<u64>,
+}
+
+struct Parts {
+    part_size: u64,
+    size: u64,
+    present: RangeSet,
+    /// Parts being fetched or present.
+    claimed: Vec<bool>,
+    /// Why the download failed: the first error, for the download itself...
+    error: Option<PartError>,
+    /// ...and what readers are told.
+    failure: Option<String>,
+}
+
+impl Parts {
+    fn range(&self, part: usize) -> Range<u64> {
+        let start = part as u64 * self.part_size;
+        start..(start + self.part_size).min(self.size)
+    }
+
+    fn missing(&self) -> usize {
+        self.claimed.iter().filter(|c| !**c).count()
+    }
+
+    /// The parts covering `range`.
+    fn covering(&self, range: &Range<u64>) -> Range<usize> {
+        let first = (range.start / self.part_size) as usize;
+        let last = range.end.min(self.size).div_ceil(self.part_size) as usize;
+        first..last.max(first)
+    }
+}
+
+impl Download {
+    fn new(job: Arc<Job>, meta: ObjectMeta, staged: Staged, present: RangeSet) -> Self {
+        let part_size = job.shared.part_size;
+        let count = meta.size.div_ceil(part_size) as usize;
+        let mut parts = Parts {
+            part_size,
+            size: meta.size,
+            present,
+            claimed: vec![false; count],
+            error: None,
+            failure: None,
+        };
+        for part in 0..count {
+            parts.claimed[part] = parts.present.covers(parts.range(part));
+        }
+        Self {
+            job,
+            meta,
+            file: staged.file(),
+            staged: Mutex::new(Some(staged)),
+            parts: Mutex::new(parts),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The partial file: what is present of it can be read at once.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// Whether all of `range` (clamped to the file) is present.
+    pub fn is_present(&self, range: Range<u64>) -> bool {
+        let parts = self.parts.lock();
+        parts.present.covers(range.start..range.end.min(parts.size))
+    }
+
+    fn claim_next(&self) -> Option<usize> {
+        let mut parts = self.parts.lock();
+        if parts.failure.is_some() {
+            return None;
+        }
+        let part = parts.claimed.iter().position(|c| !c)?;
+        parts.claimed[part] = true;
+        Some(part)
+    }
+
+    /// Claims the unclaimed parts covering `range`.
+    fn claim(&self, range: &Range<u64>) -> Vec<usize> {
+        let mut parts = self.parts.lock();
+        if parts.failure.is_some() {
+            return Vec::new();
+        }
+        let covering = parts.covering(range);
+        covering
+            .filter(|&p| !std::mem::replace(&mut parts.claimed[p], true))
+            .collect()
+    }
+
+    /// Fetches one claimed part and records it; returns whether it succeeded. A failure fails
+    /// the whole download (after the retries of transient errors).
+    async fn fetch_part(
+        self: &Arc<Self>,
+        part: usize,
+        urgent: bool,
+        permit: Option<SemaphorePermit<'_>>,
+    ) -> bool {
+        let range = self.parts.lock().range(part);
+        let file = Some(self.file.clone());
+        let result = download_part(
+            self.job.clone(),
+            self.meta.clone(),
+            range.clone(),
+            file,
+            urgent,
+            permit,
+        )
+        .await
+        .map(drop);
+        let result = match result {
+            Ok(()) => {
+                let present = {
+                    let mut parts = self.parts.lock();
+                    parts.present.insert(range);
+                    parts.present.clone()
+                };
+                // Written after the bytes, so the record never claims what is not there.
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || match me.staged.lock().as_ref() {
+                    Some(staged) => staged.record(&present),
+                    None => Ok(()),
+                })
+                .await
+                .expect("record task panicked")
+                .map_err(PartError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut parts = self.parts.lock();
+            if parts.failure.is_none() {
+                parts.failure = Some(match &e {
+                    PartError::Store(StoreError::PreconditionFailed { .. }) => {
+                        "the object changed while it was being read: open it again".into()
+                    }
+                    e => e.to_string(),
+                });
+                parts.error = Some(e);
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+        self.parts.lock().failure.is_none()
+    }
+
+    /// Waits until `range` is present, or fails with why it never will be.
+    async fn wait_for(&self, range: Range<u64>) -> Result<(), FetchError> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let parts = self.parts.lock();
+                if parts.present.covers(range.start..range.end.min(parts.size)) {
+                    return Ok(());
+                }
+                if let Some(reason) = &parts.failure {
+                    return Err(FetchError {
+                        key: self.meta.key.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            changed.changed().await.expect("the sender lives in self");
+        }
+    }
+
+    /// Makes `range` readable: fetches the parts covering it ahead of everything else and waits
+    /// for them. `ahead`, a range a sequential reader will want next, is fetched too, without
+    /// waiting for it.
+    pub async fn read_ready(
+        self: &Arc<Self>,
+        range: Range<u64>,
+        ahead: Option<Range<u64>>,
+    ) -> Result<(), FetchError> {
+        for r in std::iter::once(&range).chain(ahead.as_ref()) {
+            for part in self.claim(r) {
+                let download = self.clone();
+                tokio::spawn(async move { download.fetch_part(part, true, None).await });
+            }
+        }
+        if self.is_present(range.clone()) {
+            return Ok(());
+        }
+        let shared = &self.job.shared;
+        shared.urgent_started();
+        let _waiting = scopeguard(|| shared.urgent_ended());
+        self.wait_for(range).await
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Moves a complete staging file into place, then records it (in that order: the manifest
@@ -336,7 +660,7 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
 /// A GET permit: from the priority lane once the download is urgent (also when it becomes
 /// urgent while this part is still queueing); otherwise from the bulk lane, which starts no new
 /// GET while any urgent download is under way, so a waiting reader gets the bandwidth.
-async fn permit(job: &Job) -> SemaphorePermit<'_> {
+async fn permit(job: &Job, urgent: bool) -> SemaphorePermit<'_> {
     let (shared, flight) = (&job.shared, &job.flight);
     loop {
         let woken = flight.wake.notified();
@@ -345,7 +669,7 @@ async fn permit(job: &Job) -> SemaphorePermit<'_> {
         let idle = shared.urgent_idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
-        if flight.urgent.load(Ordering::SeqCst) {
+        if urgent || flight.urgent.load(Ordering::SeqCst) {
             return shared.urgent_permits.acquire().await.expect("never closed");
         }
         if shared.urgent_active.load(Ordering::SeqCst) > 0 {
@@ -369,9 +693,16 @@ async fn download_part(
     meta: ObjectMeta,
     range: Range<u64>,
     file: Option<Arc<File>>,
+    urgent: bool,
+    first_permit: Option<SemaphorePermit<'_>>,
 ) -> Result<Vec<Bytes>, PartError> {
+    let first_permit = Mutex::new(first_permit);
     retry(&meta.key, || async {
-        let _permit = permit(&job).await;
+        let given = first_permit.lock().take();
+        let _permit = match given {
+            Some(p) => p,
+            None => permit(&job, urgent).await,
+        };
         let progress = &job.shared.progress;
         let mut counted = 0;
         let result = read_part(
@@ -508,11 +839,33 @@ fn write_all_vectored_at(file: &File, bufs: &[Bytes], mut offset: u64) -> io::Re
 mod tests {
     use super::*;
 
+    fn parts(size: u64, part_size: u64) -> Parts {
+        Parts {
+            part_size,
+            size,
+            present: RangeSet::default(),
+            claimed: vec![false; size.div_ceil(part_size) as usize],
+            error: None,
+            failure: None,
+        }
+    }
+
     #[test]
     fn parts_cover_the_object_exactly() {
-        assert_eq!(part_ranges(0, 8), Vec::<Range<u64>>::new());
-        assert_eq!(part_ranges(8, 8), vec![0..8]);
-        assert_eq!(part_ranges(17, 8), [0..8, 8..16, 16..17]);
+        let p = parts(17, 8);
+        let all: Vec<_> = (0..p.claimed.len()).map(|i| p.range(i)).collect();
+        assert_eq!(all, [0..8, 8..16, 16..17]);
+        assert_eq!(parts(8, 8).claimed.len(), 1);
+        assert_eq!(parts(0, 8).claimed.len(), 0);
+    }
+
+    #[test]
+    fn a_byte_range_maps_to_the_parts_holding_it() {
+        let p = parts(17, 8);
+        assert_eq!(p.covering(&(0..1)), 0..1);
+        assert_eq!(p.covering(&(7..9)), 0..2);
+        assert_eq!(p.covering(&(16..100)), 2..3);
+        assert_eq!(p.covering(&(8..8)), 1..1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use dashmap::DashMap;
-pub use download::FetchError;
+pub use download::{Download, FetchError, Reader};
 use download::{Outcome, retry, unix_seconds};
 use parking_lot::Mutex;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) urgent_idle: Notify,
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
-    files_in_flight: usize,
+    pub(crate) files_in_flight: usize,
     cancel: CancellationToken,
 }
 
@@ -164,18 +164,18 @@ impl Engine {
         }))
     }
 
-    /// Downloads one object now, ahead of the backlog, and waits for it; when the file is already
-    /// downloading, hurries that download along instead of starting another.
-    pub async fn fetch_now(
+    /// Opens a file that is not in the cache for a reader: starts its download (or joins the
+    /// one under way) and returns once the reader can read. A large file is readable at once,
+    /// range by range ([`Download::read_ready`]); a small one is downloaded first, ahead of the
+    /// backlog.
+    pub async fn open_reader(
         &self,
         state: &Arc<MountState>,
         store: Arc<dyn ObjectStore>,
         meta: ObjectMeta,
         path: String,
-    ) -> Result<(), FetchError> {
-        download::fetch(self.shared.clone(), state.clone(), store, meta, path, true)
-            .await
-            .map(drop)
+    ) -> Result<Reader, FetchError> {
+        download::reader(self.shared.clone(), state.clone(), store, meta, path).await
     }
 
     /// Removes any staging files left by downloads that were cancelled.
@@ -290,14 +290,27 @@ impl Engine {
             }
         }
 
-        let st = state.clone();
-        tokio::task::spawn_blocking(move || st.manifest.lock().compact())
-            .await
-            .expect("manifest task panicked")
-            .map_err(|source| EngineError::Manifest {
-                mount: mount.id.clone(),
-                source,
-            })?;
+        // Partial files left now are of objects since changed or deleted: nothing to resume.
+        let prefix = format!("{}/", mount.id);
+        let clear = stats.failed == 0
+            && !self
+                .shared
+                .flights
+                .iter()
+                .any(|f| f.key().starts_with(&prefix));
+        let (st, shared) = (state.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            if clear {
+                shared.cache.clear_partials(&st.mount.id);
+            }
+            st.manifest.lock().compact()
+        })
+        .await
+        .expect("manifest task panicked")
+        .map_err(|source| EngineError::Manifest {
+            mount: mount.id.clone(),
+            source,
+        })?;
         Ok(stats)
     }
 }

@@ -364,11 +364,12 @@ async fn concurrency_bounds_the_gets_in_flight() {
     }
 }
 
-/// Wraps a store; the body of `key` sends its first chunk and then never ends.
+/// Wraps a store; bodies of `key` from byte `from` on send their first chunk and never end.
 struct Stall {
     inner: Arc<MemoryStore>,
     key: &'static str,
-    started: Arc<AtomicU64>,
+    from: u64,
+    stalled: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -383,36 +384,63 @@ impl ObjectStore for Stall {
         self.inner.head(key).await
     }
     async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        let stall = key == self.key && range.start >= self.from;
         let body = self.inner.get(key, range, etag).await?;
-        if key != self.key {
+        if !stall {
             return Ok(body);
         }
-        self.started.fetch_add(1, Ordering::SeqCst);
+        self.stalled.fetch_add(1, Ordering::SeqCst);
         Ok(Box::pin(
             body.take(1).chain(futures_util::stream::pending()),
         ))
     }
 }
 
+fn partial_files(root: &Path) -> Vec<String> {
+    let dir = root.join(STATE_DIR).join("partial/m");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 #[tokio::test]
-async fn cancelling_a_pass_leaves_no_partial_file_and_an_empty_staging_area() {
+async fn a_cancelled_download_leaves_no_partial_file_in_place_and_resumes_where_it_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let inner = MemoryStore::new("bkt");
-    inner.put("p/stuck", pattern(400_000, 6));
-    let started = Arc::new(AtomicU64::new(0));
+    let data = pattern(400_000, 6);
+    inner.put("p/big", data.clone());
+    // Parts 0-2 arrive; parts 3-6 hang.
+    let stalled = Arc::new(AtomicU64::new(0));
     let store = Arc::new(Stall {
-        inner,
-        key: "p/stuck",
-        started: started.clone(),
+        inner: inner.clone(),
+        key: "p/big",
+        from: 3 * PART,
+        stalled: stalled.clone(),
     });
     let cancel = CancellationToken::new();
     let engine = engine_at(tmp.path(), 4, cancel.clone());
     let state = engine.open_mount(mount("p/")).unwrap();
+    let record = tmp.path().join(STATE_DIR).join("partial/m");
     let stop = async {
-        while started.load(Ordering::SeqCst) < 4 {
+        let three_parts = format!("[[0,{}]]", 3 * PART);
+        loop {
+            let recorded = std::fs::read_dir(&record).ok().and_then(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .find_map(|e| std::fs::read_to_string(e.path()).ok())
+            });
+            if stalled.load(Ordering::SeqCst) == 4
+                && recorded.is_some_and(|r| r.contains(&three_parts))
+            {
+                break;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert_eq!(staging(tmp.path()).len(), 1, "the download is staged");
         cancel.cancel();
     };
     let (result, ()) = tokio::join!(engine.sync_mount(&state, store), stop);
@@ -420,8 +448,26 @@ async fn cancelling_a_pass_leaves_no_partial_file_and_an_empty_staging_area() {
         matches!(result, Err(EngineError::Cancelled { .. })),
         "{result:?}"
     );
+    drop(state);
+    drop(engine);
+    assert!(
+        !tmp.path().join("m/big").exists(),
+        "no partial file at the final path"
+    );
     assert!(staging(tmp.path()).is_empty());
-    assert!(!tmp.path().join("m/stuck").exists());
+    assert_eq!(
+        partial_files(tmp.path()).len(),
+        2,
+        "data and record are kept"
+    );
+
+    // The next run fetches only the four missing parts.
+    let before = inner.gets();
+    let stats = pass(tmp.path(), inner.clone()).await.unwrap();
+    assert_eq!((stats.downloaded, stats.failed), (1, 0));
+    assert_eq!(inner.gets() - before, 4);
+    assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+    assert!(partial_files(tmp.path()).is_empty());
 }
 
 #[tokio::test]
