@@ -492,7 +492,10 @@ mod tests {
         }
     }
 
-    async fn vfs_over(store: &Arc<MemoryStore>, dir: &std::path::Path) -> (Arc<Vfs>, Arc<Engine>) {
+    async fn vfs_over(
+        store: Arc<dyn ObjectStore>,
+        dir: &std::path::Path,
+    ) -> (Arc<Vfs>, Arc<Engine>) {
         let engine = Arc::new(Engine::new(
             Cache::open(dir).unwrap(),
             &EngineConfig {
@@ -503,7 +506,6 @@ mod tests {
             CancellationToken::new(),
         ));
         let state = engine.open_mount(mount("m", "p/")).unwrap();
-        let store: Arc<dyn ObjectStore> = store.clone();
         let vfs = Arc::new(Vfs::new(engine.clone(), vec![Source { state, store }]));
         let listing = store_list(&vfs).await;
         vfs.update(0, &listing);
@@ -537,7 +539,7 @@ mod tests {
         store.put("p/a/b.txt", &b"hello"[..]);
         store.put("p/big", vec![7u8; 300_000]);
         store.put("other/x", &b"not mine"[..]);
-        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+        let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
 
         let names: Vec<String> = vfs
             .readdir(path_ino(&vfs, "m").unwrap())
@@ -569,7 +571,7 @@ mod tests {
         store.put("p/f", &b"one"[..]);
         store.put("p/gone", &b"bye"[..]);
         store.put("p/same", &b"same"[..]);
-        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+        let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
         let ino = path_ino(&vfs, "m/f").unwrap();
         let same = path_ino(&vfs, "m/same").unwrap();
         let first = vfs.open(ino).await.unwrap();
@@ -701,7 +703,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = MemoryStore::new("bkt");
         store.put("p/bad", &b"x"[..]);
-        let (vfs, _engine) = vfs_over(&store, tmp.path()).await;
+        let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
         store.set_fault(|_, _| {
             Some(crate::store::memory::Fault::Fail(
                 crate::store::StoreError::Permanent("denied".into()),
@@ -710,5 +712,136 @@ mod tests {
         let err = read_all(&vfs, "m/bad").await.unwrap_err();
         assert!(matches!(err, FsError::Download(_)), "{err:?}");
         assert!(err.to_string().contains("\"p/bad\""), "{err}");
+    }
+
+    /// A store that records the ranges asked for and holds back GETs of `p/big` except those
+    /// starting at an offset in `free`, until the test opens the gate.
+    struct Held {
+        inner: Arc<MemoryStore>,
+        free: parking_lot::Mutex<Vec<u64>>,
+        gate: tokio::sync::Semaphore,
+        asked: parking_lot::Mutex<Vec<u64>>,
+    }
+
+    impl Held {
+        fn new(inner: Arc<MemoryStore>, free: &[u64]) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                free: parking_lot::Mutex::new(free.to_vec()),
+                gate: tokio::sync::Semaphore::new(0),
+                asked: parking_lot::Mutex::default(),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Held {
+        fn bucket(&self) -> &str {
+            self.inner.bucket()
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, crate::store::StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, crate::store::StoreError> {
+            self.inner.head(key).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+            etag: &str,
+        ) -> Result<crate::store::Body, crate::store::StoreError> {
+            self.asked.lock().push(range.start);
+            if key == "p/big" && !self.free.lock().contains(&range.start) {
+                drop(self.gate.acquire().await.unwrap());
+            }
+            self.inner.get(key, range, etag).await
+        }
+    }
+
+    const PART: u64 = 64 * 1024;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_waits_only_for_the_parts_covering_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let data: Vec<u8> = (0..20 * PART).map(|i| (i % 251) as u8).collect();
+        mem.put("p/big", data.clone());
+        let held = Held::new(mem.clone(), &[19 * PART]);
+        let (vfs, _engine) = vfs_over(held.clone(), tmp.path()).await;
+
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        assert!(opened.partial, "a large file opens before it is downloaded");
+        let end = 20 * PART;
+        assert_eq!(
+            vfs.read(opened.fh, end - 100, 4096).await.unwrap(),
+            data[(end - 100) as usize..]
+        );
+        // Only the last part was fetched; the bulk download is held back at its first parts.
+        let asked = held.asked.lock().clone();
+        assert!(asked.contains(&(19 * PART)), "{asked:?}");
+        assert!(
+            asked.iter().all(|&a| a == 19 * PART || a < 4 * PART),
+            "{asked:?}"
+        );
+        assert!(
+            vfs.read_now(opened.fh, 0, 10).is_none(),
+            "the start is still missing"
+        );
+
+        held.gate.add_permits(1000);
+        let all = vfs.read(opened.fh, 0, end as u32).await.unwrap();
+        assert!(all == data, "the whole file reads back");
+        vfs.release(opened.fh);
+        // Once complete, the file is in place and opens complete.
+        wait_until_cached(&vfs, "m/big").await;
+        let again = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        assert!(!again.partial);
+        assert_eq!(std::fs::read(tmp.path().join("m/big")).unwrap(), data);
+    }
+
+    /// Waits (bounded) until the file at `path` is complete in the cache.
+    async fn wait_until_cached(vfs: &Vfs, path: &str) {
+        let rel = path.split_once('/').unwrap().1;
+        let s = &vfs.sources()[0];
+        for _ in 0..1000 {
+            let meta = s.store.head(&format!("p/{rel}")).await.unwrap().unwrap();
+            if is_cached(&s.state, rel, &meta) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("{path} never completed");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_handle_never_mixes_two_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let old: Vec<u8> = vec![1; (20 * PART) as usize];
+        mem.put("p/big", old.clone());
+        let held = Held::new(mem.clone(), &[10 * PART, 5 * PART]);
+        let (vfs, _engine) = vfs_over(held.clone(), tmp.path()).await;
+        let ino = path_ino(&vfs, "m/big").unwrap();
+        let opened = vfs.open(ino).await.unwrap();
+        // Random reads (not at the handle's position), so nothing is prefetched.
+        let here = 10 * PART;
+        assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
+
+        mem.put("p/big", vec![2; (20 * PART) as usize]);
+        // A part not fetched before the change cannot be read from this version any more.
+        let err = vfs.read(opened.fh, 5 * PART, 10).await.unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
+        // What was read of the old version still reads the same.
+        assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
+        held.gate.add_permits(1000);
+        vfs.release(opened.fh);
+
+        // After the refresh, the file opens at its new version, whole.
+        vfs.update(0, &store_list(&vfs).await);
+        assert_eq!(
+            read_all(&vfs, "m/big").await.unwrap(),
+            vec![2; (20 * PART) as usize]
+        );
     }
 }

@@ -282,6 +282,7 @@ pub(crate) async fn reader(
             .await
             .map(|_| Reader::Complete);
     }
+    let meta_etag = meta.etag.clone();
     let flight = match register(&shared, &mount, &path, false) {
         Registered::Joined(flight) => flight,
         Registered::New(guard) => {
@@ -291,10 +292,12 @@ pub(crate) async fn reader(
             flight
         }
     };
+    // The download of the version the reader asked for: after a change, the flight restarts
+    // with another version, and the reader gets that one once it is complete.
     let mut published = flight.download.subscribe();
     let download = async move {
         published
-            .wait_for(Option::is_some)
+            .wait_for(|d| d.as_ref().is_some_and(|d| d.meta.etag == meta_etag))
             .await
             .ok()
             .and_then(|d| d.clone())
@@ -397,6 +400,7 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     workers.shutdown().await;
     let staged = download.staged.lock().take().expect("committed once");
     if let Some(failure) = failed {
+        job.flight.download.send_replace(None);
         let error = download.parts.lock().error.take();
         if matches!(
             error,
