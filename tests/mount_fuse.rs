@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::proxy::SlowProxy;
 use common::*;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -45,13 +46,17 @@ impl Mounted {
     /// Starts `mount` of `mounts` at `root/mnt` with its cache in `root/cache`, and waits until
     /// the file system is mounted.
     fn start(s3: &S3Server, root: &Path, mounts: &str, extra: &[&str]) -> Self {
+        Self::start_with(s3.tool(), root, mounts, extra)
+    }
+
+    /// Like [`Mounted::start`], with the tool command given (e.g. pointed at another server).
+    fn start_with(mut cmd: Command, root: &Path, mounts: &str, extra: &[&str]) -> Self {
         let (dest, cache) = dirs(root);
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = root.join(format!(
             "mount-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut cmd = s3.tool();
         cmd.args(["mount", "--default-s3-mounts", mounts, "--destination"])
             .arg(&dest)
             .arg("--cache-dir")
@@ -400,4 +405,176 @@ async fn bad_destinations_get_one_clear_line() {
             "{err}"
         );
     }
+}
+
+/// The byte ranges recorded as present in the partial download of `key` in the cache at `cache`
+/// (`None` when it has none).
+fn partial_present(cache: &Path, id: &str, key: &str) -> Option<Vec<(u64, u64)>> {
+    let dir = cache.join(".s3-synchronizer/partial").join(id);
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.extension() != Some("json".as_ref()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if record["key"] == key {
+            return Some(serde_json::from_value(record["present"].clone()).unwrap());
+        }
+    }
+    None
+}
+
+fn present_bytes(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|(a, b)| b - a).sum()
+}
+
+/// The parts of `size` bytes in `part`-byte parts that `ranges` covers whole.
+fn whole_parts(ranges: &[(u64, u64)], size: u64, part: u64) -> usize {
+    (0..size.div_ceil(part))
+        .filter(|p| {
+            let (a, b) = (p * part, ((p + 1) * part).min(size));
+            ranges.iter().any(|&(s, e)| s <= a && b <= e)
+        })
+        .count()
+}
+
+const BIG: u64 = 32 << 20;
+const MIB: u64 = 1 << 20;
+
+/// A server holding a 128 MiB backlog (sparse) ahead of `zz/big.bin` (32 MiB of data, returned),
+/// behind a proxy sending each connection at 4 MiB/s, so downloads stay in progress for seconds.
+async fn big_file_behind_a_slow_backlog() -> (S3Server, SlowProxy, Vec<u8>) {
+    let big = bytes(BIG as usize, 5);
+    let seed = big.clone();
+    let s3 = S3Server::start_seeded(&["bkt"], |data| {
+        let backlog = data.join("bkt/backlog");
+        std::fs::create_dir_all(&backlog).unwrap();
+        for i in 0..8 {
+            let f = File::create(backlog.join(format!("b{i}"))).unwrap();
+            f.set_len(16 << 20).unwrap();
+        }
+        std::fs::create_dir_all(data.join("bkt/zz")).unwrap();
+        std::fs::write(data.join("bkt/zz/big.bin"), &seed).unwrap();
+    })
+    .await;
+    let proxy = SlowProxy::start(&s3.endpoint, 4 * MIB).await;
+    (s3, proxy, big)
+}
+
+const SLOW_ARGS: [&str; 4] = ["--concurrency", "2", "--part-size", "1MiB"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_at_the_end_of_a_large_file_fetches_only_the_parts_it_needs() {
+    let (_s3, proxy, big) = big_file_behind_a_slow_backlog().await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("all", "bkt", "")]);
+    let m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &SLOW_ARGS);
+
+    let file = File::open(m.dest.join("all/zz/big.bin")).unwrap();
+    let mut tail = vec![0u8; 100_000];
+    file.read_exact_at(&mut tail, BIG - 100_000).unwrap();
+    assert!(tail == big[(BIG - 100_000) as usize..], "wrong bytes");
+
+    // The last part is in the cache's partial file, while most of the file is still missing.
+    let cache = root.path().join("cache");
+    let mut present = Vec::new();
+    wait_for(10, "the last part to be recorded", || {
+        present = partial_present(&cache, "all", "zz/big.bin").unwrap_or_default();
+        whole_parts(&present, BIG, MIB) > 0 && present.iter().any(|&(_, e)| e == BIG)
+    });
+    assert!(present_bytes(&present) <= BIG / 4, "{present:?}");
+    drop(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_after_kill_9_resumes_a_large_file_without_fetching_its_parts_again() {
+    let (s3, proxy, big) = big_file_behind_a_slow_backlog().await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("all", "bkt", "")]);
+    let cache = root.path().join("cache");
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &SLOW_ARGS);
+    let file = File::open(m.dest.join("all/zz/big.bin")).unwrap();
+    let mut buf = [0u8; 10];
+    file.read_exact_at(&mut buf, BIG / 2).unwrap();
+    wait_for(60, "a few parts of the file", || {
+        partial_present(&cache, "all", "zz/big.bin").is_some_and(|p| whole_parts(&p, BIG, MIB) >= 4)
+    });
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    drop(file);
+    fusermount_u(&m.dest, true);
+    let before = partial_present(&cache, "all", "zz/big.bin").unwrap();
+    let kept = whole_parts(&before, BIG, MIB);
+    assert!(
+        kept < (BIG / MIB) as usize,
+        "the file was complete: {before:?}"
+    );
+    let count = |log: &[String]| log.iter().filter(|k| *k == "bkt/zz/big.bin").count();
+    let gets_before = count(&s3.get_log());
+
+    proxy.set_rate(0);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &SLOW_ARGS);
+    let got = std::fs::read(m.dest.join("all/zz/big.bin")).unwrap();
+    assert!(got == big, "wrong bytes after the restart");
+    let fetched = count(&s3.get_log()) - gets_before;
+    assert!(
+        fetched <= (BIG / MIB) as usize - kept,
+        "{fetched} GETs after the restart, though {kept} of {} parts were kept",
+        BIG / MIB
+    );
+    assert!(m.unmount().success(), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_changed_mid_download_never_yields_mixed_bytes() {
+    const SIZE: usize = 8 << 20;
+    let moto = Moto::start(&["bkt"]).await;
+    let (v1, v2) = (bytes(SIZE, 1), bytes(SIZE, 2));
+    moto.put("bkt", "big.bin", &v1).await;
+    // 1 MiB/s a connection: the 8 MiB download takes seconds.
+    let proxy = SlowProxy::start(&moto.endpoint, MIB).await;
+    let root = tempfile::tempdir().unwrap();
+    let args = [
+        "--concurrency",
+        "2",
+        "--part-size",
+        "256KiB",
+        "--download-interval",
+        "1",
+    ];
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &args);
+    let path = m.dest.join("m/big.bin");
+    let file = File::open(&path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    file.read_exact_at(&mut buf, 4 << 20).unwrap();
+    assert!(buf == v1[4 << 20..(4 << 20) + 4096]);
+
+    moto.put("bkt", "big.bin", &v2).await;
+    // Through the handle opened before the change: the old bytes, or EIO; never the new ones.
+    let mut errors = 0;
+    for offset in (0..SIZE).step_by(256 << 10) {
+        match file.read_exact_at(&mut buf, offset as u64) {
+            Ok(()) => assert!(buf == v1[offset..offset + 4096], "other bytes at {offset}"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(
+        errors > 0,
+        "the whole file had downloaded before the change"
+    );
+    drop(file);
+
+    proxy.set_rate(0);
+    wait_for(60, "the new version", || {
+        std::fs::read(&path).is_ok_and(|d| d == v2)
+    });
+    assert!(m.unmount().success(), "{}", m.log());
+    assert!(std::fs::read(root.path().join("cache/m/big.bin")).unwrap() == v2);
 }

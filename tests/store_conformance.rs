@@ -9,7 +9,6 @@ use common::*;
 use s3_synchronizer::store::memory::MemoryStore;
 use s3_synchronizer::store::s3::{S3Connector, S3Options};
 use s3_synchronizer::store::{ObjectStore, StoreError};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 async fn read(
@@ -151,51 +150,15 @@ async fn s3_store_conforms_against_rclone() {
     );
 }
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_conforms_against_moto() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into()))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start moto_server (pip install 'moto[server]')");
-    let _moto = Moto(child);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_for(30, "moto_server to start", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let client = S3Server::client(&endpoint);
-    client.create_bucket().bucket("bkt").send().await.unwrap();
-    let conn = connector(&endpoint);
+    let moto = Moto::start(&["bkt"]).await;
+    let conn = connector(&moto.endpoint);
     let store = Arc::new(conn.connect("bkt").await.unwrap());
-    let client = &client;
+    let moto = &moto;
     conformance(
         store,
-        |k, v| async move {
-            client
-                .put_object()
-                .bucket("bkt")
-                .key(k)
-                .body(v.into())
-                .send()
-                .await
-                .unwrap();
-        },
+        |k, v| async move { moto.put("bkt", &k, &v).await },
         true,
     )
     .await;

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -145,18 +147,23 @@ impl S3Server {
 
     /// A command running the tool against this server.
     pub fn tool(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3-synchronizer"));
-        cmd.env("AWS_ACCESS_KEY_ID", KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_REGION")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("RUST_LOG", "s3_synchronizer=debug,warn")
-            .stdin(Stdio::null());
-        cmd
+        tool_at(&self.endpoint)
     }
+}
+
+/// A command running the tool against the S3-compatible server at `endpoint`.
+pub fn tool_at(endpoint: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3-synchronizer"));
+    cmd.env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_REGION")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("RUST_LOG", "s3_synchronizer=debug,warn")
+        .stdin(Stdio::null());
+    cmd
 }
 
 impl Drop for S3Server {
@@ -164,6 +171,64 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A moto S3 server on a free loopback port: slower than rclone, but, unlike it, it honours
+/// `If-Match`, so tests of objects changing under a download use it.
+pub struct Moto {
+    pub endpoint: String,
+    pub client: Client,
+    child: Child,
+}
+
+impl Moto {
+    /// Starts a server with the (empty) buckets `buckets`.
+    pub async fn start(buckets: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child =
+            Command::new(std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into()))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot start moto_server (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let moto = Self {
+            client: S3Server::client(&endpoint),
+            endpoint,
+            child,
+        };
+        wait_for(30, "moto_server to start", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        for b in buckets {
+            moto.client.create_bucket().bucket(*b).send().await.unwrap();
+        }
+        moto
+    }
+
+    pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
