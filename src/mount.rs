@@ -134,6 +134,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         vfs.clone(),
         listings.into_iter().map(Some).collect(),
         sync.interval,
+        sync.stop_after.map(|after| Instant::now() + after),
     ));
 
     // Entries and attributes may be cached by the kernel for at most a second, so a refresh
@@ -235,12 +236,14 @@ async fn wait_for_signal() -> &'static str {
 }
 
 /// Downloads everything in the background, then every interval lists again, updates the file
-/// system and downloads what changed.
+/// system and downloads what changed; after `stop` (`--stop-recurring-downloads-after`), the
+/// file system keeps serving what it has without refreshing.
 async fn refresh_loop(
     engine: Arc<Engine>,
     vfs: Arc<Vfs>,
     mut listings: Vec<Option<Vec<crate::store::ObjectMeta>>>,
     interval: Duration,
+    stop: Option<Instant>,
 ) {
     loop {
         let passes = vfs.sources().iter().zip(listings).map(|(source, listing)| {
@@ -264,6 +267,10 @@ async fn refresh_loop(
             }
         });
         futures_util::future::join_all(passes).await;
+        if stop.is_some_and(|stop| Instant::now() + interval > stop) {
+            tracing::info!("stopping refreshes as configured; serving the cache as it is");
+            return;
+        }
         tokio::time::sleep(interval).await;
         listings = Vec::new();
         for (i, source) in vfs.sources().iter().enumerate() {

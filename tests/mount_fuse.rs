@@ -578,3 +578,29 @@ async fn an_object_changed_mid_download_never_yields_mixed_bytes() {
     assert!(m.unmount().success(), "{}", m.log());
     assert!(std::fs::read(root.path().join("cache/m/big.bin")).unwrap() == v2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_stop_after_stop_recurring_downloads_after() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "first.txt", b"1").await;
+    let root = tempfile::tempdir().unwrap();
+    let args = [
+        "--download-interval",
+        "1",
+        "--stop-recurring-downloads-after",
+        "2",
+    ];
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &args);
+    wait_for(30, "refreshes to stop", || {
+        m.log().contains("stopping refreshes as configured")
+    });
+    let lists = |log: String| log.matches("listed").count();
+    let listed = lists(m.log());
+    s3.put("bkt", "second.txt", b"2").await;
+    // Three intervals: no new listing, no new file; what was there is still served.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!m.dest.join("m/second.txt").exists());
+    assert_eq!(std::fs::read(m.dest.join("m/first.txt")).unwrap(), b"1");
+    assert_eq!(lists(m.log()), listed, "{}", m.log());
+    assert!(m.unmount().success(), "{}", m.log());
+}
