@@ -844,4 +844,34 @@ mod tests {
             vec![2; (20 * PART) as usize]
         );
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new("bkt");
+        let data: Vec<u8> = (0..8 * PART).map(|i| (i % 253) as u8).collect();
+        store.put("p/big", data.clone());
+        let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
+        // The first GET of the first part fails transiently: the background download retries
+        // it, after a backoff, while a reader waits for it and pauses the bulk lane.
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = failed.clone();
+        store.set_fault(move |key, range| {
+            (key == "p/big" && range.start == 0 && !seen.swap(true, Ordering::SeqCst)).then(|| {
+                crate::store::memory::Fault::Fail(crate::store::StoreError::Transient(
+                    "connection reset".into(),
+                ))
+            })
+        });
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        while !failed.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let read = vfs.read(opened.fh, 100, 1000);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), read)
+            .await
+            .expect("the reader waited behind the backlog it paused")
+            .unwrap();
+        assert_eq!(got, data[100..1100]);
+    }
 }

@@ -3,144 +3,14 @@
 
 mod common;
 
+use common::mount::*;
 use common::proxy::SlowProxy;
 use common::*;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-/// A running `s3-synchronizer mount`, unmounted and stopped when dropped (also when a test fails).
-struct Mounted {
-    child: Child,
-    dest: PathBuf,
-    log: PathBuf,
-}
-
-fn is_mount_point(dir: &Path) -> bool {
-    match (std::fs::metadata(dir), std::fs::metadata(dir.join(".."))) {
-        (Ok(d), Ok(parent)) => d.dev() != parent.dev(),
-        _ => false,
-    }
-}
-
-fn fusermount_u(dest: &Path, lazy: bool) -> ExitStatus {
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(dest);
-    cmd.stdin(Stdio::null())
-        .status()
-        .expect("fusermount3 (apt-get install fuse3)")
-}
-
-/// Where a test keeps its mount point (`mnt`), cache (`cache`) and the tool's log.
-fn dirs(root: &Path) -> (PathBuf, PathBuf) {
-    let (dest, cache) = (root.join("mnt"), root.join("cache"));
-    std::fs::create_dir_all(&dest).unwrap();
-    (dest, cache)
-}
-
-impl Mounted {
-    /// Starts `mount` of `mounts` at `root/mnt` with its cache in `root/cache`, and waits until
-    /// the file system is mounted.
-    fn start(s3: &S3Server, root: &Path, mounts: &str, extra: &[&str]) -> Self {
-        Self::start_with(s3.tool(), root, mounts, extra)
-    }
-
-    /// Like [`Mounted::start`], with the tool command given (e.g. pointed at another server).
-    fn start_with(mut cmd: Command, root: &Path, mounts: &str, extra: &[&str]) -> Self {
-        let (dest, cache) = dirs(root);
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let log = root.join(format!(
-            "mount-{}.log",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        cmd.args(["mount", "--default-s3-mounts", mounts, "--destination"])
-            .arg(&dest)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        let mut mounted = Self {
-            child: cmd.spawn().unwrap(),
-            dest,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !is_mount_point(&mounted.dest) {
-            if let Some(status) = mounted.child.try_wait().unwrap() {
-                panic!("mount exited early ({status}):\n{}", mounted.log());
-            }
-            assert!(Instant::now() < deadline, "not mounted:\n{}", mounted.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        mounted
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mount did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `fusermount3 -u`, then the exit status of the process.
-    fn unmount(&mut self) -> ExitStatus {
-        assert!(
-            fusermount_u(&self.dest, false).success(),
-            "fusermount3 -u failed"
-        );
-        self.wait()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mount_point(&self.dest) {
-            fusermount_u(&self.dest, true);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn errno(result: std::io::Result<impl std::fmt::Debug>) -> Option<i32> {
-    result.expect_err("the mount is read-only").raw_os_error()
-}
-
-/// Files with the same relative paths and bytes in both trees, by `diff -r`.
-fn assert_same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .arg("-r")
-        .args([a, b])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "diff -r {} {}:\n{}{}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use std::path::Path;
+use std::time::Duration;
 
 async fn populate(s3: &S3Server) -> Vec<u8> {
     let multi = bytes(1024 * 1024 + 123, 1);

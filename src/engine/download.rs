@@ -352,7 +352,15 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     let data = if meta.size == 0 {
         Vec::new()
     } else {
-        download_part(job.clone(), meta.clone(), 0..meta.size, None, false, None).await?
+        download_part(
+            job.clone(),
+            meta.clone(),
+            0..meta.size,
+            None,
+            &|| false,
+            None,
+        )
+        .await?
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -385,7 +393,7 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
         let (job, download) = (job.clone(), download.clone());
         workers.spawn(async move {
             loop {
-                let permit = permit(&job, false).await;
+                let permit = permit(&job, &|| false).await;
                 let Some(part) = download.claim_next() else {
                     return;
                 };
@@ -436,6 +444,8 @@ struct Parts {
     present: RangeSet,
     /// Parts being fetched or present.
     claimed: Vec<bool>,
+    /// Parts a reader waits for: fetched (and retried) on the priority lane.
+    wanted: Vec<bool>,
     /// Why the download failed: the first error, for the download itself...
     error: Option<PartError>,
     /// ...and what readers are told.
@@ -469,6 +479,7 @@ impl Download {
             size: meta.size,
             present,
             claimed: vec![false; count],
+            wanted: vec![false; count],
             error: None,
             failure: None,
         };
@@ -532,12 +543,13 @@ impl Download {
     ) -> bool {
         let range = self.parts.lock().range(part);
         let file = Some(self.file.clone());
+        let wanted = || urgent || self.parts.lock().wanted[part];
         let result = download_part(
             self.job.clone(),
             self.meta.clone(),
             range.clone(),
             file,
-            urgent,
+            &wanted,
             permit,
         )
         .await
@@ -614,6 +626,16 @@ impl Download {
         if self.is_present(range.clone()) {
             return Ok(());
         }
+        // Parts the background download had already claimed go to the priority lane too (if
+        // they are waiting for a permit, to fetch or to retry), or this reader would wait behind
+        // the backlog it pauses.
+        {
+            let mut parts = self.parts.lock();
+            for part in parts.covering(&range) {
+                parts.wanted[part] = true;
+            }
+        }
+        self.job.flight.wake.notify_waiters();
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
@@ -661,10 +683,10 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// A GET permit: from the priority lane once the download is urgent (also when it becomes
-/// urgent while this part is still queueing); otherwise from the bulk lane, which starts no new
+/// A GET permit: from the priority lane once the download or this part is `urgent` (also when
+/// it becomes urgent while this part is still queueing: a reader now waits for it); otherwise from the bulk lane, which starts no new
 /// GET while any urgent download is under way, so a waiting reader gets the bandwidth.
-async fn permit(job: &Job, urgent: bool) -> SemaphorePermit<'_> {
+async fn permit<'a>(job: &'a Job, urgent: &(dyn Fn() -> bool + Sync)) -> SemaphorePermit<'a> {
     let (shared, flight) = (&job.shared, &job.flight);
     loop {
         let woken = flight.wake.notified();
@@ -673,7 +695,7 @@ async fn permit(job: &Job, urgent: bool) -> SemaphorePermit<'_> {
         let idle = shared.urgent_idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
-        if urgent || flight.urgent.load(Ordering::SeqCst) {
+        if urgent() || flight.urgent.load(Ordering::SeqCst) {
             return shared.urgent_permits.acquire().await.expect("never closed");
         }
         if shared.urgent_active.load(Ordering::SeqCst) > 0 {
@@ -697,7 +719,7 @@ async fn download_part(
     meta: ObjectMeta,
     range: Range<u64>,
     file: Option<Arc<File>>,
-    urgent: bool,
+    urgent: &(dyn Fn() -> bool + Sync),
     first_permit: Option<SemaphorePermit<'_>>,
 ) -> Result<Vec<Bytes>, PartError> {
     let first_permit = Mutex::new(first_permit);
@@ -849,6 +871,7 @@ mod tests {
             size,
             present: RangeSet::default(),
             claimed: vec![false; size.div_ceil(part_size) as usize],
+            wanted: vec![false; size.div_ceil(part_size) as usize],
             error: None,
             failure: None,
         }

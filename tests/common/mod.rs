@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod mount;
 pub mod proxy;
 
 use aws_sdk_s3::Client;
