@@ -417,3 +417,78 @@ async fn mount_serves_what_it_has_while_the_server_is_away_and_catches_up() {
     assert_eq!(tree(&dir).len(), 3);
     assert!(m.unmount().success(), "{}", m.log());
 }
+
+/// The peak resident set of process `pid` so far, in bytes (0 once it has exited).
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Runs `cmd` to completion, returning whether it succeeded and its peak resident set.
+fn run_measured(cmd: &mut std::process::Command) -> (bool, u64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(peak_rss(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.success(), peak);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Many objects in one mount: listing pagination and memory. 20,000 objects by default;
+/// `S3SYNC_MANY_OBJECTS=100000` for the full scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_objects_sync_exactly_and_an_unchanged_resync_only_lists() {
+    let count: usize = std::env::var("S3SYNC_MANY_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let s3 = S3Server::start_seeded(&["bkt"], |data| {
+        for i in 0..count {
+            let dir = data.join(format!("bkt/d{:03}", i % 500));
+            if i < 500 {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            std::fs::write(dir.join(format!("o{i:06}")), i.to_string()).unwrap();
+        }
+    })
+    .await;
+    let dest = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (ok, first_rss) = run_measured(&mut sync_cmd(&s3.endpoint, dest.path(), &[]));
+    let first_secs = started.elapsed().as_secs_f64();
+    assert!(ok, "the first sync failed");
+    let files = tree(&dest.path().join("m"));
+    assert_eq!(files.len(), count);
+    // Object `o{i}` holds the text of `i`.
+    for (path, data) in &files {
+        let i: usize = path.rsplit_once("/o").unwrap().1.parse().unwrap();
+        assert_eq!(data, i.to_string().as_bytes(), "{path}");
+    }
+
+    let gets = s3.gets();
+    let started = std::time::Instant::now();
+    let (ok, again_rss) = run_measured(&mut sync_cmd(&s3.endpoint, dest.path(), &[]));
+    let again_secs = started.elapsed().as_secs_f64();
+    assert!(ok, "the second sync failed");
+    assert_eq!(s3.gets(), gets, "an unchanged re-sync downloaded objects");
+    eprintln!(
+        "{count} objects: first sync {first_secs:.1} s, peak RSS {:.1} MiB ({} bytes/object); \
+         unchanged re-sync {again_secs:.1} s, peak RSS {:.1} MiB ({} bytes/object)",
+        first_rss as f64 / 1048576.0,
+        first_rss / count as u64,
+        again_rss as f64 / 1048576.0,
+        again_rss / count as u64,
+    );
+}
