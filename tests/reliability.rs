@@ -492,3 +492,63 @@ async fn many_objects_sync_exactly_and_an_unchanged_resync_only_lists() {
         again_rss / count as u64,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_keys_never_escape_the_mount_directory() {
+    // moto keeps any key (rclone serve s3 maps keys to files, so cannot hold these).
+    let moto = Moto::start(&["bkt"]).await;
+    let long = "n".repeat(256);
+    let deep = format!("{}f", "d/".repeat(300));
+    let skipped = [
+        "../x".to_string(),
+        "a/../../x".into(),
+        "/abs".into(),
+        "a//b".into(),
+        "./y".into(),
+        "a/./b".into(),
+        format!("p/{long}"),
+        "both".into(),
+    ];
+    let kept = [
+        "good.txt".to_string(),
+        "plus+and space %41.txt".into(),
+        "both/child".into(),
+        "ctl\u{7}\tname".into(),
+        deep.clone(),
+    ];
+    for key in skipped.iter().chain(&kept) {
+        moto.put("bkt", key, key.as_bytes()).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("dest");
+    let out = run(&mut sync_cmd(&moto.endpoint, &dest, &["--debug"]));
+    let err = stderr(&out);
+    let expected: BTreeMap<String, Vec<u8>> = kept
+        .iter()
+        .map(|k| (k.clone(), k.as_bytes().to_vec()))
+        .collect();
+    assert!(
+        tree(&dest.join("m")) == expected,
+        "{:?}",
+        tree(&dest.join("m")).keys()
+    );
+    // Nothing was written outside the destination.
+    let outside: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(outside, ["dest"]);
+    for key in &skipped {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("skipp") && l.contains(&format!("{key:?}"))),
+            "no warning names {key:?}"
+        );
+    }
+    // Credentials never appear in the logs, even with --debug.
+    assert!(!err.contains(SECRET), "the secret key was logged");
+    assert!(
+        !err.contains("Signature="),
+        "a request signature was logged"
+    );
+}

@@ -14,6 +14,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::EncodingType;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
@@ -195,15 +196,31 @@ impl ObjectStore for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
+            // Keys may hold characters XML 1.0 cannot carry (control characters): ask for them
+            // URL-encoded, as the AWS SDKs do for their high-level listings.
+            .encoding_type(EncodingType::Url)
             .into_paginator()
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&e, &self.bucket, None))?;
+            // Servers that ignore the request send keys as they are, and say nothing.
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for obj in page.contents() {
                 let Some(key) = obj.key() else { continue };
+                let key = if encoded {
+                    match url_decode(key) {
+                        Some(key) => key,
+                        None => {
+                            tracing::warn!(bucket = %self.bucket, key, "skipping a key that is not UTF-8 once decoded");
+                            continue;
+                        }
+                    }
+                } else {
+                    key.to_owned()
+                };
                 out.push(ObjectMeta {
-                    key: key.to_owned(),
+                    key,
                     size: obj.size().unwrap_or(0).max(0) as u64,
                     etag: unquote(obj.e_tag().unwrap_or_default()),
                     last_modified: to_system_time(obj.last_modified()),
@@ -265,5 +282,27 @@ impl ObjectStore for S3Store {
             }
         });
         Ok(Box::pin(body))
+    }
+}
+
+/// Decodes a key of a listing asked for with `encoding-type=url` (`+` is a space, as S3 sends
+/// it; a literal `+` comes as `%2B`).
+fn url_decode(key: &str) -> Option<String> {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|k| k.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_decode;
+
+    #[test]
+    fn listed_keys_decode_as_s3_encodes_them() {
+        assert_eq!(url_decode("a+b%2Bc%07%0A%25").unwrap(), "a b+c\u{7}\n%");
+        assert_eq!(url_decode("d%C3%BC/x").unwrap(), "dü/x");
+        assert_eq!(url_decode("bad%FF"), None);
     }
 }
