@@ -406,6 +406,14 @@ async fn mount_serves_what_it_has_while_the_server_is_away_and_catches_up() {
     wait_for(30, "the cache to fill", || {
         tree(&root.path().join("cache/m")) == expected
     });
+    // The cache is private to its owner.
+    let mode = std::fs::metadata(root.path().join("cache"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
 
     server_away_then_back(&mut s3, || {
         assert!(m.child.try_wait().unwrap().is_none(), "the mount stopped");
@@ -551,4 +559,52 @@ async fn hostile_keys_never_escape_the_mount_directory() {
         !err.contains("Signature="),
         "a request signature was logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planted_symlinks_are_never_written_or_deleted_through() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "dir/a.txt", b"a1").await;
+    s3.put("bkt", "dir/b.txt", b"b1").await;
+    s3.put("bkt", "top.txt", b"t1").await;
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("dest");
+    run_ok(&mut sync_cmd(&s3.endpoint, &dest, &[]));
+
+    // Another user swaps a directory and a file of the copy for links to their own files.
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("a.txt"), b"precious a").unwrap();
+    std::fs::write(outside.join("b.txt"), b"precious b").unwrap();
+    std::fs::write(outside.join("top.txt"), b"precious top").unwrap();
+    let m = dest.join("m");
+    std::fs::remove_dir_all(m.join("dir")).unwrap();
+    std::os::unix::fs::symlink(&outside, m.join("dir")).unwrap();
+    std::fs::remove_file(m.join("top.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.join("top.txt"), m.join("top.txt")).unwrap();
+
+    // The objects behind them change or go away.
+    s3.put("bkt", "dir/a.txt", b"a2").await;
+    s3.delete("bkt", "dir/b.txt").await;
+    s3.put("bkt", "top.txt", b"t2").await;
+    let _ = run(&mut sync_cmd(&s3.endpoint, &dest, &[]));
+
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    let want: Vec<(String, Vec<u8>)> = [
+        ("a.txt", &b"precious a"[..]),
+        ("b.txt", b"precious b"),
+        ("top.txt", b"precious top"),
+    ]
+    .iter()
+    .map(|(n, d)| (n.to_string(), d.to_vec()))
+    .collect();
+    assert_eq!(files, want, "a file was written or deleted through a link");
 }
