@@ -234,4 +234,63 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn huge_inputs_fail_in_one_line() {
+        for json in [
+            "[".repeat(100_000),
+            format!("[{}]", r#"{"id":"a","bucket":"b"},"#.repeat(50_000)),
+        ] {
+            let err = parse_mounts(&json).unwrap_err().to_string();
+            assert!(!err.contains('\n') && err.len() < 300, "{err}");
+        }
+    }
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// JSON values shaped like mounts lists, and not.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z./ ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            let field = prop_oneof![
+                Just("id".to_owned()),
+                Just("bucket".to_owned()),
+                Just("prefix".to_owned()),
+                Just("writeable".to_owned()),
+                Just("kmsKeyId".to_owned()),
+                Just("roleArn".to_owned()),
+                "[a-z]{1,4}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(field, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any JSON: a list of valid mounts, or one line saying what is wrong; never a panic.
+        #[test]
+        fn any_json_parses_or_fails_in_one_line(v in json_value()) {
+            match parse_mounts(&v.to_string()) {
+                Ok(mounts) => prop_assert!(!mounts.is_empty()),
+                Err(e) => prop_assert!(!e.to_string().contains('\n'), "{}", e),
+            }
+        }
+
+        /// Any text, likewise.
+        #[test]
+        fn any_text_parses_or_fails_in_one_line(text in "\\PC{0,60}") {
+            if let Err(e) = parse_mounts(&text) {
+                prop_assert!(!e.to_string().contains('\n'), "{}", e);
+            }
+        }
+    }
 }
