@@ -626,6 +626,7 @@ impl Download {
         if self.is_present(range.clone()) {
             return Ok(());
         }
+        tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
         // Parts the background download had already claimed go to the priority lane too (if
         // they are waiting for a permit, to fetch or to retry), or this reader would wait behind
         // the backlog it pauses.
@@ -639,7 +640,9 @@ impl Download {
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
-        self.wait_for(range).await
+        let result = self.wait_for(range.clone()).await;
+        tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
+        result
     }
 }
 

@@ -56,7 +56,7 @@ struct State {
 }
 
 impl State {
-    /// The fault for the next object GET, if it gets one (xorshift from the seed).
+    /// The fault for the next object GET, if it gets one (which GETs: xorshift from the seed).
     fn draw(&self) -> Option<Fault> {
         let r = {
             let mut x = self.rng.lock();
@@ -68,8 +68,11 @@ impl State {
         if self.faults.is_empty() || r % 100 >= self.percent {
             return None;
         }
-        let fault = self.faults[(r / 100) as usize % self.faults.len()];
-        *self.injected.lock().entry(fault).or_default() += 1;
+        // The kinds take turns, so that every kind comes up in a short run.
+        let mut injected = self.injected.lock();
+        let n: usize = injected.values().sum();
+        let fault = self.faults[n % self.faults.len()];
+        *injected.entry(fault).or_default() += 1;
         Some(fault)
     }
 }
