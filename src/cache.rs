@@ -241,21 +241,21 @@ impl Staged {
         &self.path
     }
 
-    /// Records that `present` has been written (a partial download; a no-op otherwise). Safe to
-    /// call concurrently: a record that loses the race claims less than is present, never more.
-    pub fn record(&self, present: &RangeSet) -> Result<(), CacheError> {
-        let Some((path, record)) = &self.record else {
+    /// Records that `present` has been written (a partial download; a no-op otherwise). What is
+    /// recorded only grows: a call with an older set (one that lost a race) adds what it has to
+    /// what was recorded before, so the record never goes back, and never claims what is not
+    /// there.
+    pub fn record(&mut self, present: &RangeSet) -> Result<(), CacheError> {
+        let Some((path, record)) = &mut self.record else {
             return Ok(());
         };
-        let record = PartialRecord {
-            present: present.clone(),
-            key: record.key.clone(),
-            etag: record.etag.clone(),
-            size: record.size,
-        };
+        for r in present.iter() {
+            record.present.insert(r);
+        }
+        let path: &Path = path;
         let n = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
         let tmp = path.with_extension(format!("json.{n}"));
-        let data = serde_json::to_vec(&record).expect("a record serializes");
+        let data = serde_json::to_vec(&*record).expect("a record serializes");
         fs::write(&tmp, data).map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))
     }

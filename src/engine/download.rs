@@ -416,8 +416,11 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
                 StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }
             ))
         ) {
-            // Parts of that version are of no use any more.
-            tokio::task::spawn_blocking(move || staged.discard());
+            // Parts of that version are of no use any more. Awaited: the next try reuses the
+            // same partial path, which a late discard would delete under it.
+            tokio::task::spawn_blocking(move || staged.discard())
+                .await
+                .expect("discard task panicked");
         }
         return Err(error.unwrap_or(PartError::Failed(failure.reason)));
     }
@@ -432,7 +435,9 @@ pub struct Download {
     job: Arc<Job>,
     meta: ObjectMeta,
     file: Arc<File>,
-    staged: Mutex<Option<Staged>>,
+    /// Shared with record writes on the blocking pool: those capture only this, so a write still
+    /// running after its task was aborted holds no engine state (such as the cache's lock).
+    staged: Arc<Mutex<Option<Staged>>>,
     parts: Mutex<Parts>,
     /// Bumped whenever a part lands or the download fails.
     changed: watch::Sender<u64>,
@@ -490,7 +495,7 @@ impl Download {
             job,
             meta,
             file: staged.file(),
-            staged: Mutex::new(Some(staged)),
+            staged: Arc::new(Mutex::new(Some(staged))),
             parts: Mutex::new(parts),
             changed: watch::channel(0).0,
         }
@@ -562,8 +567,8 @@ impl Download {
                     parts.present.clone()
                 };
                 // Written after the bytes, so the record never claims what is not there.
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || match me.staged.lock().as_ref() {
+                let staged = self.staged.clone();
+                tokio::task::spawn_blocking(move || match staged.lock().as_mut() {
                     Some(staged) => staged.record(&present),
                     None => Ok(()),
                 })
