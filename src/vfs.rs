@@ -604,15 +604,35 @@ mod tests {
         assert!(matches!(vfs.getattr(ino), Err(FsError::NotFound)));
     }
 
-    /// A store whose GETs of keys under `p/backlog/` wait until the test opens the gate.
-    struct Gated {
+    /// A store that records the offsets asked for and holds back the GETs `holds` picks (by key
+    /// and offset) until the test opens the gate.
+    type Holds = Box<dyn Fn(&str, u64) -> bool + Send + Sync>;
+
+    struct Held {
         inner: Arc<MemoryStore>,
+        holds: Holds,
         gate: tokio::sync::Semaphore,
+        asked: parking_lot::Mutex<Vec<u64>>,
         stalled: AtomicU64,
     }
 
+    impl Held {
+        fn new(
+            inner: Arc<MemoryStore>,
+            holds: impl Fn(&str, u64) -> bool + Send + Sync + 'static,
+        ) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                holds: Box::new(holds),
+                gate: tokio::sync::Semaphore::new(0),
+                asked: parking_lot::Mutex::default(),
+                stalled: AtomicU64::new(0),
+            })
+        }
+    }
+
     #[async_trait::async_trait]
-    impl ObjectStore for Gated {
+    impl ObjectStore for Held {
         fn bucket(&self) -> &str {
             self.inner.bucket()
         }
@@ -628,7 +648,8 @@ mod tests {
             range: std::ops::Range<u64>,
             etag: &str,
         ) -> Result<crate::store::Body, crate::store::StoreError> {
-            if key.starts_with("p/backlog/") {
+            self.asked.lock().push(range.start);
+            if (self.holds)(key, range.start) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
                 drop(self.gate.acquire().await.unwrap());
             }
@@ -646,11 +667,7 @@ mod tests {
             mem.put(&format!("p/backlog/{i:02}"), vec![i as u8; 100_000]);
         }
         mem.put("p/zz-wanted", &b"needed now"[..]);
-        let gated = Arc::new(Gated {
-            inner: mem.clone(),
-            gate: tokio::sync::Semaphore::new(0),
-            stalled: AtomicU64::new(0),
-        });
+        let gated = Held::new(mem.clone(), |key, _| key.starts_with("p/backlog/"));
         let engine = Arc::new(Engine::new(
             Cache::open(tmp.path()).unwrap(),
             &EngineConfig {
@@ -714,51 +731,6 @@ mod tests {
         assert!(err.to_string().contains("\"p/bad\""), "{err}");
     }
 
-    /// A store that records the ranges asked for and holds back GETs of `p/big` except those
-    /// starting at an offset in `free`, until the test opens the gate.
-    struct Held {
-        inner: Arc<MemoryStore>,
-        free: parking_lot::Mutex<Vec<u64>>,
-        gate: tokio::sync::Semaphore,
-        asked: parking_lot::Mutex<Vec<u64>>,
-    }
-
-    impl Held {
-        fn new(inner: Arc<MemoryStore>, free: &[u64]) -> Arc<Self> {
-            Arc::new(Self {
-                inner,
-                free: parking_lot::Mutex::new(free.to_vec()),
-                gate: tokio::sync::Semaphore::new(0),
-                asked: parking_lot::Mutex::default(),
-            })
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Held {
-        fn bucket(&self) -> &str {
-            self.inner.bucket()
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, crate::store::StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, crate::store::StoreError> {
-            self.inner.head(key).await
-        }
-        async fn get(
-            &self,
-            key: &str,
-            range: std::ops::Range<u64>,
-            etag: &str,
-        ) -> Result<crate::store::Body, crate::store::StoreError> {
-            self.asked.lock().push(range.start);
-            if key == "p/big" && !self.free.lock().contains(&range.start) {
-                drop(self.gate.acquire().await.unwrap());
-            }
-            self.inner.get(key, range, etag).await
-        }
-    }
-
     const PART: u64 = 64 * 1024;
 
     #[tokio::test(flavor = "multi_thread")]
@@ -767,7 +739,9 @@ mod tests {
         let mem = MemoryStore::new("bkt");
         let data: Vec<u8> = (0..20 * PART).map(|i| (i % 251) as u8).collect();
         mem.put("p/big", data.clone());
-        let held = Held::new(mem.clone(), &[19 * PART]);
+        let held = Held::new(mem.clone(), |key, start| {
+            key == "p/big" && start != 19 * PART
+        });
         let (vfs, _engine) = vfs_over(held.clone(), tmp.path()).await;
 
         let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
@@ -820,7 +794,9 @@ mod tests {
         let mem = MemoryStore::new("bkt");
         let old: Vec<u8> = vec![1; (20 * PART) as usize];
         mem.put("p/big", old.clone());
-        let held = Held::new(mem.clone(), &[10 * PART, 5 * PART]);
+        let held = Held::new(mem.clone(), |key, start| {
+            key == "p/big" && ![10 * PART, 5 * PART].contains(&start)
+        });
         let (vfs, _engine) = vfs_over(held.clone(), tmp.path()).await;
         let ino = path_ino(&vfs, "m/big").unwrap();
         let opened = vfs.open(ino).await.unwrap();

@@ -100,14 +100,7 @@ impl S3Server {
     }
 
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(data.to_vec().into())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        put_object(&self.client, bucket, key, data).await;
     }
 
     pub async fn delete(&self, bucket: &str, key: &str) {
@@ -162,6 +155,18 @@ pub fn tool_at(endpoint: &str) -> Command {
         .env("RUST_LOG", "s3_synchronizer=debug,warn")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Writes an object through the S3 API.
+async fn put_object(client: &Client, bucket: &str, key: &str, data: &[u8]) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(data.to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
 }
 
 /// Starts `rclone serve s3` on `addr` over `data`, logging to `log`, and waits until it listens.
@@ -238,14 +243,7 @@ impl Moto {
     }
 
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(data.to_vec().into())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        put_object(&self.client, bucket, key, data).await;
     }
 }
 
