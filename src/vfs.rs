@@ -850,4 +850,60 @@ mod tests {
             .unwrap();
         assert_eq!(got, data[100..1100]);
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reader_still_gets_a_part_whose_background_fetch_was_cancelled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let data: Vec<u8> = (0..4 * PART).map(|i| (i % 241) as u8).collect();
+        mem.put("p/big", data.clone());
+        // The background download's GET of the first part hangs; a later one goes through.
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let held = Held::new(mem.clone(), move |key, start| {
+            key == "p/big" && start == 0 && first.swap(false, Ordering::SeqCst)
+        });
+        let cancel = CancellationToken::new();
+        let engine = Arc::new(Engine::new(
+            Cache::open(tmp.path()).unwrap(),
+            &EngineConfig {
+                concurrency: 2,
+                part_size: PART,
+            },
+            Arc::new(Progress::default()),
+            cancel.clone(),
+        ));
+        let state = engine.open_mount(mount("m", "p/")).unwrap();
+        let store: Arc<dyn ObjectStore> = held.clone();
+        let listing = store.list("p/").await.unwrap();
+        let vfs = Vfs::new(
+            engine.clone(),
+            vec![Source {
+                state: state.clone(),
+                store: store.clone(),
+            }],
+        );
+        vfs.update(0, &listing);
+        let bulk = tokio::spawn({
+            let (engine, state, store) = (engine.clone(), state.clone(), store.clone());
+            async move { engine.apply(&state, store, listing).await }
+        });
+        while held.stalled.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // A reader joins that download and waits for the hanging part; then the background
+        // pass is cancelled, aborting the fetch the reader was waiting for.
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        let read = vfs.read(opened.fh, 10, 100);
+        let cancelling = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            cancel.cancel();
+        };
+        let (got, ()) = tokio::join!(
+            tokio::time::timeout(std::time::Duration::from_secs(20), read),
+            cancelling
+        );
+        let got = got.expect("the reader waited for a fetch that was cancelled");
+        assert_eq!(got.unwrap(), data[10..110]);
+        assert!(bulk.await.unwrap().is_err(), "the pass was cancelled");
+    }
 }

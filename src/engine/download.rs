@@ -404,7 +404,7 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
         });
     }
     // Complete, or failed (a worker's part or a reader's): then the other workers stop.
-    let failed = download.wait_for(0..meta.size).await.err();
+    let failed = download.wait_for(0..meta.size, || {}).await.err();
     workers.shutdown().await;
     let staged = download.staged.lock().take().expect("committed once");
     if let Some(failure) = failed {
@@ -546,6 +546,11 @@ impl Download {
         urgent: bool,
         permit: Option<SemaphorePermit<'_>>,
     ) -> bool {
+        let mut claim = Claim {
+            download: self,
+            part,
+            armed: true,
+        };
         let range = self.parts.lock().range(part);
         let file = Some(self.file.clone());
         let wanted = || urgent || self.parts.lock().wanted[part];
@@ -590,14 +595,29 @@ impl Download {
                 parts.error = Some(e);
             }
         }
+        claim.armed = false;
         self.changed.send_modify(|n| *n += 1);
         self.parts.lock().failure.is_none()
     }
 
-    /// Waits until `range` is present, or fails with why it never will be.
-    async fn wait_for(&self, range: Range<u64>) -> Result<(), FetchError> {
+    /// Fetches the parts covering `range` that nobody is fetching, on the priority lane.
+    fn fetch_unclaimed(self: &Arc<Self>, range: &Range<u64>) {
+        for part in self.claim(range) {
+            let download = self.clone();
+            tokio::spawn(async move { download.fetch_part(part, true, None).await });
+        }
+    }
+
+    /// Waits until `range` is present, or fails with why it never will be; `on_change` runs
+    /// before each look.
+    async fn wait_for(
+        &self,
+        range: Range<u64>,
+        mut on_change: impl FnMut(),
+    ) -> Result<(), FetchError> {
         let mut changed = self.changed.subscribe();
         loop {
+            on_change();
             {
                 let parts = self.parts.lock();
                 if parts.present.covers(range.start..range.end.min(parts.size)) {
@@ -623,10 +643,7 @@ impl Download {
         ahead: Option<Range<u64>>,
     ) -> Result<(), FetchError> {
         for r in std::iter::once(&range).chain(ahead.as_ref()) {
-            for part in self.claim(r) {
-                let download = self.clone();
-                tokio::spawn(async move { download.fetch_part(part, true, None).await });
-            }
+            self.fetch_unclaimed(r);
         }
         if self.is_present(range.clone()) {
             return Ok(());
@@ -645,9 +662,37 @@ impl Download {
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
-        let result = self.wait_for(range.clone()).await;
+        // A part given back (its fetch was dropped) is fetched again for this reader.
+        let result = self
+            .wait_for(range.clone(), || self.fetch_unclaimed(&range))
+            .await;
         tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
         result
+    }
+}
+
+/// A claimed part being fetched. Dropped before the fetch ends (its task was aborted), it gives
+/// the part back and says so, so that a reader waiting for it claims it again rather than
+/// waiting for a fetch that will never finish.
+struct Claim<'a> {
+    download: &'a Download,
+    part: usize,
+    armed: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut parts = self.download.parts.lock();
+            let range = parts.range(self.part);
+            if !parts.present.covers(range) {
+                parts.claimed[self.part] = false;
+            }
+        }
+        self.download.changed.send_modify(|n| *n += 1);
     }
 }
 
