@@ -6,6 +6,11 @@
 #   scripts/bench.sh                              # both sets, 3 runs of each tool
 #   scripts/bench.sh --sets small --runs 5
 #   scripts/bench.sh --tools rclone,s5cmd         # only some of the tools
+#   scripts/bench.sh --mount [ARGS...]            # mount mode: runs scripts/bench_mount.sh ARGS
+#
+# Mount mode (`s3-synchronizer mount`: cached reads, first byte and tail reads under a download
+# backlog, walking the tree, Parquet reads, vs rclone mount and plain GETs) has its own script,
+# scripts/bench_mount.sh (--help there).
 #
 # Sets (bucket `bench`, random data written to the server's disk before it starts):
 #   small  1,000 objects of 256 KiB under small/
@@ -25,7 +30,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,24s/^# \{0,1\}//p' "$0"
+    sed -n '2,27s/^# \{0,1\}//p' "$0"
 }
 
 sets="small,large"
@@ -42,6 +47,10 @@ while [[ $# -gt 0 ]]; do
         name="${1%%=*}"
         printf -v "${name#--}" '%s' "${1#*=}"
         shift
+        ;;
+    --mount)
+        shift
+        exec bash "$(dirname "$0")/bench_mount.sh" "$@"
         ;;
     -h | --help)
         usage
