@@ -496,20 +496,46 @@ mod tests {
         store: Arc<dyn ObjectStore>,
         dir: &std::path::Path,
     ) -> (Arc<Vfs>, Arc<Engine>) {
+        vfs_with(store, dir, 2, CancellationToken::new()).await
+    }
+
+    /// A vfs over mount `m` (prefix `p/`) of `store`, with its cache in `dir`, listed once.
+    async fn vfs_with(
+        store: Arc<dyn ObjectStore>,
+        dir: &std::path::Path,
+        concurrency: usize,
+        cancel: CancellationToken,
+    ) -> (Arc<Vfs>, Arc<Engine>) {
         let engine = Arc::new(Engine::new(
             Cache::open(dir).unwrap(),
             &EngineConfig {
-                concurrency: 2,
+                concurrency,
                 part_size: 64 * 1024,
             },
             Arc::new(Progress::default()),
-            CancellationToken::new(),
+            cancel,
         ));
         let state = engine.open_mount(mount("m", "p/")).unwrap();
         let vfs = Arc::new(Vfs::new(engine.clone(), vec![Source { state, store }]));
         let listing = store_list(&vfs).await;
         vfs.update(0, &listing);
         (vfs, engine)
+    }
+
+    /// Starts the background pass over the mount; returns once `held` holds one of its GETs.
+    async fn bulk_until_held(
+        vfs: &Vfs,
+        engine: &Arc<Engine>,
+        held: &Held,
+    ) -> tokio::task::JoinHandle<Result<crate::engine::PassStats, crate::engine::EngineError>> {
+        let source = &vfs.sources()[0];
+        let (engine, state, store) = (engine.clone(), source.state.clone(), source.store.clone());
+        let listing = store_list(vfs).await;
+        let bulk = tokio::spawn(async move { engine.apply(&state, store, listing).await });
+        while held.stalled.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        bulk
     }
 
     async fn store_list(vfs: &Vfs) -> Vec<ObjectMeta> {
@@ -668,35 +694,9 @@ mod tests {
         }
         mem.put("p/zz-wanted", &b"needed now"[..]);
         let gated = Held::new(mem.clone(), |key, _| key.starts_with("p/backlog/"));
-        let engine = Arc::new(Engine::new(
-            Cache::open(tmp.path()).unwrap(),
-            &EngineConfig {
-                concurrency: 1,
-                part_size: 64 * 1024,
-            },
-            Arc::new(Progress::default()),
-            CancellationToken::new(),
-        ));
-        let state = engine.open_mount(mount("m", "p/")).unwrap();
-        let store: Arc<dyn ObjectStore> = gated.clone();
-        let listing = store.list("p/").await.unwrap();
-        let vfs = Vfs::new(
-            engine.clone(),
-            vec![Source {
-                state: state.clone(),
-                store: store.clone(),
-            }],
-        );
-        vfs.update(0, &listing);
-
+        let (vfs, engine) = vfs_with(gated.clone(), tmp.path(), 1, CancellationToken::new()).await;
         // The bulk pass takes the only bulk permit and stalls on the gated backlog.
-        let bulk = tokio::spawn({
-            let (engine, state, store) = (engine.clone(), state.clone(), store.clone());
-            async move { engine.apply(&state, store, listing).await }
-        });
-        while gated.stalled.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let bulk = bulk_until_held(&vfs, &engine, &gated).await;
         let read = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             read_all(&vfs, "m/zz-wanted"),
@@ -863,33 +863,8 @@ mod tests {
             key == "p/big" && start == 0 && first.swap(false, Ordering::SeqCst)
         });
         let cancel = CancellationToken::new();
-        let engine = Arc::new(Engine::new(
-            Cache::open(tmp.path()).unwrap(),
-            &EngineConfig {
-                concurrency: 2,
-                part_size: PART,
-            },
-            Arc::new(Progress::default()),
-            cancel.clone(),
-        ));
-        let state = engine.open_mount(mount("m", "p/")).unwrap();
-        let store: Arc<dyn ObjectStore> = held.clone();
-        let listing = store.list("p/").await.unwrap();
-        let vfs = Vfs::new(
-            engine.clone(),
-            vec![Source {
-                state: state.clone(),
-                store: store.clone(),
-            }],
-        );
-        vfs.update(0, &listing);
-        let bulk = tokio::spawn({
-            let (engine, state, store) = (engine.clone(), state.clone(), store.clone());
-            async move { engine.apply(&state, store, listing).await }
-        });
-        while held.stalled.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let (vfs, engine) = vfs_with(held.clone(), tmp.path(), 2, cancel.clone()).await;
+        let bulk = bulk_until_held(&vfs, &engine, &held).await;
         // A reader joins that download and waits for the hanging part; then the background
         // pass is cancelled, aborting the fetch the reader was waiting for.
         let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
