@@ -61,15 +61,7 @@ async fn copies_each_mount_byte_for_byte() {
     );
     assert!(dest.path().join("data/a/b/c").is_dir());
     // Local mtimes are the objects' LastModified (HEAD gives it to the second).
-    let head = s3
-        .client
-        .head_object()
-        .bucket("bkt")
-        .key("data/multi.bin")
-        .send()
-        .await
-        .unwrap();
-    let remote = head.last_modified().unwrap().secs();
+    let remote = s3.last_modified("bkt", "data/multi.bin").await;
     let local = std::fs::metadata(dest.path().join("all/data/multi.bin")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mtime(&local), remote);
     let staging = dest.path().join(".s3-synchronizer/staging");

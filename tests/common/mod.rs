@@ -113,6 +113,19 @@ impl S3Server {
             .unwrap();
     }
 
+    /// The object's LastModified, in seconds since the epoch (as HEAD gives it).
+    pub async fn last_modified(&self, bucket: &str, key: &str) -> i64 {
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+        head.last_modified().unwrap().secs()
+    }
+
     /// GET requests the server has answered so far.
     pub fn gets(&self) -> usize {
         self.get_log().len()
