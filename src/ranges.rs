@@ -46,6 +46,29 @@ impl RangeSet {
         self.ranges.splice(first..last, [merged]);
     }
 
+    /// Takes `r` out (an empty range takes nothing).
+    pub fn remove(&mut self, r: Range<u64>) {
+        if r.start >= r.end {
+            return;
+        }
+        // Every range that overlaps `r` lies in `first..last`; their ends outside `r` stay.
+        let first = self.ranges.partition_point(|x| x.end <= r.start);
+        let last = self.ranges.partition_point(|x| x.start < r.end);
+        if first >= last {
+            return;
+        }
+        let (head, tail) = (self.ranges[first].start, self.ranges[last - 1].end);
+        let kept = [head..r.start, r.end..tail];
+        self.ranges
+            .splice(first..last, kept.into_iter().filter(|k| k.start < k.end));
+    }
+
+    /// Whether any byte of `r` is present.
+    pub fn intersects(&self, r: Range<u64>) -> bool {
+        let i = self.ranges.partition_point(|x| x.end <= r.start);
+        r.start < r.end && self.ranges.get(i).is_some_and(|x| x.start < r.end)
+    }
+
     /// Whether every byte of `r` is present (always true for an empty range).
     pub fn covers(&self, r: Range<u64>) -> bool {
         if r.start >= r.end {
@@ -110,6 +133,10 @@ mod tests {
         assert_eq!(s.bytes(), 35);
         assert!(s.covers(5..40) && !s.covers(4..6) && s.covers(9..9));
         assert_eq!(s.missing(0..50), [0..5, 40..50]);
+        s.remove(10..12);
+        s.remove(38..60);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [5..10, 12..38]);
+        assert!(s.intersects(37..50) && !s.intersects(38..50) && !s.intersects(11..11));
     }
 
     #[test]
@@ -127,6 +154,7 @@ mod tests {
         #[test]
         fn behaves_like_a_set_of_bytes(
             inserts in prop::collection::vec((0u64..200, 0u64..40), 0..20),
+            removes in prop::collection::vec((0u64..200, 0u64..40), 0..5),
             query in (0u64..220, 0u64..60),
         ) {
             let pairs: Vec<(u64, u64)> = inserts.iter().map(|&(a, n)| (a, a + n)).collect();
@@ -134,7 +162,11 @@ mod tests {
             for &(a, b) in &pairs {
                 set.insert(a..b);
             }
-            let bytes = model(&pairs);
+            let mut bytes = model(&pairs);
+            for &(a, n) in &removes {
+                set.remove(a..a + n);
+                bytes.retain(|b| !(a..a + n).contains(b));
+            }
 
             // The invariant: sorted, non-empty, neither overlapping nor touching.
             let rs: Vec<Range<u64>> = set.iter().collect();
@@ -145,6 +177,7 @@ mod tests {
 
             let q = query.0..query.0 + query.1;
             prop_assert_eq!(set.covers(q.clone()), q.clone().all(|b| bytes.contains(&b)));
+            prop_assert_eq!(set.intersects(q.clone()), q.clone().any(|b| bytes.contains(&b)));
             let missing = set.missing(q.clone());
             let want: BTreeSet<u64> = q.clone().filter(|b| !bytes.contains(b)).collect();
             prop_assert_eq!(model(&missing.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>()), want);

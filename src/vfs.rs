@@ -78,6 +78,15 @@ struct Handle {
     next: AtomicU64,
 }
 
+impl Handle {
+    /// A sequential reader of a downloading file gets the next stretch fetched ahead of it.
+    fn read_ahead(&self, download: &Arc<Download>, offset: u64, end: u64) {
+        if self.next.load(Ordering::Relaxed) == offset {
+            download.prefetch(end..end + READ_AHEAD);
+        }
+    }
+}
+
 /// A mount as the file system serves it: its local state and its bucket.
 pub struct Source {
     pub state: Arc<MountState>,
@@ -398,10 +407,12 @@ impl Vfs {
         let Some(handle) = self.handles.get(&fh).map(|h| h.clone()) else {
             return Some(Err(FsError::BadHandle));
         };
-        if let Some(d) = &handle.download
-            && !d.is_present(offset..offset + u64::from(size))
-        {
-            return None;
+        let end = offset + u64::from(size);
+        if let Some(d) = &handle.download {
+            handle.read_ahead(d, offset, end);
+            if !d.is_present(offset..end) {
+                return None;
+            }
         }
         handle
             .next
@@ -418,10 +429,8 @@ impl Vfs {
             .ok_or(FsError::BadHandle)?;
         let end = offset + u64::from(size);
         if let Some(d) = &handle.download {
-            // A sequential reader gets the next stretch fetched ahead of it.
-            let sequential = handle.next.load(Ordering::Relaxed) == offset;
-            let ahead = sequential.then(|| end..end + READ_AHEAD);
-            d.read_ready(offset..end, ahead).await?;
+            handle.read_ahead(d, offset, end);
+            d.read_ready(offset..end).await?;
         }
         handle.next.store(end, Ordering::Relaxed);
         pread(&handle.file, offset, size)
@@ -479,6 +488,7 @@ mod tests {
     use crate::mounts::Mount;
     use crate::progress::Progress;
     use crate::store::memory::MemoryStore;
+    use futures_util::StreamExt;
     use tokio_util::sync::CancellationToken;
 
     fn mount(id: &str, prefix: &str) -> Mount {
@@ -499,6 +509,19 @@ mod tests {
         vfs_with(store, dir, 2, CancellationToken::new()).await
     }
 
+    /// [`vfs_with`] with parts of `part_size` bytes.
+    async fn vfs_with_parts(
+        store: Arc<dyn ObjectStore>,
+        dir: &std::path::Path,
+        part_size: u64,
+    ) -> (Arc<Vfs>, Arc<Engine>) {
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size,
+        };
+        vfs_config(store, dir, &config, CancellationToken::new()).await
+    }
+
     /// A vfs over mount `m` (prefix `p/`) of `store`, with its cache in `dir`, listed once.
     async fn vfs_with(
         store: Arc<dyn ObjectStore>,
@@ -506,12 +529,22 @@ mod tests {
         concurrency: usize,
         cancel: CancellationToken,
     ) -> (Arc<Vfs>, Arc<Engine>) {
+        let config = EngineConfig {
+            concurrency,
+            part_size: PART,
+        };
+        vfs_config(store, dir, &config, cancel).await
+    }
+
+    async fn vfs_config(
+        store: Arc<dyn ObjectStore>,
+        dir: &std::path::Path,
+        config: &EngineConfig,
+        cancel: CancellationToken,
+    ) -> (Arc<Vfs>, Arc<Engine>) {
         let engine = Arc::new(Engine::new(
             Cache::open(dir).unwrap(),
-            &EngineConfig {
-                concurrency,
-                part_size: 64 * 1024,
-            },
+            config,
             Arc::new(Progress::default()),
             cancel,
         ));
@@ -630,16 +663,17 @@ mod tests {
         assert!(matches!(vfs.getattr(ino), Err(FsError::NotFound)));
     }
 
-    /// A store that records the offsets asked for and holds back the GETs `holds` picks (by key
-    /// and offset) until the test opens the gate.
+    /// A store that records the ranges asked for and the bytes its bodies yielded, and holds
+    /// back the GETs `holds` picks (by key and offset) until the test lets them through.
     type Holds = Box<dyn Fn(&str, u64) -> bool + Send + Sync>;
 
     struct Held {
         inner: Arc<MemoryStore>,
         holds: Holds,
         gate: tokio::sync::Semaphore,
-        asked: parking_lot::Mutex<Vec<u64>>,
+        asked: parking_lot::Mutex<Vec<std::ops::Range<u64>>>,
         stalled: AtomicU64,
+        pulled: Arc<AtomicU64>,
     }
 
     impl Held {
@@ -653,6 +687,7 @@ mod tests {
                 gate: tokio::sync::Semaphore::new(0),
                 asked: parking_lot::Mutex::default(),
                 stalled: AtomicU64::new(0),
+                pulled: Arc::default(),
             })
         }
     }
@@ -674,12 +709,19 @@ mod tests {
             range: std::ops::Range<u64>,
             etag: &str,
         ) -> Result<crate::store::Body, crate::store::StoreError> {
-            self.asked.lock().push(range.start);
+            self.asked.lock().push(range.clone());
             if (self.holds)(key, range.start) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
-                drop(self.gate.acquire().await.unwrap());
+                // Each permit lets one GET through.
+                self.gate.acquire().await.unwrap().forget();
             }
-            self.inner.get(key, range, etag).await
+            let pulled = self.pulled.clone();
+            let body = self.inner.get(key, range, etag).await?;
+            Ok(Box::pin(body.inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    pulled.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            })))
         }
     }
 
@@ -752,7 +794,7 @@ mod tests {
             data[(end - 100) as usize..]
         );
         // Only the last part was fetched; the bulk download is held back at its first parts.
-        let asked = held.asked.lock().clone();
+        let asked: Vec<u64> = held.asked.lock().iter().map(|r| r.start).collect();
         assert!(asked.contains(&(19 * PART)), "{asked:?}");
         assert!(
             asked.iter().all(|&a| a == 19 * PART || a < 4 * PART),
@@ -772,6 +814,75 @@ mod tests {
         let again = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
         assert!(!again.partial);
         assert_eq!(std::fs::read(tmp.path().join("m/big")).unwrap(), data);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 1 << 20;
+        let data: Vec<u8> = (0..4 * part).map(|i| (i % 251) as u8).collect();
+        mem.put("p/big", data.clone());
+        // The bulk download's GETs start at part boundaries: they wait.
+        let held = Held::new(mem.clone(), move |_, start| start % part == 0);
+        let (vfs, engine) = vfs_with_parts(held.clone(), tmp.path(), part).await;
+        let bulk = bulk_until_held(&vfs, &engine, &held).await;
+
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        let at = 2 * part + part / 2 + 10;
+        let got = vfs.read(opened.fh, at, 100).await.unwrap();
+        assert!(got == data[at as usize..at as usize + 100]);
+        // One GET of the 64 KiB around the read, not of its 1 MiB part.
+        let asked = held.asked.lock().clone();
+        let readers: Vec<_> = asked.iter().filter(|r| r.start % part != 0).collect();
+        assert_eq!(readers, [&(at - 10..at - 10 + (64 << 10))], "{asked:?}");
+
+        held.gate.add_permits(1000);
+        bulk.await.unwrap().unwrap();
+        vfs.release(opened.fh);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bulk_gets_hold_back_their_bodies_while_a_reader_waits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 1 << 20;
+        let data: Vec<u8> = (0..8 * part).map(|i| (i % 247) as u8).collect();
+        mem.put("p/big", data.clone());
+        // Every GET waits at the gate until the test lets it through.
+        let held = Held::new(mem.clone(), |_, _| true);
+        let (vfs, engine) = vfs_with_parts(held.clone(), tmp.path(), part).await;
+        let bulk = bulk_until_held(&vfs, &engine, &held).await;
+        while held.stalled.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+
+        // A reader waits for bytes at the end, its GET queued behind the two bulk GETs.
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        let at = 7 * part + 5;
+        let vfs2 = vfs.clone();
+        let read = tokio::spawn(async move { vfs2.read(opened.fh, at, 100).await });
+        while held.stalled.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The bulk GETs go through first (the gate is first come, first served), but read
+        // nothing of their bodies while the reader waits.
+        held.gate.add_permits(2);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            held.pulled.load(Ordering::SeqCst),
+            0,
+            "bulk bodies were read"
+        );
+        assert!(!read.is_finished());
+
+        held.gate.add_permits(1000);
+        let got = read.await.unwrap().unwrap();
+        assert!(got == data[at as usize..at as usize + 100]);
+        bulk.await.unwrap().unwrap();
+        vfs.release(opened.fh);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
     }
 
     /// Waits (bounded) until the file at `path` is complete in the cache.

@@ -14,7 +14,6 @@
 use super::{MountState, Shared};
 use crate::cache::{CacheError, Staged};
 use crate::manifest::{Entry as ManifestEntry, ManifestError};
-use crate::progress::Progress;
 use crate::ranges::RangeSet;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
@@ -27,7 +26,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, SemaphorePermit, watch};
 use tokio::task::JoinSet;
@@ -352,15 +351,7 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     let data = if meta.size == 0 {
         Vec::new()
     } else {
-        download_part(
-            job.clone(),
-            meta.clone(),
-            0..meta.size,
-            None,
-            &|| false,
-            None,
-        )
-        .await?
+        download_part(job, meta, 0..meta.size, None, &|| false, None).await?
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -388,16 +379,19 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     job.flight.download.send_replace(Some(download.clone()));
 
     let mut workers = JoinSet::new();
-    let missing = download.parts.lock().missing();
+    let missing = {
+        let parts = download.parts.lock();
+        parts.unclaimed(0..parts.size).count()
+    };
     for _ in 0..missing.min(job.shared.files_in_flight) {
         let (job, download) = (job.clone(), download.clone());
         workers.spawn(async move {
             loop {
                 let permit = permit(&job, &|| false).await;
-                let Some(part) = download.claim_next() else {
+                let Some(piece) = download.claim_next() else {
                     return;
                 };
-                if !download.fetch_part(part, false, Some(permit)).await {
+                if !download.fetch_piece(piece, false, Some(permit)).await {
                     return;
                 }
             }
@@ -439,58 +433,75 @@ pub struct Download {
     /// running after its task was aborted holds no engine state (such as the cache's lock).
     staged: Arc<Mutex<Option<Staged>>>,
     parts: Mutex<Parts>,
-    /// Bumped whenever a part lands or the download fails.
+    /// Bumped whenever bytes land, a fetch is given up, or the download fails.
     changed: watch::Sender<u64>,
+    /// Where a reader's fetches run (readers call in from FUSE threads).
+    runtime: tokio::runtime::Handle,
 }
 
+/// Which bytes of a download are where. Bulk workers fetch one part at a time (the unclaimed
+/// bytes of it); a reader fetches exactly the stretch it reads, rounded out to [`READ_ALIGN`].
 struct Parts {
     part_size: u64,
     size: u64,
+    /// Bytes written to the partial file.
     present: RangeSet,
-    /// Parts being fetched or present.
-    claimed: Vec<bool>,
-    /// Parts a reader waits for: fetched (and retried) on the priority lane.
-    wanted: Vec<bool>,
+    /// Bytes being fetched or present.
+    claimed: RangeSet,
+    /// Bytes a reader waits for: their GETs (and retries) take the priority lane.
+    wanted: RangeSet,
     /// Why the download failed: the first error, for the download itself...
     error: Option<PartError>,
     /// ...and what readers are told.
     failure: Option<String>,
 }
 
+/// A reader's fetch is the stretch it reads rounded out to this, so the kernel's next few reads
+/// of the same stretch find it there.
+const READ_ALIGN: u64 = 64 << 10;
+
 impl Parts {
-    fn range(&self, part: usize) -> Range<u64> {
-        let start = part as u64 * self.part_size;
-        start..(start + self.part_size).min(self.size)
+    fn new(part_size: u64, size: u64, present: RangeSet) -> Self {
+        Self {
+            part_size,
+            size,
+            claimed: present.clone(),
+            present,
+            wanted: RangeSet::default(),
+            error: None,
+            failure: None,
+        }
     }
 
-    fn missing(&self) -> usize {
-        self.claimed.iter().filter(|c| !**c).count()
+    /// `range` clamped to the file and rounded out to multiples of `align`.
+    fn aligned(&self, range: &Range<u64>, align: u64) -> Range<u64> {
+        let end = range
+            .end
+            .min(self.size)
+            .div_ceil(align)
+            .saturating_mul(align);
+        (range.start / align * align)..end.min(self.size)
     }
 
-    /// The parts covering `range`.
-    fn covering(&self, range: &Range<u64>) -> Range<usize> {
-        let first = (range.start / self.part_size) as usize;
-        let last = range.end.min(self.size).div_ceil(self.part_size) as usize;
-        first..last.max(first)
+    /// The bytes of `range` nobody fetches yet, cut at part boundaries: one GET each.
+    fn unclaimed(&self, range: Range<u64>) -> impl Iterator<Item = Range<u64>> + use<> {
+        let part_size = self.part_size;
+        self.claimed
+            .missing(range.start..range.end.min(self.size))
+            .into_iter()
+            .flat_map(move |gap| {
+                let starts = std::iter::successors(Some(gap.start), move |&at| {
+                    let next = (at / part_size + 1) * part_size;
+                    (next < gap.end).then_some(next)
+                });
+                starts.map(move |at| at..((at / part_size + 1) * part_size).min(gap.end))
+            })
     }
 }
 
 impl Download {
     fn new(job: Arc<Job>, meta: ObjectMeta, staged: Staged, present: RangeSet) -> Self {
-        let part_size = job.shared.part_size;
-        let count = meta.size.div_ceil(part_size) as usize;
-        let mut parts = Parts {
-            part_size,
-            size: meta.size,
-            present,
-            claimed: vec![false; count],
-            wanted: vec![false; count],
-            error: None,
-            failure: None,
-        };
-        for part in 0..count {
-            parts.claimed[part] = parts.present.covers(parts.range(part));
-        }
+        let parts = Parts::new(job.shared.part_size, meta.size, present);
         Self {
             job,
             meta,
@@ -498,6 +509,7 @@ impl Download {
             staged: Arc::new(Mutex::new(Some(staged))),
             parts: Mutex::new(parts),
             changed: watch::channel(0).0,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -516,49 +528,56 @@ impl Download {
         parts.present.covers(range.start..range.end.min(parts.size))
     }
 
-    fn claim_next(&self) -> Option<usize> {
+    /// Claims the next stretch for a bulk worker: the first unclaimed bytes, up to the end of
+    /// their part.
+    fn claim_next(&self) -> Option<Range<u64>> {
         let mut parts = self.parts.lock();
         if parts.failure.is_some() {
             return None;
         }
-        let part = parts.claimed.iter().position(|c| !c)?;
-        parts.claimed[part] = true;
-        Some(part)
+        let piece = parts.unclaimed(0..parts.size).next()?;
+        parts.claimed.insert(piece.clone());
+        Some(piece)
     }
 
-    /// Claims the unclaimed parts covering `range`.
-    fn claim(&self, range: &Range<u64>) -> Vec<usize> {
+    /// Claims the unclaimed bytes of `range`, in pieces of at most a part.
+    fn claim(&self, range: Range<u64>) -> Vec<Range<u64>> {
         let mut parts = self.parts.lock();
         if parts.failure.is_some() {
             return Vec::new();
         }
-        let covering = parts.covering(range);
-        covering
-            .filter(|&p| !std::mem::replace(&mut parts.claimed[p], true))
-            .collect()
+        let pieces: Vec<_> = parts.unclaimed(range).collect();
+        for piece in &pieces {
+            parts.claimed.insert(piece.clone());
+        }
+        pieces
     }
 
-    /// Fetches one claimed part and records it; returns whether it succeeded. A failure fails
+    /// Fetches one claimed piece and records it; returns whether it succeeded. A failure fails
     /// the whole download (after the retries of transient errors).
-    async fn fetch_part(
+    async fn fetch_piece(
         self: &Arc<Self>,
-        part: usize,
+        range: Range<u64>,
         urgent: bool,
         permit: Option<SemaphorePermit<'_>>,
     ) -> bool {
         let mut claim = Claim {
             download: self,
-            part,
+            range: range.clone(),
             armed: true,
         };
-        let range = self.parts.lock().range(part);
-        let file = Some(self.file.clone());
-        let wanted = || urgent || self.parts.lock().wanted[part];
+        let wanted = || urgent || self.parts.lock().wanted.intersects(range.clone());
+        // Bytes count as present as soon as they are written: a reader needs no more, and a
+        // retry starts from there.
+        let landed = |r: Range<u64>| {
+            self.parts.lock().present.insert(r);
+            self.changed.send_modify(|n| *n += 1);
+        };
         let result = download_part(
-            self.job.clone(),
-            self.meta.clone(),
+            &self.job,
+            &self.meta,
             range.clone(),
-            file,
+            Some((&self.file, &landed)),
             &wanted,
             permit,
         )
@@ -566,11 +585,7 @@ impl Download {
         .map(drop);
         let result = match result {
             Ok(()) => {
-                let present = {
-                    let mut parts = self.parts.lock();
-                    parts.present.insert(range);
-                    parts.present.clone()
-                };
+                let present = self.parts.lock().present.clone();
                 // Written after the bytes, so the record never claims what is not there.
                 let staged = self.staged.clone();
                 tokio::task::spawn_blocking(move || match staged.lock().as_mut() {
@@ -600,12 +615,28 @@ impl Download {
         self.parts.lock().failure.is_none()
     }
 
-    /// Fetches the parts covering `range` that nobody is fetching, on the priority lane.
-    fn fetch_unclaimed(self: &Arc<Self>, range: &Range<u64>) {
-        for part in self.claim(range) {
+    /// Fetches the bytes of `range` that nobody is fetching, on the priority lane; while these
+    /// GETs run, bulk GETs hold back.
+    fn fetch_unclaimed(self: &Arc<Self>, range: Range<u64>) {
+        for piece in self.claim(range) {
             let download = self.clone();
-            tokio::spawn(async move { download.fetch_part(part, true, None).await });
+            self.runtime.spawn(async move {
+                let shared = &download.job.shared;
+                shared.urgent_started();
+                let _running = scopeguard(|| shared.urgent_ended());
+                download.fetch_piece(piece, true, None).await
+            });
         }
+    }
+
+    /// Fetches `range` (rounded out to whole parts) ahead of a sequential reader, without
+    /// waiting for it.
+    pub fn prefetch(self: &Arc<Self>, range: Range<u64>) {
+        let range = {
+            let parts = self.parts.lock();
+            parts.aligned(&range, parts.part_size)
+        };
+        self.fetch_unclaimed(range);
     }
 
     /// Waits until `range` is present, or fails with why it never will be; `on_change` runs
@@ -634,49 +665,41 @@ impl Download {
         }
     }
 
-    /// Makes `range` readable: fetches the parts covering it ahead of everything else and waits
-    /// for them. `ahead`, a range a sequential reader will want next, is fetched too, without
-    /// waiting for it.
-    pub async fn read_ready(
-        self: &Arc<Self>,
-        range: Range<u64>,
-        ahead: Option<Range<u64>>,
-    ) -> Result<(), FetchError> {
-        for r in std::iter::once(&range).chain(ahead.as_ref()) {
-            self.fetch_unclaimed(r);
-        }
+    /// Makes `range` readable: fetches what of it nobody fetches yet ahead of everything else,
+    /// and waits for it.
+    pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
         if self.is_present(range.clone()) {
             return Ok(());
         }
         tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
-        // Parts the background download had already claimed go to the priority lane too (if
-        // they are waiting for a permit, to fetch or to retry), or this reader would wait behind
-        // the backlog it pauses.
-        {
+        // Bytes the background download has already claimed go to the priority lane too (if
+        // they wait for a permit, to fetch or to retry), and keep streaming while other bulk
+        // GETs hold back, or this reader would wait behind the backlog it pauses.
+        let want = {
             let mut parts = self.parts.lock();
-            for part in parts.covering(&range) {
-                parts.wanted[part] = true;
-            }
-        }
+            let want = parts.aligned(&range, READ_ALIGN);
+            parts.wanted.insert(want.clone());
+            want
+        };
         self.job.flight.wake.notify_waiters();
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
-        // A part given back (its fetch was dropped) is fetched again for this reader.
+        // Bytes given back (their fetch was dropped) are fetched again for this reader.
         let result = self
-            .wait_for(range.clone(), || self.fetch_unclaimed(&range))
+            .wait_for(range.clone(), || self.fetch_unclaimed(want.clone()))
             .await;
         tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
         result
     }
 }
 
-/// A claimed part being fetched. Dropped before the fetch ends (its task was aborted), it gives
-/// the part back and says so, so that a reader waiting for it claims it again rather than
-/// waiting for a fetch that will never finish.
+/// A claimed piece being fetched. Dropped before the fetch ends (its task was aborted), it
+/// gives back what of the piece did not land, and says so, so that a reader waiting for it
+/// claims it again rather than waiting for a fetch that will never finish.
 struct Claim<'a> {
     download: &'a Download,
-    part: usize,
+    range: Range<u64>,
     armed: bool,
 }
 
@@ -687,9 +710,8 @@ impl Drop for Claim<'_> {
         }
         {
             let mut parts = self.download.parts.lock();
-            let range = parts.range(self.part);
-            if !parts.present.covers(range) {
-                parts.claimed[self.part] = false;
+            for gap in parts.present.missing(self.range.clone()) {
+                parts.claimed.remove(gap);
             }
         }
         self.download.changed.send_modify(|n| *n += 1);
@@ -736,27 +758,47 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// A GET permit: from the priority lane once the download or this part is `urgent` (also when
-/// it becomes urgent while this part is still queueing: a reader now waits for it); otherwise from the bulk lane, which starts no new
-/// GET while any urgent download is under way, so a waiting reader gets the bandwidth.
-async fn permit<'a>(job: &'a Job, urgent: &(dyn Fn() -> bool + Sync)) -> SemaphorePermit<'a> {
+/// Whether a GET is for a waiting reader (`urgent` says so for its bytes), or its whole
+/// download is urgent.
+fn is_urgent(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) -> bool {
+    urgent() || job.flight.urgent.load(Ordering::SeqCst)
+}
+
+/// Waits while readers wait for bytes and this GET is not fetching any of them: a bulk GET
+/// starts nothing and reads no further meanwhile (its server stops sending once the socket
+/// buffers are full), so the readers' GETs get the bandwidth.
+async fn hold_back(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) {
     let (shared, flight) = (&job.shared, &job.flight);
-    loop {
+    while shared.urgent_active.load(Ordering::SeqCst) > 0 {
+        // Registered before the checks, so a wake-up between them is not lost.
         let woken = flight.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let idle = shared.urgent_idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
-        if urgent() || flight.urgent.load(Ordering::SeqCst) {
-            return shared.urgent_permits.acquire().await.expect("never closed");
+        if is_urgent(job, urgent) || shared.urgent_active.load(Ordering::SeqCst) == 0 {
+            return;
         }
-        if shared.urgent_active.load(Ordering::SeqCst) > 0 {
-            tokio::select! {
-                () = &mut idle => {}
-                () = &mut woken => {}
-            }
-            continue;
+        tokio::select! {
+            () = &mut idle => {}
+            () = &mut woken => {}
+        }
+    }
+}
+
+/// A GET permit: from the priority lane once the download or these bytes are `urgent` (also
+/// when they become urgent while still queueing: a reader now waits for them); otherwise from
+/// the bulk lane, after [`hold_back`].
+async fn permit<'a>(job: &'a Job, urgent: &(dyn Fn() -> bool + Sync)) -> SemaphorePermit<'a> {
+    let shared = &job.shared;
+    loop {
+        hold_back(job, urgent).await;
+        let woken = job.flight.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if is_urgent(job, urgent) {
+            return shared.urgent_permits.acquire().await.expect("never closed");
         }
         tokio::select! {
             permit = shared.permits.acquire() => return permit.expect("never closed"),
@@ -765,92 +807,108 @@ async fn permit<'a>(job: &'a Job, urgent: &(dyn Fn() -> bool + Sync)) -> Semapho
     }
 }
 
-/// Downloads one part with retries. With a `file`, the bytes are written to it as they arrive;
-/// without, they are returned.
+/// Where the bytes of a GET go: into the partial file, each stretch reported once written.
+type ToFile<'a> = (&'a Arc<File>, &'a (dyn Fn(Range<u64>) + Sync));
+
+/// Downloads `range` of an object with retries. With a file, the bytes are written to it as
+/// they arrive and a retry asks only for what did not land; without, they are returned.
 async fn download_part(
-    job: Arc<Job>,
-    meta: ObjectMeta,
+    job: &Job,
+    meta: &ObjectMeta,
     range: Range<u64>,
-    file: Option<Arc<File>>,
+    to: Option<ToFile<'_>>,
     urgent: &(dyn Fn() -> bool + Sync),
     first_permit: Option<SemaphorePermit<'_>>,
 ) -> Result<Vec<Bytes>, PartError> {
     let first_permit = Mutex::new(first_permit);
+    // Bytes before this one are in the file.
+    let written = &AtomicU64::new(range.start);
     retry(&meta.key, || async {
         let given = first_permit.lock().take();
         let _permit = match given {
             Some(p) => p,
-            None => permit(&job, urgent).await,
+            None => permit(job, urgent).await,
         };
-        let progress = &job.shared.progress;
-        let mut counted = 0;
-        let result = read_part(
-            progress,
-            &*job.store,
-            &meta,
-            range.clone(),
-            file.as_ref(),
-            &mut counted,
-        )
-        .await;
-        if result.is_err() {
-            progress.sub_bytes(counted);
-        }
-        result
+        let from = written.load(Ordering::SeqCst);
+        let to = to.map(|(file, landed)| {
+            let landed = move |r: Range<u64>| {
+                written.store(r.end, Ordering::SeqCst);
+                landed(r);
+            };
+            (file, landed)
+        });
+        let to = to
+            .as_ref()
+            .map(|(file, landed)| (*file, landed as &(dyn Fn(_) + Sync)));
+        read_part(job, meta, from..range.end, to, urgent).await
     })
     .await
 }
 
 async fn read_part(
-    progress: &Progress,
-    store: &dyn ObjectStore,
+    job: &Job,
     meta: &ObjectMeta,
     range: Range<u64>,
-    file: Option<&Arc<File>>,
-    counted: &mut u64,
+    to: Option<ToFile<'_>>,
+    urgent: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Bytes>, PartError> {
-    let mut body = store.get(&meta.key, range.clone(), &meta.etag).await?;
-    let mut offset = range.start;
-    let mut batch: Vec<Bytes> = Vec::new();
+    let progress = &job.shared.progress;
+    let mut body = job.store.get(&meta.key, range.clone(), &meta.etag).await?;
+    // Bytes counted in the progress but not written: taken back if the GET fails.
     let mut batched = 0usize;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if offset + (batched + chunk.len()) as u64 > range.end {
+    let result = async {
+        let mut offset = range.start;
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            if to.is_some() {
+                hold_back(job, urgent).await;
+            }
+            let Some(chunk) = body.next().await else {
+                break;
+            };
+            let chunk = chunk?;
+            if offset + (batched + chunk.len()) as u64 > range.end {
+                return Err(StoreError::Transient(format!(
+                    "server sent more than the {} bytes asked for",
+                    range.end - range.start
+                ))
+                .into());
+            }
+            progress.add_bytes(chunk.len() as u64);
+            batched += chunk.len();
+            batch.push(chunk);
+            if let Some((file, landed)) = to
+                && batched >= WRITE_BATCH
+            {
+                write_batch(file, std::mem::take(&mut batch), offset).await?;
+                landed(offset..offset + batched as u64);
+                offset += batched as u64;
+                batched = 0;
+            }
+        }
+        if let Some((file, landed)) = to
+            && !batch.is_empty()
+        {
+            write_batch(file, std::mem::take(&mut batch), offset).await?;
+            landed(offset..offset + batched as u64);
+            offset += batched as u64;
+            batched = 0;
+        }
+        if offset + batched as u64 != range.end {
             return Err(StoreError::Transient(format!(
-                "server sent more than the {} bytes asked for",
+                "body ended early: got {} of {} bytes",
+                offset + batched as u64 - range.start,
                 range.end - range.start
             ))
             .into());
         }
-        progress.add_bytes(chunk.len() as u64);
-        *counted += chunk.len() as u64;
-        batched += chunk.len();
-        batch.push(chunk);
-        if let Some(file) = file
-            && batched >= WRITE_BATCH
-        {
-            write_batch(file, std::mem::take(&mut batch), offset).await?;
-            offset += batched as u64;
-            batched = 0;
-        }
+        Ok(batch)
     }
-    if let Some(file) = file
-        && !batch.is_empty()
-    {
-        write_batch(file, std::mem::take(&mut batch), offset).await?;
-        offset += batched as u64;
-        batched = 0;
+    .await;
+    if result.is_err() {
+        progress.sub_bytes(batched as u64);
     }
-    offset += batched as u64;
-    if offset != range.end {
-        return Err(StoreError::Transient(format!(
-            "body ended early: got {} of {} bytes",
-            offset - range.start,
-            range.end - range.start
-        ))
-        .into());
-    }
-    Ok(batch)
+    result
 }
 
 async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Result<()> {
@@ -919,33 +977,43 @@ mod tests {
     use super::*;
 
     fn parts(size: u64, part_size: u64) -> Parts {
-        Parts {
-            part_size,
-            size,
-            present: RangeSet::default(),
-            claimed: vec![false; size.div_ceil(part_size) as usize],
-            wanted: vec![false; size.div_ceil(part_size) as usize],
-            error: None,
-            failure: None,
-        }
+        Parts::new(part_size, size, RangeSet::default())
+    }
+
+    fn unclaimed(p: &Parts, r: Range<u64>) -> Vec<Range<u64>> {
+        p.unclaimed(r).collect()
     }
 
     #[test]
-    fn parts_cover_the_object_exactly() {
+    fn bulk_pieces_are_the_parts_of_the_object() {
         let p = parts(17, 8);
-        let all: Vec<_> = (0..p.claimed.len()).map(|i| p.range(i)).collect();
-        assert_eq!(all, [0..8, 8..16, 16..17]);
-        assert_eq!(parts(8, 8).claimed.len(), 1);
-        assert_eq!(parts(0, 8).claimed.len(), 0);
+        assert_eq!(unclaimed(&p, 0..17), [0..8, 8..16, 16..17]);
+        assert_eq!(unclaimed(&parts(8, 8), 0..8), vec![0..8]);
+        assert!(unclaimed(&parts(0, 8), 0..8).is_empty());
     }
 
     #[test]
-    fn a_byte_range_maps_to_the_parts_holding_it() {
-        let p = parts(17, 8);
-        assert_eq!(p.covering(&(0..1)), 0..1);
-        assert_eq!(p.covering(&(7..9)), 0..2);
-        assert_eq!(p.covering(&(16..100)), 2..3);
-        assert_eq!(p.covering(&(8..8)), 1..1);
+    fn pieces_skip_claimed_bytes_and_never_cross_a_part_boundary() {
+        let mut p = parts(40, 8);
+        // A reader took 3..5 and 10..20.
+        p.claimed.insert(3..5);
+        p.claimed.insert(10..20);
+        assert_eq!(
+            unclaimed(&p, 0..40),
+            [0..3, 5..8, 8..10, 20..24, 24..32, 32..40]
+        );
+        assert_eq!(unclaimed(&p, 6..22), [6..8, 8..10, 20..22]);
+        // Clamped to the file.
+        assert_eq!(unclaimed(&p, 36..100), vec![36..40]);
+    }
+
+    #[test]
+    fn a_reader_range_rounds_out_and_stays_in_the_file() {
+        let p = parts(100, 8);
+        assert_eq!(p.aligned(&(9..10), 4), 8..12);
+        assert_eq!(p.aligned(&(97..98), 8), 96..100);
+        assert_eq!(p.aligned(&(90..200), 8), 88..100);
+        assert_eq!(p.aligned(&(8..8), 8), 8..8);
     }
 
     #[test]

@@ -185,12 +185,15 @@ async fn transient_failures_and_truncated_bodies_are_retried() {
     let big = pattern(200_000, 2);
     store.put("p/big", big.clone());
     store.put("p/small", &b"small object"[..]);
-    // The first two GETs of every range fail: one with a 503, one with a body cut short.
-    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
+    // The first two GETs of every part fail: one with a 503, one with a body cut short.
+    let mut seen: HashMap<(String, u64), Vec<u64>> = HashMap::new();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let log = starts.clone();
     store.set_fault(move |key, range| {
-        let n = seen.entry((key.to_owned(), range.start)).or_default();
-        *n += 1;
-        match *n {
+        let tries = seen.entry((key.to_owned(), range.end)).or_default();
+        tries.push(range.start);
+        log.lock().push((key.to_owned(), tries.clone()));
+        match tries.len() {
             1 => Some(Fault::Fail(StoreError::Transient("503 SlowDown".into()))),
             2 => Some(Fault::Truncate(3)),
             _ => None,
@@ -204,6 +207,12 @@ async fn transient_failures_and_truncated_bodies_are_retried() {
         expected(&[("big", &big), ("small", b"small object")])
     );
     assert_eq!(store.gets(), 3 * (4 + 1));
+    // A part written to its partial file resumes after the bytes that arrived; a small object,
+    // held in memory, is asked for again whole.
+    for (key, tries) in starts.lock().iter().filter(|(_, t)| t.len() == 3) {
+        let resumed = if key == "p/big" { 3 } else { 0 };
+        assert_eq!(tries[2], tries[1] + resumed, "{key}: {tries:?}");
+    }
 }
 
 #[tokio::test]
