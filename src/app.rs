@@ -165,6 +165,16 @@ pub(crate) async fn connect(
     };
     match retry("connect", || connector.connect(&mount.bucket)).await {
         Ok(store) => Ok(Arc::new(store)),
+        // Listing it will say whether it can be reached by now (mount mode then serves the
+        // cache until it can).
+        Err(source) if source.is_transient() => {
+            tracing::warn!(
+                mount = %mount.id,
+                bucket = %mount.bucket,
+                "cannot reach the bucket ({source}); going on with the configured region"
+            );
+            Ok(Arc::new(connector.unprobed(&mount.bucket)))
+        }
         Err(source) => Err(EngineError::Store {
             mount: mount.id.clone(),
             bucket: mount.bucket.clone(),

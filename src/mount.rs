@@ -119,11 +119,29 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         for mount in &sync.mounts {
             let state = engine.open_mount(mount.clone())?;
             let store = connect(mount, sync, &mut connectors).await?;
-            listings.push(engine.list(&state, &store).await?);
+            // Listed, or what earlier runs cached when the store cannot be reached now.
+            let listing = match engine.list(&state, &store).await {
+                Ok(listing) => (listing, true),
+                // Down or unreachable: served from the cache, and listed again each interval.
+                // (A bucket that does not exist or is denied stays an error.)
+                Err(EngineError::Store { source, .. }) if source.is_transient() => {
+                    let cached = state.cached_listing();
+                    tracing::error!(
+                        mount = %mount.id,
+                        bucket = %mount.bucket,
+                        "cannot list the bucket ({source}); serving the {} entries cached \
+                         earlier until it can be listed",
+                        cached.len()
+                    );
+                    (cached, false)
+                }
+                Err(e) => return Err(e),
+            };
+            listings.push(listing);
             sources.push(Source { state, store });
         }
         let vfs = Arc::new(Vfs::new(engine.clone(), sources));
-        for (i, listing) in listings.iter().enumerate() {
+        for (i, (listing, _)) in listings.iter().enumerate() {
             vfs.update(i, listing);
         }
         Ok::<_, EngineError>((vfs, listings))
@@ -132,7 +150,10 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
-        listings.into_iter().map(Some).collect(),
+        listings
+            .into_iter()
+            .map(|(listing, listed)| listed.then_some(listing))
+            .collect(),
         sync.interval,
         sync.stop_after.map(|after| Instant::now() + after),
     ));
@@ -167,9 +188,18 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         })?;
     // The session runs on its own thread and owns the mount until `unmounter` takes it.
     let mut unmounter = session.unmount_callable();
+    let mut ended = session.unmount_callable();
     let background = std::thread::Builder::new()
         .name("fuse-session".into())
-        .spawn(move || session.run())?;
+        .spawn(move || {
+            let result = session.run();
+            // After `fusermount -u` the mount is already gone: take it here, where failing to
+            // unmount it again is expected, rather than in the session's drop, which warns.
+            if let Err(e) = ended.unmount() {
+                tracing::debug!("the mount was already gone: {e}");
+            }
+            result
+        })?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
 
     let signal = runtime.block_on(async {

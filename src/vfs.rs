@@ -820,7 +820,7 @@ mod tests {
     async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
         let tmp = tempfile::tempdir().unwrap();
         let mem = MemoryStore::new("bkt");
-        let part = 1 << 20;
+        let part = 8 << 20;
         let data: Vec<u8> = (0..4 * part).map(|i| (i % 251) as u8).collect();
         mem.put("p/big", data.clone());
         // The bulk download's GETs start at part boundaries: they wait.
@@ -832,10 +832,10 @@ mod tests {
         let at = 2 * part + part / 2 + 10;
         let got = vfs.read(opened.fh, at, 100).await.unwrap();
         assert!(got == data[at as usize..at as usize + 100]);
-        // One GET of the 64 KiB around the read, not of its 1 MiB part.
+        // One GET of the megabyte around the read, not of its 8 MiB part.
         let asked = held.asked.lock().clone();
         let readers: Vec<_> = asked.iter().filter(|r| r.start % part != 0).collect();
-        assert_eq!(readers, [&(at - 10..at - 10 + (64 << 10))], "{asked:?}");
+        assert_eq!(readers, [&(at - 10..at - 10 + (1 << 20))], "{asked:?}");
 
         held.gate.add_permits(1000);
         bulk.await.unwrap().unwrap();

@@ -431,6 +431,24 @@ async fn mount_serves_what_it_has_while_the_server_is_away_and_catches_up() {
     });
     assert_eq!(tree(&dir).len(), 3);
     assert!(m.unmount().success(), "{}", m.log());
+
+    // Started while the server is down, a mount serves what its cache holds, then catches up.
+    s3.stop();
+    let served = tree(&root.path().join("cache/m"));
+    assert_eq!(served.len(), 3);
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    assert!(tree(&dir) == served, "the cache is not what is served");
+    assert!(
+        m.log().contains("cached earlier until it can be listed"),
+        "{}",
+        m.log()
+    );
+    std::fs::write(s3.bucket_dir("bkt").join("e.txt"), b"added while down").unwrap();
+    s3.restart();
+    wait_for(60, "the object added while the mount started", || {
+        std::fs::read(dir.join("e.txt")).is_ok_and(|d| d == b"added while down")
+    });
+    assert!(m.unmount().success(), "{}", m.log());
 }
 
 /// The peak resident set of process `pid` so far, in bytes (0 once it has exited).

@@ -36,8 +36,10 @@ use tracing::Instrument;
 const MAX_ATTEMPTS: u32 = 6;
 /// Times a download restarts because the object changed under it, within one pass.
 const MAX_VERSION_RESTARTS: u32 = 5;
-/// Bytes buffered per part before they are written out.
+/// Bytes buffered per part before they are written out...
 const WRITE_BATCH: usize = 1 << 20;
+/// ...and for a reader waiting on them, who can have them as soon as they are written.
+const URGENT_BATCH: usize = 128 << 10;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
@@ -440,7 +442,7 @@ pub struct Download {
 }
 
 /// Which bytes of a download are where. Bulk workers fetch one part at a time (the unclaimed
-/// bytes of it); a reader fetches exactly the stretch it reads, rounded out to [`READ_ALIGN`].
+/// bytes of it); a reader fetches the stretch it reads, rounded out to [`READ_ALIGN`].
 struct Parts {
     part_size: u64,
     size: u64,
@@ -456,9 +458,10 @@ struct Parts {
     failure: Option<String>,
 }
 
-/// A reader's fetch is the stretch it reads rounded out to this, so the kernel's next few reads
-/// of the same stretch find it there.
-const READ_ALIGN: u64 = 64 << 10;
+/// A reader's fetch is the stretch it reads rounded out to this (or to a part, if smaller): a GET
+/// costs about as much as a megabyte of transfer, and the kernel's next reads of the same
+/// stretch find it there.
+const READ_ALIGN: u64 = 1 << 20;
 
 impl Parts {
     fn new(part_size: u64, size: u64, present: RangeSet) -> Self {
@@ -677,7 +680,7 @@ impl Download {
         // GETs hold back, or this reader would wait behind the backlog it pauses.
         let want = {
             let mut parts = self.parts.lock();
-            let want = parts.aligned(&range, READ_ALIGN);
+            let want = parts.aligned(&range, READ_ALIGN.min(parts.part_size));
             parts.wanted.insert(want.clone());
             want
         };
@@ -878,7 +881,7 @@ async fn read_part(
             batched += chunk.len();
             batch.push(chunk);
             if let Some((file, landed)) = to
-                && batched >= WRITE_BATCH
+                && (batched >= WRITE_BATCH || batched >= URGENT_BATCH && is_urgent(job, urgent))
             {
                 write_batch(file, std::mem::take(&mut batch), offset).await?;
                 landed(offset..offset + batched as u64);

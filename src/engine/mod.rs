@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,28 @@ pub struct MountState {
     pub mount: Mount,
     pub(crate) dir: PathBuf,
     pub(crate) manifest: Mutex<Manifest>,
+}
+
+impl MountState {
+    /// What the cache holds of the mount, as a listing: what the mount serves while its bucket
+    /// cannot be reached.
+    pub fn cached_listing(&self) -> Vec<ObjectMeta> {
+        let manifest = self.manifest.lock();
+        let mtime = |secs: i64| match u64::try_from(secs) {
+            Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+            Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+        };
+        manifest
+            .entries()
+            .values()
+            .map(|e| ObjectMeta {
+                key: e.key.clone(),
+                size: e.size,
+                etag: e.etag.clone(),
+                last_modified: mtime(e.mtime),
+            })
+            .collect()
+    }
 }
 
 /// What one pass over one mount did.
