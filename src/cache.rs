@@ -10,16 +10,21 @@
 //!   record beside it (`.json`: key, ETag, size and the byte ranges present) rewritten by
 //!   `rename` after each part. The record never claims a range before its bytes are written, so
 //!   after a crash the next run fetches only what is missing.
-//! - The tool never writes or deletes through a symbolic link: every directory on the way to a
-//!   final path is checked with `lstat`, and only regular files are deleted.
+//! - The tool never writes or deletes through a symbolic link: the directories on the way to a
+//!   final path are opened one at a time with `O_NOFOLLOW`, files are renamed into and unlinked
+//!   from those open directories (so a link swapped in meanwhile is not followed either), and
+//!   only regular files are deleted.
 //! - One process at a time owns a root (an exclusive `flock` on `lock`).
 
 use crate::engine::plan::Local;
 use crate::mounts::STATE_DIR;
 use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -272,16 +277,16 @@ impl Staged {
     /// Sets the mtime and moves the complete file to `dir/rel`, creating directories as needed.
     pub fn commit(mut self, dir: &Path, rel: &str, mtime: SystemTime) -> Result<(), CacheError> {
         self.file.set_modified(mtime).map_err(io_err(&self.path))?;
-        if let Some((parent, _)) = rel.rsplit_once('/') {
-            ensure_dir(dir, parent)?;
-        }
-        let dest = dir.join(rel);
-        if let Ok(m) = fs::symlink_metadata(&dest)
-            && m.is_dir()
+        let (parent, name) = split(rel);
+        let at = DirFd::open(dir, parent, true)?;
+        let dest = at.path.join(name);
+        if at
+            .lstat(name)
+            .is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFDIR)
         {
             return Err(io_err(&dest)(io::Error::from(io::ErrorKind::IsADirectory)));
         }
-        fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
+        at.rename_into(&self.path, name).map_err(io_err(&dest))?;
         self.committed = true;
         if let Some((record, _)) = &self.record {
             let _ = fs::remove_file(record);
@@ -301,25 +306,7 @@ impl Drop for Staged {
 /// Creates `base/rel` and every directory between, refusing to pass through anything that is not
 /// a real directory (a symbolic link planted there, or a file).
 pub fn ensure_dir(base: &Path, rel: &str) -> Result<(), CacheError> {
-    let mut path = base.to_owned();
-    for component in rel.split('/').filter(|c| !c.is_empty()) {
-        path.push(component);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Err(CacheError::NotADirectory(path)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                        return Err(CacheError::NotADirectory(path));
-                    }
-                }
-                Err(e) => return Err(io_err(&path)(e)),
-            },
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-    }
-    Ok(())
+    DirFd::open(base, rel, true).map(drop)
 }
 
 /// What is at `dir/rel`, without following a final symbolic link.
@@ -334,13 +321,20 @@ pub fn probe(dir: &Path, rel: &str) -> Local {
 /// Removes the regular file `dir/rel`, then its parents up to `dir` while they are empty.
 /// Returns whether a file was removed; something other than a regular file is left alone.
 pub fn remove_file(dir: &Path, rel: &str) -> Result<bool, CacheError> {
-    let path = dir.join(rel);
-    if has_symlink_parent(dir, rel) {
-        return Err(CacheError::NotADirectory(path));
-    }
-    let removed = match fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => {
-            fs::remove_file(&path).map_err(io_err(&path))?;
+    let (parent, name) = split(rel);
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let path = at.path.join(name);
+    let removed = match at.lstat(name) {
+        Ok(m) if m.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            // Without AT_REMOVEDIR, unlinkat removes no directory; whatever is there is removed
+            // itself, never what it points to.
+            at.unlink(name, false).map_err(io_err(&path))?;
             true
         }
         Ok(_) => false,
@@ -353,11 +347,10 @@ pub fn remove_file(dir: &Path, rel: &str) -> Result<bool, CacheError> {
 
 /// Removes the directory `dir/rel` and then its parents while they are empty.
 pub fn remove_empty_dir(dir: &Path, rel: &str) {
-    if has_symlink_parent(dir, rel) {
-        return;
-    }
-    let path = dir.join(rel);
-    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) && fs::remove_dir(&path).is_ok() {
+    let (parent, name) = split(rel);
+    if let Ok(at) = DirFd::open(dir, parent, false)
+        && at.unlink(name, true).is_ok()
+    {
         remove_empty_parents(dir, rel);
     }
 }
@@ -365,17 +358,132 @@ pub fn remove_empty_dir(dir: &Path, rel: &str) {
 fn remove_empty_parents(dir: &Path, rel: &str) {
     let mut rel = rel;
     while let Some((parent, _)) = rel.rsplit_once('/') {
-        // remove_dir fails on a non-empty directory: files a user put there keep it alive.
-        if fs::remove_dir(dir.join(parent)).is_err() {
-            break;
+        // rmdir fails on a non-empty directory: files a user put there keep it alive.
+        let (up, name) = split(parent);
+        match DirFd::open(dir, up, false) {
+            Ok(at) if at.unlink(name, true).is_ok() => rel = parent,
+            _ => break,
         }
-        rel = parent;
     }
 }
 
-fn has_symlink_parent(dir: &Path, rel: &str) -> bool {
-    crate::paths::ancestors(rel)
-        .any(|a| fs::symlink_metadata(dir.join(a)).is_ok_and(|m| !m.is_dir()))
+/// `rel` as its parent directory ("" for none) and its last component.
+fn split(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+/// A directory opened one component at a time without following symbolic links: what is done
+/// relative to it (rename, unlink, lstat) stays in it, even if someone swaps a component for a
+/// link meanwhile. (Checking each component with `lstat` first would leave that window open.)
+struct DirFd {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl DirFd {
+    /// Opens `base/rel` (`base` itself is trusted), creating missing directories if `create`.
+    fn open(base: &Path, rel: &str, create: bool) -> Result<Self, CacheError> {
+        let mut fd = File::open(base).map_err(io_err(base))?.into();
+        let mut path = base.to_owned();
+        for component in rel.split('/').filter(|c| !c.is_empty()) {
+            path.push(component);
+            let name =
+                CString::new(component).map_err(|_| CacheError::NotADirectory(path.clone()))?;
+            let open = |fd: &OwnedFd| {
+                // SAFETY: a valid directory descriptor and a NUL-terminated name.
+                let raw = unsafe {
+                    libc::openat(
+                        fd.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if raw < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
+                    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+                }
+            };
+            let opened = match open(&fd) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    // SAFETY: as above.
+                    if unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o777) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return Err(io_err(&path)(e));
+                        }
+                    }
+                    open(&fd)
+                }
+                other => other,
+            };
+            fd = match opened {
+                Ok(next) => next,
+                // A symbolic link (ELOOP) or something else than a directory (ENOTDIR).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    return Err(CacheError::NotADirectory(path));
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+        }
+        Ok(Self { fd, path })
+    }
+
+    fn name(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// `lstat` of an entry.
+    fn lstat(&self, name: &str) -> io::Result<libc::stat> {
+        let name = Self::name(name)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated name and room for the result.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so it filled `st`.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// Moves `from` (a path in the tool's own state directory) to `name` in this directory.
+    fn rename_into(&self, from: &Path, name: &str) -> io::Result<()> {
+        let from = CString::new(from.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let name = Self::name(name)?;
+        // SAFETY: NUL-terminated paths and a valid directory descriptor.
+        let rc = unsafe {
+            libc::renameat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes the entry `name` itself: an empty directory if `dir`, else anything but one.
+    fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
+        let name = Self::name(name)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +534,27 @@ mod tests {
         ));
         assert!(remove_file(&dir, "d/victim").is_err());
         assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_once_opened_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        fs::create_dir(dir.join("d")).unwrap();
+        let at = DirFd::open(&dir, "d", false).unwrap();
+        // Someone moves the directory away and plants a link in its place.
+        fs::rename(dir.join("d"), dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.join("d")).unwrap();
+
+        let s = cache.stage(0).unwrap();
+        at.rename_into(&s.path, "f").unwrap();
+        assert!(dir.join("moved/f").exists());
+        assert!(!outside.path().join("f").exists());
+        at.unlink("f", false).unwrap();
+        assert!(!dir.join("moved/f").exists());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -9,10 +9,13 @@ fn init_tracing(debug: bool) {
     let default = if debug {
         "s3_synchronizer=debug,fuser=warn,info"
     } else {
-        // fuser warns about routine events (an unmount it did not make itself).
         "s3_synchronizer=info,fuser=error,warn"
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        // fuser's session, once `fusermount -u` has unmounted it, unmounts again as it ends and
+        // warns that it could not: its only warning, and always a false alarm.
+        .add_directive("fuser::session=error".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter::stderr())

@@ -188,18 +188,9 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         })?;
     // The session runs on its own thread and owns the mount until `unmounter` takes it.
     let mut unmounter = session.unmount_callable();
-    let mut ended = session.unmount_callable();
     let background = std::thread::Builder::new()
         .name("fuse-session".into())
-        .spawn(move || {
-            let result = session.run();
-            // After `fusermount -u` the mount is already gone: take it here, where failing to
-            // unmount it again is expected, rather than in the session's drop, which warns.
-            if let Err(e) = ended.unmount() {
-                tracing::debug!("the mount was already gone: {e}");
-            }
-            result
-        })?;
+        .spawn(move || session.run())?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
 
     let signal = runtime.block_on(async {

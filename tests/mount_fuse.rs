@@ -213,13 +213,21 @@ async fn a_remount_serves_the_cache_without_downloading_again() {
     let root = tempfile::tempdir().unwrap();
     let mounts = mounts_json(&[("all", "bkt", "")]);
     let args = ["--part-size", "64KiB"];
-    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    let mut m = Mounted::start(
+        &s3,
+        root.path(),
+        &mounts,
+        &[&args[..], &["--debug"]].concat(),
+    );
     // Wait for the background download to fill the cache.
     let cached = root.path().join("cache/all");
     wait_for(60, "the cache to fill", || {
         tree(&cached) == tree(&s3.bucket_dir("bkt"))
     });
     assert!(m.unmount().success(), "{}", m.log());
+    // A clean run warns of nothing, even with --debug.
+    let log = m.log();
+    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
 
     let gets = s3.gets();
     let mut m = Mounted::start(&s3, root.path(), &mounts, &args);

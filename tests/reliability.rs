@@ -196,8 +196,9 @@ fn assert_all_exact(dir: &Path, expected: &BTreeMap<String, Vec<u8>>) -> BTreeSe
     found.into_keys().collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_kill_9s_in_a_row_lose_nothing_and_fetch_no_complete_file_again() {
+/// 30 objects of 1 MiB and 3 of 6 MiB, and a proxy passing 1 MiB/s a connection: downloading
+/// them all takes over 12 s, so kills land mid-way.
+async fn slow_kill_data() -> (S3Server, SlowProxy, BTreeMap<String, Vec<u8>>) {
     let s3 = S3Server::start_seeded(&["bkt"], |data| {
         std::fs::create_dir_all(data.join("bkt/d")).unwrap();
         for i in 0..33u64 {
@@ -206,38 +207,52 @@ async fn twenty_kill_9s_in_a_row_lose_nothing_and_fetch_no_complete_file_again()
         }
     })
     .await;
-    // 1 MiB/s a connection: a full sync takes over 12 s, so the kills land mid-way.
     let proxy = SlowProxy::start(&s3.endpoint, 1 << 20).await;
     let expected = tree(&s3.bucket_dir("bkt"));
-    let dest = tempfile::tempdir().unwrap();
-    let args = ["--part-size", "1MiB", "--concurrency", "4"];
+    (s3, proxy, expected)
+}
+
+const KILL_ARGS: [&str; 4] = ["--part-size", "1MiB", "--concurrency", "4"];
+
+/// What a round knew before it started: how many GETs the server had seen, and which files
+/// were complete in the tool's directory.
+type Round = (usize, BTreeSet<String>);
+
+/// Twenty rounds of: start the tool (`start` gets a seeded random number and returns what
+/// kills it), let it run 100-600 ms (seeded), kill -9 it. Every file complete in `dir` is exact
+/// before each round.
+fn twenty_kills(
+    s3: &S3Server,
+    dir: &Path,
+    expected: &BTreeMap<String, Vec<u8>>,
+    mut start: impl FnMut(u64) -> Box<dyn FnOnce()>,
+) -> Vec<Round> {
     let mut rng = seed() | 1;
     let mut rounds = Vec::new();
     for _ in 0..20 {
-        let complete = assert_all_exact(&dest.path().join("m"), &expected);
+        let complete = assert_all_exact(dir, expected);
         rounds.push((s3.get_log().len(), complete));
-        let mut child = sync_cmd(&proxy.endpoint, dest.path(), &args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
+        let kill = start(rng);
         std::thread::sleep(Duration::from_millis(100 + rng % 500));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill();
     }
     let midway = rounds
         .iter()
         .filter(|(_, c)| c.len() < expected.len())
         .count();
-    assert!(midway >= 15, "only {midway} of 20 kills landed mid-sync");
-    run_ok(&mut sync_cmd(&s3.endpoint, dest.path(), &args));
-    assert!(tree(&dest.path().join("m")) == expected, "the copy differs");
+    assert!(
+        midway >= 15,
+        "only {midway} of 20 kills landed mid-download"
+    );
+    rounds
+}
 
-    // A file complete before a round is not fetched again in that round or after (but for the
-    // one file whose rename may have raced the kill before it).
+/// A file complete before a round is not fetched again in that round or after (but for the one
+/// file whose rename may have raced the kill before it).
+fn assert_no_complete_file_fetched_again(s3: &S3Server, rounds: &[Round]) {
     let log = s3.get_log();
     for (round, (gets, complete)) in rounds.iter().enumerate() {
         let again: BTreeSet<&str> = log[*gets..]
@@ -247,8 +262,56 @@ async fn twenty_kill_9s_in_a_row_lose_nothing_and_fetch_no_complete_file_again()
             .collect();
         assert!(again.len() <= 1, "round {round} fetched again {again:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_kill_9s_in_a_row_lose_nothing_and_fetch_no_complete_file_again() {
+    let (s3, proxy, expected) = slow_kill_data().await;
+    let dest = tempfile::tempdir().unwrap();
+    let rounds = twenty_kills(&s3, &dest.path().join("m"), &expected, |_| {
+        let mut child = sync_cmd(&proxy.endpoint, dest.path(), &KILL_ARGS)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Box::new(move || {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        })
+    });
+    run_ok(&mut sync_cmd(&s3.endpoint, dest.path(), &KILL_ARGS));
+    assert!(tree(&dest.path().join("m")) == expected, "the copy differs");
+    assert_no_complete_file_fetched_again(&s3, &rounds);
     let staging = dest.path().join(".s3-synchronizer/staging");
     assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_kill_9s_of_a_mount_lose_nothing_and_fetch_no_complete_file_again() {
+    let (s3, proxy, expected) = slow_kill_data().await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let rounds = twenty_kills(&s3, &root.path().join("cache/m"), &expected, |r| {
+        let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &KILL_ARGS);
+        // A reader too, so that some downloads are a reader's when the kill lands: it gets
+        // the right bytes or an error, never others.
+        let name = format!("d/f{:02}", r % 33);
+        let want = expected[&name].clone();
+        let file = m.dest.join("m").join(&name);
+        let reader = std::thread::spawn(move || std::fs::read(file).ok());
+        Box::new(move || {
+            m.child.kill().unwrap(); // SIGKILL
+            m.child.wait().unwrap();
+            fusermount_u(&m.dest, true);
+            if let Some(data) = reader.join().unwrap() {
+                assert!(data == want, "{name} read wrong bytes");
+            }
+        })
+    });
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &KILL_ARGS);
+    assert_same_tree(&m.dest.join("m"), &s3.bucket_dir("bkt"));
+    assert!(m.unmount().success(), "{}", m.log());
+    assert_no_complete_file_fetched_again(&s3, &rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -345,6 +408,42 @@ async fn a_full_disk_fails_clearly_corrupts_nothing_and_completes_once_space_is_
     assert!(tree(&disk.0.join("m")) == expected, "the copy differs");
     let staging = disk.0.join(".s3-synchronizer/staging");
     assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_whose_cache_fills_up_fails_reads_clearly_and_serves_all_once_space_is_freed() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+        return;
+    }
+    let s3 = seeded().await;
+    let expected = tree(&s3.bucket_dir("bkt"));
+    let root = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&root.path().join("cache"), "6m");
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let args = [&ARGS[..], &["--download-interval", "1"]].concat();
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    let dir = m.dest.join("m");
+
+    // Every file read while the cache is full has its object's bytes, or fails.
+    wait_for(60, "the cache to fill up", || {
+        m.log().contains("No space left on device")
+    });
+    let watch = FinalPaths::watch(dir.clone(), expected.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(watch.finish() < expected.len(), "everything fit");
+    let log = m.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("No space left on device"))
+        .unwrap();
+    assert!(line.contains("obj-"), "the line names no file: {line}");
+    assert!(m.child.try_wait().unwrap().is_none(), "the mount stopped");
+
+    disk.resize("64m");
+    assert_same_tree(&dir, &s3.bucket_dir("bkt"));
+    assert!(m.unmount().success(), "{}", m.log());
 }
 
 /// Lets a recurring tool run several intervals with the server gone, then brings the server back
