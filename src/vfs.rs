@@ -409,10 +409,10 @@ impl Vfs {
         };
         let end = offset + u64::from(size);
         if let Some(d) = &handle.download {
-            handle.read_ahead(d, offset, end);
             if !d.is_present(offset..end) {
                 return None;
             }
+            handle.read_ahead(d, offset, end);
         }
         handle
             .next
@@ -429,6 +429,10 @@ impl Vfs {
             .ok_or(FsError::BadHandle)?;
         let end = offset + u64::from(size);
         if let Some(d) = &handle.download {
+            // The read's own GET first, then what comes after it.
+            if !d.is_present(offset..end) {
+                d.want(offset..end);
+            }
             handle.read_ahead(d, offset, end);
             d.read_ready(offset..end).await?;
         }

@@ -372,6 +372,16 @@ impl Tmpfs {
     }
 }
 
+/// Whether this test may mount a tmpfs (as root); says so when it may not.
+fn can_mount_tmpfs() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+    }
+    root
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -383,9 +393,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_fails_clearly_corrupts_nothing_and_completes_once_space_is_freed() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+    if !can_mount_tmpfs() {
         return;
     }
     let s3 = seeded().await;
@@ -412,9 +420,7 @@ async fn a_full_disk_fails_clearly_corrupts_nothing_and_completes_once_space_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mount_whose_cache_fills_up_fails_reads_clearly_and_serves_all_once_space_is_freed() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+    if !can_mount_tmpfs() {
         return;
     }
     let s3 = seeded().await;

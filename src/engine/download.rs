@@ -632,12 +632,16 @@ impl Download {
         }
     }
 
-    /// Fetches `range` (rounded out to whole parts) ahead of a sequential reader, without
-    /// waiting for it.
+    /// Fetches `range` ahead of a sequential reader, without waiting for it: from the end of
+    /// the stretch a read at its start would fetch (so that read does not wait for a whole
+    /// part) to the end of its last part.
     pub fn prefetch(self: &Arc<Self>, range: Range<u64>) {
         let range = {
             let parts = self.parts.lock();
-            parts.aligned(&range, parts.part_size)
+            let align = READ_ALIGN.min(parts.part_size);
+            let start = range.start.div_ceil(align).saturating_mul(align);
+            let end = parts.aligned(&range, parts.part_size).end;
+            start.min(end)..end
         };
         self.fetch_unclaimed(range);
     }
@@ -668,16 +672,12 @@ impl Download {
         }
     }
 
-    /// Makes `range` readable: fetches what of it nobody fetches yet ahead of everything else,
-    /// and waits for it.
-    pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
-        if self.is_present(range.clone()) {
-            return Ok(());
-        }
-        tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
-        // Bytes the background download has already claimed go to the priority lane too (if
-        // they wait for a permit, to fetch or to retry), and keep streaming while other bulk
-        // GETs hold back, or this reader would wait behind the backlog it pauses.
+    /// Marks `range` as waited for and fetches what of it nobody fetches yet, ahead of
+    /// everything else (the stretch around it, see [`READ_ALIGN`]). Bytes the background
+    /// download has already claimed go to the priority lane too (if they wait for a permit, to
+    /// fetch or to retry), and keep streaming while other bulk GETs hold back, or this reader
+    /// would wait behind the backlog it pauses. Returns the stretch.
+    pub fn want(self: &Arc<Self>, range: Range<u64>) -> Range<u64> {
         let want = {
             let mut parts = self.parts.lock();
             let want = parts.aligned(&range, READ_ALIGN.min(parts.part_size));
@@ -685,6 +685,17 @@ impl Download {
             want
         };
         self.job.flight.wake.notify_waiters();
+        self.fetch_unclaimed(want.clone());
+        want
+    }
+
+    /// Makes `range` readable: [`Download::want`]s it and waits for it.
+    pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
+        if self.is_present(range.clone()) {
+            return Ok(());
+        }
+        tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
+        let want = self.want(range.clone());
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
@@ -856,7 +867,12 @@ async fn read_part(
     urgent: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Bytes>, PartError> {
     let progress = &job.shared.progress;
+    let asked = std::time::Instant::now();
     let mut body = job.store.get(&meta.key, range.clone(), &meta.etag).await?;
+    if is_urgent(job, urgent) {
+        // With "read waits"/"read waited", tells the server's share of a reader's wait.
+        tracing::debug!(key = %meta.key, ?range, elapsed = ?asked.elapsed(), "reader's GET answered");
+    }
     // Bytes counted in the progress but not written: taken back if the GET fails.
     let mut batched = 0usize;
     let result = async {
