@@ -7,6 +7,7 @@
 #   scripts/bench_mount.sh                              # every case, best of 2 runs
 #   scripts/bench_mount.sh --cases first-byte,tail-read --runs 5
 #   scripts/bench_mount.sh --logs /tmp/bench-logs       # keep the mounts' and server's logs
+#   OURS_FLAGS="--concurrency 8" scripts/bench_mount.sh   # more flags for every mount of ours
 #   scripts/bench.sh --mount --cases walk-stat          # the same, through bench.sh
 #
 # Cases (bucket `bench`, data written to the server's disk before it starts):
@@ -197,7 +198,7 @@ start_ours() {
     spawn "$logfile" env RUST_LOG="$MOUNT_LOG_LEVEL" "$TOOL" mount \
         --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\"}]" \
         --destination "$mnt" --cache-dir "$cache" --endpoint-url "$S3_ENDPOINT" \
-        --region "$S3_REGION" "$@"
+        --region "$S3_REGION" "$@" ${OURS_FLAGS:-}
     MOUNT_PIDS[$mnt]="$BG_PID"
     wait_mounted "$mnt" "$id" "$logfile"
 }

@@ -429,12 +429,10 @@ impl Vfs {
             .ok_or(FsError::BadHandle)?;
         let end = offset + u64::from(size);
         if let Some(d) = &handle.download {
-            // The read's own GET first, then what comes after it.
-            if !d.is_present(offset..end) {
-                d.want(offset..end);
-            }
-            handle.read_ahead(d, offset, end);
+            // What comes after the read is fetched once the read is served: fetched at the same
+            // time, it delays the read's own GET at the server.
             d.read_ready(offset..end).await?;
+            handle.read_ahead(d, offset, end);
         }
         handle.next.store(end, Ordering::Relaxed);
         pread(&handle.file, offset, size)

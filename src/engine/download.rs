@@ -677,7 +677,7 @@ impl Download {
     /// download has already claimed go to the priority lane too (if they wait for a permit, to
     /// fetch or to retry), and keep streaming while other bulk GETs hold back, or this reader
     /// would wait behind the backlog it pauses. Returns the stretch.
-    pub fn want(self: &Arc<Self>, range: Range<u64>) -> Range<u64> {
+    fn want(self: &Arc<Self>, range: Range<u64>) -> Range<u64> {
         let want = {
             let mut parts = self.parts.lock();
             let want = parts.aligned(&range, READ_ALIGN.min(parts.part_size));
