@@ -489,7 +489,7 @@ mod tests {
     use crate::engine::EngineConfig;
     use crate::mounts::Mount;
     use crate::progress::Progress;
-    use crate::store::memory::MemoryStore;
+    use crate::store::memory::{GetHook, Hooked, MemoryStore};
     use futures_util::StreamExt;
     use tokio_util::sync::CancellationToken;
 
@@ -670,7 +670,6 @@ mod tests {
     type Holds = Box<dyn Fn(&str, u64) -> bool + Send + Sync>;
 
     struct Held {
-        inner: Arc<MemoryStore>,
         holds: Holds,
         gate: tokio::sync::Semaphore,
         asked: parking_lot::Mutex<Vec<std::ops::Range<u64>>>,
@@ -682,31 +681,23 @@ mod tests {
         fn new(
             inner: Arc<MemoryStore>,
             holds: impl Fn(&str, u64) -> bool + Send + Sync + 'static,
-        ) -> Arc<Self> {
-            Arc::new(Self {
-                inner,
+        ) -> Arc<Hooked<Self>> {
+            let held = Self {
                 holds: Box::new(holds),
                 gate: tokio::sync::Semaphore::new(0),
                 asked: parking_lot::Mutex::default(),
                 stalled: AtomicU64::new(0),
                 pulled: Arc::default(),
-            })
+            };
+            Hooked::new(inner, held)
         }
     }
 
     #[async_trait::async_trait]
-    impl ObjectStore for Held {
-        fn bucket(&self) -> &str {
-            self.inner.bucket()
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, crate::store::StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, crate::store::StoreError> {
-            self.inner.head(key).await
-        }
+    impl GetHook for Held {
         async fn get(
             &self,
+            inner: &MemoryStore,
             key: &str,
             range: std::ops::Range<u64>,
             etag: &str,
@@ -718,7 +709,7 @@ mod tests {
                 self.gate.acquire().await.unwrap().forget();
             }
             let pulled = self.pulled.clone();
-            let body = self.inner.get(key, range, etag).await?;
+            let body = inner.get(key, range, etag).await?;
             Ok(Box::pin(body.inspect(move |chunk| {
                 if let Ok(chunk) = chunk {
                     pulled.fetch_add(chunk.len() as u64, Ordering::SeqCst);

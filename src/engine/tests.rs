@@ -4,7 +4,7 @@
 use super::*;
 use crate::mounts::STATE_DIR;
 use crate::store::Body;
-use crate::store::memory::{Fault, MemoryStore};
+use crate::store::memory::{Fault, GetHook, Hooked, MemoryStore};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -322,10 +322,10 @@ async fn dangerous_and_unrepresentable_keys_are_skipped() {
     assert!(!tmp.path().parent().unwrap().join("escape").exists());
 }
 
-/// Wraps a store and records the most GETs ever in flight at once (a GET is in flight from the
-/// call until its body is dropped).
+/// Records the most GETs ever in flight at once (a GET is in flight from the call until its body
+/// is dropped).
+#[derive(Default)]
 struct Gauge {
-    inner: Arc<MemoryStore>,
     now: Arc<AtomicUsize>,
     peak: AtomicUsize,
 }
@@ -339,22 +339,19 @@ impl Drop for InFlight {
 }
 
 #[async_trait]
-impl ObjectStore for Gauge {
-    fn bucket(&self) -> &str {
-        self.inner.bucket()
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+impl GetHook for Gauge {
+    async fn get(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
         let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         let guard = InFlight(self.now.clone());
         self.peak.fetch_max(n, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let body = self.inner.get(key, range, etag).await?;
+        let body = inner.get(key, range, etag).await?;
         Ok(Box::pin(body.map(move |chunk| {
             let _ = &guard;
             chunk
@@ -369,11 +366,7 @@ async fn concurrency_bounds_the_gets_in_flight() {
     for i in 0..20 {
         inner.put(&format!("p/f{i}"), pattern(150_000 + i, i as u8));
     }
-    let gauge = Arc::new(Gauge {
-        inner: inner.clone(),
-        now: Arc::new(AtomicUsize::new(0)),
-        peak: AtomicUsize::new(0),
-    });
+    let gauge = Hooked::new(inner.clone(), Gauge::default());
     let engine = engine_at(tmp.path(), 3, CancellationToken::new());
     let state = engine.open_mount(mount("p/")).unwrap();
     let stats = engine.sync_mount(&state, gauge.clone()).await.unwrap();
@@ -387,28 +380,24 @@ async fn concurrency_bounds_the_gets_in_flight() {
     }
 }
 
-/// Wraps a store; bodies of `key` from byte `from` on send their first chunk and never end.
+/// Bodies of `key` from byte `from` on send their first chunk and never end.
 struct Stall {
-    inner: Arc<MemoryStore>,
     key: &'static str,
     from: u64,
     stalled: Arc<AtomicU64>,
 }
 
 #[async_trait]
-impl ObjectStore for Stall {
-    fn bucket(&self) -> &str {
-        self.inner.bucket()
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+impl GetHook for Stall {
+    async fn get(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
         let stall = key == self.key && range.start >= self.from;
-        let body = self.inner.get(key, range, etag).await?;
+        let body = inner.get(key, range, etag).await?;
         if !stall {
             return Ok(body);
         }
@@ -439,12 +428,14 @@ async fn a_cancelled_download_leaves_no_partial_file_in_place_and_resumes_where_
     inner.put("p/big", data.clone());
     // Parts 0-2 arrive; parts 3-6 hang.
     let stalled = Arc::new(AtomicU64::new(0));
-    let store = Arc::new(Stall {
-        inner: inner.clone(),
-        key: "p/big",
-        from: 3 * PART,
-        stalled: stalled.clone(),
-    });
+    let store = Hooked::new(
+        inner.clone(),
+        Stall {
+            key: "p/big",
+            from: 3 * PART,
+            stalled: stalled.clone(),
+        },
+    );
     let cancel = CancellationToken::new();
     let engine = engine_at(tmp.path(), 4, cancel.clone());
     let state = engine.open_mount(mount("p/")).unwrap();

@@ -168,3 +168,56 @@ impl ObjectStore for MemoryStore {
         Ok(chunked(body))
     }
 }
+
+/// What a test does with each GET of a [`Hooked`] store, given the real store to answer from.
+#[cfg(test)]
+#[async_trait]
+pub trait GetHook: Send + Sync + 'static {
+    async fn get(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError>;
+}
+
+/// An in-memory store whose GETs go through a test's hook (to watch, hold back or stall them);
+/// everything else is the store's own. Derefs to the hook, for the test to read its state.
+#[cfg(test)]
+pub struct Hooked<H> {
+    inner: Arc<MemoryStore>,
+    hook: H,
+}
+
+#[cfg(test)]
+impl<H: GetHook> Hooked<H> {
+    pub fn new(inner: Arc<MemoryStore>, hook: H) -> Arc<Self> {
+        Arc::new(Self { inner, hook })
+    }
+}
+
+#[cfg(test)]
+impl<H> std::ops::Deref for Hooked<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hook
+    }
+}
+
+#[cfg(test)]
+#[async_trait]
+impl<H: GetHook> ObjectStore for Hooked<H> {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        self.hook.get(&self.inner, key, range, etag).await
+    }
+}
