@@ -1,15 +1,16 @@
 //! Downloading one object with concurrent ranged GETs, then committing it.
 //!
 //! A small object is one GET into memory, then a staging file. A large one is a [`Download`]:
-//! its parts land in a resumable partial file, in the order they are claimed: bulk workers claim
-//! the lowest missing part, and a reader waiting for a byte range claims the parts covering it
-//! ahead of them, on the priority lane ([`Download::read_ready`]).
+//! its bytes land in a resumable partial file as they arrive, in the order they are claimed:
+//! bulk workers claim the lowest missing part, and a reader waiting for a byte range claims the
+//! megabyte around it ahead of them, on the priority lane ([`Download::read_ready`]); while a
+//! reader waits, bulk GETs hold back (`hold_back`).
 //!
 //! Every GET of one object carries the ETag from the listing (`If-Match`). When the store says the
 //! object changed, the partial download is thrown away, the object is looked up again and the
 //! download restarts with the new version: parts of two versions are never stitched together.
-//! Transient failures of a part retry that part alone, with backoff; the GET permit is released
-//! while it waits.
+//! Transient failures of a GET retry what of it did not land, with backoff; the GET permit is
+//! released while it waits.
 
 use super::{MountState, Shared};
 use crate::cache::{CacheError, Staged};
@@ -36,7 +37,7 @@ use tracing::Instrument;
 const MAX_ATTEMPTS: u32 = 6;
 /// Times a download restarts because the object changed under it, within one pass.
 const MAX_VERSION_RESTARTS: u32 = 5;
-/// Bytes buffered per part before they are written out...
+/// Bytes buffered per GET before they are written out...
 const WRITE_BATCH: usize = 1 << 20;
 /// ...and for a reader waiting on them, who can have them as soon as they are written.
 const URGENT_BATCH: usize = 128 << 10;
@@ -365,8 +366,8 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     .expect("write task panicked")
 }
 
-/// A large object is written part by part, as parts arrive, into its partial file: bulk
-/// workers fetch the missing parts in order while readers may fetch the parts they need first.
+/// A large object is written into its partial file as its bytes arrive: bulk workers fetch the
+/// missing parts in order while readers may fetch the bytes they need first.
 async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
     let (shared, m) = (job.shared.clone(), meta.clone());
     let id = job.mount.mount.id.clone();
