@@ -585,7 +585,7 @@ case_backlog() {
         measure first-byte - "first-byte: open + read 1 B of a 64 MiB file" \
             ours "$ours" \
             curl "one GET, idle server (curl, to first byte)" \
-            curl-busy "one GET while our backlog downloads (curl, to first byte)"
+            curl-busy "one GET 1 s into our backlog, just before our read (curl, to first byte)"
         measure first-whole $((64 << 20)) "first-byte: open + read all of a 64 MiB file" \
             ours "$ours" \
             curl "one GET, idle server (curl)" \
@@ -601,7 +601,7 @@ case_backlog() {
         measure tail-read "$one" "tail-read: last 1 MiB of a 1 GiB file" \
             ours "$ours" \
             curl "one ranged GET, idle server (curl)" \
-            curl-busy "one ranged GET while our backlog downloads (curl)" \
+            curl-busy "one ranged GET 1 s into our backlog, just before our read (curl)" \
             rclone "rclone cat --offset --count, idle server (whole process)"
         specs+=("tail=${t1g#bl/}")
         curl_get "$t1g" total "$range" "$work/get.out" >/dev/null
@@ -639,6 +639,10 @@ case_backlog() {
         start_ours bl bl/ "$mnt" "$cache" "$mlog"
         log "  mounted in $(elapsed "$t" "$(now)") s; reading in 1 s, while the backlog downloads"
         sleep 1
+        # What the server gives anyone at that point of the backlog: the same GETs, just before
+        # our reads (the first second of a mount is the backlog's busiest).
+        [[ $first -eq 1 ]] && record first-byte curl-busy "$round" "$(curl_get "$f64" first)"
+        [[ $tail -eq 1 ]] && record tail-read curl-busy "$round" "$(curl_get "$t1g" total "$range")"
         out="$(py probe "$cache" bl bl/ "$mnt" "$src/bl" "${specs[@]}")"
         while read -r kind secs state; do
             case "$kind" in
@@ -655,9 +659,6 @@ case_backlog() {
             waits="$(grep -c "read waits for its range key=$t " "$mlog" || true)"
             notes+=("run $((round + 1)): $key: the target in our cache before the read: $state; reads that waited for a range: $waits")
         done <<<"$out"
-        # What the server gives anyone under that load: the same GETs, the backlog still going.
-        [[ $first -eq 1 ]] && record first-byte curl-busy "$round" "$(curl_get "$f64" first)"
-        [[ $tail -eq 1 ]] && record tail-read curl-busy "$round" "$(curl_get "$t1g" total "$range")"
         if grep -q 'pass complete mount="bl"' "$mlog"; then
             notes+=("run $((round + 1)): WARNING: the backlog was complete before the reads ended")
         else
