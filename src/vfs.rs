@@ -76,14 +76,21 @@ struct Handle {
     download: Option<Arc<Download>>,
     /// Where the last read ended: a read starting there is sequential.
     next: AtomicU64,
+    /// How far ahead of a sequential reader its file is fetched: doubles with each sequential
+    /// read up to [`READ_AHEAD`], and starts over after a random one.
+    window: AtomicU64,
 }
 
 impl Handle {
     /// A sequential reader of a downloading file gets the next stretch fetched ahead of it.
     fn read_ahead(&self, download: &Arc<Download>, offset: u64, end: u64) {
-        if self.next.load(Ordering::Relaxed) == offset {
-            download.prefetch(end..end + READ_AHEAD);
+        if self.next.load(Ordering::Relaxed) != offset {
+            self.window.store(0, Ordering::Relaxed);
+            return;
         }
+        let window = (self.window.load(Ordering::Relaxed) * 2).clamp(MIN_AHEAD, READ_AHEAD);
+        self.window.store(window, Ordering::Relaxed);
+        download.prefetch(end..end + window);
     }
 }
 
@@ -387,6 +394,7 @@ impl Vfs {
                 file,
                 download,
                 next: AtomicU64::new(0),
+                window: AtomicU64::new(0),
             }),
         );
         Ok(Opened {
@@ -454,7 +462,10 @@ impl Vfs {
     }
 }
 
-/// How far ahead of a sequential reader a downloading file is fetched.
+/// How far ahead of a sequential reader a downloading file is fetched: at first (a reader of a
+/// header reads a few bytes and stops) ...
+const MIN_AHEAD: u64 = 1 << 20;
+/// ... and at most.
 const READ_AHEAD: u64 = 16 << 20;
 
 fn pread(file: &File, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {

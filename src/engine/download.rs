@@ -487,6 +487,17 @@ impl Parts {
         (range.start / align * align)..end.min(self.size)
     }
 
+    /// What [`Download::prefetch`] fetches for `range`.
+    fn ahead(&self, range: &Range<u64>) -> Range<u64> {
+        let align = READ_ALIGN.min(self.part_size);
+        let start = range.start.div_ceil(align).saturating_mul(align);
+        let len = (range.end - range.start)
+            .max(READ_ALIGN)
+            .min(self.part_size);
+        let end = self.aligned(range, len).end;
+        start.min(end)..end
+    }
+
     /// The bytes of `range` nobody fetches yet, cut at part boundaries: one GET each.
     fn unclaimed(&self, range: Range<u64>) -> impl Iterator<Item = Range<u64>> + use<> {
         let part_size = self.part_size;
@@ -634,16 +645,10 @@ impl Download {
     }
 
     /// Fetches `range` ahead of a sequential reader, without waiting for it: from the end of
-    /// the stretch a read at its start would fetch (so that read does not wait for a whole
-    /// part) to the end of its last part.
+    /// the stretch a read at its start would fetch, to a multiple of its length (a part at
+    /// most), so that a reader's window moving forward claims pieces of about its size.
     pub fn prefetch(self: &Arc<Self>, range: Range<u64>) {
-        let range = {
-            let parts = self.parts.lock();
-            let align = READ_ALIGN.min(parts.part_size);
-            let start = range.start.div_ceil(align).saturating_mul(align);
-            let end = parts.aligned(&range, parts.part_size).end;
-            start.min(end)..end
-        };
+        let range = self.parts.lock().ahead(&range);
         self.fetch_unclaimed(range);
     }
 
@@ -1025,6 +1030,25 @@ mod tests {
         assert_eq!(unclaimed(&p, 6..22), [6..8, 8..10, 20..22]);
         // Clamped to the file.
         assert_eq!(unclaimed(&p, 36..100), vec![36..40]);
+    }
+
+    #[test]
+    fn a_sequential_readers_prefetch_starts_small_and_grows_to_whole_parts() {
+        const MIB: u64 = 1 << 20;
+        let p = parts(100 * MIB, 8 * MIB);
+        let k = 16 << 10;
+        // A first read of 16 KiB at 0 fetches its megabyte; the next one, ahead of it.
+        assert_eq!(p.ahead(&(k..k + MIB)), MIB..2 * MIB);
+        // Doubling windows, each ending on a multiple of itself...
+        assert_eq!(p.ahead(&(3 * k..3 * k + 2 * MIB)), MIB..4 * MIB);
+        assert_eq!(p.ahead(&(5 * k..5 * k + 4 * MIB)), MIB..8 * MIB);
+        // ...up to whole parts.
+        assert_eq!(p.ahead(&(9 * k..9 * k + 16 * MIB)), MIB..24 * MIB);
+        // Near the end, clamped to the file.
+        assert_eq!(p.ahead(&(99 * MIB..115 * MIB)), 99 * MIB..100 * MIB);
+        // With parts smaller than a megabyte, everything aligns to parts.
+        let small = parts(MIB, 64 << 10);
+        assert_eq!(small.ahead(&(10..10 + MIB)), (64 << 10)..MIB);
     }
 
     #[test]
