@@ -487,9 +487,14 @@ impl Parts {
         (range.start / align * align)..end.min(self.size)
     }
 
+    /// What a reader's fetch is rounded out to.
+    fn read_align(&self) -> u64 {
+        READ_ALIGN.min(self.part_size)
+    }
+
     /// What [`Download::prefetch`] fetches for `range`.
     fn ahead(&self, range: &Range<u64>) -> Range<u64> {
-        let align = READ_ALIGN.min(self.part_size);
+        let align = self.read_align();
         let start = range.start.div_ceil(align).saturating_mul(align);
         let len = (range.end - range.start)
             .max(READ_ALIGN)
@@ -678,30 +683,23 @@ impl Download {
         }
     }
 
-    /// Marks `range` as waited for and fetches what of it nobody fetches yet, ahead of
-    /// everything else (the stretch around it, see [`READ_ALIGN`]). Bytes the background
-    /// download has already claimed go to the priority lane too (if they wait for a permit, to
-    /// fetch or to retry), and keep streaming while other bulk GETs hold back, or this reader
-    /// would wait behind the backlog it pauses. Returns the stretch.
-    fn want(self: &Arc<Self>, range: Range<u64>) -> Range<u64> {
-        let want = {
-            let mut parts = self.parts.lock();
-            let want = parts.aligned(&range, READ_ALIGN.min(parts.part_size));
-            parts.wanted.insert(want.clone());
-            want
-        };
-        self.job.flight.wake.notify_waiters();
-        self.fetch_unclaimed(want.clone());
-        want
-    }
-
-    /// Makes `range` readable: [`Download::want`]s it and waits for it.
+    /// Makes `range` readable: fetches what of it nobody fetches yet (the stretch around it,
+    /// see [`READ_ALIGN`]) ahead of everything else, and waits for it.
     pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
         if self.is_present(range.clone()) {
             return Ok(());
         }
         tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
-        let want = self.want(range.clone());
+        // Bytes the background download has already claimed go to the priority lane too (if
+        // they wait for a permit, to fetch or to retry), and keep streaming while other bulk
+        // GETs hold back, or this reader would wait behind the backlog it pauses.
+        let want = {
+            let mut parts = self.parts.lock();
+            let want = parts.aligned(&range, parts.read_align());
+            parts.wanted.insert(want.clone());
+            want
+        };
+        self.job.flight.wake.notify_waiters();
         let shared = &self.job.shared;
         shared.urgent_started();
         let _waiting = scopeguard(|| shared.urgent_ended());
@@ -784,6 +782,12 @@ fn is_urgent(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) -> bool {
     urgent() || job.flight.urgent.load(Ordering::SeqCst)
 }
 
+/// Whether a reader waits on this GET's bytes; cheap (one atomic load) while no reader waits,
+/// as it is asked for every chunk of every GET.
+fn serves_waiting_reader(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) -> bool {
+    job.shared.urgent_active.load(Ordering::SeqCst) > 0 && is_urgent(job, urgent)
+}
+
 /// Waits while readers wait for bytes and this GET is not fetching any of them: a bulk GET
 /// starts nothing and reads no further meanwhile (its server stops sending once the socket
 /// buffers are full), so the readers' GETs get the bandwidth.
@@ -850,26 +854,18 @@ async fn download_part(
             None => permit(job, urgent).await,
         };
         let from = written.load(Ordering::SeqCst);
-        let to = to.map(|(file, landed)| {
-            let landed = move |r: Range<u64>| {
-                written.store(r.end, Ordering::SeqCst);
-                landed(r);
-            };
-            (file, landed)
-        });
-        let to = to
-            .as_ref()
-            .map(|(file, landed)| (*file, landed as &(dyn Fn(_) + Sync)));
-        read_part(job, meta, from..range.end, to, urgent).await
+        read_part(job, meta, from..range.end, to, written, urgent).await
     })
     .await
 }
 
+/// One GET of `range`; with a file, each stretch written to it moves `written` past it.
 async fn read_part(
     job: &Job,
     meta: &ObjectMeta,
     range: Range<u64>,
     to: Option<ToFile<'_>>,
+    written: &AtomicU64,
     urgent: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Bytes>, PartError> {
     let progress = &job.shared.progress;
@@ -902,21 +898,19 @@ async fn read_part(
             progress.add_bytes(chunk.len() as u64);
             batched += chunk.len();
             batch.push(chunk);
-            if let Some((file, landed)) = to
-                && (batched >= WRITE_BATCH || batched >= URGENT_BATCH && is_urgent(job, urgent))
+            let full = batched >= WRITE_BATCH
+                || batched >= URGENT_BATCH && serves_waiting_reader(job, urgent);
+            if let Some(to) = to
+                && full
             {
-                write_batch(file, std::mem::take(&mut batch), offset).await?;
-                landed(offset..offset + batched as u64);
-                offset += batched as u64;
+                offset = write_landed(to, std::mem::take(&mut batch), offset, written).await?;
                 batched = 0;
             }
         }
-        if let Some((file, landed)) = to
+        if let Some(to) = to
             && !batch.is_empty()
         {
-            write_batch(file, std::mem::take(&mut batch), offset).await?;
-            landed(offset..offset + batched as u64);
-            offset += batched as u64;
+            offset = write_landed(to, std::mem::take(&mut batch), offset, written).await?;
             batched = 0;
         }
         if offset + batched as u64 != range.end {
@@ -934,6 +928,21 @@ async fn read_part(
         progress.sub_bytes(batched as u64);
     }
     result
+}
+
+/// Writes a batch at `offset` and reports it landed; returns the offset after it.
+async fn write_landed(
+    (file, landed): ToFile<'_>,
+    batch: Vec<Bytes>,
+    offset: u64,
+    written: &AtomicU64,
+) -> io::Result<u64> {
+    let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
+    write_batch(file, batch, offset).await?;
+    let end = offset + len;
+    written.store(end, Ordering::SeqCst);
+    landed(offset..end);
+    Ok(end)
 }
 
 async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Result<()> {
