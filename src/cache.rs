@@ -309,10 +309,19 @@ pub fn ensure_dir(base: &Path, rel: &str) -> Result<(), CacheError> {
     DirFd::open(base, rel, true).map(drop)
 }
 
-/// What is at `dir/rel`, without following a final symbolic link.
+/// What is at `dir/rel`, following no symbolic link on the way: a file reached through a link
+/// planted in place of one of its directories is not the tool's file (nor its object's bytes).
 pub fn probe(dir: &Path, rel: &str) -> Local {
-    match fs::symlink_metadata(dir.join(rel)) {
-        Ok(m) if m.is_file() => Local::File { size: m.len() },
+    let (parent, name) = split(rel);
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(CacheError::NotADirectory(_)) => return Local::Other,
+        Err(_) => return Local::Missing,
+    };
+    match at.lstat(name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Local::File {
+            size: st.st_size as u64,
+        },
         Ok(_) => Local::Other,
         Err(_) => Local::Missing,
     }
@@ -534,6 +543,12 @@ mod tests {
         ));
         assert!(remove_file(&dir, "d/victim").is_err());
         assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        // Nor is a file behind the link taken for one of the tool's.
+        assert_eq!(probe(&dir, "d/victim"), Local::Other);
+        fs::create_dir(dir.join("real")).unwrap();
+        fs::write(dir.join("real/f"), b"abc").unwrap();
+        assert_eq!(probe(&dir, "real/f"), Local::File { size: 3 });
+        assert_eq!(probe(&dir, "real/missing"), Local::Missing);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// 120 small objects of up to 200 KiB and 6 of 1-3 MiB (several parts each at 256 KiB).
 async fn seeded() -> S3Server {
@@ -584,15 +584,19 @@ fn run_measured(cmd: &mut std::process::Command) -> (bool, u64) {
     }
 }
 
-/// Many objects in one mount: listing pagination and memory. 20,000 objects by default;
+/// How many objects the many-objects scenario holds: 20,000 by default;
 /// `S3SYNC_MANY_OBJECTS=100000` for the full scenario.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_objects_sync_exactly_and_an_unchanged_resync_only_lists() {
-    let count: usize = std::env::var("S3SYNC_MANY_OBJECTS")
+fn many_count() -> usize {
+    std::env::var("S3SYNC_MANY_OBJECTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let s3 = S3Server::start_seeded(&["bkt"], |data| {
+        .unwrap_or(20_000)
+}
+
+/// Many objects in one mount, for listing pagination and memory: `count` objects in 500
+/// directories, object `o{i}` holding the text of `i`.
+async fn many_objects(count: usize) -> S3Server {
+    S3Server::start_seeded(&["bkt"], |data| {
         for i in 0..count {
             let dir = data.join(format!("bkt/d{:03}", i % 500));
             if i < 500 {
@@ -601,43 +605,115 @@ async fn many_objects_sync_exactly_and_an_unchanged_resync_only_lists() {
             std::fs::write(dir.join(format!("o{i:06}")), i.to_string()).unwrap();
         }
     })
-    .await;
-    let dest = tempfile::tempdir().unwrap();
-    let started = std::time::Instant::now();
-    let (ok, first_rss) = run_measured(&mut sync_cmd(&s3.endpoint, dest.path(), &[]));
-    let first_secs = started.elapsed().as_secs_f64();
-    assert!(ok, "the first sync failed");
-    let files = tree(&dest.path().join("m"));
+    .await
+}
+
+/// `dir` holds exactly the `count` objects of [`many_objects`], each with its bytes.
+fn assert_many_exact(dir: &Path, count: usize) {
+    let files = tree(dir);
     assert_eq!(files.len(), count);
-    // Object `o{i}` holds the text of `i`.
     for (path, data) in &files {
         let i: usize = path.rsplit_once("/o").unwrap().1.parse().unwrap();
         assert_eq!(data, i.to_string().as_bytes(), "{path}");
     }
+}
 
-    let gets = s3.gets();
-    let started = std::time::Instant::now();
+/// "`what` N s, peak RSS N MiB (N bytes/object)", for the figures a test prints.
+fn figures(what: &str, secs: f64, rss: u64, count: usize) -> String {
+    format!(
+        "{what} {secs:.1} s, peak RSS {:.1} MiB ({} bytes/object)",
+        rss as f64 / 1048576.0,
+        rss / count as u64
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_objects_sync_exactly_and_an_unchanged_resync_only_lists() {
+    let count = many_count();
+    let s3 = many_objects(count).await;
+    let dest = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (ok, first_rss) = run_measured(&mut sync_cmd(&s3.endpoint, dest.path(), &[]));
+    let first_secs = started.elapsed().as_secs_f64();
+    assert!(ok, "the first sync failed");
+    assert_many_exact(&dest.path().join("m"), count);
+
+    let (gets, lists) = (s3.gets(), s3.lists());
+    let started = Instant::now();
     let (ok, again_rss) = run_measured(&mut sync_cmd(&s3.endpoint, dest.path(), &[]));
     let again_secs = started.elapsed().as_secs_f64();
     assert!(ok, "the second sync failed");
     assert_eq!(s3.gets(), gets, "an unchanged re-sync downloaded objects");
+    assert!(s3.lists() > lists, "the re-sync did not list");
     eprintln!(
-        "{count} objects: first sync {first_secs:.1} s, peak RSS {:.1} MiB ({} bytes/object); \
-         unchanged re-sync {again_secs:.1} s, peak RSS {:.1} MiB ({} bytes/object)",
-        first_rss as f64 / 1048576.0,
-        first_rss / count as u64,
-        again_rss as f64 / 1048576.0,
-        again_rss / count as u64,
+        "{count} objects: {}; {}",
+        figures("first sync", first_secs, first_rss, count),
+        figures("unchanged re-sync", again_secs, again_rss, count)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hostile_keys_never_escape_the_mount_directory() {
-    // moto keeps any key (rclone serve s3 maps keys to files, so cannot hold these).
+async fn many_objects_mount_exactly_and_an_unchanged_refresh_only_lists() {
+    let count = many_count();
+    let s3 = many_objects(count).await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let args = ["--download-interval", "1"];
+    let started = Instant::now();
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    let mounted_secs = started.elapsed().as_secs_f64();
+    wait_for(600, "the background download", || m.passes() >= 1);
+    let filled_secs = started.elapsed().as_secs_f64();
+
+    let (gets, lists) = (s3.gets(), s3.lists());
+    let started = Instant::now();
+    assert_many_exact(&m.dest.join("m"), count);
+    let read_secs = started.elapsed().as_secs_f64();
+    // A refresh after the reads lists again and downloads nothing.
+    let passes = m.passes();
+    wait_for(60, "a refresh", || m.passes() > passes);
+    assert_eq!(
+        s3.gets(),
+        gets,
+        "reads or an unchanged refresh downloaded objects"
+    );
+    assert!(s3.lists() > lists, "no refresh listed");
+    let rss = peak_rss(m.child.id());
+    assert!(m.unmount().success(), "{}", m.log());
+
+    // A mount over the complete cache downloads nothing either.
+    let started = Instant::now();
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+    wait_for(60, "the pass over the cache", || m.passes() >= 1);
+    let again_secs = started.elapsed().as_secs_f64();
+    assert_eq!(
+        s3.gets(),
+        gets,
+        "a mount over a complete cache downloaded objects"
+    );
+    let again_rss = peak_rss(m.child.id());
+    assert!(m.unmount().success(), "{}", m.log());
+    eprintln!(
+        "{count} objects: mounted in {mounted_secs:.1} s; {}; every file read through the \
+         mount in {read_secs:.1} s; {}",
+        figures("background download complete at", filled_secs, rss, count),
+        figures(
+            "remount over the complete cache: pass complete at",
+            again_secs,
+            again_rss,
+            count
+        ),
+    );
+}
+
+/// A moto server (rclone serve s3 maps keys to files, so cannot hold these) whose bucket holds
+/// keys that must be skipped and odd keys that must be kept, each object holding its key. Returns
+/// the skipped keys and the kept ones as the tree they must make.
+async fn hostile_keys() -> (Moto, Vec<String>, BTreeMap<String, Vec<u8>>) {
     let moto = Moto::start(&["bkt"]).await;
     let long = "n".repeat(256);
     let deep = format!("{}f", "d/".repeat(300));
-    let skipped = [
+    let skipped = vec![
         "../x".to_string(),
         "a/../../x".into(),
         "/abs".into(),
@@ -652,89 +728,209 @@ async fn hostile_keys_never_escape_the_mount_directory() {
         "plus+and space %41.txt".into(),
         "both/child".into(),
         "ctl\u{7}\tname".into(),
-        deep.clone(),
+        deep,
     ];
     for key in skipped.iter().chain(&kept) {
         moto.put("bkt", key, key.as_bytes()).await;
     }
-    let root = tempfile::tempdir().unwrap();
-    let dest = root.path().join("dest");
-    let out = run(&mut sync_cmd(&moto.endpoint, &dest, &["--debug"]));
-    let err = stderr(&out);
-    let expected: BTreeMap<String, Vec<u8>> = kept
-        .iter()
-        .map(|k| (k.clone(), k.as_bytes().to_vec()))
+    let kept = kept
+        .into_iter()
+        .map(|k| (k.clone(), k.into_bytes()))
         .collect();
-    assert!(
-        tree(&dest.join("m")) == expected,
-        "{:?}",
-        tree(&dest.join("m")).keys()
-    );
-    // Nothing was written outside the destination.
-    let outside: Vec<_> = std::fs::read_dir(root.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(outside, ["dest"]);
-    for key in &skipped {
+    (moto, skipped, kept)
+}
+
+/// What a `--debug` run over [`hostile_keys`] must have logged: a warning naming each skipped
+/// key, and no credentials.
+fn assert_hostile_keys_logged_safely(log: &str, skipped: &[String]) {
+    for key in skipped {
         assert!(
-            err.lines()
-                .any(|l| l.contains("skipp") && l.contains(&format!("{key:?}"))),
+            log.lines().any(|l| l.contains(" WARN ")
+                && l.contains("skipping key")
+                && l.contains(&format!("{key:?}"))),
             "no warning names {key:?}"
         );
     }
-    // Credentials never appear in the logs, even with --debug.
-    assert!(!err.contains(SECRET), "the secret key was logged");
+    assert!(!log.contains(SECRET), "the secret key was logged");
     assert!(
-        !err.contains("Signature="),
+        !log.contains("Signature="),
         "a request signature was logged"
     );
+}
+
+/// The names in directory `dir`.
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// `names` as a set, to compare with [`entries`].
+fn names(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_keys_never_escape_the_mount_directory() {
+    let (moto, skipped, kept) = hostile_keys().await;
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("dest");
+    // Without RUST_LOG, --debug alone decides what is logged.
+    let out = run(sync_cmd(&moto.endpoint, &dest, &["--debug"]).env_remove("RUST_LOG"));
+    let copy = tree(&dest.join("m"));
+    assert!(copy == kept, "{:?}", copy.keys());
+    // Nothing was written outside the mount directory and the tool's state.
+    assert_eq!(entries(root.path()), names(&["dest"]));
+    assert_eq!(entries(&dest), names(&[".s3-synchronizer", "m"]));
+    assert_hostile_keys_logged_safely(&stderr(&out), &skipped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_keys_never_escape_the_cache_of_a_mount() {
+    let (moto, skipped, kept) = hostile_keys().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut tool = tool_at(&moto.endpoint);
+    tool.env_remove("RUST_LOG");
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(tool, root.path(), &mounts, &["--debug"]);
+    wait_for(60, "the background download", || m.passes() >= 1);
+    let served = tree(&m.dest.join("m"));
+    assert!(served == kept, "{:?}", served.keys());
+    assert!(m.unmount().success(), "{}", m.log());
+    assert!(
+        tree(&root.path().join("cache/m")) == kept,
+        "the cache differs"
+    );
+    // Nothing was written outside the cache's mount directory and the tool's state.
+    let log_name = m.log_path().file_name().unwrap().to_str().unwrap();
+    assert_eq!(entries(root.path()), names(&["cache", "mnt", log_name]));
+    assert_eq!(
+        entries(&root.path().join("cache")),
+        names(&[".s3-synchronizer", "m"])
+    );
+    assert_eq!(entries(&m.dest), names(&[]));
+    assert_hostile_keys_logged_safely(&m.log(), &skipped);
+}
+
+/// Objects in front of which [`plant_links_and_change_objects`] plants links.
+async fn put_planted_objects(s3: &S3Server) {
+    s3.put("bkt", "dir/a.txt", b"a1").await;
+    s3.put("bkt", "dir/b.txt", b"b1").await;
+    s3.put("bkt", "dir/c.txt", b"c1").await;
+    s3.put("bkt", "top.txt", b"t1").await;
+}
+
+/// Another user swaps a directory and a file of `dir` (a copy, or a mount's cache) for links to
+/// files of their own in `outside`, then the objects behind the links change or go away, all but
+/// `dir/c.txt`. Returns the files in `outside`, which must stay as they are.
+async fn plant_links_and_change_objects(
+    s3: &S3Server,
+    dir: &Path,
+    outside: &Path,
+) -> BTreeMap<String, Vec<u8>> {
+    let precious = expect(&[
+        ("a.txt", b"precious a"),
+        ("b.txt", b"precious b"),
+        // As long as the unchanged object dir/c.txt: sizes cannot tell them apart.
+        ("c.txt", b"pc"),
+        ("top.txt", b"precious top"),
+    ]);
+    std::fs::create_dir(outside).unwrap();
+    for (name, data) in &precious {
+        std::fs::write(outside.join(name), data).unwrap();
+    }
+    std::fs::remove_dir_all(dir.join("dir")).unwrap();
+    std::os::unix::fs::symlink(outside, dir.join("dir")).unwrap();
+    std::fs::remove_file(dir.join("top.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.join("top.txt"), dir.join("top.txt")).unwrap();
+
+    s3.put("bkt", "dir/a.txt", b"a2").await;
+    s3.delete("bkt", "dir/b.txt").await;
+    s3.put("bkt", "top.txt", b"t2").await;
+    precious
+}
+
+/// After a pass over the planted links: nothing in `outside` was written or deleted, and `log`
+/// names each object behind the directory link as refused.
+fn assert_planted_links_refused(outside: &Path, precious: &BTreeMap<String, Vec<u8>>, log: &str) {
+    assert!(
+        tree(outside) == *precious,
+        "a file was written or deleted through a link"
+    );
+    for (what, name) in [
+        ("download failed", "key=\"dir/a.txt\""),
+        ("download failed", "key=\"dir/c.txt\""),
+        ("could not delete", "path=dir/b.txt"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(what)
+                && l.contains("refusing to write through")
+                && l.contains(name)),
+            "no line says {what}: refusing to write through ... {name}:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn planted_symlinks_are_never_written_or_deleted_through() {
     let s3 = S3Server::start(&["bkt"]).await;
-    s3.put("bkt", "dir/a.txt", b"a1").await;
-    s3.put("bkt", "dir/b.txt", b"b1").await;
-    s3.put("bkt", "top.txt", b"t1").await;
+    put_planted_objects(&s3).await;
     let root = tempfile::tempdir().unwrap();
     let dest = root.path().join("dest");
     run_ok(&mut sync_cmd(&s3.endpoint, &dest, &[]));
-
-    // Another user swaps a directory and a file of the copy for links to their own files.
     let outside = root.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    std::fs::write(outside.join("a.txt"), b"precious a").unwrap();
-    std::fs::write(outside.join("b.txt"), b"precious b").unwrap();
-    std::fs::write(outside.join("top.txt"), b"precious top").unwrap();
-    let m = dest.join("m");
-    std::fs::remove_dir_all(m.join("dir")).unwrap();
-    std::os::unix::fs::symlink(&outside, m.join("dir")).unwrap();
-    std::fs::remove_file(m.join("top.txt")).unwrap();
-    std::os::unix::fs::symlink(outside.join("top.txt"), m.join("top.txt")).unwrap();
+    let precious = plant_links_and_change_objects(&s3, &dest.join("m"), &outside).await;
 
-    // The objects behind them change or go away.
-    s3.put("bkt", "dir/a.txt", b"a2").await;
-    s3.delete("bkt", "dir/b.txt").await;
-    s3.put("bkt", "top.txt", b"t2").await;
-    let _ = run(&mut sync_cmd(&s3.endpoint, &dest, &[]));
+    let out = run(&mut sync_cmd(&s3.endpoint, &dest, &[]));
+    assert!(
+        !out.status.success(),
+        "the sync succeeded though it wrote none of the refused files"
+    );
+    assert_planted_links_refused(&outside, &precious, &stderr(&out));
+    // The file link itself was replaced by the object's new version.
+    assert_eq!(std::fs::read(dest.join("m/top.txt")).unwrap(), b"t2");
+}
 
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&outside)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            (name, std::fs::read(e.path()).unwrap())
-        })
-        .collect();
-    files.sort();
-    let want: Vec<(String, Vec<u8>)> = [
-        ("a.txt", &b"precious a"[..]),
-        ("b.txt", b"precious b"),
-        ("top.txt", b"precious top"),
-    ]
-    .iter()
-    .map(|(n, d)| (n.to_string(), d.to_vec()))
-    .collect();
-    assert_eq!(files, want, "a file was written or deleted through a link");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planted_symlinks_in_a_mount_cache_are_never_written_deleted_or_served_through() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    put_planted_objects(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &[]);
+    wait_for(30, "the background download", || m.passes() >= 1);
+    assert!(m.unmount().success(), "{}", m.log());
+    let cache = root.path().join("cache/m");
+    let outside = root.path().join("outside");
+    let precious = plant_links_and_change_objects(&s3, &cache, &outside).await;
+
+    let mut m = Mounted::start(&s3, root.path(), &mounts, &[]);
+    wait_for(30, "the pass", || m.passes() >= 1);
+    let dir = m.dest.join("m");
+    let read_errno = |name: &str| {
+        let read = std::fs::read(dir.join(name));
+        (read.as_ref().err().and_then(|e| e.raw_os_error()), read)
+    };
+    // The file link was replaced by the object's new version; the deleted object is gone.
+    assert_eq!(std::fs::read(dir.join("top.txt")).unwrap(), b"t2");
+    assert!(
+        std::fs::symlink_metadata(cache.join("top.txt"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(read_errno("dir/b.txt").0, Some(libc::ENOENT));
+    // The objects behind the directory link, changed or not, are neither written through it nor
+    // read from it: the mount fails their reads (the link is left for its owner to remove).
+    for name in ["dir/a.txt", "dir/c.txt"] {
+        let (errno, read) = read_errno(name);
+        assert_eq!(errno, Some(libc::EIO), "{name}: {read:?}");
+    }
+    assert!(
+        std::fs::symlink_metadata(cache.join("dir"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(m.unmount().success(), "{}", m.log());
+    assert_planted_links_refused(&outside, &precious, &m.log());
 }

@@ -131,10 +131,18 @@ impl S3Server {
         self.get_log().len()
     }
 
+    /// LIST requests (pages of a listing) the server has answered so far.
+    pub fn lists(&self) -> usize {
+        self.server_log().matches("LIST BUCKET").count()
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The object (`bucket/key`) of every GET the server has answered so far, in order.
     pub fn get_log(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.server_log()
             .lines()
             .filter_map(|line| {
                 let rest = line.split_once("GET OBJECT Bucket: ")?.1;

@@ -80,6 +80,16 @@ impl Mounted {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where the tool's log is written (beside the mount point and cache).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// How many background passes have completed so far (each logs "pass complete").
+    pub fn passes(&self) -> usize {
+        self.log().matches("pass complete").count()
+    }
+
     /// Waits (bounded) for the process to exit.
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
