@@ -484,3 +484,54 @@ async fn refreshes_stop_after_stop_recurring_downloads_after() {
     assert_eq!(lists(m.log()), listed, "{}", m.log());
     assert!(m.unmount().success(), "{}", m.log());
 }
+
+/// `cat path` run as user nobody.
+fn cat_as_nobody(path: &Path) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_users_read_a_mount_only_with_allow_other_and_nobody_writes() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: acting as another user needs root");
+        return;
+    }
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "a.txt", b"for the owner").await;
+    let root = tempfile::tempdir().unwrap();
+    // Every directory on the way is open to others: only the mount itself may refuse them.
+    let open = |p: &Path| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap()
+    };
+    open(root.path());
+    std::fs::create_dir(root.path().join("mnt")).unwrap();
+    open(&root.path().join("mnt"));
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    for allow_other in [false, true] {
+        let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+        let mut m = Mounted::start(&s3, root.path(), &mounts, extra);
+        let file = m.dest.join("m/a.txt");
+        assert_eq!(std::fs::read(&file).unwrap(), b"for the owner");
+        let other = cat_as_nobody(&file);
+        if allow_other {
+            assert!(other.status.success(), "{other:?}");
+            assert_eq!(other.stdout, b"for the owner");
+        } else {
+            assert!(!other.status.success(), "another user read the mount");
+            let err = String::from_utf8_lossy(&other.stderr);
+            assert!(err.contains("Permission denied"), "{err}");
+        }
+        // Read-only for everyone, the owner too.
+        let write = std::fs::OpenOptions::new().write(true).open(&file);
+        assert!(write.is_err(), "the owner opened a file for writing");
+        let mode = std::fs::metadata(root.path().join("cache")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o700, "the cache is open to others");
+        assert!(m.unmount().success(), "{}", m.log());
+    }
+}
