@@ -28,6 +28,10 @@
 #   walk-stat    os.walk + os.stat of 10,000 files of 1 KiB in 100 directories: through our
 #                mount, on our complete cache directory (local disk), through rclone mount; each
 #                walked once before timing.
+#   cpu-share    a CPU-bound Python loop (5 million additions, about 0.3 s) run 1 s into a new
+#                mount of ours while its background download of the 4 GiB backlog is under way;
+#                vs the same loop while s5cmd cp downloads that backlog, and on an idle machine:
+#                how much a notebook computing slows down while data downloads behind it.
 #   parquet      pyarrow read_metadata, then ParquetFile(path).read_row_group(32), of a 2 GiB
 #                Parquet file (64 row groups of 32 MiB, random int64): through a new mount with an
 #                empty cache (which starts downloading the file itself in the background; no
@@ -52,7 +56,7 @@ usage() {
     sed -n '2,45s/^# \{0,1\}//p' "$0"
 }
 
-all_cases="cached-read,first-byte,tail-read,walk-stat,parquet"
+all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
 cases="$all_cases"
 runs=2
 logs=""
@@ -85,6 +89,7 @@ for c in "${case_list[@]}"; do
     cached-read | cached) want[cached-read]=1 ;;
     first-byte | first) want[first-byte]=1 ;;
     tail-read | tail) want[tail-read]=1 ;;
+    cpu-share | cpu) want[cpu-share]=1 ;;
     walk-stat | walk) want[walk-stat]=1 ;;
     parquet) want[parquet]=1 ;;
     *) die "unknown case '$c' ($all_cases)" ;;
@@ -110,7 +115,7 @@ build_tool
 # Scratch space on a real disk.
 need_gib=1
 has cached-read && need_gib=$((need_gib + 4))
-if has first-byte || has tail-read; then need_gib=$((need_gib + 6)); fi
+if has first-byte || has tail-read || has cpu-share; then need_gib=$((need_gib + 6)); fi
 has parquet && need_gib=$((need_gib + 4))
 parent="${BENCH_DIR:-$REPO_ROOT/target}"
 mkdir -p -- "$parent"
@@ -195,6 +200,7 @@ start_ours() {
     local id="$1" prefix="$2" mnt="$3" cache="$4" logfile="$5"
     shift 5
     mkdir -p -- "$mnt" "$cache"
+    # shellcheck disable=SC2086 # OURS_FLAGS holds flags, split on purpose
     spawn "$logfile" env RUST_LOG="$MOUNT_LOG_LEVEL" "$TOOL" mount \
         --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\"}]" \
         --destination "$mnt" --cache-dir "$cache" --endpoint-url "$S3_ENDPOINT" \
@@ -310,7 +316,7 @@ def cache_state(cache, mid, key, rel):
 def gen(root, cases):
     if "cached-read" in cases:
         random_file(os.path.join(root, "cr/big-1GiB.bin"), 1024 * MiB)
-    if "first-byte" in cases or "tail-read" in cases:
+    if "first-byte" in cases or "tail-read" in cases or "cpu-share" in cases:
         # The backlog: sparse on the server's disk (it still sends every byte).
         os.makedirs(os.path.join(root, "bl/backlog"), exist_ok=True)
         for i in range(64):
@@ -434,6 +440,16 @@ def walk(top, srcdir):
     print("%.6f" % t)
 
 
+def cpu():
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(5_000_000):
+        x += i
+    if x != 5_000_000 * 4_999_999 // 2:
+        wrong("the CPU loop computed %d" % x)
+    print("%.6f" % (time.perf_counter() - t0))
+
+
 def parquet(path, source, rg):
     import pyarrow.parquet as pq
     t0 = time.perf_counter()
@@ -464,6 +480,8 @@ elif cmd == "walk":
     walk(args[0], args[1])
 elif cmd == "parquet":
     parquet(args[0], args[1], int(args[2]))
+elif cmd == "cpu":
+    cpu()
 else:
     raise SystemExit("unknown command " + cmd)
 EOF
@@ -672,6 +690,49 @@ case_backlog() {
 }
 
 # ---------------------------------------------------------------------------------------------
+case_cpu_share() {
+    local round k t mnt="$work/mnt-cpu" cache="$work/cache-cpu" dir="$work/s5cmd-cpu" mlog
+    measure cpu-share - "cpu-share: a CPU-bound Python loop, 1 s into a 4 GiB download" \
+        ours "during s3-synchronizer mount's background download (new mount)" \
+        s5cmd "during s5cmd cp of the same objects (its defaults)" \
+        idle "nothing downloading"
+    log "cpu-share: each run, the loop alone, during our mount's download, during s5cmd cp"
+    py cpu >/dev/null # warm-up
+    local order=(ours s5cmd idle)
+    for ((round = 0; round < runs; round++)); do
+        for ((k = 0; k < ${#order[@]}; k++)); do
+            t="${order[$(((round + k) % ${#order[@]}))]}"
+            case "$t" in
+            ours)
+                mlog="$logs/ours-cpu-share-$((round + 1)).log"
+                rm -rf -- "$cache"
+                start_ours bl bl/ "$mnt" "$cache" "$mlog"
+                sleep 1
+                record cpu-share ours "$round" "$(py cpu)"
+                grep -q 'pass complete mount="bl"' "$mlog" &&
+                    notes+=("cpu-share run $((round + 1)): WARNING: our download was complete before the loop ended")
+                unmount "$mnt"
+                rm -rf -- "$cache"
+                ;;
+            s5cmd)
+                rm -rf -- "$dir"
+                mkdir -p -- "$dir"
+                spawn "$logs/s5cmd-cpu-share.log" s5cmd --endpoint-url "$S3_ENDPOINT" cp "s3://bench/bl/backlog/*" "$dir/"
+                sleep 1
+                record cpu-share s5cmd "$round" "$(py cpu)"
+                kill -0 "$BG_PID" 2>/dev/null ||
+                    notes+=("cpu-share run $((round + 1)): WARNING: s5cmd was done before the loop ended")
+                kill -TERM -- "-$BG_PID" 2>/dev/null || true
+                while kill -0 "$BG_PID" 2>/dev/null; do sleep 0.05; done
+                rm -rf -- "$dir"
+                ;;
+            idle) record cpu-share idle "$round" "$(py cpu)" ;;
+            esac
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 case_walk_stat() {
     local mnt="$work/mnt-ws" cache="$work/cache-ws" rc="$work/mnt-ws-rclone"
     local crc="$work/cache-ws-rclone" round k t
@@ -747,6 +808,7 @@ case_parquet() {
 # ---------------------------------------------------------------------------------------------
 has cached-read && case_cached_read
 if has first-byte || has tail-read; then case_backlog; fi
+has cpu-share && case_cpu_share
 has walk-stat && case_walk_stat
 has parquet && case_parquet
 

@@ -195,8 +195,15 @@ ensure_rust() {
     fi
 }
 
-# build_tool: builds the release binary (a no-op when up to date); sets TOOL.
+# build_tool: builds the release binary (a no-op when up to date); sets TOOL. With
+# S3SYNC_TOOL set, uses that binary instead (e.g. a copy of an earlier build, to compare two).
 build_tool() {
+    if [[ -n "${S3SYNC_TOOL:-}" ]]; then
+        [[ -x "$S3SYNC_TOOL" ]] || die "S3SYNC_TOOL=$S3SYNC_TOOL is not an executable"
+        TOOL="$S3SYNC_TOOL"
+        log "using $TOOL (S3SYNC_TOOL)"
+        return
+    fi
     ensure_rust
     log "building s3-synchronizer (cargo build --release)"
     (cd "$REPO_ROOT" && cargo build --release --locked --quiet) || die "cargo build --release failed"

@@ -43,6 +43,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         &EngineConfig {
             concurrency: config.concurrency,
             part_size: config.part_size,
+            readers: None,
         },
         progress.clone(),
         cancel.clone(),

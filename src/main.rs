@@ -29,9 +29,11 @@ fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// The runtime of the downloads; `on_thread_start` runs on each of its threads as it starts.
+fn runtime(on_thread_start: fn()) -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(on_thread_start)
         .build()
         .map_err(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(e),
             };
             init_tracing(config.debug);
-            let runtime = match runtime() {
+            let runtime = match runtime(|| {}) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -77,7 +79,8 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            let runtime = match runtime() {
+            // The background download yields the CPU to readers.
+            let runtime = match runtime(mount::lower_thread_priority) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };

@@ -100,16 +100,29 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 config.cache_dir.display()
             )
         })?;
+    // What readers wait for (FUSE opens, reads of bytes not yet downloaded) runs on a runtime
+    // of its own, at normal priority: `runtime` runs the background download, its threads at a
+    // lower one (see [`lower_thread_priority`]).
+    let readers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("reader")
+        .enable_all()
+        .build()
+        .context("cannot start the readers' runtime")?;
     let cancel = CancellationToken::new();
-    let engine = Arc::new(Engine::new(
-        Cache::open(&config.cache_dir)?,
-        &EngineConfig {
-            concurrency: sync.concurrency,
-            part_size: sync.part_size,
-        },
-        Arc::new(Progress::default()),
-        cancel.clone(),
-    ));
+    let engine = Arc::new({
+        let _in = runtime.enter();
+        Engine::new(
+            Cache::open(&config.cache_dir)?,
+            &EngineConfig {
+                concurrency: sync.concurrency,
+                part_size: sync.part_size,
+                readers: Some(readers.handle().clone()),
+            },
+            Arc::new(Progress::default()),
+            cancel.clone(),
+        )
+    });
 
     // Connect and list every mount before mounting: all files are visible from the start.
     let (vfs, listings) = runtime.block_on(async {
@@ -161,7 +174,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     // Entries and attributes may be cached by the kernel for at most a second, so a refresh
     // shows promptly without a round trip per stat.
     let ttl = Duration::from_secs(1).min(sync.interval);
-    let fs = FuseFs::new(vfs, runtime.handle().clone(), ttl, config.passthrough);
+    let fs = FuseFs::new(vfs, readers.handle().clone(), ttl, config.passthrough);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::RO,
@@ -214,7 +227,29 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     }
     cancel.cancel();
     engine.clear_staging();
+    // Reads under way were answered or failed by the unmount; do not wait for their tasks.
+    readers.shutdown_background();
     Ok(())
+}
+
+/// How much lower than the readers' the background download's CPU priority is (a nice value).
+const BACKGROUND_NICENESS: libc::c_int = 10;
+
+/// Lowers the CPU priority of the calling thread to [`BACKGROUND_NICENESS`] below the main
+/// thread's (threads it starts inherit it; calling it again there changes nothing). A thread of
+/// the background download then yields the CPU whenever the FUSE threads, the readers' runtime
+/// or the user's own programs (a notebook computing on the files it read) have work: the
+/// backlog takes the idle cycles and slows none of them. Only this thread: on Linux a nice
+/// value belongs to a thread.
+pub fn lower_thread_priority() {
+    // SAFETY: getpid, gettid, getpriority and setpriority have no memory-safety
+    // preconditions; raising a thread's own nice value needs no privilege.
+    unsafe {
+        // Of a process id, the nice value of its main thread.
+        let main = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, main + BACKGROUND_NICENESS);
+    }
 }
 
 /// Lazily unmounts a busy mount: it leaves the namespace now and goes away once its files are
@@ -307,5 +342,36 @@ async fn refresh_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's nice value.
+    fn nice() -> libc::c_int {
+        // SAFETY: no memory-safety preconditions.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn lowering_the_priority_lowers_only_the_calling_thread() {
+        let before = nice();
+        let (lowered, again) = std::thread::spawn(|| {
+            lower_thread_priority();
+            let lowered = nice();
+            // A thread started by a lowered one, lowering itself too (a runtime's threads).
+            let again = std::thread::spawn(|| {
+                lower_thread_priority();
+                nice()
+            });
+            (lowered, again.join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + BACKGROUND_NICENESS).min(19));
+        assert_eq!(again, lowered, "lowered twice");
+        assert_eq!(nice(), before, "another thread's priority changed");
     }
 }

@@ -531,6 +531,7 @@ mod tests {
         let config = EngineConfig {
             concurrency: 2,
             part_size,
+            readers: None,
         };
         vfs_config(store, dir, &config, CancellationToken::new()).await
     }
@@ -545,6 +546,7 @@ mod tests {
         let config = EngineConfig {
             concurrency,
             part_size: PART,
+            readers: None,
         };
         vfs_config(store, dir, &config, cancel).await
     }
@@ -684,6 +686,8 @@ mod tests {
         holds: Holds,
         gate: tokio::sync::Semaphore,
         asked: parking_lot::Mutex<Vec<std::ops::Range<u64>>>,
+        /// The thread each GET was asked from, by where its range starts.
+        threads: parking_lot::Mutex<Vec<(u64, String)>>,
         stalled: AtomicU64,
         pulled: Arc<AtomicU64>,
     }
@@ -697,6 +701,7 @@ mod tests {
                 holds: Box::new(holds),
                 gate: tokio::sync::Semaphore::new(0),
                 asked: parking_lot::Mutex::default(),
+                threads: parking_lot::Mutex::default(),
                 stalled: AtomicU64::new(0),
                 pulled: Arc::default(),
             };
@@ -714,6 +719,8 @@ mod tests {
             etag: &str,
         ) -> Result<crate::store::Body, crate::store::StoreError> {
             self.asked.lock().push(range.clone());
+            let thread = std::thread::current().name().unwrap_or_default().to_owned();
+            self.threads.lock().push((range.start, thread));
             if (self.holds)(key, range.start) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
                 // Each permit lets one GET through.
@@ -887,6 +894,51 @@ mod tests {
         bulk.await.unwrap().unwrap();
         vfs.release(opened.fh);
         assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_does_not() {
+        let readers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-reader")
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 2 << 20;
+        let data: Vec<u8> = (0..4 * part).map(|i| (i % 239) as u8).collect();
+        mem.put("p/big", data.clone());
+        // The GETs of whole parts (the background download's) wait at the gate.
+        let held = Held::new(mem.clone(), move |_, start| start % part == 0);
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: part,
+            readers: Some(readers.handle().clone()),
+        };
+        let cancel = CancellationToken::new();
+        let (vfs, _engine) = vfs_config(held.clone(), tmp.path(), &config, cancel).await;
+
+        // The open starts the download; a read in the last part fetches the megabyte around it.
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        let at = 3 * part + part / 2 + 7;
+        let got = vfs.read(opened.fh, at, 100).await.unwrap();
+        assert!(got == data[at as usize..at as usize + 100]);
+        held.gate.add_permits(1000);
+        wait_until_cached(&vfs, "m/big").await;
+        vfs.release(opened.fh);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+
+        let read_get = at - at % (1 << 20);
+        let threads = held.threads.lock().clone();
+        assert!(
+            threads.iter().any(|(start, _)| *start == read_get),
+            "{threads:?}"
+        );
+        for (start, thread) in &threads {
+            assert_eq!(thread == "test-reader", *start == read_get, "{threads:?}");
+        }
+        readers.shutdown_background();
     }
 
     /// Waits (bounded) until the file at `path` is complete in the cache.

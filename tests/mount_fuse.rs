@@ -535,3 +535,57 @@ async fn other_users_read_a_mount_only_with_allow_other_and_nobody_writes() {
         assert!(m.unmount().success(), "{}", m.log());
     }
 }
+
+/// The name and nice value of every thread of process `pid`.
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended
+        };
+        // "tid (comm) state ...": nice is the 19th field, the 17th after the closing parenthesis.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let name = head.split_once(" (").unwrap().1.to_owned();
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_background_download_runs_at_a_lower_cpu_priority_than_readers() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    populate(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &[]);
+    assert_eq!(
+        std::fs::read(m.dest.join("m/top.txt")).unwrap(),
+        b"top level\n"
+    );
+    // SAFETY: getpriority has no preconditions.
+    let ours = i64::from(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
+    let threads = thread_nice_values(m.child.id());
+    let of = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    // The background download's threads (workers and blocking pool alike) are 10 below the
+    // readers' runtime and the FUSE threads.
+    let (background, readers, fuse) = (of("tokio-rt"), of("reader"), of("fuser-"));
+    assert!(
+        !background.is_empty() && !readers.is_empty() && !fuse.is_empty(),
+        "{threads:?}"
+    );
+    assert!(
+        background.iter().all(|&n| n == (ours + 10).min(19)),
+        "{threads:?}"
+    );
+    assert!(
+        readers.iter().chain(&fuse).all(|&n| n == ours),
+        "{threads:?}"
+    );
+    assert!(m.unmount().success(), "{}", m.log());
+}

@@ -290,7 +290,10 @@ pub(crate) async fn reader(
         Registered::New(guard) => {
             let flight = guard.flight.clone();
             let span = tracing::info_span!("download", mount = %mount.mount.id, key = %meta.key);
-            tokio::spawn(run(guard, mount, store, meta, path).instrument(span));
+            // The rest of the file downloads in the background, not on the reader's runtime.
+            shared
+                .bulk
+                .spawn(run(guard, mount, store, meta, path).instrument(span));
             flight
         }
     };
@@ -438,8 +441,6 @@ pub struct Download {
     parts: Mutex<Parts>,
     /// Bumped whenever bytes land, a fetch is given up, or the download fails.
     changed: watch::Sender<u64>,
-    /// Where a reader's fetches run (readers call in from FUSE threads).
-    runtime: tokio::runtime::Handle,
 }
 
 /// Which bytes of a download are where. Bulk workers fetch one part at a time (the unclaimed
@@ -529,7 +530,6 @@ impl Download {
             staged: Arc::new(Mutex::new(Some(staged))),
             parts: Mutex::new(parts),
             changed: watch::channel(0).0,
-            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -640,7 +640,7 @@ impl Download {
     fn fetch_unclaimed(self: &Arc<Self>, range: Range<u64>) {
         for piece in self.claim(range) {
             let download = self.clone();
-            self.runtime.spawn(async move {
+            self.job.shared.readers.spawn(async move {
                 let shared = &download.job.shared;
                 shared.urgent_started();
                 let _running = scopeguard(|| shared.urgent_ended());

@@ -34,6 +34,10 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Objects larger than this download as parallel ranged GETs of this size.
     pub part_size: u64,
+    /// Where the fetches of waiting readers run. A runtime of their own keeps them off the
+    /// threads busy with the background download (which may run at a lower CPU priority);
+    /// `None`: the engine's own runtime.
+    pub readers: Option<tokio::runtime::Handle>,
 }
 
 pub(crate) struct Shared {
@@ -51,6 +55,10 @@ pub(crate) struct Shared {
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
     pub(crate) files_in_flight: usize,
+    /// Where downloads run: the runtime the engine was made in.
+    pub(crate) bulk: tokio::runtime::Handle,
+    /// Where the fetches of waiting readers run ([`EngineConfig::readers`]).
+    pub(crate) readers: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -140,6 +148,7 @@ pub enum EngineError {
 
 impl Engine {
     /// An engine whose passes stop early, leaving no staging files, once `cancel` fires.
+    /// Must be called in the runtime the downloads are to run in.
     pub fn new(
         cache: Cache,
         config: &EngineConfig,
@@ -158,6 +167,11 @@ impl Engine {
                 part_size: config.part_size.max(1),
                 progress,
                 files_in_flight: (concurrency * 2).max(8),
+                bulk: tokio::runtime::Handle::current(),
+                readers: config
+                    .readers
+                    .clone()
+                    .unwrap_or_else(tokio::runtime::Handle::current),
                 cancel,
             }),
         }

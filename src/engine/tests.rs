@@ -43,6 +43,7 @@ fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engi
         &EngineConfig {
             concurrency,
             part_size: PART,
+            readers: None,
         },
         Arc::new(Progress::default()),
         cancel,
