@@ -684,7 +684,9 @@ impl Download {
     }
 
     /// Makes `range` readable: fetches what of it nobody fetches yet (the stretch around it,
-    /// see [`READ_ALIGN`]) ahead of everything else, and waits for it.
+    /// see [`READ_ALIGN`]) ahead of everything else, and waits for it. The read's own bytes
+    /// (rounded out to [`URGENT_BATCH`]) are a GET of their own, asked first: a reader of a
+    /// file's footer does not wait for the megabyte before it to stream in.
     pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
         if self.is_present(range.clone()) {
             return Ok(());
@@ -693,11 +695,13 @@ impl Download {
         // Bytes the background download has already claimed go to the priority lane too (if
         // they wait for a permit, to fetch or to retry), and keep streaming while other bulk
         // GETs hold back, or this reader would wait behind the backlog it pauses.
-        let want = {
+        let (own, want) = {
             let mut parts = self.parts.lock();
-            let want = parts.aligned(&range, parts.read_align());
+            let align = parts.read_align();
+            let own = parts.aligned(&range, align.min(URGENT_BATCH as u64));
+            let want = parts.aligned(&range, align);
             parts.wanted.insert(want.clone());
-            want
+            (own, want)
         };
         self.job.flight.wake.notify_waiters();
         let shared = &self.job.shared;
@@ -705,7 +709,10 @@ impl Download {
         let _waiting = scopeguard(|| shared.urgent_ended());
         // Bytes given back (their fetch was dropped) are fetched again for this reader.
         let result = self
-            .wait_for(range.clone(), || self.fetch_unclaimed(want.clone()))
+            .wait_for(range.clone(), || {
+                self.fetch_unclaimed(own.clone());
+                self.fetch_unclaimed(want.clone());
+            })
             .await;
         tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
         result

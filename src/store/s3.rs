@@ -99,8 +99,6 @@ impl S3Connector {
         Client::from_conf(conf.build())
     }
 
-    /// A store for `bucket`, in the bucket's own region when it differs from the configured one.
-    /// Fails with a clear error when the bucket is missing or access is denied.
     /// A store for `bucket` in the configured region, without asking where the bucket lives:
     /// for when the endpoint cannot be reached now.
     pub fn unprobed(&self, bucket: &str) -> S3Store {
@@ -110,6 +108,8 @@ impl S3Connector {
         }
     }
 
+    /// A store for `bucket`, in the bucket's own region when it differs from the configured one.
+    /// Fails with a clear error when the bucket is missing or access is denied.
     pub async fn connect(&self, bucket: &str) -> Result<S3Store, StoreError> {
         let client = self.client(None);
         let configured = self.sdk.region().map(|r| r.as_ref().to_owned());
