@@ -8,6 +8,7 @@
 #   scripts/bench_mount.sh --cases first-byte,tail-read --runs 5
 #   scripts/bench_mount.sh --logs /tmp/bench-logs       # keep the mounts' and server's logs
 #   OURS_FLAGS="--concurrency 8" scripts/bench_mount.sh   # more flags for every mount of ours
+#   S3SYNC_TOOL=/tmp/old/s3-synchronizer scripts/bench_mount.sh   # another build, e.g. to compare
 #   scripts/bench.sh --mount --cases walk-stat          # the same, through bench.sh
 #
 # Cases (bucket `bench`, data written to the server's disk before it starts):
@@ -53,7 +54,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,45s/^# \{0,1\}//p' "$0"
+    sed -n '2,51s/^# \{0,1\}//p' "$0"
 }
 
 all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
