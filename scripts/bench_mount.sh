@@ -42,8 +42,9 @@
 # and rclone cat are timed as whole processes, curl by its own clock. Every reader's bytes are
 # checked against the source at least once; a wrong read fails the script.
 # Ratio = the row's best time / the best time of the case's first s3-synchronizer row: above 1
-# means s3-synchronizer is faster. For first-byte and tail-read, ours / GET is also printed
-# against the goal (ours within 3x of one GET on an idle server).
+# means s3-synchronizer is faster; the median of the runs is printed beside the best. For
+# first-byte and tail-read, ours / GET is also printed against the goal (ours within 3x of one
+# GET on an idle server), for the best times and for the medians.
 #
 # Temporary data (about 8 GiB at most) goes under target/ in this repository (BENCH_DIR to use
 # another directory) and is removed on exit; every mount is unmounted and the server stopped,
@@ -54,7 +55,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,51s/^# \{0,1\}//p' "$0"
+    sed -n '2,52s/^# \{0,1\}//p' "$0"
 }
 
 all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
@@ -815,39 +816,49 @@ has parquet && case_parquet
 
 # ---------------------------------------------------------------------------------------------
 best() { tr ' ' '\n' <<<"$1" | sort -g | head -n 1; }
+# median TIMES: the middle one (of an even count, the lower of the two middle ones).
+median() {
+    local sorted
+    mapfile -t sorted < <(tr ' ' '\n' <<<"$1" | sort -g)
+    echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
+}
 
 echo
 echo "$(nproc) CPUs; Linux $(uname -r); $(rclone version 2>/dev/null | head -n 1); s5cmd" \
     "$(s5cmd version 2>/dev/null); $(curl --version | head -n 1 | cut -d ' ' -f 1-2);" \
     "best of $runs runs; GB = 10^9 bytes"
 echo
-echo "| case | reader | best s | GB/s | ratio (s / ours s) |"
-echo "|---|---|---:|---:|---:|"
+echo "| case | reader | best s | median s | GB/s | ratio (s / ours s) |"
+echo "|---|---|---:|---:|---:|---:|"
 for m in "${measures[@]}"; do
     read -r -a tl <<<"${m_tools[$m]}"
     ours_best="$(best "${times["$m|${tl[0]}"]}")"
     for t in "${tl[@]}"; do
         b="$(best "${times["$m|$t"]}")"
+        med="$(median "${times["$m|$t"]}")"
         awk -v c="${m_label[$m]}" -v r="${t_label["$m|$t"]}" -v b="$b" -v n="${m_bytes[$m]}" \
-            -v o="$ours_best" 'BEGIN {
+            -v o="$ours_best" -v med="$med" 'BEGIN {
             rate = "-"
             if (n != "-" && n + 0 > 0 && b + 0 > 0)
                 rate = sprintf(n / b >= 1e9 ? "%.2f" : "%.3f", n / b / 1e9)
             ratio = (o + 0 == 0) ? "-" : sprintf("%.2f", b / o)
-            printf "| %s | %s | %.4f | %s | %s |\n", c, r, b, rate, ratio
+            printf "| %s | %s | %.4f | %.4f | %s | %s |\n", c, r, b, med, rate, ratio
         }'
     done
 done
 
 goal() { # KEY PEER WHAT [PEER_KEY: the peer's times from another case]
-    local o g b=0
+    local o g b=0 om gm
     [[ -n "${times["$1|ours"]:-}" ]] || return 0
     o="$(best "${times["$1|ours"]}")"
     g="$(best "${times["${4:-$1}|$2"]}")"
+    om="$(median "${times["$1|ours"]}")"
+    gm="$(median "${times["${4:-$1}|$2"]}")"
     [[ -z "${4:-}" && -n "${times["$1|curl-busy"]:-}" ]] && b="$(best "${times["$1|curl-busy"]}")"
-    awk -v o="$o" -v g="$g" -v b="$b" -v w="$3" 'BEGIN {
+    awk -v o="$o" -v g="$g" -v b="$b" -v w="$3" -v om="$om" -v gm="$gm" 'BEGIN {
         r = (g + 0 == 0) ? 0 : o / g
         printf "  %-48s ours %.4f s / GET %.4f s = %5.1f  %s", w, o, g, r, (r <= 3) ? "met" : "MISSED"
+        if (gm + 0 > 0) printf "   (medians: %.1fx)", om / gm
         if (b + 0 > 0) printf "   (the same GET under our backlog: %.4f s, ours = %.1fx of it)", b, o / b
         printf "\n"
     }'
