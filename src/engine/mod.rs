@@ -4,6 +4,10 @@
 //! Concurrency: one semaphore bounds the GETs in flight across all files and mounts; files are
 //! started a bounded number at a time so a huge listing does not become a huge task set.
 //!
+//! Runtimes: downloads run on the runtime the engine was made in, the fetches of waiting readers
+//! on [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority, while the
+//! downloads' threads run at a lower one).
+//!
 //! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
 //! one journal append, never across an `.await`.
 
