@@ -235,7 +235,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
 /// How much lower than the readers' the background download's CPU priority is (a nice value).
 const BACKGROUND_NICENESS: libc::c_int = 10;
 
-/// Lowers the CPU priority of the calling thread to [`BACKGROUND_NICENESS`] below the main
+/// Lowers the CPU priority of the calling thread to `BACKGROUND_NICENESS` below the main
 /// thread's (threads it starts inherit it; calling it again there changes nothing). A thread of
 /// the background download then yields the CPU whenever the FUSE threads, the readers' runtime
 /// or the user's own programs (a notebook computing on the files it read) have work: the

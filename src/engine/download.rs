@@ -684,8 +684,8 @@ impl Download {
     }
 
     /// Makes `range` readable: fetches what of it nobody fetches yet (the stretch around it,
-    /// see [`READ_ALIGN`]) ahead of everything else, and waits for it. The read's own bytes
-    /// (rounded out to [`URGENT_BATCH`]) are a GET of their own, asked first: a reader of a
+    /// see `READ_ALIGN`) ahead of everything else, and waits for it. The read's own bytes
+    /// (rounded out to `URGENT_BATCH`) are a GET of their own, asked first: a reader of a
     /// file's footer does not wait for the megabyte before it to stream in.
     pub async fn read_ready(self: &Arc<Self>, range: Range<u64>) -> Result<(), FetchError> {
         if self.is_present(range.clone()) {
