@@ -41,7 +41,24 @@ fn runtime(on_thread_start: fn()) -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` says otherwise). glibc gives
+/// threads that allocate at once arenas of their own, up to eight per core, and memory freed in
+/// one is not reused by another: with the runtime's worker and blocking threads, a mount of
+/// 100,000 objects peaked at 328 MiB of resident memory, against 181 MiB with two arenas, at the
+/// same download speed.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any other thread
+        // exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     let cli = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Sync(args) => {
