@@ -685,9 +685,8 @@ mod tests {
     struct Held {
         holds: Holds,
         gate: tokio::sync::Semaphore,
-        asked: parking_lot::Mutex<Vec<std::ops::Range<u64>>>,
-        /// The thread each GET was asked from, by where its range starts.
-        threads: parking_lot::Mutex<Vec<(u64, String)>>,
+        /// Each GET's range, and the thread it was asked from.
+        asked: parking_lot::Mutex<Vec<(std::ops::Range<u64>, String)>>,
         stalled: AtomicU64,
         pulled: Arc<AtomicU64>,
     }
@@ -701,7 +700,6 @@ mod tests {
                 holds: Box::new(holds),
                 gate: tokio::sync::Semaphore::new(0),
                 asked: parking_lot::Mutex::default(),
-                threads: parking_lot::Mutex::default(),
                 stalled: AtomicU64::new(0),
                 pulled: Arc::default(),
             };
@@ -718,9 +716,8 @@ mod tests {
             range: std::ops::Range<u64>,
             etag: &str,
         ) -> Result<crate::store::Body, crate::store::StoreError> {
-            self.asked.lock().push(range.clone());
             let thread = std::thread::current().name().unwrap_or_default().to_owned();
-            self.threads.lock().push((range.start, thread));
+            self.asked.lock().push((range.clone(), thread));
             if (self.holds)(key, range.start) {
                 self.stalled.fetch_add(1, Ordering::SeqCst);
                 // Each permit lets one GET through.
@@ -805,7 +802,7 @@ mod tests {
             data[(end - 100) as usize..]
         );
         // Only the last part was fetched; the bulk download is held back at its first parts.
-        let asked: Vec<u64> = held.asked.lock().iter().map(|r| r.start).collect();
+        let asked: Vec<u64> = held.asked.lock().iter().map(|(r, _)| r.start).collect();
         assert!(asked.contains(&(19 * PART)), "{asked:?}");
         assert!(
             asked.iter().all(|&a| a == 19 * PART || a < 4 * PART),
@@ -848,7 +845,7 @@ mod tests {
         // so perhaps not yet when the read returns; the bulk GETs are all at the gate).
         let readers_gets = || {
             let asked = held.asked.lock();
-            asked.iter().filter(|r| r.start % part != 0).count()
+            asked.iter().filter(|(r, _)| r.start % part != 0).count()
         };
         for _ in 0..1000 {
             if readers_gets() >= 3 {
@@ -856,7 +853,7 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let asked = held.asked.lock().clone();
+        let asked: Vec<_> = held.asked.lock().iter().map(|(r, _)| r.clone()).collect();
         let mut readers: Vec<_> = asked.iter().filter(|r| r.start % part != 0).collect();
         readers.sort_by_key(|r| r.start);
         let (mib, own) = (at - (300 << 10), at - at % (128 << 10));
@@ -951,7 +948,12 @@ mod tests {
         // The read's GETs: in the megabyte around it.
         let mib = at - at % (1 << 20);
         let read_gets = mib..mib + (1 << 20);
-        let threads = held.threads.lock().clone();
+        let threads: Vec<_> = held
+            .asked
+            .lock()
+            .iter()
+            .map(|(r, t)| (r.start, t.clone()))
+            .collect();
         assert!(
             threads.iter().any(|(start, _)| read_gets.contains(start)),
             "{threads:?}"
