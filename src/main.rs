@@ -44,7 +44,7 @@ fn runtime(on_thread_start: fn()) -> Result<tokio::runtime::Runtime, ExitCode> {
 /// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` says otherwise). glibc gives
 /// threads that allocate at once arenas of their own, up to eight per core, and memory freed in
 /// one is not reused by another: with the runtime's worker and blocking threads, a mount of
-/// 100,000 objects peaked at 328 MiB of resident memory, against 181 MiB with two arenas, at the
+/// 100,000 objects peaked at 320 MiB of resident memory, against 167 MiB with two arenas, at the
 /// same download speed.
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
