@@ -724,8 +724,7 @@ case_cpu_share() {
                 record cpu-share s5cmd "$round" "$(py cpu)"
                 kill -0 "$BG_PID" 2>/dev/null ||
                     notes+=("cpu-share run $((round + 1)): WARNING: s5cmd was done before the loop ended")
-                kill -TERM -- "-$BG_PID" 2>/dev/null || true
-                while kill -0 "$BG_PID" 2>/dev/null; do sleep 0.05; done
+                stop_pid "$BG_PID"
                 rm -rf -- "$dir"
                 ;;
             idle) record cpu-share idle "$round" "$(py cpu)" ;;

@@ -5,9 +5,10 @@
 #   . scripts/lib.sh
 #
 # It provides: prerequisite checks and installs (ensure_rust, ensure_python_tools), building the
-# tool (build_tool), temporary directories removed on exit (make_temp_dir), a free loopback port
-# (free_port), a local S3-compatible server (`rclone serve s3`, start_s3_server) stopped on exit,
-# the environment each S3 client needs to talk to it (s3_env), and timing (now, elapsed).
+# tool (build_tool), temporary directories removed on exit (make_temp_dir), stopping a process
+# we started (stop_pid), a free loopback port (free_port), a local S3-compatible server
+# (`rclone serve s3`, start_s3_server) stopped on exit, the environment each S3 client needs to
+# talk to it (s3_env), and timing (now, elapsed).
 # Cleanup runs on any exit, including errors and Ctrl-C.
 
 # Fixed credentials of the local demo/benchmark server (loopback only). rclone's S3 server refuses
@@ -37,22 +38,27 @@ die() {
 # ---------------------------------------------------------------------------------------------
 # Cleanup: stop what we started, remove our temporary directories.
 
+# stop_pid PID: stops a process we started (its process group when it leads one, else the
+# process alone): SIGTERM, up to 5 s to go, then SIGKILL.
+stop_pid() {
+    local pid="$1"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
 _cleanup() {
     local pid dir
     for pid in "${_CLEANUP_PIDS[@]+"${_CLEANUP_PIDS[@]}"}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            # The process group when it leads one (the server), else the process alone.
-            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-            # Give it up to 5 s to go, then insist.
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            if kill -0 "$pid" 2>/dev/null; then
-                kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-            fi
-        fi
-        wait "$pid" 2>/dev/null || true
+        stop_pid "$pid"
     done
     for dir in "${_CLEANUP_DIRS[@]+"${_CLEANUP_DIRS[@]}"}"; do
         if [[ -n "$dir" && -d "$dir" ]]; then
