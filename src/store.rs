@@ -72,4 +72,16 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Bytes `range` of `key`, only if its ETag is still `etag`.
     async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError>;
+
+    /// [`get`](Self::get), for a reader waiting on the bytes: a store may serve it on
+    /// connections of its own, so that it neither queues behind nor is driven by the threads
+    /// of the background download.
+    async fn get_for_reader(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
+        self.get(key, range, etag).await
+    }
 }

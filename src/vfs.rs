@@ -965,6 +965,67 @@ mod tests {
         readers.shutdown_background();
     }
 
+    /// Opening a file that is not downloaded yet sets up its download on the caller's (the
+    /// readers') runtime: with every thread of the background download busy, the open and a
+    /// read of its last bytes still complete. The rest of the file downloads once they are free.
+    #[test]
+    fn an_open_does_not_wait_for_the_busy_background_runtime() {
+        let runtime = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (bulk, readers) = (runtime("test-bulk"), runtime("test-reader"));
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 2 << 20;
+        let data: Vec<u8> = (0..4 * part).map(|i| (i % 241) as u8).collect();
+        mem.put("p/big", data.clone());
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: part,
+            readers: Some(readers.handle().clone()),
+        };
+        let (vfs, _engine) = bulk.block_on(vfs_config(
+            mem,
+            tmp.path(),
+            &config,
+            CancellationToken::new(),
+        ));
+
+        // The background runtime's only worker is kept busy until released.
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        bulk.spawn(async move {
+            busy_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        busy_rx.recv().unwrap();
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let at = 4 * part - 100;
+        let v = vfs.clone();
+        readers.spawn(async move {
+            let opened = v.open(path_ino(&v, "m/big").unwrap()).await.unwrap();
+            let got = v.read(opened.fh, at, 100).await.unwrap();
+            done_tx.send((opened.fh, got)).unwrap();
+        });
+        // Bounded, so that a regression fails instead of hanging.
+        let (fh, got) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the open or the read waited for the background runtime");
+        assert!(got == data[at as usize..]);
+
+        release_tx.send(()).unwrap();
+        bulk.block_on(wait_until_cached(&vfs, "m/big"));
+        vfs.release(fh);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+        readers.shutdown_background();
+    }
+
     /// Waits (bounded) until the file at `path` is complete in the cache.
     async fn wait_until_cached(vfs: &Vfs, path: &str) {
         let rel = path.split_once('/').unwrap().1;

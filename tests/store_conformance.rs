@@ -17,8 +17,21 @@ async fn read(
     range: std::ops::Range<u64>,
     etag: &str,
 ) -> Result<Vec<u8>, StoreError> {
+    collect(store.get(key, range, etag).await?).await
+}
+
+/// [`read`] as a waiting reader's GET.
+async fn read_for_reader(
+    store: &dyn ObjectStore,
+    key: &str,
+    range: std::ops::Range<u64>,
+    etag: &str,
+) -> Result<Vec<u8>, StoreError> {
+    collect(store.get_for_reader(key, range, etag).await?).await
+}
+
+async fn collect(mut body: s3_synchronizer::store::Body) -> Result<Vec<u8>, StoreError> {
     use futures_util::StreamExt;
-    let mut body = store.get(key, range, etag).await?;
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
         out.extend_from_slice(&chunk?);
@@ -73,6 +86,16 @@ where
             .unwrap(),
         data[1000..70_000]
     );
+    assert_eq!(
+        read_for_reader(&*store, "dir/obj.bin", 1000..70_000, &meta.etag)
+            .await
+            .unwrap(),
+        data[1000..70_000]
+    );
+    assert!(matches!(
+        read_for_reader(&*store, "dir/missing", 0..1, "x").await,
+        Err(StoreError::NoSuchKey { .. } | StoreError::PreconditionFailed { .. })
+    ));
     assert!(matches!(
         read(&*store, "dir/missing", 0..1, "x").await,
         Err(StoreError::NoSuchKey { .. } | StoreError::PreconditionFailed { .. })
@@ -81,6 +104,13 @@ where
     if honours_if_match {
         put("dir/obj.bin".into(), bytes(300_000, 4)).await;
         let err = read(&*store, "dir/obj.bin", 0..10, &meta.etag)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err:?}"
+        );
+        let err = read_for_reader(&*store, "dir/obj.bin", 0..10, &meta.etag)
             .await
             .unwrap_err();
         assert!(
@@ -162,4 +192,50 @@ async fn s3_store_conforms_against_moto() {
         true,
     )
     .await;
+}
+
+/// A reader's GET does not ride on a connection of the background download (a pooled
+/// connection is driven by the runtime that opened it, in mount mode the lower-priority one):
+/// the readers' GETs open connections of their own and reuse those.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_gets_use_connections_of_their_own() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let data = vec![7u8; 100_000];
+    s3.put("bkt", "obj", &data).await;
+    let proxy = common::proxy::SlowProxy::start(&s3.endpoint, 0).await;
+    let store = connector(&proxy.endpoint).connect("bkt").await.unwrap();
+    let etag = store.head("obj").await.unwrap().unwrap().etag;
+    // Time for a finished GET's connection to go back to its pool.
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(read(&store, "obj", 0..10, &etag).await.unwrap(), data[..10]);
+    settle().await;
+    assert_eq!(
+        read(&store, "obj", 10..20, &etag).await.unwrap(),
+        data[10..20]
+    );
+    settle().await;
+    let background = proxy.connections();
+    assert_eq!(
+        read_for_reader(&store, "obj", 20..30, &etag).await.unwrap(),
+        data[20..30]
+    );
+    settle().await;
+    assert_eq!(
+        proxy.connections(),
+        background + 1,
+        "the reader's GET took an idle connection of the background's"
+    );
+    assert_eq!(
+        read_for_reader(&store, "obj", 30..40, &etag).await.unwrap(),
+        data[30..40]
+    );
+    assert_eq!(
+        read(&store, "obj", 40..50, &etag).await.unwrap(),
+        data[40..50]
+    );
+    assert_eq!(
+        proxy.connections(),
+        background + 1,
+        "each pool reuses its idle connection"
+    );
 }

@@ -290,10 +290,10 @@ pub(crate) async fn reader(
         Registered::New(guard) => {
             let flight = guard.flight.clone();
             let span = tracing::info_span!("download", mount = %mount.mount.id, key = %meta.key);
-            // The rest of the file downloads in the background, not on the reader's runtime.
-            shared
-                .bulk
-                .spawn(run(guard, mount, store, meta, path).instrument(span));
+            // Set up here, on the reader's runtime: queued behind the backlog's tasks, the
+            // open would wait for them. The workers fetching the rest of the file run on the
+            // bulk runtime (see `fetch_large`).
+            tokio::spawn(run(guard, mount, store, meta, path).instrument(span));
             flight
         }
     };
@@ -391,17 +391,21 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     };
     for _ in 0..missing.min(job.shared.files_in_flight) {
         let (job, download) = (job.clone(), download.clone());
-        workers.spawn(async move {
-            loop {
-                let permit = permit(&job, &|| false).await;
-                let Some(piece) = download.claim_next() else {
-                    return;
-                };
-                if !download.fetch_piece(piece, false, Some(permit)).await {
-                    return;
+        let bulk = job.shared.bulk.clone();
+        workers.spawn_on(
+            async move {
+                loop {
+                    let permit = permit(&job, &|| false).await;
+                    let Some(piece) = download.claim_next() else {
+                        return;
+                    };
+                    if !download.fetch_piece(piece, false, Some(permit)).await {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+            &bulk,
+        );
     }
     // Complete, or failed (a worker's part or a reader's): then the other workers stop.
     let failed = download.wait_for(0..meta.size, || {}).await.err();
@@ -877,7 +881,15 @@ async fn read_part(
 ) -> Result<Vec<Bytes>, PartError> {
     let progress = &job.shared.progress;
     let asked = std::time::Instant::now();
-    let mut body = job.store.get(&meta.key, range.clone(), &meta.etag).await?;
+    // A GET a reader waits for goes through connections of the readers' own, which the
+    // readers' runtime drives (see `ObjectStore::get_for_reader`).
+    let mut body = if is_urgent(job, urgent) {
+        job.store
+            .get_for_reader(&meta.key, range.clone(), &meta.etag)
+    } else {
+        job.store.get(&meta.key, range.clone(), &meta.etag)
+    }
+    .await?;
     if is_urgent(job, urgent) {
         // With "read waits"/"read waited", tells the server's share of a reader's wait.
         tracing::debug!(key = %meta.key, ?range, elapsed = ?asked.elapsed(), "reader's GET answered");

@@ -6,7 +6,10 @@
 //!
 //! Runtimes: downloads run on the runtime the engine was made in, the fetches of waiting readers
 //! on [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority, while the
-//! downloads' threads run at a lower one).
+//! downloads' threads run at a lower one), and so does the start of a download a reader opens:
+//! only the workers fetching the rest of that file run on the engine's runtime. A reader's GETs
+//! go through [`ObjectStore::get_for_reader`]: connections of their own, driven by the readers'
+//! runtime.
 //!
 //! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
 //! one journal append, never across an `.await`.

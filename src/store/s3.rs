@@ -73,7 +73,14 @@ impl S3Connector {
         }
     }
 
-    fn client(&self, region: Option<&str>) -> Client {
+    /// The clients of a store: one for everything, one for readers' GETs (see [`S3Store`]).
+    fn clients(&self, region: Option<&str>) -> (Client, Client) {
+        (self.client(region, false), self.client(region, true))
+    }
+
+    /// A client; with `own_pool`, its HTTP client is a new default one (same TLS, proxy and
+    /// timeout settings) with connections of its own, instead of the shared one.
+    fn client(&self, region: Option<&str>, own_pool: bool) -> Client {
         let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
             .force_path_style(self.opts.force_path_style)
             .retry_config(RetryConfig::disabled())
@@ -96,14 +103,21 @@ impl S3Connector {
         if let Some(r) = region {
             conf = conf.region(Region::new(r.to_owned()));
         }
+        if own_pool {
+            // A client given no HTTP client makes a default one of its own. The loaded
+            // configuration carries none today; this keeps the pools apart should it ever.
+            conf.set_http_client(None);
+        }
         Client::from_conf(conf.build())
     }
 
     /// A store for `bucket` in the configured region, without asking where the bucket lives:
     /// for when the endpoint cannot be reached now.
     pub fn unprobed(&self, bucket: &str) -> S3Store {
+        let (client, readers) = self.clients(None);
         S3Store {
-            client: self.client(None),
+            client,
+            readers,
             bucket: bucket.to_owned(),
         }
     }
@@ -111,7 +125,7 @@ impl S3Connector {
     /// A store for `bucket`, in the bucket's own region when it differs from the configured one.
     /// Fails with a clear error when the bucket is missing or access is denied.
     pub async fn connect(&self, bucket: &str) -> Result<S3Store, StoreError> {
-        let client = self.client(None);
+        let client = self.client(None, false);
         let configured = self.sdk.region().map(|r| r.as_ref().to_owned());
         let region = match client.head_bucket().bucket(bucket).send().await {
             Ok(out) => out.bucket_region().map(str::to_owned),
@@ -121,15 +135,17 @@ impl S3Connector {
                 _ => return Err(classify(&err, bucket, None)),
             },
         };
-        let client = match region {
+        let region = match region {
             Some(r) if Some(&r) != configured.as_ref() => {
                 tracing::info!(bucket, region = %r, "bucket is in another region");
-                self.client(Some(&r))
+                Some(r)
             }
-            _ => client,
+            _ => None,
         };
+        let (client, readers) = self.clients(region.as_deref());
         Ok(S3Store {
             client,
+            readers,
             bucket: bucket.to_owned(),
         })
     }
@@ -139,8 +155,12 @@ fn bucket_region_header(resp: &HttpResponse) -> Option<String> {
     resp.headers().get("x-amz-bucket-region").map(str::to_owned)
 }
 
+/// One bucket. Readers' GETs go through a client with a connection pool of its own: a pooled
+/// connection is driven by the runtime that opened it, and those of the background download run
+/// at a lower CPU priority in mount mode, busy with bodies a reader does not want.
 pub struct S3Store {
     client: Client,
+    readers: Client,
     bucket: String,
 }
 
@@ -262,8 +282,29 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
-        let out = self
-            .client
+        self.get_with(&self.client, key, range, etag).await
+    }
+
+    async fn get_for_reader(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
+        self.get_with(&self.readers, key, range, etag).await
+    }
+}
+
+impl S3Store {
+    /// A ranged GET with `If-Match`, through `client`.
+    async fn get_with(
+        &self,
+        client: &Client,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
+        let out = client
             .get_object()
             .bucket(&self.bucket)
             .key(key)

@@ -12,6 +12,7 @@ pub struct SlowProxy {
     /// `http://127.0.0.1:port`: point the tool here.
     pub endpoint: String,
     rate: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -27,10 +28,13 @@ impl SlowProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let rate = Arc::new(AtomicU64::new(rate));
         let shared = rate.clone();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
         let accept = tokio::spawn(async move {
             // Dropped with the accept task: every connection ends with the proxy.
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
                 let (upstream, rate) = (upstream.clone(), shared.clone());
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
@@ -42,8 +46,14 @@ impl SlowProxy {
         Self {
             endpoint,
             rate,
+            accepted,
             accept,
         }
+    }
+
+    /// How many connections the tool has opened through the proxy.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Changes the rate of every connection, open or new (0: unlimited).
