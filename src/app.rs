@@ -44,6 +44,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             concurrency: config.concurrency,
             part_size: config.part_size,
             readers: None,
+            stream: None,
         },
         progress.clone(),
         cancel.clone(),

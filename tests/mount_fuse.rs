@@ -538,17 +538,22 @@ async fn other_users_read_a_mount_only_with_allow_other_and_nobody_writes() {
 }
 
 /// The name and nice value of every thread of process `pid`.
-fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+fn thread_priorities(pid: u32) -> Vec<(String, i64, i64)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
             continue; // the thread ended
         };
-        // "tid (comm) state ...": nice is the 19th field, the 17th after the closing parenthesis.
+        // "tid (comm) state ...": nice is the 19th field and the scheduling policy the 41st,
+        // the 17th and the 39th after the closing parenthesis.
         let (head, rest) = stat.rsplit_once(") ").unwrap();
         let name = head.split_once(" (").unwrap().1.to_owned();
-        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
-        out.push((name, nice));
+        let fields: Vec<&str> = rest.split(' ').collect();
+        out.push((
+            name,
+            fields[16].parse().unwrap(),
+            fields[38].parse().unwrap(),
+        ));
     }
     out
 }
@@ -565,27 +570,40 @@ async fn the_background_download_runs_at_a_lower_cpu_priority_than_readers() {
     );
     // SAFETY: getpriority has no preconditions.
     let ours = i64::from(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
-    let threads = thread_nice_values(m.child.id());
-    let of = |prefix: &str| -> Vec<i64> {
+    let threads = thread_priorities(m.child.id());
+    let of = |prefix: &str| -> Vec<(i64, i64)> {
         threads
             .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, nice)| *nice)
+            .filter(|(name, _, _)| name.starts_with(prefix))
+            .map(|&(_, nice, policy)| (nice, policy))
             .collect()
     };
-    // The background download's threads (workers and blocking pool alike) are 10 below the
-    // readers' runtime and the FUSE threads.
-    let (background, readers, fuse) = (of("tokio-rt"), of("reader"), of("fuser-"));
+    // The threads streaming the background download's bytes are in the idle class; the rest
+    // of the background download (workers and blocking pool alike) is 10 below the readers'
+    // runtime and the FUSE threads.
+    let (stream, background) = (of("stream"), of("tokio-rt"));
+    let (readers, fuse) = (of("reader"), of("fuser-"));
     assert!(
-        !background.is_empty() && !readers.is_empty() && !fuse.is_empty(),
+        [&stream, &background, &readers, &fuse]
+            .iter()
+            .all(|t| !t.is_empty()),
         "{threads:?}"
     );
     assert!(
-        background.iter().all(|&n| n == (ours + 10).min(19)),
+        stream
+            .iter()
+            .all(|&(_, p)| p == i64::from(libc::SCHED_IDLE)),
+        "{threads:?}"
+    );
+    let normal = i64::from(libc::SCHED_OTHER);
+    assert!(
+        background
+            .iter()
+            .all(|&t| t == ((ours + 10).min(19), normal)),
         "{threads:?}"
     );
     assert!(
-        readers.iter().chain(&fuse).all(|&n| n == ours),
+        readers.iter().chain(&fuse).all(|&t| t == (ours, normal)),
         "{threads:?}"
     );
     assert!(m.unmount().success(), "{}", m.log());

@@ -354,10 +354,19 @@ async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Ou
 /// A small object is read into memory with one GET, then staged, written and committed in one
 /// blocking call: one hand-off to the blocking pool per file instead of three.
 async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
-    let data = if meta.size == 0 {
-        Vec::new()
-    } else {
-        download_part(job, meta, 0..meta.size, None, &|| false, None).await?
+    let data = match &job.shared.stream {
+        _ if meta.size == 0 => Vec::new(),
+        // A reader waits for it: fetched here, on the reader's runtime.
+        Some(stream) if !is_urgent(job, &|| false) => {
+            let (job, meta) = (job.clone(), meta.clone());
+            stream
+                .spawn(async move {
+                    download_part(&job, &meta, 0..meta.size, None, &|| false, None).await
+                })
+                .await
+                .expect("GET task panicked")?
+        }
+        _ => download_part(job, meta, 0..meta.size, None, &|| false, None).await?,
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -391,7 +400,12 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     };
     for _ in 0..missing.min(job.shared.files_in_flight) {
         let (job, download) = (job.clone(), download.clone());
-        let bulk = job.shared.bulk.clone();
+        let stream = job
+            .shared
+            .stream
+            .as_ref()
+            .unwrap_or(&job.shared.bulk)
+            .clone();
         workers.spawn_on(
             async move {
                 loop {
@@ -404,7 +418,7 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
                     }
                 }
             },
-            &bulk,
+            &stream,
         );
     }
     // Complete, or failed (a worker's part or a reader's): then the other workers stop.

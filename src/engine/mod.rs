@@ -45,6 +45,10 @@ pub struct EngineConfig {
     /// threads busy with the background download (which may run at a lower CPU priority);
     /// `None`: the engine's own runtime.
     pub readers: Option<tokio::runtime::Handle>,
+    /// Where the bytes of the background download stream: its GETs and their writes to the
+    /// cache (in mount mode a runtime whose threads take only idle CPU). Listing, planning and
+    /// committing files stay on the engine's runtime. `None`: the engine's own runtime.
+    pub stream: Option<tokio::runtime::Handle>,
 }
 
 pub(crate) struct Shared {
@@ -66,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) bulk: tokio::runtime::Handle,
     /// Where the fetches of waiting readers run ([`EngineConfig::readers`]).
     pub(crate) readers: tokio::runtime::Handle,
+    /// Where the background download's GETs run ([`EngineConfig::stream`]).
+    pub(crate) stream: Option<tokio::runtime::Handle>,
     cancel: CancellationToken,
 }
 
@@ -179,6 +185,7 @@ impl Engine {
                     .readers
                     .clone()
                     .unwrap_or_else(tokio::runtime::Handle::current),
+                stream: config.stream.clone(),
                 cancel,
             }),
         }

@@ -44,6 +44,7 @@ fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engi
             concurrency,
             part_size: PART,
             readers: None,
+            stream: None,
         },
         Arc::new(Progress::default()),
         cancel,
