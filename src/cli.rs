@@ -82,11 +82,14 @@ pub struct MountConfig {
 
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, ConfigError> {
-        let sync = self.common.into_config()?;
+        let mut sync = self.common.into_config()?;
         let cache_dir = match self.cache_dir {
             Some(dir) => dir,
             None => default_cache_dir(&sync.destination).ok_or(ConfigError::NoCacheDir)?,
         };
+        // Readers wait while the background download runs: a server on this machine should
+        // answer them at once (see `S3Options::small_local_buffers`).
+        sync.s3.small_local_buffers = true;
         Ok(MountConfig {
             sync,
             cache_dir,
@@ -366,6 +369,7 @@ impl SyncArgs {
                 profile: self.profile,
                 endpoint_url,
                 force_path_style,
+                small_local_buffers: false,
             },
         })
     }
@@ -492,6 +496,7 @@ mod tests {
         let c = m.into_config().unwrap();
         assert_eq!(c.cache_dir, PathBuf::from("/c"));
         assert_eq!(c.sync.interval, Duration::from_secs(5));
+        assert!(c.sync.s3.small_local_buffers, "mount mode");
         let a = default_cache_dir(std::path::Path::new("/mnt/data")).unwrap();
         let b = default_cache_dir(std::path::Path::new("/mnt/other/data")).unwrap();
         assert_ne!(a, b);

@@ -6,6 +6,7 @@
 //! [`StoreError::PreconditionFailed`] when the object no longer has it, so parts of two versions
 //! are never stitched together.
 
+pub mod local_http;
 pub mod memory;
 pub mod s3;
 

@@ -143,6 +143,10 @@ async fn memory_store_conforms() {
 }
 
 fn connector(endpoint: &str) -> S3Connector {
+    connector_with(endpoint, false)
+}
+
+fn connector_with(endpoint: &str, small_local_buffers: bool) -> S3Connector {
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -155,6 +159,7 @@ fn connector(endpoint: &str) -> S3Connector {
         profile: None,
         endpoint_url: Some(endpoint.to_owned()),
         force_path_style: true,
+        small_local_buffers,
     };
     S3Connector::from_sdk(&opts, sdk)
 }
@@ -238,4 +243,72 @@ async fn readers_gets_use_connections_of_their_own() {
         background + 1,
         "each pool reuses its idle connection"
     );
+}
+
+/// The receive buffer sizes of this process's TCP sockets connected to `port` on loopback.
+fn receive_buffers_to(port: u16) -> Vec<usize> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: getpeername and getsockopt write at most the lengths they are given into
+        // buffers that live through the calls; on a descriptor that is not a socket they fail.
+        unsafe {
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) != 0
+                || i32::from(addr.sin_family) != libc::AF_INET
+                || u16::from_be(addr.sin_port) != port
+            {
+                continue;
+            }
+            let mut size: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &mut size as *mut _ as *mut libc::c_void,
+                &mut len,
+            ) == 0
+            {
+                out.push(size as usize);
+            }
+        }
+    }
+    out
+}
+
+/// For mount mode, the connections to a server on this machine have small receive buffers (a
+/// server sharing the cores stops pushing bytes soon after the background download pauses for
+/// a reader); sync mode keeps the kernel's, which grow with the download.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_to_a_local_server_have_small_receive_buffers_only_for_mount_mode() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let data = vec![5u8; 300_000];
+    s3.put("bkt", "obj", &data).await;
+    let port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    // Linux reports twice the size asked for (the rest is its bookkeeping).
+    let small = 2 * s3_synchronizer::store::local_http::RECEIVE_BUFFER;
+    for mount_mode in [false, true] {
+        let store = connector_with(&s3.endpoint, mount_mode)
+            .connect("bkt")
+            .await
+            .unwrap();
+        let etag = store.head("obj").await.unwrap().unwrap().etag;
+        assert!(read(&store, "obj", 0..300_000, &etag).await.unwrap() == data);
+        // The connection stays open in its pool while the store lives.
+        let buffers = receive_buffers_to(port);
+        assert!(!buffers.is_empty(), "no connection to the server");
+        assert_eq!(
+            buffers.contains(&small),
+            mount_mode,
+            "mount mode: {mount_mode}, receive buffers: {buffers:?}"
+        );
+        if !mount_mode {
+            // Those of sync mode's connections are gone before mount mode's are looked at.
+            drop(store);
+        }
+    }
 }

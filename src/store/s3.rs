@@ -3,7 +3,7 @@
 //!
 //! Retries are the engine's job (one policy for every store), so the SDK's own retries are off.
 
-use super::{Body, ObjectMeta, ObjectStore, StoreError};
+use super::{Body, ObjectMeta, ObjectStore, StoreError, local_http};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::environment::EnvironmentVariableRegionProvider;
@@ -19,6 +19,9 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
+/// How long a connection to the endpoint may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to reach S3: what the command line says about the service, shared by every mount.
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
@@ -27,6 +30,9 @@ pub struct S3Options {
     pub profile: Option<String>,
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
+    /// Small socket receive buffers on the background download's connections to a server on
+    /// this machine (see [`local_http`]): for mount mode, where readers wait while it runs.
+    pub small_local_buffers: bool,
 }
 
 /// Loaded AWS configuration (credentials chain, region) for one profile.
@@ -86,7 +92,7 @@ impl S3Connector {
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .read_timeout(Duration::from_secs(60))
                     .build(),
             );
@@ -107,6 +113,14 @@ impl S3Connector {
             // A client given no HTTP client makes a default one of its own. The loaded
             // configuration carries none today; this keeps the pools apart should it ever.
             conf.set_http_client(None);
+        } else if self.opts.small_local_buffers
+            && self
+                .opts
+                .endpoint_url
+                .as_deref()
+                .is_some_and(local_http::is_local_http)
+        {
+            conf = conf.http_client(local_http::client(CONNECT_TIMEOUT));
         }
         Client::from_conf(conf.build())
     }
