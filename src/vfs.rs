@@ -917,18 +917,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_streams_on_its_own()
      {
-        let readers = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-reader")
-            .enable_all()
-            .build()
-            .unwrap();
-        let stream = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-stream")
-            .enable_all()
-            .build()
-            .unwrap();
+        let readers = named_runtime("test-reader");
+        let stream = named_runtime("test-stream");
         let tmp = tempfile::tempdir().unwrap();
         let mem = MemoryStore::new("bkt");
         let part = 2 << 20;
@@ -986,15 +976,7 @@ mod tests {
     /// read of its last bytes still complete. The rest of the file downloads once they are free.
     #[test]
     fn an_open_does_not_wait_for_the_busy_background_runtime() {
-        let runtime = |name: &str| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(name)
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let (bulk, readers) = (runtime("test-bulk"), runtime("test-reader"));
+        let (bulk, readers) = (named_runtime("test-bulk"), named_runtime("test-reader"));
         let tmp = tempfile::tempdir().unwrap();
         let mem = MemoryStore::new("bkt");
         let part = 2 << 20;
@@ -1047,12 +1029,7 @@ mod tests {
     /// runtime, and the files it writes are whole.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_background_pass_streams_on_the_streaming_runtime() {
-        let stream = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-stream")
-            .enable_all()
-            .build()
-            .unwrap();
+        let stream = named_runtime("test-stream");
         let tmp = tempfile::tempdir().unwrap();
         let mem = MemoryStore::new("bkt");
         let large: Vec<u8> = (0..5 * PART).map(|i| (i % 233) as u8).collect();
@@ -1086,6 +1063,17 @@ mod tests {
         assert!(asked.len() >= 10, "{asked:?}");
         assert!(asked.iter().all(|(_, t)| t == "test-stream"), "{asked:?}");
         stream.shutdown_background();
+    }
+
+    /// A runtime of one worker whose threads are named `name` (tests tell by a GET's thread
+    /// which runtime asked for it).
+    fn named_runtime(name: &str) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     /// Waits (bounded) until the file at `path` is complete in the cache.
