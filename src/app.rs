@@ -45,6 +45,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             part_size: config.part_size,
             readers: None,
             stream: None,
+            slow_start: false,
         },
         progress.clone(),
         cancel.clone(),

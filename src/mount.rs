@@ -128,6 +128,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 part_size: sync.part_size,
                 readers: Some(readers.handle().clone()),
                 stream: Some(stream.handle().clone()),
+                slow_start: true,
             },
             Arc::new(Progress::default()),
             cancel.clone(),

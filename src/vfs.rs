@@ -533,6 +533,7 @@ mod tests {
             part_size,
             readers: None,
             stream: None,
+            slow_start: false,
         };
         vfs_config(store, dir, &config, CancellationToken::new()).await
     }
@@ -549,6 +550,7 @@ mod tests {
             part_size: PART,
             readers: None,
             stream: None,
+            slow_start: false,
         };
         vfs_config(store, dir, &config, cancel).await
     }
@@ -931,6 +933,7 @@ mod tests {
             part_size: part,
             readers: Some(readers.handle().clone()),
             stream: Some(stream.handle().clone()),
+            slow_start: false,
         };
         let cancel = CancellationToken::new();
         let (vfs, _engine) = vfs_config(held.clone(), tmp.path(), &config, cancel).await;
@@ -987,6 +990,7 @@ mod tests {
             part_size: part,
             readers: Some(readers.handle().clone()),
             stream: None,
+            slow_start: false,
         };
         let (vfs, _engine) = bulk.block_on(vfs_config(
             mem,
@@ -1043,6 +1047,7 @@ mod tests {
             part_size: PART,
             readers: None,
             stream: Some(stream.handle().clone()),
+            slow_start: false,
         };
         let (vfs, engine) =
             vfs_config(held.clone(), tmp.path(), &config, CancellationToken::new()).await;

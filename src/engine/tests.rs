@@ -45,6 +45,7 @@ fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engi
             part_size: PART,
             readers: None,
             stream: None,
+            slow_start: false,
         },
         Arc::new(Progress::default()),
         cancel,
@@ -503,5 +504,39 @@ async fn a_missing_bucket_names_the_mount_and_the_bucket() {
     assert_eq!(
         err.to_string(),
         "mount \"m\" (s3://bkt/p/): bucket \"bkt\" does not exist"
+    );
+}
+
+/// Under slow start the bulk lane opens a GET at a time: `SLOW_START_GETS` at first, one more
+/// each `SLOW_START_STEP`, up to the concurrency and no further.
+#[tokio::test(start_paused = true)]
+async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        Cache::open(tmp.path()).unwrap(),
+        &EngineConfig {
+            concurrency: SLOW_START_GETS + 3,
+            part_size: PART,
+            readers: None,
+            stream: None,
+            slow_start: true,
+        },
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    );
+    let open = || engine.shared.permits.available_permits();
+    assert_eq!(open(), SLOW_START_GETS);
+    for step in 1..=4 {
+        tokio::time::sleep(SLOW_START_STEP).await;
+        // The ramp's timer fired with the test's: let its task run.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(open(), SLOW_START_GETS + step.min(3), "after step {step}");
+    }
+    // The priority lane is whole from the start.
+    assert_eq!(
+        engine.shared.urgent_permits.available_permits(),
+        SLOW_START_GETS + 3
     );
 }
