@@ -164,6 +164,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             listings.push(listing);
             sources.push(Source { state, store });
         }
+        // The first reader of each bucket finds a connection open.
+        for source in &sources {
+            let store = source.store.clone();
+            readers.spawn(async move { store.warm_for_readers().await });
+        }
         let vfs = Arc::new(Vfs::new(engine.clone(), sources));
         for (i, (listing, _)) in listings.iter().enumerate() {
             vfs.update(i, listing);

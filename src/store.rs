@@ -85,4 +85,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<Body, StoreError> {
         self.get(key, range, etag).await
     }
+
+    /// Opens a connection for [`get_for_reader`](Self::get_for_reader) ahead of the first
+    /// reader, so that it does not wait for a TCP (and TLS) handshake; errors are the first
+    /// reader's to see. Call it on the runtime the readers' GETs run on: a connection is driven
+    /// by the runtime that opened it.
+    async fn warm_for_readers(&self) {}
 }

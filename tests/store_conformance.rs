@@ -245,6 +245,32 @@ async fn readers_gets_use_connections_of_their_own() {
     );
 }
 
+/// Warming opens the readers' connection before the first reader's GET, which then opens none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warmed_store_has_a_connection_ready_for_the_first_reader() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let data = vec![9u8; 1000];
+    s3.put("bkt", "obj", &data).await;
+    let proxy = common::proxy::SlowProxy::start(&s3.endpoint, 0).await;
+    let store = connector(&proxy.endpoint).connect("bkt").await.unwrap();
+    let etag = store.head("obj").await.unwrap().unwrap().etag;
+    let before = proxy.connections();
+    store.warm_for_readers().await;
+    assert_eq!(
+        proxy.connections(),
+        before + 1,
+        "warming opened no connection"
+    );
+    // Time for the warming request's connection to go back to its pool.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(read_for_reader(&store, "obj", 0..10, &etag).await.unwrap() == data[..10]);
+    assert_eq!(
+        proxy.connections(),
+        before + 1,
+        "the reader's GET opened another"
+    );
+}
+
 /// The receive buffer sizes of this process's TCP sockets connected to `port` on loopback.
 fn receive_buffers_to(port: u16) -> Vec<usize> {
     let mut out = Vec::new();

@@ -307,6 +307,12 @@ impl ObjectStore for S3Store {
     ) -> Result<Body, StoreError> {
         self.get_with(&self.readers, key, range, etag).await
     }
+
+    async fn warm_for_readers(&self) {
+        if let Err(e) = self.readers.head_bucket().bucket(&self.bucket).send().await {
+            tracing::debug!(bucket = %self.bucket, "warming the readers' connection: {}", DisplayErrorContext(e));
+        }
+    }
 }
 
 impl S3Store {
