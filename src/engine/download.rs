@@ -291,8 +291,8 @@ pub(crate) async fn reader(
             let flight = guard.flight.clone();
             let span = tracing::info_span!("download", mount = %mount.mount.id, key = %meta.key);
             // Set up here, on the reader's runtime: queued behind the backlog's tasks, the
-            // open would wait for them. The workers fetching the rest of the file run on the
-            // bulk runtime (see `fetch_large`).
+            // open would wait for them. The workers fetching the rest of the file stream on the
+            // background download's runtime (see `fetch_large`).
             tokio::spawn(run(guard, mount, store, meta, path).instrument(span));
             flight
         }
@@ -356,7 +356,8 @@ async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Ou
 async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
     let data = match &job.shared.stream {
         _ if meta.size == 0 => Vec::new(),
-        // A reader waits for it: fetched here, on the reader's runtime.
+        // In the background: streamed on its runtime. (When a reader waits for the file, or
+        // there is no such runtime, fetched here.)
         Some(stream) if !is_urgent(job, &|| false) => {
             let (job, meta) = (job.clone(), meta.clone());
             stream

@@ -4,12 +4,13 @@
 //! Concurrency: one semaphore bounds the GETs in flight across all files and mounts; files are
 //! started a bounded number at a time so a huge listing does not become a huge task set.
 //!
-//! Runtimes: downloads run on the runtime the engine was made in, the fetches of waiting readers
-//! on [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority, while the
-//! downloads' threads run at a lower one), and so does the start of a download a reader opens:
-//! only the workers fetching the rest of that file run on the engine's runtime. A reader's GETs
-//! go through [`ObjectStore::get_for_reader`]: connections of their own, driven by the readers'
-//! runtime.
+//! Runtimes: passes (listing, planning, committing) run on the runtime the engine was made in,
+//! the background download's GETs and writes on [`EngineConfig::stream`] (in mount mode a
+//! runtime in the idle scheduling class), the fetches of waiting readers on
+//! [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority), and so does the
+//! start of a download a reader opens: only the workers fetching the rest of that file stream
+//! in the background. A reader's GETs go through [`ObjectStore::get_for_reader`]: connections
+//! of their own, driven by the readers' runtime.
 //!
 //! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
 //! one journal append, never across an `.await`.
