@@ -79,11 +79,6 @@ impl S3Connector {
         }
     }
 
-    /// The clients of a store: one for everything, one for readers' GETs (see [`S3Store`]).
-    fn clients(&self, region: Option<&str>) -> (Client, Client) {
-        (self.client(region, false), self.client(region, true))
-    }
-
     /// A client; with `own_pool`, its HTTP client is a new default one (same TLS, proxy and
     /// timeout settings) with connections of its own, instead of the shared one.
     fn client(&self, region: Option<&str>, own_pool: bool) -> Client {
@@ -128,10 +123,9 @@ impl S3Connector {
     /// A store for `bucket` in the configured region, without asking where the bucket lives:
     /// for when the endpoint cannot be reached now.
     pub fn unprobed(&self, bucket: &str) -> S3Store {
-        let (client, readers) = self.clients(None);
         S3Store {
-            client,
-            readers,
+            client: self.client(None, false),
+            readers: self.client(None, true),
             bucket: bucket.to_owned(),
         }
     }
@@ -149,14 +143,17 @@ impl S3Connector {
                 _ => return Err(classify(&err, bucket, None)),
             },
         };
-        let region = match region {
-            Some(r) if Some(&r) != configured.as_ref() => {
+        // The probe's client (and its open connection) serves the store unless the bucket
+        // lives elsewhere.
+        let region = region.filter(|r| Some(r) != configured.as_ref());
+        let client = match &region {
+            Some(r) => {
                 tracing::info!(bucket, region = %r, "bucket is in another region");
-                Some(r)
+                self.client(Some(r), false)
             }
-            _ => None,
+            None => client,
         };
-        let (client, readers) = self.clients(region.as_deref());
+        let readers = self.client(region.as_deref(), true);
         Ok(S3Store {
             client,
             readers,
@@ -310,7 +307,8 @@ impl ObjectStore for S3Store {
 
     async fn warm_for_readers(&self) {
         if let Err(e) = self.readers.head_bucket().bucket(&self.bucket).send().await {
-            tracing::debug!(bucket = %self.bucket, "warming the readers' connection: {}", DisplayErrorContext(e));
+            let error = DisplayErrorContext(e);
+            tracing::debug!(bucket = %self.bucket, "warming the readers' connection: {error}");
         }
     }
 }
