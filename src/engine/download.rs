@@ -399,14 +399,10 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
         let parts = download.parts.lock();
         parts.unclaimed(0..parts.size).count()
     };
-    for _ in 0..missing.min(job.shared.files_in_flight) {
+    let shared = &job.shared;
+    let stream = shared.stream.as_ref().unwrap_or(&shared.bulk);
+    for _ in 0..missing.min(shared.files_in_flight) {
         let (job, download) = (job.clone(), download.clone());
-        let stream = job
-            .shared
-            .stream
-            .as_ref()
-            .unwrap_or(&job.shared.bulk)
-            .clone();
         workers.spawn_on(
             async move {
                 loop {
@@ -419,7 +415,7 @@ async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
                     }
                 }
             },
-            &stream,
+            stream,
         );
     }
     // Complete, or failed (a worker's part or a reader's): then the other workers stop.
