@@ -101,8 +101,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             )
         })?;
     // What readers wait for (FUSE opens, reads of bytes not yet downloaded) runs on a runtime
-    // of its own, at normal priority: `runtime` runs the background download, its threads at a
-    // lower one (see [`lower_thread_priority`]).
+    // of its own, at normal priority: `runtime` runs the passes (listing, planning, committing)
+    // at a lower one (see [`lower_thread_priority`]), and `stream` below their bytes.
     let readers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("reader")
