@@ -138,6 +138,45 @@ fn backing_for(
     Some(id)
 }
 
+fn reply_open(
+    vfs: &Vfs,
+    table: &Mutex<Backing>,
+    passthrough: bool,
+    ino: u64,
+    result: Result<Opened, FsError>,
+    reply: ReplyOpen,
+) {
+    match result {
+        Ok(opened) => {
+            let flags = if opened.keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            let fh = FileHandle(opened.fh);
+            // A file still downloading is served: its reads may have to wait.
+            let id = (passthrough && !opened.partial)
+                .then(|| backing_for(table, vfs, ino, &opened, &reply))
+                .flatten();
+            match id {
+                // Reads go to the backing file's own page cache; the kernel refuses
+                // passthrough opens that also ask to keep a FUSE page cache.
+                Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                None => {
+                    *table.lock().served.entry(ino).or_default() += 1;
+                    reply.opened(fh, flags)
+                }
+            }
+        }
+        Err(e) => {
+            if let FsError::Download(err) = &e {
+                tracing::error!(key = %err.key, "read failed: {}", err.reason);
+            }
+            reply.error(errno(&e))
+        }
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Stack depth 2 lets the cache itself sit on a stacked file system (e.g. overlayfs).
@@ -170,39 +209,18 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let vfs = self.vfs.clone();
         let (table, passthrough) = (self.backing.clone(), self.passthrough);
-        self.runtime.spawn(async move {
-            match vfs.open(ino.0).await {
-                Ok(opened) => {
-                    let flags = if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    let fh = FileHandle(opened.fh);
-                    // A file still downloading is served: its reads may have to wait.
-                    let id = (passthrough && !opened.partial)
-                        .then(|| backing_for(&table, &vfs, ino.0, &opened, &reply))
-                        .flatten();
-                    match id {
-                        // Reads go to the backing file's own page cache; the kernel refuses
-                        // passthrough opens that also ask to keep a FUSE page cache.
-                        Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-                        None => {
-                            *table.lock().served.entry(ino.0).or_default() += 1;
-                            reply.opened(fh, flags)
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let FsError::Download(err) = &e {
-                        tracing::error!(key = %err.key, "read failed: {}", err.reason);
-                    }
-                    reply.error(errno(&e))
-                }
+        match self.vfs.open_now(ino.0) {
+            Some(result) => reply_open(&self.vfs, &table, passthrough, ino.0, result, reply),
+            // Waits for a small file to download, off the FUSE threads.
+            None => {
+                let vfs = self.vfs.clone();
+                self.runtime.spawn(async move {
+                    let result = vfs.open(ino.0).await;
+                    reply_open(&vfs, &table, passthrough, ino.0, result, reply);
+                });
             }
-        });
+        }
     }
 
     fn read(

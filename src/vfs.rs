@@ -353,14 +353,7 @@ impl Vfs {
     /// download is joined); a large one opens at once and each read waits only for its range,
     /// a small one opens once it is downloaded, ahead of the backlog.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let (i, path, meta) = {
-            let tree = self.tree.read();
-            let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-            match (&node.data, node.mount) {
-                (Data::File(meta), Some(i)) => (i, node.path.clone(), meta.clone()),
-                _ => return Err(FsError::IsADirectory),
-            }
-        };
+        let (i, path, meta) = self.file_of(ino)?;
         let source = &self.sources[i];
         let mut download = None;
         if !is_cached(&source.state, &path, &meta) {
@@ -372,15 +365,62 @@ impl Vfs {
                 download = Some(d);
             }
         }
+        self.opened(ino, i, &path, download)
+    }
+
+    /// [`Vfs::open`] when it needs no waiting: always for a file in the cache or a large one;
+    /// `None` otherwise (then use [`Vfs::open`]). On a FUSE thread, this spares the open a trip
+    /// through a runtime, which a busy machine can make cost milliseconds.
+    pub fn open_now(&self, ino: u64) -> Option<Result<Opened, FsError>> {
+        let (i, path, meta) = match self.file_of(ino) {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        let source = &self.sources[i];
+        let mut download = None;
+        if !is_cached(&source.state, &path, &meta) {
+            let reader = self.engine.open_reader_now(
+                &source.state,
+                source.store.clone(),
+                meta,
+                path.clone(),
+            )?;
+            match reader {
+                Ok(Reader::Partial(d)) => download = Some(d),
+                Ok(Reader::Complete) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        Some(self.opened(ino, i, &path, download))
+    }
+
+    /// The mount index, path and listing of file `ino`.
+    fn file_of(&self, ino: u64) -> Result<(usize, String, ObjectMeta), FsError> {
+        let tree = self.tree.read();
+        let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        match (&node.data, node.mount) {
+            (Data::File(meta), Some(i)) => Ok((i, node.path.clone(), meta.clone())),
+            _ => Err(FsError::IsADirectory),
+        }
+    }
+
+    /// A new handle of `ino`: reading `download`, or the complete file in the cache.
+    fn opened(
+        &self,
+        ino: u64,
+        i: usize,
+        path: &str,
+        download: Option<Arc<Download>>,
+    ) -> Result<Opened, FsError> {
         let file = match &download {
             Some(d) => d.file().clone(),
-            None => Arc::new(File::open(source.state.dir.join(&path)).map_err(|e| {
-                match e.kind() {
+            None => Arc::new(
+                File::open(self.sources[i].state.dir.join(path)).map_err(|e| match e.kind() {
                     // Deleted from the bucket while we waited.
                     io::ErrorKind::NotFound => FsError::NotFound,
                     _ => FsError::Io(e),
-                }
-            })?),
+                })?,
+            ),
         };
         // Each download is a new file, renamed into place when complete, so the file's inode
         // identifies the version.
@@ -1025,6 +1065,135 @@ mod tests {
         release_tx.send(()).unwrap();
         bulk.block_on(wait_until_cached(&vfs, "m/big"));
         vfs.release(fh);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+        readers.shutdown_background();
+    }
+
+    /// Blocks the only worker of `runtime` until the returned sender is dropped or sent to.
+    fn occupy(runtime: &tokio::runtime::Runtime) -> std::sync::mpsc::Sender<()> {
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        runtime.spawn(async move {
+            busy_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        busy_rx.recv().unwrap();
+        release_tx
+    }
+
+    /// A FUSE thread opens a large file that is not downloaded yet by itself: with every worker
+    /// of both runtimes busy, `open_now` stages the file and returns a handle whose reads will
+    /// wait for their ranges. A small file is downloaded before it opens, so its open has to wait
+    /// (`None`); a file in the cache opens at once too.
+    #[test]
+    fn a_large_file_opens_on_the_calling_thread_with_every_runtime_busy() {
+        let (bulk, readers) = (named_runtime("test-bulk"), named_runtime("test-reader"));
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 2 << 20;
+        let data: Vec<u8> = (0..3 * part).map(|i| (i % 239) as u8).collect();
+        mem.put("p/big", data.clone());
+        mem.put("p/small", b"small".to_vec());
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: part,
+            readers: Some(readers.handle().clone()),
+            stream: None,
+            slow_start: false,
+        };
+        let (vfs, _engine) = bulk.block_on(vfs_config(
+            mem,
+            tmp.path(),
+            &config,
+            CancellationToken::new(),
+        ));
+        let (release_bulk, release_readers) = (occupy(&bulk), occupy(&readers));
+
+        let opened = vfs
+            .open_now(path_ino(&vfs, "m/big").unwrap())
+            .expect("a large file opens without waiting")
+            .unwrap();
+        assert!(opened.partial);
+        assert!(vfs.read_now(opened.fh, 3 * part - 10, 10).is_none());
+        assert!(vfs.open_now(path_ino(&vfs, "m/small").unwrap()).is_none());
+
+        drop((release_bulk, release_readers));
+        let v = vfs.clone();
+        let got = readers
+            .block_on(async move { v.read(opened.fh, 3 * part - 10, 10).await })
+            .unwrap();
+        assert!(got == data[data.len() - 10..]);
+        bulk.block_on(wait_until_cached(&vfs, "m/big"));
+        vfs.release(opened.fh);
+        let cached = vfs
+            .open_now(path_ino(&vfs, "m/big").unwrap())
+            .expect("a cached file opens without waiting")
+            .unwrap();
+        assert!(!cached.partial);
+        assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
+        readers.shutdown_background();
+    }
+
+    /// A waiting read's bytes are written without the blocking pool: with the readers' runtime's
+    /// blocking pool taken, a read of the last bytes of a file not downloaded yet completes.
+    #[test]
+    fn a_waiting_read_does_not_need_the_blocking_pool() {
+        let bulk = named_runtime("test-bulk");
+        let readers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("test-reader")
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        let part = 2 << 20;
+        let data: Vec<u8> = (0..3 * part).map(|i| (i % 229) as u8).collect();
+        mem.put("p/big", data.clone());
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: part,
+            readers: Some(readers.handle().clone()),
+            stream: None,
+            slow_start: false,
+        };
+        let (vfs, _engine) = bulk.block_on(vfs_config(
+            mem,
+            tmp.path(),
+            &config,
+            CancellationToken::new(),
+        ));
+        let release_bulk = occupy(&bulk);
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        readers.spawn_blocking(move || {
+            taken_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        taken_rx.recv().unwrap();
+
+        let opened = vfs
+            .open_now(path_ino(&vfs, "m/big").unwrap())
+            .unwrap()
+            .unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let v = vfs.clone();
+        readers.spawn(async move {
+            done_tx
+                .send(v.read(opened.fh, 3 * part - 100, 100).await)
+                .unwrap();
+        });
+        // Bounded, so that a regression fails instead of hanging.
+        let got = done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the read waited for the blocking pool")
+            .unwrap();
+        assert!(got == data[data.len() - 100..]);
+
+        drop((release_tx, release_bulk));
+        bulk.block_on(wait_until_cached(&vfs, "m/big"));
+        vfs.release(opened.fh);
         assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
         readers.shutdown_background();
     }

@@ -192,6 +192,17 @@ struct Job {
     flight: Arc<Flight>,
 }
 
+impl Job {
+    fn new(guard: &FlightGuard, mount: Arc<MountState>, store: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(Self {
+            shared: guard.shared.clone(),
+            mount,
+            store,
+            flight: guard.flight.clone(),
+        })
+    }
+}
+
 /// The download of one file: already under way (join it), or registered now (run it).
 enum Registered {
     Joined(Arc<Flight>),
@@ -224,21 +235,16 @@ fn register(shared: &Arc<Shared>, mount: &MountState, path: &str, urgent: bool) 
     }
 }
 
-/// Runs a registered download to its end and tells everyone waiting on it.
+/// Runs a registered download to its end and tells everyone waiting on it. `prepared` is the
+/// large download a reader's open has already set up (see [`reader`]).
 async fn run(
     mut guard: FlightGuard,
-    mount: Arc<MountState>,
-    store: Arc<dyn ObjectStore>,
+    job: Arc<Job>,
     meta: ObjectMeta,
     path: String,
+    prepared: Option<Arc<Download>>,
 ) -> Result<Outcome, FetchError> {
-    let job = Arc::new(Job {
-        shared: guard.shared.clone(),
-        mount,
-        store,
-        flight: guard.flight.clone(),
-    });
-    let result = download(&job, meta, &path).await;
+    let result = download(&job, meta, &path, prepared).await;
     guard.result = Some(result.clone());
     drop(guard);
     result
@@ -257,7 +263,10 @@ pub(crate) async fn fetch(
 ) -> Result<Outcome, FetchError> {
     match register(&shared, &mount, &path, urgent) {
         Registered::Joined(flight) => flight.wait().await,
-        Registered::New(guard) => run(guard, mount, store, meta, path).await,
+        Registered::New(guard) => {
+            let job = Job::new(&guard, mount, store);
+            run(guard, job, meta, path, None).await
+        }
     }
 }
 
@@ -285,17 +294,9 @@ pub(crate) async fn reader(
             .map(|_| Reader::Complete);
     }
     let meta_etag = meta.etag.clone();
-    let flight = match register(&shared, &mount, &path, false) {
-        Registered::Joined(flight) => flight,
-        Registered::New(guard) => {
-            let flight = guard.flight.clone();
-            let span = tracing::info_span!("download", mount = %mount.mount.id, key = %meta.key);
-            // Set up here, on the reader's runtime: queued behind the backlog's tasks, the
-            // open would wait for them. The workers fetching the rest of the file stream on the
-            // background download's runtime (see `fetch_large`).
-            tokio::spawn(run(guard, mount, store, meta, path).instrument(span));
-            flight
-        }
+    let flight = match start_reader(&shared, mount, store, meta, path) {
+        Started::Ready(reader) => return reader,
+        Started::Setting(flight) => flight,
     };
     // The download of the version the reader asked for: after a change, the flight restarts
     // with another version, and the reader gets that one once it is complete.
@@ -313,11 +314,84 @@ pub(crate) async fn reader(
     }
 }
 
+/// [`reader`] when it needs no waiting, as on a FUSE thread: `None` for a small file (read whole
+/// first) or a download still being set up by someone else.
+pub(crate) fn reader_now(
+    shared: &Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    path: String,
+) -> Option<Result<Reader, FetchError>> {
+    if is_small(shared, &meta) {
+        return None;
+    }
+    match start_reader(shared, mount, store, meta, path) {
+        Started::Ready(reader) => Some(reader),
+        Started::Setting(_) => None,
+    }
+}
+
+/// How a reader's large download stands.
+enum Started {
+    Ready(Result<Reader, FetchError>),
+    /// Joined a download whose partial file is not published yet (or is of another version).
+    Setting(Arc<Flight>),
+}
+
+/// Joins the download of a large file, or starts it. A download started here is set up right
+/// away, in the reader's thread (the partial file staged and published): the reader's open does
+/// not wait for a task on a busy runtime or for the blocking pool. The rest of the download runs
+/// on the readers' runtime, its workers on the background's (see `fetch_large`).
+fn start_reader(
+    shared: &Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    path: String,
+) -> Started {
+    match register(shared, &mount, &path, false) {
+        Registered::Joined(flight) => {
+            let published = flight.download.borrow().clone();
+            match published {
+                Some(d) if d.meta.etag == meta.etag => Started::Ready(Ok(Reader::Partial(d))),
+                _ => Started::Setting(flight),
+            }
+        }
+        Registered::New(mut guard) => {
+            let job = Job::new(&guard, mount, store);
+            match stage(&job, &meta) {
+                Ok(download) => {
+                    let span = tracing::info_span!("download", mount = %job.mount.mount.id, key = %meta.key);
+                    let prepared = Some(download.clone());
+                    shared
+                        .readers
+                        .spawn(run(guard, job, meta, path, prepared).instrument(span));
+                    Started::Ready(Ok(Reader::Partial(download)))
+                }
+                Err(e) => {
+                    let failed = FetchError {
+                        key: meta.key,
+                        reason: e.to_string(),
+                    };
+                    guard.result = Some(Err(failed.clone()));
+                    Started::Ready(Err(failed))
+                }
+            }
+        }
+    }
+}
+
 fn is_small(shared: &Shared, meta: &ObjectMeta) -> bool {
     meta.size <= shared.part_size.min(WRITE_BATCH as u64)
 }
 
-async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Outcome, FetchError> {
+async fn download(
+    job: &Arc<Job>,
+    mut meta: ObjectMeta,
+    path: &str,
+    mut prepared: Option<Arc<Download>>,
+) -> Result<Outcome, FetchError> {
     let fail = |e: PartError, key: &str| FetchError {
         key: key.to_owned(),
         reason: e.to_string(),
@@ -326,7 +400,7 @@ async fn download(job: &Arc<Job>, mut meta: ObjectMeta, path: &str) -> Result<Ou
         let result = if is_small(&job.shared, &meta) {
             fetch_small(job, &meta, path).await
         } else {
-            fetch_large(job, &meta, path).await
+            fetch_large(job, &meta, path, prepared.take()).await
         };
         match result {
             Ok(()) => return Ok(Outcome::Written { bytes: meta.size }),
@@ -379,20 +453,39 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     .expect("write task panicked")
 }
 
-/// A large object is written into its partial file as its bytes arrive: bulk workers fetch the
-/// missing parts in order while readers may fetch the bytes they need first.
-async fn fetch_large(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
-    let (shared, m) = (job.shared.clone(), meta.clone());
-    let id = job.mount.mount.id.clone();
-    let (staged, present) =
-        tokio::task::spawn_blocking(move || shared.cache.partial(&id, &m.key, &m.etag, m.size))
-            .await
-            .expect("staging task panicked")?;
+/// Opens (or resumes) the partial file of a large download and publishes the download to its
+/// readers.
+fn stage(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> {
+    let id = &job.mount.mount.id;
+    let (staged, present) = job
+        .shared
+        .cache
+        .partial(id, &meta.key, &meta.etag, meta.size)?;
     if !present.is_empty() {
         tracing::debug!(key = %meta.key, present = present.bytes(), "resuming a partial download");
     }
     let download = Arc::new(Download::new(job.clone(), meta.clone(), staged, present));
     job.flight.download.send_replace(Some(download.clone()));
+    Ok(download)
+}
+
+/// A large object is written into its partial file as its bytes arrive: bulk workers fetch the
+/// missing parts in order while readers may fetch the bytes they need first.
+async fn fetch_large(
+    job: &Arc<Job>,
+    meta: &ObjectMeta,
+    path: &str,
+    prepared: Option<Arc<Download>>,
+) -> Result<(), PartError> {
+    let download = match prepared {
+        Some(download) => download,
+        None => {
+            let (job, meta) = (job.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || stage(&job, &meta))
+                .await
+                .expect("staging task panicked")?
+        }
+    };
 
     let mut workers = JoinSet::new();
     let missing = {
@@ -933,14 +1026,17 @@ async fn read_part(
             if let Some(to) = to
                 && full
             {
-                offset = write_landed(to, std::mem::take(&mut batch), offset, written).await?;
+                let inline = is_urgent(job, urgent);
+                offset =
+                    write_landed(to, std::mem::take(&mut batch), offset, written, inline).await?;
                 batched = 0;
             }
         }
         if let Some(to) = to
             && !batch.is_empty()
         {
-            offset = write_landed(to, std::mem::take(&mut batch), offset, written).await?;
+            let inline = is_urgent(job, urgent);
+            offset = write_landed(to, std::mem::take(&mut batch), offset, written, inline).await?;
             batched = 0;
         }
         if offset + batched as u64 != range.end {
@@ -961,14 +1057,23 @@ async fn read_part(
 }
 
 /// Writes a batch at `offset` and reports it landed; returns the offset after it.
+/// Writes a batch of a GET and reports it landed. A batch a reader waits for is written right
+/// here (a `pwritev` of at most a megabyte into the page cache): a trip to the blocking pool and
+/// back would cost the reader two thread wake-ups, each of which can take milliseconds on a
+/// busy machine.
 async fn write_landed(
     (file, landed): ToFile<'_>,
     batch: Vec<Bytes>,
     offset: u64,
     written: &AtomicU64,
+    inline: bool,
 ) -> io::Result<u64> {
     let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
-    write_batch(file, batch, offset).await?;
+    if inline {
+        write_all_vectored_at(file, &batch, offset)?;
+    } else {
+        write_batch(file, batch, offset).await?;
+    }
     let end = offset + len;
     written.store(end, Ordering::SeqCst);
     landed(offset..end);

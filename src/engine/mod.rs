@@ -257,6 +257,17 @@ impl Engine {
         download::reader(self.shared.clone(), state.clone(), store, meta, path).await
     }
 
+    /// [`Engine::open_reader`] when it needs no waiting (see `download::reader_now`).
+    pub fn open_reader_now(
+        &self,
+        state: &Arc<MountState>,
+        store: Arc<dyn ObjectStore>,
+        meta: ObjectMeta,
+        path: String,
+    ) -> Option<Result<Reader, FetchError>> {
+        download::reader_now(&self.shared, state.clone(), store, meta, path)
+    }
+
     /// Removes any staging files left by downloads that were cancelled.
     pub fn clear_staging(&self) {
         self.shared.cache.clear_staging();
