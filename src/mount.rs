@@ -100,8 +100,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 config.cache_dir.display()
             )
         })?;
-    // What readers wait for (FUSE opens, reads of bytes not yet downloaded) runs on a runtime
-    // of its own, at normal priority: `runtime` runs the passes (listing, planning, committing)
+    // What readers wait for (opens of small files, reads of bytes not yet downloaded) runs on a
+    // runtime of its own, at normal priority (a large file opens on the FUSE thread itself): `runtime` runs the passes (listing, planning, committing)
     // at a lower one (see [`lower_thread_priority`]), and `stream` below their bytes.
     let readers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
