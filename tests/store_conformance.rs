@@ -185,6 +185,27 @@ async fn s3_store_conforms_against_rclone() {
     );
 }
 
+/// Nothing listening at the endpoint: one readable line with the cause and the endpoint, not the
+/// SDK's nested debug structures.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_connection_is_one_readable_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let err = connector(&endpoint)
+        .connect("bkt")
+        .await
+        .err()
+        .expect("nothing listens there");
+    let line = err.to_string();
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(line.contains(&endpoint), "{line}");
+    assert!(!line.contains('\n') && !line.contains(" { "), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_conforms_against_moto() {
     let moto = Moto::start(&["bkt"]).await;

@@ -13,7 +13,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::EncodingType;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use std::ops::Range;
@@ -127,6 +127,7 @@ impl S3Connector {
             client: self.client(None, false),
             readers: self.client(None, true),
             bucket: bucket.to_owned(),
+            endpoint: self.opts.endpoint_url.clone(),
         }
     }
 
@@ -140,7 +141,14 @@ impl S3Connector {
             Err(err) => match err.raw_response().and_then(bucket_region_header) {
                 // S3 answers 301/400 with the right region when the bucket lives elsewhere.
                 Some(r) if Some(&r) != configured.as_ref() => Some(r),
-                _ => return Err(classify(&err, bucket, None)),
+                _ => {
+                    return Err(classify(
+                        &err,
+                        bucket,
+                        None,
+                        self.opts.endpoint_url.as_deref(),
+                    ));
+                }
             },
         };
         // The probe's client (and its open connection) serves the store unless the bucket
@@ -158,6 +166,7 @@ impl S3Connector {
             client,
             readers,
             bucket: bucket.to_owned(),
+            endpoint: self.opts.endpoint_url.clone(),
         })
     }
 }
@@ -173,15 +182,24 @@ pub struct S3Store {
     client: Client,
     readers: Client,
     bucket: String,
+    /// The configured endpoint, named in errors of requests that reached no server.
+    endpoint: Option<String>,
 }
 
-fn classify<E>(err: &SdkError<E, HttpResponse>, bucket: &str, key: Option<&str>) -> StoreError
+/// What an SDK error means for us. A request that reached no server (refused, timed out) names
+/// the `endpoint` it was sent to, when one was configured.
+fn classify<E>(
+    err: &SdkError<E, HttpResponse>,
+    bucket: &str,
+    key: Option<&str>,
+    endpoint: Option<&str>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().unwrap_or_default();
-    let detail = DisplayErrorContext(err).to_string();
+    let detail = error_chain(err);
     match (status, code) {
         (Some(412), _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed {
             key: key.unwrap_or_default().to_owned(),
@@ -207,12 +225,35 @@ where
             StoreError::Transient(detail)
         }
         _ => match err {
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => StoreError::Transient(detail),
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+                StoreError::Transient(match endpoint {
+                    Some(url) => format!("{detail} (endpoint {url})"),
+                    None => detail,
+                })
+            }
+            SdkError::ResponseError(_) => StoreError::Transient(detail),
             _ => StoreError::Permanent(detail),
         },
     }
+}
+
+/// An error and its causes on one line, each once: "dispatch failure: io error: ... tcp connect
+/// error: Connection refused (os error 111)". (The SDK's `DisplayErrorContext` appends the
+/// whole error's `Debug` form as well, which repeats the chain as nested structs.)
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut last = line.clone();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !last.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+        source = e.source();
+    }
+    line
 }
 
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
@@ -243,7 +284,8 @@ impl ObjectStore for S3Store {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify(&e, &self.bucket, None))?;
+            let page =
+                page.map_err(|e| classify(&e, &self.bucket, None, self.endpoint.as_deref()))?;
             // Servers that ignore the request send keys as they are, and say nothing.
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for obj in page.contents() {
@@ -285,7 +327,7 @@ impl ObjectStore for S3Store {
                 etag: unquote(out.e_tag().unwrap_or_default()),
                 last_modified: to_system_time(out.last_modified()),
             })),
-            Err(e) => match classify(&e, &self.bucket, Some(key)) {
+            Err(e) => match classify(&e, &self.bucket, Some(key), self.endpoint.as_deref()) {
                 StoreError::NoSuchKey { .. } => Ok(None),
                 other => Err(other),
             },
@@ -307,7 +349,7 @@ impl ObjectStore for S3Store {
 
     async fn warm_for_readers(&self) {
         if let Err(e) = self.readers.head_bucket().bucket(&self.bucket).send().await {
-            let error = DisplayErrorContext(e);
+            let error = error_chain(&e);
             tracing::debug!(bucket = %self.bucket, "warming the readers' connection: {error}");
         }
     }
@@ -330,7 +372,7 @@ impl S3Store {
             .if_match(format!("\"{etag}\""))
             .send()
             .await
-            .map_err(|e| classify(&e, &self.bucket, Some(key)))?;
+            .map_err(|e| classify(&e, &self.bucket, Some(key), self.endpoint.as_deref()))?;
         let key = key.to_owned();
         let body = futures_util::stream::unfold(Some(out.body), move |body| {
             let key = key.clone();
@@ -341,7 +383,7 @@ impl S3Store {
                     Some(Err(e)) => Some((
                         Err(StoreError::Transient(format!(
                             "reading \"{key}\": {}",
-                            DisplayErrorContext(e)
+                            error_chain(&e)
                         ))),
                         None,
                     )),
