@@ -1025,28 +1025,10 @@ mod tests {
         let part = 2 << 20;
         let data: Vec<u8> = (0..4 * part).map(|i| (i % 241) as u8).collect();
         mem.put("p/big", data.clone());
-        let config = EngineConfig {
-            concurrency: 2,
-            part_size: part,
-            readers: Some(readers.handle().clone()),
-            stream: None,
-            slow_start: false,
-        };
-        let (vfs, _engine) = bulk.block_on(vfs_config(
-            mem,
-            tmp.path(),
-            &config,
-            CancellationToken::new(),
-        ));
+        let vfs = vfs_on(&bulk, &readers, mem, tmp.path(), part);
 
         // The background runtime's only worker is kept busy until released.
-        let (busy_tx, busy_rx) = std::sync::mpsc::channel::<()>();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        bulk.spawn(async move {
-            busy_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-        });
-        busy_rx.recv().unwrap();
+        let release_tx = occupy(&bulk);
 
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let at = 4 * part - 100;
@@ -1067,6 +1049,26 @@ mod tests {
         vfs.release(fh);
         assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
         readers.shutdown_background();
+    }
+
+    /// A mount "m" of prefix "p/" in `mem`, with `part`-byte parts: passes on `bulk`, the
+    /// fetches of waiting readers on `readers`.
+    fn vfs_on(
+        bulk: &tokio::runtime::Runtime,
+        readers: &tokio::runtime::Runtime,
+        mem: Arc<MemoryStore>,
+        dir: &std::path::Path,
+        part: u64,
+    ) -> Arc<Vfs> {
+        let config = EngineConfig {
+            concurrency: 2,
+            part_size: part,
+            readers: Some(readers.handle().clone()),
+            stream: None,
+            slow_start: false,
+        };
+        bulk.block_on(vfs_config(mem, dir, &config, CancellationToken::new()))
+            .0
     }
 
     /// Blocks the only worker of `runtime` until the returned sender is dropped or sent to.
@@ -1094,19 +1096,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * part).map(|i| (i % 239) as u8).collect();
         mem.put("p/big", data.clone());
         mem.put("p/small", b"small".to_vec());
-        let config = EngineConfig {
-            concurrency: 2,
-            part_size: part,
-            readers: Some(readers.handle().clone()),
-            stream: None,
-            slow_start: false,
-        };
-        let (vfs, _engine) = bulk.block_on(vfs_config(
-            mem,
-            tmp.path(),
-            &config,
-            CancellationToken::new(),
-        ));
+        let vfs = vfs_on(&bulk, &readers, mem, tmp.path(), part);
         let (release_bulk, release_readers) = (occupy(&bulk), occupy(&readers));
 
         let opened = vfs
@@ -1151,19 +1141,7 @@ mod tests {
         let part = 2 << 20;
         let data: Vec<u8> = (0..3 * part).map(|i| (i % 229) as u8).collect();
         mem.put("p/big", data.clone());
-        let config = EngineConfig {
-            concurrency: 2,
-            part_size: part,
-            readers: Some(readers.handle().clone()),
-            stream: None,
-            slow_start: false,
-        };
-        let (vfs, _engine) = bulk.block_on(vfs_config(
-            mem,
-            tmp.path(),
-            &config,
-            CancellationToken::new(),
-        ));
+        let vfs = vfs_on(&bulk, &readers, mem, tmp.path(), part);
         let release_bulk = occupy(&bulk);
         let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
