@@ -4,7 +4,7 @@
 //! its bytes land in a resumable partial file as they arrive, in the order they are claimed:
 //! bulk workers claim the lowest missing part, and a reader waiting for a byte range claims the
 //! megabyte around it ahead of them, on the priority lane ([`Download::read_ready`]); while a
-//! reader waits, bulk GETs hold back (`hold_back`).
+//! reader waits, bulk GETs hold back (`hold_back`), and for [`super::READER_GRACE`] after.
 //!
 //! Every GET of one object carries the ETag from the listing (`If-Match`). When the store says the
 //! object changed, the partial download is thrown away, the object is looked up again and the

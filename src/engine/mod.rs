@@ -65,6 +65,15 @@ pub const SLOW_START_GETS: usize = 4;
 /// ... and how often it gains one more.
 pub const SLOW_START_STEP: std::time::Duration = std::time::Duration::from_millis(150);
 
+/// How long the bulk lane keeps holding back after the last reader's fetch ends: a reader's
+/// next requests (the rest of a read the kernel cut into 128 KiB pieces, the next row group)
+/// come within milliseconds, and would otherwise meet a backlog just restarted, its server (on
+/// this machine, sharing the cores) busy again. Measured side by side on a local server, 16
+/// alternating new mounts each under a 4 GiB backlog, three times: a whole 64 MiB file not
+/// downloaded yet read in a median 67, 63 and 64 ms against 72, 72 and 80 ms without; reads of
+/// a few bytes no different (the last MiB of a file 5.5, 6.5, 5.5 against 6.7, 6.5, 4.7 ms).
+pub const READER_GRACE: Duration = Duration::from_millis(20);
+
 pub(crate) struct Shared {
     pub(crate) cache: Cache,
     /// The bulk lane: GETs of the background passes.
@@ -94,7 +103,20 @@ impl Shared {
         self.urgent_active.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn urgent_ended(&self) {
+    /// The last urgent download's end frees the bulk lane [`READER_GRACE`] later.
+    pub(crate) fn urgent_ended(self: &Arc<Self>) {
+        if self.urgent_active.load(Ordering::SeqCst) == 1 {
+            let shared = self.clone();
+            self.readers.spawn(async move {
+                tokio::time::sleep(READER_GRACE).await;
+                shared.urgent_released();
+            });
+        } else {
+            self.urgent_released();
+        }
+    }
+
+    fn urgent_released(&self) {
         if self.urgent_active.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.urgent_idle.notify_waiters();
         }

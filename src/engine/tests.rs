@@ -540,3 +540,42 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
         SLOW_START_GETS + 3
     );
 }
+
+/// The bulk lane holds back while readers' downloads run and for `READER_GRACE` after the last
+/// one ends; the end of one that is not the last frees nothing early.
+#[tokio::test(start_paused = true)]
+async fn the_bulk_lane_resumes_a_grace_after_the_last_readers_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        Cache::open(tmp.path()).unwrap(),
+        &EngineConfig {
+            concurrency: 4,
+            part_size: PART,
+            readers: None,
+            stream: None,
+            slow_start: false,
+        },
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    );
+    let shared = &engine.shared;
+    let held = || shared.urgent_active.load(Ordering::SeqCst) > 0;
+    let settle = || async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    shared.urgent_started();
+    shared.urgent_started();
+    shared.urgent_ended();
+    assert!(held());
+    shared.urgent_ended();
+    settle().await;
+    assert!(held(), "released at once");
+    tokio::time::sleep(READER_GRACE - Duration::from_millis(1)).await;
+    settle().await;
+    assert!(held(), "released before the grace ended");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    settle().await;
+    assert!(!held(), "still held after the grace");
+}
