@@ -9,6 +9,8 @@
 #   scripts/bench_mount.sh --logs /tmp/bench-logs       # keep the mounts' and server's logs
 #   OURS_FLAGS="--concurrency 8" scripts/bench_mount.sh   # more flags for every mount of ours
 #   S3SYNC_TOOL=/tmp/old/s3-synchronizer scripts/bench_mount.sh   # another build, e.g. to compare
+#   scripts/bench_mount.sh --cases first-byte,tail-read --runs 15 --versus /tmp/old/s3-synchronizer
+#                          # this build and another side by side: each run mounts both, in turn
 #   scripts/bench.sh --mount --cases walk-stat          # the same, through bench.sh
 #
 # Cases (bucket `bench`, data written to the server's disk before it starts):
@@ -55,7 +57,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,52s/^# \{0,1\}//p' "$0"
+    sed -n '2,54s/^# \{0,1\}//p' "$0"
 }
 
 all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
@@ -64,12 +66,12 @@ runs=2
 logs=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    --cases | --runs | --logs)
+    --cases | --runs | --logs | --versus)
         [[ $# -ge 2 ]] || die "$1 needs a value"
         printf -v "${1#--}" '%s' "$2"
         shift 2
         ;;
-    --cases=* | --runs=* | --logs=*)
+    --cases=* | --runs=* | --logs=* | --versus=*)
         name="${1%%=*}"
         printf -v "${name#--}" '%s' "${1#*=}"
         shift
@@ -99,6 +101,12 @@ for c in "${case_list[@]}"; do
 done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 has() { [[ -n "${want[$1]:-}" ]]; }
+versus="${versus:-}"
+if [[ -n "$versus" ]]; then
+    [[ -x "$versus" ]] || die "--versus $versus is not an executable"
+    has first-byte || has tail-read ||
+        die "--versus compares builds in the first-byte and tail-read cases: ask for one of them"
+fi
 
 ensure_python_tools
 ensure_fuse
@@ -203,7 +211,7 @@ start_ours() {
     shift 5
     mkdir -p -- "$mnt" "$cache"
     # shellcheck disable=SC2086 # OURS_FLAGS holds flags, split on purpose
-    spawn "$logfile" env RUST_LOG="$MOUNT_LOG_LEVEL" "$TOOL" mount \
+    spawn "$logfile" env RUST_LOG="$MOUNT_LOG_LEVEL" "${MOUNT_TOOL:-$TOOL}" mount \
         --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\"}]" \
         --destination "$mnt" --cache-dir "$cache" --endpoint-url "$S3_ENDPOINT" \
         --region "$S3_REGION" "$@" ${OURS_FLAGS:-}
@@ -595,19 +603,23 @@ case_cached_read() {
 # ---------------------------------------------------------------------------------------------
 case_backlog() {
     local first=0 tail=0 round t out kind secs state specs=() mnt="$work/mnt-bl" cache mib
-    local mlog one=$((1 << 20)) big=$((1 << 30)) key waits
+    local mlog one=$((1 << 20)) big=$((1 << 30)) key waits k
     has first-byte && first=1
     has tail-read && tail=1
     local f64=bl/zz/first-64MiB.bin w64=bl/zz/whole-64MiB.bin t1g=bl/zz/tail-1GiB.bin
     local ours="s3-synchronizer mount, new, 4 GiB backlog downloading"
-    local range="$((big - one))-$((big - 1))"
+    local range="$((big - one))-$((big - 1))" builds=(ours) versus_row=()
+    if [[ -n "$versus" ]]; then
+        builds+=(versus)
+        versus_row=(versus "the same, the --versus build ($(basename -- "$versus")), mounted in turn with ours")
+    fi
     if [[ $first -eq 1 ]]; then
         measure first-byte - "first-byte: open + read 1 B of a 64 MiB file" \
-            ours "$ours" \
+            ours "$ours" "${versus_row[@]}" \
             curl "one GET, idle server (curl, to first byte)" \
-            curl-busy "one GET 1 s into our backlog, just before our read (curl, to first byte)"
+            curl-busy "a GET of that byte 1 s into our backlog, just before our read (curl, to first byte)"
         measure first-whole $((64 << 20)) "first-byte: open + read all of a 64 MiB file" \
-            ours "$ours" \
+            ours "$ours" "${versus_row[@]}" \
             curl "one GET, idle server (curl)" \
             s5cmd "s5cmd cat, idle server (whole process)"
         specs+=("first=${f64#bl/}")
@@ -619,7 +631,7 @@ case_backlog() {
     fi
     if [[ $tail -eq 1 ]]; then
         measure tail-read "$one" "tail-read: last 1 MiB of a 1 GiB file" \
-            ours "$ours" \
+            ours "$ours" "${versus_row[@]}" \
             curl "one ranged GET, idle server (curl)" \
             curl-busy "one ranged GET 1 s into our backlog, just before our read (curl)" \
             rclone "rclone cat --offset --count, idle server (whole process)"
@@ -635,6 +647,58 @@ case_backlog() {
     if [[ $first -eq 1 ]]; then
         specs+=("whole=${w64#bl/}")
     fi
+    # backlog_round BUILD: a new mount of BUILD (ours, or with --versus the other build) under
+    # the backlog, its reads timed.
+    backlog_round() {
+        local build="$1" cache="$work/cache-bl" mlog run="run $((round + 1))"
+        [[ "$build" == ours ]] || run+=", $build"
+        mlog="$logs/$build-backlog-$((round + 1)).log"
+        rm -rf -- "$cache"
+        t="$(now)"
+        MOUNT_TOOL=""
+        [[ "$build" == versus ]] && MOUNT_TOOL="$versus"
+        start_ours bl bl/ "$mnt" "$cache" "$mlog"
+        MOUNT_TOOL=""
+        log "  mounted in $(elapsed "$t" "$(now)") s; reading in 1 s, while the backlog downloads"
+        sleep 1
+        # What the server gives anyone at that point of the backlog: the same GETs, just before
+        # our reads (the first second of a mount is the backlog's busiest). Before the other
+        # build's reads too, so that both meet the server alike; recorded for ours. The first
+        # byte's GET asks for that byte only: a whole 64 MiB GET would still be streaming, and
+        # loading the server, when our read starts.
+        local busy_first busy_tail
+        [[ $first -eq 1 ]] && busy_first="$(curl_get "$f64" first 0-0)"
+        [[ $tail -eq 1 ]] && busy_tail="$(curl_get "$t1g" total "$range")"
+        if [[ "$build" == ours ]]; then
+            [[ $first -eq 1 ]] && record first-byte curl-busy "$round" "$busy_first"
+            [[ $tail -eq 1 ]] && record tail-read curl-busy "$round" "$busy_tail"
+        fi
+        out="$(py probe "$cache" bl bl/ "$mnt" "$src/bl" "${specs[@]}")"
+        while read -r kind secs state; do
+            case "$kind" in
+            first) key="first-byte" ;;
+            whole) key="first-whole" ;;
+            tail) key="tail-read" ;;
+            esac
+            record "$key" "$build" "$round" "$secs"
+            case "$kind" in
+            first) t="$f64" ;;
+            whole) t="$w64" ;;
+            tail) t="$t1g" ;;
+            esac
+            waits="$(grep -c "read waits for its range key=$t " "$mlog" || true)"
+            notes+=("$run: $key: the target in our cache before the read: $state; reads that waited for a range: $waits")
+        done <<<"$out"
+        if grep -q 'pass complete mount="bl"' "$mlog"; then
+            notes+=("$run: WARNING: the backlog was complete before the reads ended")
+        else
+            # du may race with files renamed under it: its count is a rough figure anyway.
+            mib="$({ du -s --block-size=1M "$cache" 2>/dev/null || true; } | cut -f 1)"
+            notes+=("$run: backlog still downloading after the reads: ${mib:-?} MiB in the cache")
+        fi
+        unmount "$mnt"
+        rm -rf -- "$cache"
+    }
     log "first-byte/tail-read: each run, the peers on the idle server, then a new mount (empty cache)"
     for ((round = 0; round < runs; round++)); do
         if [[ $first -eq 1 ]]; then
@@ -652,42 +716,10 @@ case_backlog() {
             record tail-read rclone "$round" "$(elapsed "$t" "$(now)")"
         fi
 
-        cache="$work/cache-bl"
-        mlog="$logs/ours-backlog-$((round + 1)).log"
-        rm -rf -- "$cache"
-        t="$(now)"
-        start_ours bl bl/ "$mnt" "$cache" "$mlog"
-        log "  mounted in $(elapsed "$t" "$(now)") s; reading in 1 s, while the backlog downloads"
-        sleep 1
-        # What the server gives anyone at that point of the backlog: the same GETs, just before
-        # our reads (the first second of a mount is the backlog's busiest).
-        [[ $first -eq 1 ]] && record first-byte curl-busy "$round" "$(curl_get "$f64" first)"
-        [[ $tail -eq 1 ]] && record tail-read curl-busy "$round" "$(curl_get "$t1g" total "$range")"
-        out="$(py probe "$cache" bl bl/ "$mnt" "$src/bl" "${specs[@]}")"
-        while read -r kind secs state; do
-            case "$kind" in
-            first) key="first-byte" ;;
-            whole) key="first-whole" ;;
-            tail) key="tail-read" ;;
-            esac
-            record "$key" ours "$round" "$secs"
-            case "$kind" in
-            first) t="$f64" ;;
-            whole) t="$w64" ;;
-            tail) t="$t1g" ;;
-            esac
-            waits="$(grep -c "read waits for its range key=$t " "$mlog" || true)"
-            notes+=("run $((round + 1)): $key: the target in our cache before the read: $state; reads that waited for a range: $waits")
-        done <<<"$out"
-        if grep -q 'pass complete mount="bl"' "$mlog"; then
-            notes+=("run $((round + 1)): WARNING: the backlog was complete before the reads ended")
-        else
-            # du may race with files renamed under it: its count is a rough figure anyway.
-            mib="$({ du -s --block-size=1M "$cache" 2>/dev/null || true; } | cut -f 1)"
-            notes+=("run $((round + 1)): backlog still downloading after the reads: ${mib:-?} MiB in the cache")
-        fi
-        unmount "$mnt"
-        rm -rf -- "$cache"
+        # With --versus, both builds in turn, each round in the other order.
+        for ((k = 0; k < ${#builds[@]}; k++)); do
+            backlog_round "${builds[$(((round + k) % ${#builds[@]}))]}"
+        done
     done
 }
 
@@ -858,7 +890,14 @@ goal() { # KEY PEER WHAT [PEER_KEY: the peer's times from another case]
         r = (g + 0 == 0) ? 0 : o / g
         printf "  %-48s ours %.4f s / GET %.4f s = %5.1f  %s", w, o, g, r, (r <= 3) ? "met" : "MISSED"
         if (gm + 0 > 0) printf "   (medians: %.1fx)", om / gm
-        if (b + 0 > 0) printf "   (the same GET under our backlog: %.4f s, ours = %.1fx of it)", b, o / b
+        if (b + 0 > 0) printf "   (a GET just before ours, under our backlog: %.4f s, ours = %.1fx of it)", b, o / b
+        printf "\n"
+    }'
+    [[ -n "${times["$1|versus"]:-}" ]] || return 0
+    awk -v v="$(best "${times["$1|versus"]}")" -v vm="$(median "${times["$1|versus"]}")" \
+        -v g="$g" -v gm="$gm" 'BEGIN {
+        printf "  %-48s the --versus build %.4f s = %5.1f", "", v, (g + 0 == 0) ? 0 : v / g
+        if (gm + 0 > 0) printf "   (medians: %.1fx)", vm / gm
         printf "\n"
     }'
 }
