@@ -353,6 +353,10 @@ impl Vfs {
     /// download is joined); a large one opens at once and each read waits only for its range,
     /// a small one opens once it is downloaded, ahead of the backlog.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
+        if let Some(opened) = self.open_now(ino) {
+            return opened;
+        }
+        // A small file, or a download being set up by someone else: wait for it.
         let (i, path, meta) = self.file_of(ino)?;
         let source = &self.sources[i];
         let mut download = None;
