@@ -101,8 +101,9 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             )
         })?;
     // What readers wait for (opens of small files, reads of bytes not yet downloaded) runs on a
-    // runtime of its own, at normal priority (a large file opens on the FUSE thread itself): `runtime` runs the passes (listing, planning, committing)
-    // at a lower one (see [`lower_thread_priority`]), and `stream` below their bytes.
+    // runtime of its own, at normal priority (a large file opens on the FUSE thread itself):
+    // `runtime` runs the passes (listing, planning, committing) at a lower one (see
+    // [`lower_thread_priority`]), and `stream` below their bytes.
     let readers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("reader")

@@ -362,7 +362,8 @@ fn start_reader(
             let job = Job::new(&guard, mount, store);
             match stage(&job, &meta) {
                 Ok(download) => {
-                    let span = tracing::info_span!("download", mount = %job.mount.mount.id, key = %meta.key);
+                    let id = &job.mount.mount.id;
+                    let span = tracing::info_span!("download", mount = %id, key = %meta.key);
                     let prepared = Some(download.clone());
                     shared
                         .readers
@@ -1056,11 +1057,10 @@ async fn read_part(
     result
 }
 
-/// Writes a batch at `offset` and reports it landed; returns the offset after it.
-/// Writes a batch of a GET and reports it landed. A batch a reader waits for is written right
-/// here (a `pwritev` of at most a megabyte into the page cache): a trip to the blocking pool and
-/// back would cost the reader two thread wake-ups, each of which can take milliseconds on a
-/// busy machine.
+/// Writes a batch of a GET at `offset` and reports it landed; returns the offset after it. A
+/// batch a reader waits for is written right here (a `pwritev` of at most a megabyte into the
+/// page cache): a trip to the blocking pool and back would cost the reader two thread
+/// wake-ups, each of which can take milliseconds on a busy machine.
 async fn write_landed(
     (file, landed): ToFile<'_>,
     batch: Vec<Bytes>,

@@ -9,8 +9,8 @@
 //! runtime in the idle scheduling class), the fetches of waiting readers on
 //! [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority), and so does a
 //! download a reader opens, once the opening thread has staged its partial file: only the
-//! workers fetching the rest of that file stream in the background. A reader's GETs go through [`ObjectStore::get_for_reader`]: connections
-//! of their own, driven by the readers' runtime.
+//! workers fetching the rest of that file stream in the background. A reader's GETs go through
+//! [`ObjectStore::get_for_reader`]: connections of their own, driven by the readers' runtime.
 //!
 //! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
 //! one journal append, never across an `.await`.
