@@ -7,9 +7,13 @@
 //!   its final path by one `rename` after it is complete: no reader ever sees a partial file, and
 //!   a crash leaves debris only in staging, which the next start clears.
 //! - A large file downloads into `partial/<mount id>/<hash of key>.part`, a sparse file, with a
-//!   record beside it (`.json`: key, ETag, size and the byte ranges present) rewritten by
-//!   `rename` after each part. The record never claims a range before its bytes are written, so
-//!   after a crash the next run fetches only what is missing.
+//!   record beside it (key, ETag, size and the byte ranges present) rewritten after each part.
+//!   The record never claims a range before its bytes are written, so after a crash the next run
+//!   fetches only what is missing. It has two slots (`.json`, `.1.json`), overwritten in place
+//!   in turn, each write numbered: the newest intact one is read, so a write cut short leaves
+//!   the one before. (Replacing the record by `rename` instead frees the old record's blocks
+//!   while the directory is locked: on a busy disk, with online discard, that took tens of
+//!   milliseconds, and every reader's open of a file not yet downloaded waited for it.)
 //! - The tool never writes or deletes through a symbolic link: the directories on the way to a
 //!   final path are opened one at a time with `O_NOFOLLOW`, files are renamed into and unlinked
 //!   from those open directories (so a link swapped in meanwhile is not followed either), and
@@ -25,7 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -160,24 +164,53 @@ impl Cache {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let name = format!("{:016x}", fnv1a(key.as_bytes()));
         let path = dir.join(format!("{name}.part"));
-        let record = dir.join(format!("{name}.json"));
-        let earlier = fs::read(&record)
-            .ok()
-            .and_then(|data| serde_json::from_slice::<PartialRecord>(&data).ok())
+        let mut slots = [0, 1].map(|i| {
+            let path = dir.join(if i == 0 {
+                format!("{name}.json")
+            } else {
+                format!("{name}.{i}.json")
+            });
+            let read = fs::read(&path);
+            let slot = Slot {
+                on_disk: !matches!(&read, Err(e) if e.kind() == io::ErrorKind::NotFound),
+                len: read.as_ref().map_or(0, Vec::len),
+                path,
+                file: None,
+            };
+            // A slot whose write was cut short does not parse, and the other one is read.
+            let record = read
+                .ok()
+                .and_then(|data| serde_json::from_slice::<PartialRecord>(&data).ok());
+            (slot, record)
+        });
+        let earlier = slots
+            .iter_mut()
+            .filter_map(|(_, record)| record.take())
             .filter(|r| r.key == key && r.etag == etag && r.size == size)
+            .max_by_key(|r| r.generation)
             .filter(|_| fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size));
-        let (file, present) = match earlier {
+        let mut slots = slots.map(|(slot, _)| slot);
+        let (file, record) = match earlier {
             Some(r) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path))?;
-                (file, r.present)
+                (file, r)
             }
             None => {
-                let _ = fs::remove_file(&record);
-                let _ = fs::remove_file(&path);
+                // Only what is there: an unlink takes the directory's lock even when it finds
+                // nothing.
+                for slot in &mut slots {
+                    if slot.on_disk {
+                        let _ = fs::remove_file(&slot.path);
+                        (slot.on_disk, slot.len) = (false, 0);
+                    }
+                }
+                if fs::symlink_metadata(&path).is_ok() {
+                    let _ = fs::remove_file(&path);
+                }
                 let file = OpenOptions::new()
                     .create_new(true)
                     .read(true)
@@ -186,19 +219,21 @@ impl Cache {
                     .open(&path)
                     .map_err(io_err(&path))?;
                 file.set_len(size).map_err(io_err(&path))?;
-                (file, RangeSet::default())
+                let record = PartialRecord {
+                    key: key.to_owned(),
+                    etag: etag.to_owned(),
+                    size,
+                    present: RangeSet::default(),
+                    generation: 0,
+                };
+                (file, record)
             }
         };
+        let present = record.present.clone();
         let staged = Staged {
             path,
             file: Arc::new(file),
-            record: Some(PartialRecord {
-                key: key.to_owned(),
-                etag: etag.to_owned(),
-                size,
-                present: RangeSet::default(),
-            })
-            .map(|r| (record, r)),
+            record: Some(Record { slots, record }),
             committed: false,
         };
         Ok((staged, present))
@@ -216,6 +251,69 @@ struct PartialRecord {
     etag: String,
     size: u64,
     present: RangeSet,
+    /// Which write this is: the newer of the two slots wins.
+    #[serde(default)]
+    generation: u64,
+}
+
+/// The record of a partial download and its two slot files.
+struct Record {
+    slots: [Slot; 2],
+    record: PartialRecord,
+}
+
+/// One slot file of a record.
+struct Slot {
+    path: PathBuf,
+    /// Open once written to.
+    file: Option<File>,
+    /// Whether the file exists.
+    on_disk: bool,
+    /// How many bytes it holds.
+    len: usize,
+}
+
+impl Record {
+    /// Writes the record, with `present` added, over the older slot: one write, padded with
+    /// spaces over the end of a longer earlier record (JSON ignores them). Nothing is created,
+    /// truncated or renamed after the slot's first write, so no block is freed and the
+    /// directory is not locked.
+    fn write(&mut self, present: &RangeSet) -> io::Result<()> {
+        for r in present.iter() {
+            self.record.present.insert(r);
+        }
+        self.record.generation += 1;
+        let slot = &mut self.slots[(self.record.generation % 2) as usize];
+        let mut data = serde_json::to_vec(&self.record).expect("a record serializes");
+        data.resize(data.len().max(slot.len), b' ');
+        let file = match &mut slot.file {
+            Some(file) => file,
+            None => slot.file.insert(
+                // Not truncated: what an earlier run left in it is written over.
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o644)
+                    .open(&slot.path)?,
+            ),
+        };
+        slot.on_disk = true;
+        file.write_all_at(&data, 0)?;
+        slot.len = data.len();
+        Ok(())
+    }
+
+    /// Removes the slot files (the download is complete or thrown away). An open slot is closed
+    /// after its unlink, so that freeing its blocks does not happen under the directory's lock.
+    fn remove(&mut self) {
+        for slot in &mut self.slots {
+            if slot.on_disk {
+                let _ = fs::remove_file(&slot.path);
+            }
+            slot.file = None;
+        }
+    }
 }
 
 /// FNV-1a: a stable name for a key's partial file, whatever its length or characters.
@@ -225,15 +323,13 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-static NEXT_RECORD: AtomicU64 = AtomicU64::new(0);
-
 /// A file being downloaded. Dropped before [`Staged::commit`], a staging file removes itself; a
 /// partial download stays to be resumed.
 pub struct Staged {
     path: PathBuf,
     file: Arc<File>,
-    /// For a partial download: where its record lives, and the record.
-    record: Option<(PathBuf, PartialRecord)>,
+    /// For a partial download: its record.
+    record: Option<Record>,
     committed: bool,
 }
 
@@ -251,26 +347,21 @@ impl Staged {
     /// what was recorded before, so the record never goes back, and never claims what is not
     /// there.
     pub fn record(&mut self, present: &RangeSet) -> Result<(), CacheError> {
-        let Some((path, record)) = &mut self.record else {
-            return Ok(());
-        };
-        for r in present.iter() {
-            record.present.insert(r);
+        match &mut self.record {
+            Some(record) => record.write(present).map_err(|e| {
+                let slot = &record.slots[(record.record.generation % 2) as usize];
+                io_err(&slot.path)(e)
+            }),
+            None => Ok(()),
         }
-        let path: &Path = path;
-        let n = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_extension(format!("json.{n}"));
-        let data = serde_json::to_vec(&*record).expect("a record serializes");
-        fs::write(&tmp, data).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))
     }
 
     /// Throws a partial download away (its object changed).
     pub fn discard(mut self) {
         self.committed = true;
         let _ = fs::remove_file(&self.path);
-        if let Some((record, _)) = &self.record {
-            let _ = fs::remove_file(record);
+        if let Some(record) = &mut self.record {
+            record.remove();
         }
     }
 
@@ -288,8 +379,8 @@ impl Staged {
         }
         at.rename_into(&self.path, name).map_err(io_err(&dest))?;
         self.committed = true;
-        if let Some((record, _)) = &self.record {
-            let _ = fs::remove_file(record);
+        if let Some(record) = &mut self.record {
+            record.remove();
         }
         Ok(())
     }
@@ -514,6 +605,89 @@ mod tests {
         s.commit(&dir, "x/y/z", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(fs::read(dir.join("x/y/z")).unwrap(), b"abc");
         assert_eq!(fs::read_dir(&cache.staging).unwrap().count(), 0);
+    }
+
+    /// The files of the partial download of key `k` of mount `m`: its data and its record's
+    /// slots, by name.
+    fn partial_files(cache: &Cache) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(cache.partial.join("m"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_partial_record_is_rewritten_in_place_and_survives_a_write_cut_short() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let open = || cache.partial("m", "k", "e1", 100).unwrap();
+        let ranges = |r: &[(u64, u64)]| {
+            let mut set = RangeSet::default();
+            r.iter().for_each(|&(a, b)| set.insert(a..b));
+            set
+        };
+        let (mut staged, present) = open();
+        assert!(present.is_empty());
+        // Many ranges, then one that merges them: a shorter record over a longer one.
+        staged
+            .record(&ranges(&[(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]))
+            .unwrap();
+        staged.record(&ranges(&[(0, 10)])).unwrap();
+        let slots = partial_files(&cache);
+        assert_eq!(slots.len(), 3, "{slots:?}");
+        let dir = cache.partial.join("m");
+        let inodes = || {
+            slots[..2]
+                .iter()
+                .map(|n| fs::metadata(dir.join(n)).unwrap().ino())
+        };
+        let before: Vec<u64> = inodes().collect();
+        staged.record(&ranges(&[(10, 20)])).unwrap();
+        staged.record(&ranges(&[(20, 30)])).unwrap();
+        assert_eq!(inodes().collect::<Vec<_>>(), before, "written in place");
+        drop(staged);
+        assert_eq!(open().1, ranges(&[(0, 30)]));
+
+        // The newer slot's write cut short: the one before it is read.
+        let newer = slots
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| fs::read_to_string(p).unwrap().contains("[[0,30]]"))
+            .unwrap();
+        fs::write(&newer, b"{\"key\":\"k\",\"etag\":\"e1\",\"si").unwrap();
+        let (staged, present) = open();
+        assert_eq!(present, ranges(&[(0, 20)]));
+
+        // Completed: no record is left behind.
+        staged
+            .commit(
+                &cache.prepare_mount_dir("m").unwrap(),
+                "k",
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        assert!(partial_files(&cache).is_empty());
+    }
+
+    #[test]
+    fn a_partial_download_of_another_version_starts_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let (mut staged, _) = cache.partial("m", "k", "e1", 100).unwrap();
+        let mut set = RangeSet::default();
+        set.insert(0..50);
+        staged.record(&set).unwrap();
+        staged.record(&set).unwrap();
+        drop(staged);
+        let (staged, present) = cache.partial("m", "k", "e2", 100).unwrap();
+        assert!(present.is_empty());
+        // The old version's record is gone, the data file is new and empty.
+        assert_eq!(partial_files(&cache).len(), 1);
+        assert_eq!(staged.file().metadata().unwrap().len(), 100);
+        assert!(fs::read(staged.path()).unwrap().iter().all(|&b| b == 0));
     }
 
     #[test]

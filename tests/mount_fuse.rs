@@ -285,6 +285,8 @@ async fn bad_destinations_get_one_clear_line() {
 /// (`None` when it has none).
 fn partial_present(cache: &Path, id: &str, key: &str) -> Option<Vec<(u64, u64)>> {
     let dir = cache.join(".s3-synchronizer/partial").join(id);
+    // The record's newest slot.
+    let mut newest: Option<serde_json::Value> = None;
     for entry in std::fs::read_dir(dir).ok()? {
         let path = entry.ok()?.path();
         if path.extension() != Some("json".as_ref()) {
@@ -293,12 +295,20 @@ fn partial_present(cache: &Path, id: &str, key: &str) -> Option<Vec<(u64, u64)>>
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-        if record["key"] == key {
-            return Some(serde_json::from_value(record["present"].clone()).unwrap());
+        // A slot being written over as we read it is skipped.
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let generation = |r: &serde_json::Value| r["generation"].as_u64().unwrap_or(0);
+        if record["key"] == key
+            && newest
+                .as_ref()
+                .is_none_or(|n| generation(n) < generation(&record))
+        {
+            newest = Some(record);
         }
     }
-    None
+    newest.map(|record| serde_json::from_value(record["present"].clone()).unwrap())
 }
 
 fn present_bytes(ranges: &[(u64, u64)]) -> u64 {

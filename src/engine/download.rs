@@ -435,23 +435,20 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
         // there is no such runtime, fetched here.)
         Some(stream) if !is_urgent(job, &|| false) => {
             let (job, meta) = (job.clone(), meta.clone());
-            stream
-                .spawn(async move {
-                    download_part(&job, &meta, 0..meta.size, None, &|| false, None).await
-                })
-                .await
-                .expect("GET task panicked")?
+            joined(stream.spawn(async move {
+                download_part(&job, &meta, 0..meta.size, None, &|| false, None).await
+            }))
+            .await??
         }
         _ => download_part(job, meta, 0..meta.size, None, &|| false, None).await?,
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
-    tokio::task::spawn_blocking(move || {
+    joined(tokio::task::spawn_blocking(move || {
         let staged = job.shared.cache.stage(0)?;
         write_all_vectored_at(&staged.file(), &data, 0)?;
         commit(&job.mount, staged, &meta, &path)
-    })
-    .await
-    .expect("write task panicked")
+    }))
+    .await?
 }
 
 /// Opens (or resumes) the partial file of a large download and publishes the download to its
@@ -482,9 +479,7 @@ async fn fetch_large(
         Some(download) => download,
         None => {
             let (job, meta) = (job.clone(), meta.clone());
-            tokio::task::spawn_blocking(move || stage(&job, &meta))
-                .await
-                .expect("staging task panicked")?
+            joined(tokio::task::spawn_blocking(move || stage(&job, &meta))).await??
         }
     };
 
@@ -527,16 +522,15 @@ async fn fetch_large(
         ) {
             // Parts of that version are of no use any more. Awaited: the next try reuses the
             // same partial path, which a late discard would delete under it.
-            tokio::task::spawn_blocking(move || staged.discard())
-                .await
-                .expect("discard task panicked");
+            joined(tokio::task::spawn_blocking(move || staged.discard())).await?;
         }
         return Err(error.unwrap_or(PartError::Failed(failure.reason)));
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
-    tokio::task::spawn_blocking(move || commit(&job.mount, staged, &meta, &path))
-        .await
-        .expect("commit task panicked")
+    joined(tokio::task::spawn_blocking(move || {
+        commit(&job.mount, staged, &meta, &path)
+    }))
+    .await?
 }
 
 /// A large object being downloaded into its partial file.
@@ -717,13 +711,15 @@ impl Download {
                 let present = self.parts.lock().present.clone();
                 // Written after the bytes, so the record never claims what is not there.
                 let staged = self.staged.clone();
-                tokio::task::spawn_blocking(move || match staged.lock().as_mut() {
-                    Some(staged) => staged.record(&present),
-                    None => Ok(()),
-                })
+                joined(tokio::task::spawn_blocking(move || {
+                    match staged.lock().as_mut() {
+                        Some(staged) => staged.record(&present),
+                        None => Ok(()),
+                    }
+                }))
                 .await
-                .expect("record task panicked")
                 .map_err(PartError::from)
+                .and_then(|recorded| recorded.map_err(PartError::from))
             }
             Err(e) => Err(e),
         };
@@ -1082,9 +1078,20 @@ async fn write_landed(
 
 async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Result<()> {
     let file = file.clone();
-    tokio::task::spawn_blocking(move || write_all_vectored_at(&file, &batch, offset))
-        .await
-        .expect("write task panicked")
+    joined(tokio::task::spawn_blocking(move || {
+        write_all_vectored_at(&file, &batch, offset)
+    }))
+    .await?
+}
+
+/// What a spawned task returned. A task its runtime dropped before it ran (the runtime is
+/// shutting down: the mount is gone) is an error, not a panic; a panic in the task goes on.
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> io::Result<T> {
+    match task.await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(io::Error::other("shutting down")),
+    }
 }
 
 /// `pwritev` of every buffer at `offset`, looping over short writes: one system call per batch

@@ -95,6 +95,9 @@ impl Mounted {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Also when it stopped with downloads under way.
+                let log = self.log();
+                assert!(!log.contains("panicked"), "a thread panicked:\n{log}");
                 return status;
             }
             assert!(
