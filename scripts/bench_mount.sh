@@ -22,9 +22,11 @@
 #                (checked) before timing.
 #   first-byte   open + read(1) of a 64 MiB random file, and a full read of another one, through a
 #                new mount with an empty cache, 1 s after it appears, while its background
-#                download of a 4 GiB backlog (64 x 64 MiB, sparse on the server, listed before
-#                the targets, so the targets wait behind it) is under way; vs one GET of the same
-#                object on the idle server: curl (to its first byte; to its last) and s5cmd cat.
+#                download of a 4 GiB backlog (128 x 32 MiB, sparse on the server, listed before
+#                the targets: more files than a mount downloads at once, so the targets' own
+#                downloads have not started yet, as in a large bucket) is under way; vs one GET
+#                of the same object on the idle server: curl (to its first byte; to its last) and
+#                s5cmd cat.
 #   tail-read    the last 1 MiB of a 1 GiB random file (open, seek, read) in the same new mount
 #                under the same backlog (read after the first byte, before the whole 64 MiB), vs
 #                one 1 MiB ranged GET on the idle server: curl, and rclone cat --offset --count.
@@ -57,7 +59,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,54s/^# \{0,1\}//p' "$0"
+    sed -n '2,56s/^# \{0,1\}//p' "$0"
 }
 
 all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
@@ -329,9 +331,9 @@ def gen(root, cases):
     if "first-byte" in cases or "tail-read" in cases or "cpu-share" in cases:
         # The backlog: sparse on the server's disk (it still sends every byte).
         os.makedirs(os.path.join(root, "bl/backlog"), exist_ok=True)
-        for i in range(64):
-            with open(os.path.join(root, "bl/backlog/obj-%02d.bin" % i), "wb") as f:
-                f.truncate(64 * MiB)
+        for i in range(128):
+            with open(os.path.join(root, "bl/backlog/obj-%03d.bin" % i), "wb") as f:
+                f.truncate(32 * MiB)
     if "first-byte" in cases:
         random_file(os.path.join(root, "bl/zz/first-64MiB.bin"), 64 * MiB)
         random_file(os.path.join(root, "bl/zz/whole-64MiB.bin"), 64 * MiB)
