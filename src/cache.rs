@@ -24,7 +24,7 @@ use crate::engine::plan::Local;
 use crate::mounts::STATE_DIR;
 use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -480,6 +480,24 @@ struct DirFd {
     path: PathBuf,
 }
 
+/// `openat` of `name` in directory `dir`, following no symbolic link.
+fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let raw = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
 impl DirFd {
     /// Opens `base/rel` (`base` itself is trusted), creating missing directories if `create`.
     fn open(base: &Path, rel: &str, create: bool) -> Result<Self, CacheError> {
@@ -489,22 +507,7 @@ impl DirFd {
             path.push(component);
             let name =
                 CString::new(component).map_err(|_| CacheError::NotADirectory(path.clone()))?;
-            let open = |fd: &OwnedFd| {
-                // SAFETY: a valid directory descriptor and a NUL-terminated name.
-                let raw = unsafe {
-                    libc::openat(
-                        fd.as_raw_fd(),
-                        name.as_ptr(),
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    )
-                };
-                if raw < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
-                    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-                }
-            };
+            let open = |fd: &OwnedFd| openat(fd, &name, libc::O_RDONLY | libc::O_DIRECTORY);
             let opened = match open(&fd) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     // SAFETY: as above.
@@ -559,6 +562,11 @@ impl DirFd {
         let from = CString::new(from.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let name = Self::name(name)?;
+        // The file replaced (an older version) is held open across the rename, so that its
+        // blocks are freed when this closes it, not inside the rename with both directories
+        // locked: freeing gigabytes (with discards, on some disks) takes long, and readers look
+        // files up in those directories meanwhile.
+        let _replaced = openat(&self.fd, &name, libc::O_PATH);
         // SAFETY: NUL-terminated paths and a valid directory descriptor.
         let rc = unsafe {
             libc::renameat(
