@@ -70,6 +70,18 @@ pub struct Opened {
     pub partial: bool,
 }
 
+/// How an open stands after what it can do without waiting.
+enum Opening {
+    Done(Result<Opened, FsError>),
+    /// A small file (opened once downloaded), or a download someone else is still setting up:
+    /// file `path` of mount `i`, listed as `meta`.
+    Wait {
+        i: usize,
+        path: String,
+        meta: ObjectMeta,
+    },
+}
+
 /// An open file: the cache file (complete, or still downloading).
 struct Handle {
     file: Arc<File>,
@@ -353,22 +365,19 @@ impl Vfs {
     /// download is joined); a large one opens at once and each read waits only for its range,
     /// a small one opens once it is downloaded, ahead of the backlog.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        if let Some(opened) = self.open_now(ino) {
-            return opened;
-        }
-        // A small file, or a download being set up by someone else: wait for it.
-        let (i, path, meta) = self.file_of(ino)?;
+        let (i, path, meta) = match self.try_open(ino) {
+            Opening::Done(opened) => return opened,
+            Opening::Wait { i, path, meta } => (i, path, meta),
+        };
         let source = &self.sources[i];
-        let mut download = None;
-        if !is_cached(&source.state, &path, &meta) {
-            let reader = self
-                .engine
-                .open_reader(&source.state, source.store.clone(), meta, path.clone())
-                .await?;
-            if let Reader::Partial(d) = reader {
-                download = Some(d);
-            }
-        }
+        let reader = self
+            .engine
+            .open_reader(&source.state, source.store.clone(), meta, path.clone())
+            .await?;
+        let download = match reader {
+            Reader::Partial(d) => Some(d),
+            Reader::Complete => None,
+        };
         self.opened(ino, i, &path, download)
     }
 
@@ -376,9 +385,18 @@ impl Vfs {
     /// `None` otherwise (then use [`Vfs::open`]). On a FUSE thread, this spares the open a trip
     /// through a runtime, which a busy machine can make cost milliseconds.
     pub fn open_now(&self, ino: u64) -> Option<Result<Opened, FsError>> {
+        match self.try_open(ino) {
+            Opening::Done(opened) => Some(opened),
+            Opening::Wait { .. } => None,
+        }
+    }
+
+    /// What an open can do without waiting: all of it, or everything up to the download it
+    /// has to wait for.
+    fn try_open(&self, ino: u64) -> Opening {
         let (i, path, meta) = match self.file_of(ino) {
             Ok(file) => file,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Opening::Done(Err(e)),
         };
         let source = &self.sources[i];
         let mut download = None;
@@ -386,16 +404,17 @@ impl Vfs {
             let reader = self.engine.open_reader_now(
                 &source.state,
                 source.store.clone(),
-                meta,
+                meta.clone(),
                 path.clone(),
-            )?;
+            );
             match reader {
-                Ok(Reader::Partial(d)) => download = Some(d),
-                Ok(Reader::Complete) => {}
-                Err(e) => return Some(Err(e.into())),
+                Some(Ok(Reader::Partial(d))) => download = Some(d),
+                Some(Ok(Reader::Complete)) => {}
+                Some(Err(e)) => return Opening::Done(Err(e.into())),
+                None => return Opening::Wait { i, path, meta },
             }
         }
-        Some(self.opened(ino, i, &path, download))
+        Opening::Done(self.opened(ino, i, &path, download))
     }
 
     /// The mount index, path and listing of file `ino`.
