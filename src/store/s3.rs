@@ -284,8 +284,7 @@ impl ObjectStore for S3Store {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| classify(&e, &self.bucket, None, self.endpoint.as_deref()))?;
+            let page = page.map_err(|e| self.classify(&e, None))?;
             // Servers that ignore the request send keys as they are, and say nothing.
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for obj in page.contents() {
@@ -327,7 +326,7 @@ impl ObjectStore for S3Store {
                 etag: unquote(out.e_tag().unwrap_or_default()),
                 last_modified: to_system_time(out.last_modified()),
             })),
-            Err(e) => match classify(&e, &self.bucket, Some(key), self.endpoint.as_deref()) {
+            Err(e) => match self.classify(&e, Some(key)) {
                 StoreError::NoSuchKey { .. } => Ok(None),
                 other => Err(other),
             },
@@ -356,6 +355,14 @@ impl ObjectStore for S3Store {
 }
 
 impl S3Store {
+    /// [`classify`] for this store's bucket and endpoint.
+    fn classify<E>(&self, err: &SdkError<E, HttpResponse>, key: Option<&str>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        classify(err, &self.bucket, key, self.endpoint.as_deref())
+    }
+
     /// A ranged GET with `If-Match`, through `client`.
     async fn get_with(
         &self,
@@ -372,7 +379,7 @@ impl S3Store {
             .if_match(format!("\"{etag}\""))
             .send()
             .await
-            .map_err(|e| classify(&e, &self.bucket, Some(key), self.endpoint.as_deref()))?;
+            .map_err(|e| self.classify(&e, Some(key)))?;
         let key = key.to_owned();
         let body = futures_util::stream::unfold(Some(out.body), move |body| {
             let key = key.clone();
