@@ -503,6 +503,13 @@ async fn a_missing_bucket_names_the_mount_and_the_bucket() {
     );
 }
 
+/// Lets tasks woken by a timer that fired with the test's (paused time) run.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Under slow start the bulk lane opens a GET at a time: `SLOW_START_GETS` at first, one more
 /// each `SLOW_START_STEP`, up to the concurrency and no further.
 #[tokio::test(start_paused = true)]
@@ -525,9 +532,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
     for step in 1..=4 {
         tokio::time::sleep(SLOW_START_STEP).await;
         // The ramp's timer fired with the test's: let its task run.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         assert_eq!(open(), SLOW_START_GETS + step.min(3), "after step {step}");
     }
     // The priority lane is whole from the start.
@@ -542,25 +547,9 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
 #[tokio::test(start_paused = true)]
 async fn the_bulk_lane_resumes_a_grace_after_the_last_readers_download() {
     let tmp = tempfile::tempdir().unwrap();
-    let engine = Engine::new(
-        Cache::open(tmp.path()).unwrap(),
-        &EngineConfig {
-            concurrency: 4,
-            part_size: PART,
-            readers: None,
-            stream: None,
-            slow_start: false,
-        },
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    );
+    let engine = engine_at(tmp.path(), 4, CancellationToken::new());
     let shared = &engine.shared;
     let held = || shared.urgent_active.load(Ordering::SeqCst) > 0;
-    let settle = || async {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    };
     shared.urgent_started();
     shared.urgent_started();
     shared.urgent_ended();
