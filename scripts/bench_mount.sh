@@ -207,7 +207,8 @@ wait_mounted() {
 }
 
 # start_ours ID PREFIX MNT CACHE LOG [FLAGS...]: our mount of s3://bench/PREFIX at MNT/ID, its
-# cache in CACHE; returns once MNT/ID is listed.
+# cache in CACHE; returns once MNT/ID is listed. MOUNT_TOOL, when set, is the binary mounted
+# instead of TOOL.
 start_ours() {
     local id="$1" prefix="$2" mnt="$3" cache="$4" logfile="$5"
     shift 5
@@ -657,10 +658,9 @@ case_backlog() {
         mlog="$logs/$build-backlog-$((round + 1)).log"
         rm -rf -- "$cache"
         t="$(now)"
-        MOUNT_TOOL=""
-        [[ "$build" == versus ]] && MOUNT_TOOL="$versus"
-        start_ours bl bl/ "$mnt" "$cache" "$mlog"
-        MOUNT_TOOL=""
+        local tool="$TOOL"
+        [[ "$build" == versus ]] && tool="$versus"
+        MOUNT_TOOL="$tool" start_ours bl bl/ "$mnt" "$cache" "$mlog"
         log "  mounted in $(elapsed "$t" "$(now)") s; reading in 1 s, while the backlog downloads"
         sleep 1
         # What the server gives anyone at that point of the backlog: the same GETs, just before
