@@ -1084,10 +1084,15 @@ async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Re
     .await?
 }
 
-/// What a spawned task returned. A task its runtime dropped before it ran (the runtime is
-/// shutting down: the mount is gone) is an error, not a panic; a panic in the task goes on.
+/// What a spawned task returned (see [`finished`]).
 async fn joined<T>(task: tokio::task::JoinHandle<T>) -> io::Result<T> {
-    match task.await {
+    finished(task.await)
+}
+
+/// A spawned task's result. A task its runtime dropped before it finished (the runtime is
+/// shutting down: the mount is gone) is an error, not a panic; a panic in the task goes on.
+pub(crate) fn finished<T>(result: Result<T, tokio::task::JoinError>) -> io::Result<T> {
+    match result {
         Ok(value) => Ok(value),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(io::Error::other("shutting down")),

@@ -25,7 +25,7 @@ use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use dashmap::DashMap;
 pub use download::{Download, FetchError, Reader};
-use download::{Outcome, retry, unix_seconds};
+use download::{Outcome, finished, retry, unix_seconds};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -340,7 +340,7 @@ impl Engine {
         };
         let cancel = &self.shared.cancel;
         let st = state.clone();
-        let (plan, mut stats) = tokio::task::spawn_blocking(move || {
+        let planned = tokio::task::spawn_blocking(move || {
             let manifest = st.manifest.lock();
             let plan = plan::plan(&st.mount.prefix, &remote, manifest.entries(), |rel| {
                 cache::probe(&st.dir, rel)
@@ -349,8 +349,8 @@ impl Engine {
             let stats = apply_local_changes(&st, &plan);
             (plan, stats)
         })
-        .await
-        .expect("planning task panicked");
+        .await;
+        let (plan, mut stats) = finished(planned).map_err(|_| cancelled())?;
 
         let progress = &self.shared.progress;
         progress.add_planned(
@@ -383,7 +383,7 @@ impl Engine {
                 }
             };
             let Some(done) = done else { break };
-            let (update, result) = done.expect("download task panicked");
+            let (update, result) = finished(done).map_err(|_| cancelled())?;
             progress.file_done();
             match result {
                 Ok(Outcome::Written { bytes }) => {
@@ -411,18 +411,19 @@ impl Engine {
                 .iter()
                 .any(|f| f.key().starts_with(&prefix));
         let (st, shared) = (state.clone(), self.shared.clone());
-        tokio::task::spawn_blocking(move || {
+        let compacted = tokio::task::spawn_blocking(move || {
             if clear {
                 shared.cache.clear_partials(&st.mount.id);
             }
             st.manifest.lock().compact()
         })
-        .await
-        .expect("manifest task panicked")
-        .map_err(|source| EngineError::Manifest {
-            mount: mount.id.clone(),
-            source,
-        })?;
+        .await;
+        finished(compacted)
+            .map_err(|_| cancelled())?
+            .map_err(|source| EngineError::Manifest {
+                mount: mount.id.clone(),
+                source,
+            })?;
         Ok(stats)
     }
 }
