@@ -10,11 +10,12 @@ use crate::engine::download::retry;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
 use crate::mounts::Mount;
 use crate::progress::Progress;
+use crate::signals::Signals;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How a `sync` run ended.
@@ -52,9 +53,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
     );
     let mut mounts = Vec::new();
     for mount in &config.mounts {
-        if mount.writeable {
-            tracing::info!(mount = %mount.id, "uploading is not supported yet: the mount is read-only");
-        }
+        note_writeable(mount, "its local changes are not uploaded");
         mounts.push(engine.open_mount(mount.clone())?);
     }
 
@@ -129,16 +128,12 @@ async fn run_pass(
         .iter()
         .zip(stores.iter())
         .filter_map(|(state, store)| Some((state, store.clone()?)))
-        .map(|(state, store)| async move {
-            let start = Instant::now();
-            let result = engine.sync_mount(state, store).await;
-            (state, result, start.elapsed())
-        });
-    for (state, result, elapsed) in futures_util::future::join_all(passes).await {
+        .map(|(state, store)| async move { (state, engine.sync_mount(state, store).await) });
+    for (state, result) in futures_util::future::join_all(passes).await {
         match result {
             Ok(stats) => {
                 failed |= stats.failed > 0;
-                log_summary(&state.mount.id, &stats, elapsed.as_secs_f64());
+                log_summary(&state.mount.id, &stats);
             }
             Err(EngineError::Cancelled { .. }) => {}
             Err(e) => {
@@ -169,9 +164,9 @@ pub(crate) async fn connect(
     match retry("connect", || connector.connect(&mount.bucket)).await {
         Ok(store) => Ok(Arc::new(store)),
         // Listing it will say whether it can be reached by now (mount mode then serves the
-        // cache until it can).
+        // cache until it can), and name the cause once.
         Err(source) if source.is_transient() => {
-            tracing::warn!(
+            tracing::debug!(
                 mount = %mount.id,
                 bucket = %mount.bucket,
                 "cannot reach the bucket ({source}); going on with the configured region"
@@ -182,12 +177,14 @@ pub(crate) async fn connect(
             mount: mount.id.clone(),
             bucket: mount.bucket.clone(),
             prefix: mount.prefix.clone(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
 
-pub(crate) fn log_summary(mount: &str, s: &PassStats, seconds: f64) {
+/// Logs the summary line of one pass: what it did, and where its time went.
+pub(crate) fn log_summary(mount: &str, s: &PassStats) {
+    let seconds = |d: Duration| format!("{:.2}", d.as_secs_f64());
     tracing::info!(
         mount,
         listed = s.listed,
@@ -198,28 +195,34 @@ pub(crate) fn log_summary(mount: &str, s: &PassStats, seconds: f64) {
         failed = s.failed,
         unchanged = s.unchanged,
         bytes = s.bytes,
-        seconds = format_args!("{seconds:.2}"),
+        listing_seconds = %seconds(s.list_time),
+        download_seconds = %seconds(s.download_time),
+        seconds = %seconds(s.list_time + s.download_time),
         "pass complete"
     );
 }
 
+/// Says once, at start, that a mount the mounts JSON calls writeable is not written back:
+/// uploading is not supported yet. `consequence` is what that means for the command.
+pub(crate) fn note_writeable(mount: &Mount, consequence: &str) {
+    if mount.writeable {
+        tracing::warn!(
+            mount = %mount.id,
+            "the mount is writeable in the mounts JSON, but uploading to S3 is not supported \
+             yet: {consequence}"
+        );
+    }
+}
+
 /// Cancels on SIGINT or SIGTERM; the returned token tells whether a signal arrived.
 fn spawn_signal_listener(cancel: CancellationToken) -> CancellationToken {
-    use tokio::signal::unix::{SignalKind, signal};
     let signalled = CancellationToken::new();
-    let flag = signalled.clone();
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot listen for signals");
+    let Some(mut signals) = Signals::listen() else {
         return signalled;
     };
+    let flag = signalled.clone();
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = signals.recv().await;
         tracing::info!(signal = name, "stopping");
         flag.cancel();
         cancel.cancel();

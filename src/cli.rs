@@ -1,9 +1,14 @@
-//! The command line: `sync` (and the original program's Go-style flags, which imply `sync`),
-//! turned into a validated [`SyncConfig`].
+//! The command line: `sync` (and the original program's Go-style flags, which imply `sync`) and
+//! `mount`, turned into a validated [`SyncConfig`] or [`MountConfig`].
 //!
 //! Go's flag package accepts `-flag` and `--flag`, `-flag value` and `-flag=value`, and bare
 //! booleans with `-flag=false`. Clap handles the double-dash forms through aliases; before clap
 //! sees the arguments, a single-dash token naming a known long flag gets its second dash.
+//!
+//! The flags both commands share live in [`CommonArgs`]; those whose meaning differs (the
+//! destination is a copy's directory for `sync` and the mount point for `mount`; the interval
+//! schedules passes for one and refreshes the listing for the other) are declared by each
+//! command with its own help text.
 
 use crate::mounts::{Mount, MountsError, parse_mounts};
 use crate::store::s3::S3Options;
@@ -36,10 +41,115 @@ pub enum Command {
     Mount(MountArgs),
 }
 
+/// The flags of the original program that mean the same for both commands, with kebab-case
+/// names and the original names as aliases.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// The mounts, as JSON: [{"id":"x","bucket":"b","prefix":"p/","writeable":false,"kmsKeyId":"k"}]
+    #[arg(long, visible_alias = "defaultS3Mounts", value_name = "JSON")]
+    pub default_s3_mounts: Option<String>,
+
+    /// Read the mounts JSON from this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "default_s3_mounts")]
+    pub mounts_file: Option<PathBuf>,
+
+    /// Ranged GETs in flight at once, across all files and mounts.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Print debug information (RUST_LOG, when set, takes precedence).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
+    pub debug: bool,
+
+    /// AWS region (default: AWS_REGION or the profile's, then us-east-1). A bucket in another
+    /// region is detected and read there.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// AWS credentials profile (default: the standard credentials chain).
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+
+    /// Endpoint of an S3-compatible store, an http:// or https:// URL (also AWS_ENDPOINT_URL_S3
+    /// or AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Address buckets as ENDPOINT/bucket (automatic for IP-address and localhost endpoints).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
+    pub force_path_style: bool,
+
+    /// Objects larger than this download as parallel ranged GETs of this size (e.g. 8MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub part_size: u64,
+}
+
+/// `sync`: the original program's flags.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The directory each mount is copied into, as DESTINATION/<id>/.
+    #[arg(long, default_value = "./", value_name = "DIR")]
+    pub destination: PathBuf,
+
+    /// Keep synchronizing every --download-interval seconds.
+    #[arg(long, visible_alias = "recurringDownloads", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool,
+          value_name = "BOOL")]
+    pub recurring_downloads: bool,
+
+    /// Stop recurring downloads after this many seconds; zero or negative: never.
+    #[arg(long, visible_alias = "stopRecurringDownloadsAfter", default_value_t = -1,
+          allow_negative_numbers = true, value_name = "SECONDS")]
+    pub stop_recurring_downloads_after: i64,
+
+    /// Seconds to wait after one pass completes before the next one starts.
+    #[arg(
+        long,
+        visible_alias = "downloadInterval",
+        default_value_t = 60,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
+    pub download_interval: i64,
+}
+
+/// `mount`: the shared flags, with those of scheduling and destination described as a mount
+/// uses them, and the file system's own.
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
     #[command(flatten)]
-    pub common: SyncArgs,
+    pub common: CommonArgs,
+
+    /// The mount point: an empty directory, where each mount is served as MOUNTPOINT/<id>/.
+    #[arg(long, required = true, value_name = "MOUNTPOINT")]
+    pub destination: PathBuf,
+
+    /// Seconds between listings: new, changed and deleted objects show after the next one.
+    #[arg(
+        long,
+        visible_alias = "downloadInterval",
+        default_value_t = 60,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
+    pub download_interval: i64,
+
+    /// Stop refreshing the listing after this many seconds, and keep serving what is cached;
+    /// zero or negative: never.
+    #[arg(long, visible_alias = "stopRecurringDownloadsAfter", default_value_t = -1,
+          allow_negative_numbers = true, value_name = "SECONDS")]
+    pub stop_recurring_downloads_after: i64,
+
+    /// Accepted for the original program's command lines, and ignored: a mount always refreshes.
+    #[arg(long, visible_alias = "recurringDownloads", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool,
+          value_name = "BOOL", hide = true)]
+    pub recurring_downloads: bool,
 
     /// Where downloaded files are kept (default: $XDG_CACHE_HOME/s3-synchronizer/<destination>,
     /// or under ~/.cache).
@@ -66,6 +176,25 @@ pub struct MountArgs {
     /// files directly (FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,
+
+    /// On SIGINT or SIGTERM with files under the mount still open: how long to keep serving
+    /// them (the mount is detached at once) before exiting anyway. A second signal exits at once.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub open_files_timeout: u64,
+}
+
+/// Everything `sync` needs, validated. `mount` uses it too, for what both commands share.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub mounts: Vec<Mount>,
+    pub destination: PathBuf,
+    pub concurrency: usize,
+    pub part_size: u64,
+    pub debug: bool,
+    pub recurring: bool,
+    pub interval: Duration,
+    pub stop_after: Option<Duration>,
+    pub s3: S3Options,
 }
 
 /// Everything `mount` needs, validated.
@@ -78,11 +207,58 @@ pub struct MountConfig {
     pub allow_root: bool,
     pub daemon: bool,
     pub passthrough: bool,
+    /// How long open files keep being served after a signal asks the mount to stop.
+    pub open_files_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Mounts(#[from] MountsError),
+    #[error("cannot read the mounts file {}: {source}", path.display())]
+    MountsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--download-interval must be a positive number of seconds, got {0}")]
+    Interval(i64),
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+    #[error("{origin} {url:?} is not an http:// or https:// URL{}", endpoint_hint(.url))]
+    Endpoint { origin: &'static str, url: String },
+    #[error("no cache directory: set --cache-dir (or HOME / XDG_CACHE_HOME)")]
+    NoCacheDir,
+}
+
+/// A suggestion for an endpoint given without its scheme, the usual slip.
+fn endpoint_hint(url: &str) -> String {
+    if url.contains("://") {
+        String::new()
+    } else {
+        format!(" (did you mean \"http://{url}\"?)")
+    }
+}
+
+impl SyncArgs {
+    pub fn into_config(self) -> Result<SyncConfig, ConfigError> {
+        let (interval, stop_after) =
+            schedule(self.download_interval, self.stop_recurring_downloads_after)?;
+        let mut config = self.common.into_config(self.destination)?;
+        config.recurring = self.recurring_downloads;
+        config.interval = interval;
+        config.stop_after = stop_after;
+        Ok(config)
+    }
 }
 
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, ConfigError> {
-        let mut sync = self.common.into_config()?;
+        let (interval, stop_after) =
+            schedule(self.download_interval, self.stop_recurring_downloads_after)?;
+        let mut sync = self.common.into_config(self.destination)?;
+        sync.recurring = true;
+        sync.interval = interval;
+        sync.stop_after = stop_after;
         let cache_dir = match self.cache_dir {
             Some(dir) => dir,
             None => default_cache_dir(&sync.destination).ok_or(ConfigError::NoCacheDir)?,
@@ -98,8 +274,85 @@ impl MountArgs {
             allow_root: self.allow_root,
             daemon: self.daemon,
             passthrough: !self.no_passthrough,
+            open_files_timeout: Duration::from_secs(self.open_files_timeout),
         })
     }
+}
+
+impl CommonArgs {
+    /// The validated shared part of either command's configuration, one-shot, copying to
+    /// `destination`: the caller sets its schedule.
+    fn into_config(self, destination: PathBuf) -> Result<SyncConfig, ConfigError> {
+        let json = match (&self.default_s3_mounts, &self.mounts_file) {
+            (_, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::MountsFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (Some(json), None) => json.clone(),
+            (None, None) => return Err(MountsError::Empty.into()),
+        };
+        let mounts = parse_mounts(&json)?;
+        if self.concurrency == 0 {
+            return Err(ConfigError::Concurrency);
+        }
+        let endpoint_url = endpoint(
+            self.endpoint_url,
+            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"].map(|var| (var, std::env::var(var).ok())),
+        )?;
+        let force_path_style =
+            self.force_path_style || endpoint_url.as_deref().is_some_and(needs_path_style);
+        Ok(SyncConfig {
+            mounts,
+            destination,
+            concurrency: self.concurrency,
+            part_size: self.part_size,
+            debug: self.debug,
+            recurring: false,
+            interval: Duration::from_secs(60),
+            stop_after: None,
+            s3: S3Options {
+                region: self.region,
+                profile: self.profile,
+                endpoint_url,
+                force_path_style,
+                small_local_buffers: false,
+            },
+        })
+    }
+}
+
+/// The interval between passes and when to stop them, from the flags' seconds.
+fn schedule(interval: i64, stop_after: i64) -> Result<(Duration, Option<Duration>), ConfigError> {
+    if interval <= 0 {
+        return Err(ConfigError::Interval(interval));
+    }
+    let stop_after = (stop_after > 0).then(|| Duration::from_secs(stop_after as u64));
+    Ok((Duration::from_secs(interval as u64), stop_after))
+}
+
+/// The endpoint: the flag, else the first of the environment variables that is set and not
+/// empty. It must be an http(s) URL with a host: the SDK would take `127.0.0.1:9000` for a
+/// scheme and a path, and every request would fail far from the mistake.
+fn endpoint<const N: usize>(
+    flag: Option<String>,
+    env: [(&'static str, Option<String>); N],
+) -> Result<Option<String>, ConfigError> {
+    let chosen = flag.map(|url| ("--endpoint-url", url)).or_else(|| {
+        env.into_iter()
+            .find_map(|(var, value)| value.filter(|v| !v.is_empty()).map(|v| (var, v)))
+    });
+    let Some((origin, url)) = chosen else {
+        return Ok(None);
+    };
+    let valid = url::Url::parse(&url).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if !valid {
+        return Err(ConfigError::Endpoint { origin, url });
+    }
+    Ok(Some(url))
 }
 
 /// `$XDG_CACHE_HOME/s3-synchronizer/<name>-<hash of the absolute destination>`.
@@ -125,105 +378,6 @@ fn default_cache_dir(destination: &std::path::Path) -> Option<PathBuf> {
         base.join("s3-synchronizer")
             .join(format!("{name}-{hash:016x}")),
     )
-}
-
-/// The flags of the original program, with kebab-case names and the original names as aliases.
-#[derive(Args, Debug, Clone)]
-pub struct SyncArgs {
-    /// The mounts, as JSON: [{"id":"x","bucket":"b","prefix":"p/","writeable":false,"kmsKeyId":"k"}]
-    #[arg(long, visible_alias = "defaultS3Mounts", value_name = "JSON")]
-    pub default_s3_mounts: Option<String>,
-
-    /// Read the mounts JSON from this file instead.
-    #[arg(long, value_name = "PATH", conflicts_with = "default_s3_mounts")]
-    pub mounts_file: Option<PathBuf>,
-
-    /// The directory each mount is copied into, as DESTINATION/<id>/.
-    #[arg(long, default_value = "./", value_name = "DIR")]
-    pub destination: PathBuf,
-
-    /// Ranged GETs in flight at once, across all files and mounts.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    pub concurrency: usize,
-
-    /// Print debug information (RUST_LOG, when set, takes precedence).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
-    pub debug: bool,
-
-    /// Keep synchronizing every --download-interval seconds.
-    #[arg(long, visible_alias = "recurringDownloads", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool,
-          value_name = "BOOL")]
-    pub recurring_downloads: bool,
-
-    /// Stop recurring downloads after this many seconds; zero or negative: never.
-    #[arg(long, visible_alias = "stopRecurringDownloadsAfter", default_value_t = -1,
-          allow_negative_numbers = true, value_name = "SECONDS")]
-    pub stop_recurring_downloads_after: i64,
-
-    /// Seconds to wait after one pass completes before the next one starts.
-    #[arg(
-        long,
-        visible_alias = "downloadInterval",
-        default_value_t = 60,
-        allow_negative_numbers = true,
-        value_name = "SECONDS"
-    )]
-    pub download_interval: i64,
-
-    /// AWS region (default: AWS_REGION or the profile's, then us-east-1). A bucket in another
-    /// region is detected and read there.
-    #[arg(long, value_name = "REGION")]
-    pub region: Option<String>,
-
-    /// AWS credentials profile (default: the standard credentials chain).
-    #[arg(long, value_name = "PROFILE")]
-    pub profile: Option<String>,
-
-    /// Endpoint of an S3-compatible store (also AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL).
-    #[arg(long, value_name = "URL")]
-    pub endpoint_url: Option<String>,
-
-    /// Address buckets as ENDPOINT/bucket (automatic for IP-address and localhost endpoints).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
-    pub force_path_style: bool,
-
-    /// Objects larger than this download as parallel ranged GETs of this size (e.g. 8MiB).
-    #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
-    pub part_size: u64,
-}
-
-/// Everything `sync` needs, validated.
-#[derive(Debug, Clone)]
-pub struct SyncConfig {
-    pub mounts: Vec<Mount>,
-    pub destination: PathBuf,
-    pub concurrency: usize,
-    pub part_size: u64,
-    pub debug: bool,
-    pub recurring: bool,
-    pub interval: Duration,
-    pub stop_after: Option<Duration>,
-    pub s3: S3Options,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Mounts(#[from] MountsError),
-    #[error("cannot read the mounts file {}: {source}", path.display())]
-    MountsFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("--download-interval must be a positive number of seconds, got {0}")]
-    Interval(i64),
-    #[error("--concurrency must be at least 1")]
-    Concurrency,
-    #[error("no cache directory: set --cache-dir (or HOME / XDG_CACHE_HOME)")]
-    NoCacheDir,
 }
 
 /// Parses the process arguments, accepting the original Go-style spellings.
@@ -328,53 +482,6 @@ fn needs_path_style(endpoint: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok()
 }
 
-impl SyncArgs {
-    pub fn into_config(self) -> Result<SyncConfig, ConfigError> {
-        let json = match (&self.default_s3_mounts, &self.mounts_file) {
-            (_, Some(path)) => {
-                std::fs::read_to_string(path).map_err(|source| ConfigError::MountsFile {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            (Some(json), None) => json.clone(),
-            (None, None) => return Err(MountsError::Empty.into()),
-        };
-        let mounts = parse_mounts(&json)?;
-        if self.download_interval <= 0 {
-            return Err(ConfigError::Interval(self.download_interval));
-        }
-        if self.concurrency == 0 {
-            return Err(ConfigError::Concurrency);
-        }
-        let endpoint_url = self
-            .endpoint_url
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-            .filter(|u| !u.is_empty());
-        let force_path_style =
-            self.force_path_style || endpoint_url.as_deref().is_some_and(needs_path_style);
-        Ok(SyncConfig {
-            mounts,
-            destination: self.destination,
-            concurrency: self.concurrency,
-            part_size: self.part_size,
-            debug: self.debug,
-            recurring: self.recurring_downloads,
-            interval: Duration::from_secs(self.download_interval as u64),
-            stop_after: (self.stop_recurring_downloads_after > 0)
-                .then(|| Duration::from_secs(self.stop_recurring_downloads_after as u64)),
-            s3: S3Options {
-                region: self.region,
-                profile: self.profile,
-                endpoint_url,
-                force_path_style,
-                small_local_buffers: false,
-            },
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,7 +495,7 @@ mod tests {
             .command
         {
             Command::Sync(a) => a,
-            Command::Mount(a) => a.common,
+            Command::Mount(_) => panic!("{args:?}: mount"),
         }
     }
 
@@ -412,14 +519,14 @@ mod tests {
             "-profile=p",
             "-debug",
         ]);
-        assert_eq!(a.default_s3_mounts.as_deref(), Some(MOUNTS));
+        assert_eq!(a.common.default_s3_mounts.as_deref(), Some(MOUNTS));
         assert_eq!(a.destination, PathBuf::from("/x"));
-        assert!(a.recurring_downloads && a.debug);
-        assert_eq!(a.concurrency, 7);
+        assert!(a.recurring_downloads && a.common.debug);
+        assert_eq!(a.common.concurrency, 7);
         assert_eq!(a.stop_recurring_downloads_after, -1);
         assert_eq!(a.download_interval, 5);
-        assert_eq!(a.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(a.profile.as_deref(), Some("p"));
+        assert_eq!(a.common.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(a.common.profile.as_deref(), Some("p"));
     }
 
     #[test]
@@ -431,7 +538,7 @@ mod tests {
             "-debug=true",
         ]);
         assert!(!a.recurring_downloads);
-        assert!(a.debug);
+        assert!(a.common.debug);
         let a = sync_args(&[
             "sync",
             "--default-s3-mounts",

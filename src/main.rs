@@ -1,6 +1,7 @@
 use s3_synchronizer::app::{self, SyncOutcome};
 use s3_synchronizer::cli::{self, Command};
-use s3_synchronizer::mount;
+use s3_synchronizer::errors;
+use s3_synchronizer::mount::{self, Daemonized};
 use s3_synchronizer::progress::LogWriter;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -27,6 +28,12 @@ fn init_tracing(debug: bool) {
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(2)
+}
+
+/// A run that could not do its job: one line, each cause once, exit code 1.
+fn failure(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", errors::chain(e.as_ref()));
+    ExitCode::FAILURE
 }
 
 /// The runtime of the downloads; `on_thread_start` runs on each of its threads as it starts.
@@ -75,10 +82,7 @@ fn main() -> ExitCode {
                 Ok(SyncOutcome::Complete) => ExitCode::SUCCESS,
                 Ok(SyncOutcome::Failed) => ExitCode::FAILURE,
                 Ok(SyncOutcome::Interrupted) => ExitCode::from(130),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => failure(&e),
             }
         }
         Command::Mount(args) => {
@@ -89,11 +93,10 @@ fn main() -> ExitCode {
             init_tracing(config.sync.debug);
             if config.daemon {
                 return match mount::daemonize(&config) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        ExitCode::FAILURE
-                    }
+                    Ok(Daemonized::Mounted) => ExitCode::SUCCESS,
+                    // It has said why, on the standard error it shares with this process.
+                    Ok(Daemonized::Exited(code)) => ExitCode::from(code),
+                    Err(e) => failure(&e),
                 };
             }
             // The background download yields the CPU to readers.
@@ -106,10 +109,7 @@ fn main() -> ExitCode {
             runtime.shutdown_background();
             match result {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => failure(&e),
             }
         }
     }

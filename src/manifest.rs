@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -29,6 +30,10 @@ pub struct Entry {
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     version: u32,
+    /// When the bucket was listed for the last pass that completed, in seconds since the Unix
+    /// epoch (absent in snapshots of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listed_at: Option<u64>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -50,6 +55,7 @@ pub struct ManifestError {
 pub struct Manifest {
     dir: PathBuf,
     entries: BTreeMap<String, Entry>,
+    listed_at: Option<u64>,
     journal: File,
 }
 
@@ -65,14 +71,14 @@ impl Manifest {
         };
         fs::create_dir_all(dir).map_err(err(dir))?;
         let snapshot_path = dir.join(SNAPSHOT);
-        let mut entries = match fs::read(&snapshot_path) {
+        let (mut entries, listed_at) = match fs::read(&snapshot_path) {
             Ok(bytes) => {
-                serde_json::from_slice::<Snapshot>(&bytes)
+                let snapshot = serde_json::from_slice::<Snapshot>(&bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-                    .map_err(err(&snapshot_path))?
-                    .entries
+                    .map_err(err(&snapshot_path))?;
+                (snapshot.entries, snapshot.listed_at)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (BTreeMap::new(), None),
             Err(e) => return Err(err(&snapshot_path)(e)),
         };
         let journal_path = dir.join(JOURNAL);
@@ -98,6 +104,7 @@ impl Manifest {
         let mut manifest = Self {
             dir: dir.to_owned(),
             entries,
+            listed_at,
             journal: OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -115,6 +122,21 @@ impl Manifest {
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path)
+    }
+
+    /// When the bucket was listed for the last pass that completed.
+    pub fn listed_at(&self) -> Option<SystemTime> {
+        self.listed_at
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    /// Records when the listing the entries now reflect was made; kept by the next
+    /// [`Manifest::compact`].
+    pub fn set_listed_at(&mut self, at: SystemTime) {
+        self.listed_at = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
     }
 
     /// Records that `path` now holds `entry`.
@@ -160,6 +182,7 @@ impl Manifest {
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
         let data = serde_json::to_vec(&Snapshot {
             version: 1,
+            listed_at: self.listed_at,
             entries: self.entries.clone(),
         })
         .expect("manifest serializes");

@@ -2,21 +2,30 @@
 //! and keeps a local cache filled and refreshed in the background with the sync engine.
 //!
 //! Lifecycle: runs in the foreground until the file system is unmounted (`fusermount -u`,
-//! `umount`) or a SIGINT/SIGTERM arrives, which unmounts it; either way the process exits 0.
+//! `umount`) or a SIGINT/SIGTERM arrives, which detaches it; either way the process exits 0.
+//! After a signal, files still open under the mount keep being served until they are closed
+//! (at most `--open-files-timeout`; a second signal stops at once).
+//!
+//! Start: every mount is connected and listed before the file system is mounted. A store that
+//! cannot be reached is served from the cache with a warning (repeated at each failed refresh);
+//! with nothing cached for that mount the command fails instead: an empty directory would look
+//! like an empty bucket.
 
-use crate::app::{connect, log_summary};
+use crate::app::{connect, log_summary, note_writeable};
 use crate::cache::Cache;
 use crate::cli::MountConfig;
-use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
 use crate::fuse::FuseFs;
 use crate::progress::Progress;
+use crate::signals::{self, Signals};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Source, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Refuses destinations that cannot or should not be mounted over, with one clear line.
@@ -50,9 +59,18 @@ fn check_destination(dest: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `mount --daemon` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemonized {
+    /// The background process has mounted the destination.
+    Mounted,
+    /// The background process exited with this code before mounting, having said why.
+    Exited(u8),
+}
+
 /// Starts this program again without `--daemon`, in a new session, and returns once it has
-/// mounted the destination (or fails with what went wrong if it exits first).
-pub fn daemonize(config: &MountConfig) -> anyhow::Result<()> {
+/// mounted the destination, or exited first.
+pub fn daemonize(config: &MountConfig) -> anyhow::Result<Daemonized> {
     use std::os::unix::process::CommandExt;
     let dest = &config.sync.destination;
     check_destination(dest, config.allow_non_empty)?;
@@ -72,11 +90,14 @@ pub fn daemonize(config: &MountConfig) -> anyhow::Result<()> {
     let mut child = cmd.spawn().context("cannot start the background process")?;
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the background process exited before mounting ({status})");
+            match status.code().and_then(|c| u8::try_from(c).ok()) {
+                Some(code) if code != 0 => return Ok(Daemonized::Exited(code)),
+                _ => bail!("the background process exited before mounting ({status})"),
+            }
         }
         if std::fs::metadata(dest).is_ok_and(|m| m.dev() != before) {
             tracing::info!(pid = child.id(), "mounted in the background");
-            return Ok(());
+            return Ok(Daemonized::Mounted);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -153,25 +174,40 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         let mut sources = Vec::new();
         let mut listings = Vec::new();
         for mount in &sync.mounts {
+            note_writeable(mount, "it is served read-only");
             let state = engine.open_mount(mount.clone())?;
             let store = connect(mount, sync, &mut connectors).await?;
             // Listed, or what earlier runs cached when the store cannot be reached now.
+            let started = Instant::now();
             let listing = match engine.list(&state, &store).await {
-                Ok(listing) => (listing, true),
-                // Down or unreachable: served from the cache, and listed again each interval.
-                // (A bucket that does not exist or is denied stays an error.)
+                Ok(listing) => FirstListing {
+                    served: Served::listed_now(&listing),
+                    objects: listing.clone(),
+                    listed: Some((listing, started.elapsed())),
+                },
+                // Down or unreachable: served from the cache, and listed again each interval;
+                // with nothing cached, there is nothing to serve. (A bucket that does not
+                // exist or is denied stays an error.)
                 Err(EngineError::Store { source, .. }) if source.is_transient() => {
                     let cached = state.cached_listing();
-                    tracing::error!(
-                        mount = %mount.id,
-                        bucket = %mount.bucket,
-                        "cannot list the bucket ({source}); serving the {} entries cached \
-                         earlier until it can be listed",
-                        cached.len()
-                    );
-                    (cached, false)
+                    if cached.is_empty() && state.listed_at().is_none() {
+                        bail!(
+                            "{}; nothing of it is cached yet, so there is nothing to serve",
+                            unreachable(&state, store.as_ref(), &source)
+                        );
+                    }
+                    let served = Served {
+                        files: cached.len(),
+                        listed_at: state.listed_at(),
+                    };
+                    warn_serving(&state, store.as_ref(), &source, &served);
+                    FirstListing {
+                        served,
+                        objects: cached,
+                        listed: None,
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             listings.push(listing);
             sources.push(Source { state, store });
@@ -182,19 +218,18 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             readers.spawn(async move { store.warm_for_readers().await });
         }
         let vfs = Arc::new(Vfs::new(engine.clone(), sources));
-        for (i, (listing, _)) in listings.iter().enumerate() {
-            vfs.update(i, listing);
+        for (i, listing) in listings.iter().enumerate() {
+            vfs.update(i, &listing.objects);
         }
-        Ok::<_, EngineError>((vfs, listings))
+        Ok::<_, anyhow::Error>((vfs, listings))
     })?;
 
+    let served = listings.iter().map(|l| l.served.clone()).collect();
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
-        listings
-            .into_iter()
-            .map(|(listing, listed)| listed.then_some(listing))
-            .collect(),
+        listings.into_iter().map(|l| l.listed).collect(),
+        served,
         sync.interval,
         sync.stop_after.map(|after| Instant::now() + after),
     ));
@@ -202,7 +237,12 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     // Entries and attributes may be cached by the kernel for at most a second, so a refresh
     // shows promptly without a round trip per stat.
     let ttl = Duration::from_secs(1).min(sync.interval);
-    let fs = FuseFs::new(vfs, readers.handle().clone(), ttl, config.passthrough);
+    let fs = FuseFs::new(
+        vfs.clone(),
+        readers.handle().clone(),
+        ttl,
+        config.passthrough,
+    );
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::RO,
@@ -219,46 +259,185 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         fuser::SessionACL::Owner
     };
     fuse_config.n_threads = Some(4);
-    let mut session =
-        fuser::Session::new(fs, &sync.destination, &fuse_config).with_context(|| {
-            format!(
-                "cannot mount {} (FUSE needs /dev/fuse and, for non-root users, fusermount3: \
+    let session = fuser::Session::new(fs, &sync.destination, &fuse_config).with_context(|| {
+        format!(
+            "cannot mount {} (FUSE needs /dev/fuse and, for non-root users, fusermount3: \
              apt-get install fuse3)",
-                sync.destination.display()
-            )
-        })?;
-    // The session runs on its own thread and owns the mount until `unmounter` takes it.
-    let mut unmounter = session.unmount_callable();
+            sync.destination.display()
+        )
+    })?;
+    // The session runs on its own thread until the kernel ends it: at an unmount, or once the
+    // last file open under a detached mount is closed.
     let background = std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || session.run())?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
 
-    let signal = runtime.block_on(async {
-        let ended = tokio::task::spawn_blocking(move || background.join());
+    runtime.block_on(async {
+        let mut signals = Signals::listen();
+        let mut ended = tokio::task::spawn_blocking(move || background.join());
         tokio::select! {
-            result = ended => {
-                result.expect("join task panicked").expect("session thread panicked")?;
-                Ok::<_, std::io::Error>(None)
+            result = &mut ended => {
+                session_result(result)?;
+                tracing::info!("unmounted");
             }
-            name = wait_for_signal() => Ok(Some(name)),
+            name = signals::next(&mut signals) => {
+                tracing::info!(signal = name, "unmounting");
+                // Lazily: files still open keep working, and the session ends with the last.
+                detach(&sync.destination)?;
+                serve_open_files(&vfs, &mut ended, &mut signals, config.open_files_timeout)
+                    .await?;
+            }
         }
+        Ok::<_, anyhow::Error>(())
     })?;
-    if let Some(name) = signal {
-        tracing::info!(signal = name, "unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!("{e}: files are still open under the mount; detaching it");
-            detach(&sync.destination)?;
-        }
-    } else {
-        tracing::info!("unmounted");
-    }
     cancel.cancel();
     engine.clear_staging();
     // Reads under way were answered or failed by the unmount; do not wait for their tasks.
     readers.shutdown_background();
     stream.shutdown_background();
     Ok(())
+}
+
+/// The session thread, joined on the blocking pool.
+type SessionEnd = tokio::task::JoinHandle<std::thread::Result<std::io::Result<()>>>;
+
+fn session_result(
+    joined: Result<std::thread::Result<std::io::Result<()>>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    joined
+        .context("the FUSE session's join task failed")?
+        .map_err(|_| anyhow::anyhow!("the FUSE session's thread panicked"))?
+        .context("the FUSE session failed")
+}
+
+/// After the mount was detached: serves the files still open under it until the last one is
+/// closed (the kernel then ends the session), `timeout` passes, or another signal arrives;
+/// whichever comes first ends the process with exit code 0. Processes reading those files
+/// (a notebook in the middle of a read) are not cut off by a stop they did not ask for.
+async fn serve_open_files(
+    vfs: &Vfs,
+    ended: &mut SessionEnd,
+    signals: &mut Option<Signals>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting_for = None;
+    loop {
+        tokio::select! {
+            result = &mut *ended => {
+                session_result(result)?;
+                if waiting_for.is_some() {
+                    tracing::info!("the last open file was closed; stopping");
+                }
+                return Ok(());
+            }
+            () = &mut deadline => {
+                tracing::warn!(
+                    open = vfs.open_files(),
+                    "stopping with files still open after --open-files-timeout ({} s): \
+                     their reads now fail",
+                    timeout.as_secs()
+                );
+                return Ok(());
+            }
+            name = signals::next(signals) => {
+                tracing::warn!(
+                    signal = name,
+                    open = vfs.open_files(),
+                    "stopping at once: reads of the files still open now fail"
+                );
+                return Ok(());
+            }
+            _ = check.tick() => {
+                let open = vfs.open_files();
+                if waiting_for.is_none() && open > 0 {
+                    tracing::info!(
+                        open,
+                        "files under the mount are still open: the mount is detached and \
+                         serves them until they are closed, for at most {} s \
+                         (--open-files-timeout; another SIGINT or SIGTERM stops at once)",
+                        timeout.as_secs()
+                    );
+                } else if waiting_for.is_some_and(|n| n != open) {
+                    tracing::info!(open, "waiting for the files still open to be closed");
+                }
+                if open > 0 || waiting_for.is_some() {
+                    waiting_for = Some(open);
+                }
+            }
+        }
+    }
+}
+
+/// A mount's first listing: what the file system shows of it at first, and the listing the
+/// background download acts on (with the time it took), none while the store cannot be reached.
+struct FirstListing {
+    objects: Vec<ObjectMeta>,
+    served: Served,
+    listed: Option<(Vec<ObjectMeta>, Duration)>,
+}
+
+/// What the file system shows of a mount: how many files, listed when (`None`: by an earlier
+/// run that did not record it).
+#[derive(Clone)]
+struct Served {
+    files: usize,
+    listed_at: Option<SystemTime>,
+}
+
+impl Served {
+    fn listed_now(listing: &[ObjectMeta]) -> Self {
+        Self {
+            files: listing.len(),
+            listed_at: Some(SystemTime::now()),
+        }
+    }
+}
+
+/// "mount "m" (s3://b/p/): cannot reach the store: CAUSE", naming the endpoint unless the
+/// cause does.
+fn unreachable(state: &MountState, store: &dyn ObjectStore, source: &StoreError) -> String {
+    let mount = &state.mount;
+    let cause = source.to_string();
+    let endpoint = store.endpoint();
+    let at = if cause.contains(endpoint) {
+        String::new()
+    } else {
+        format!(" at {endpoint}")
+    };
+    format!(
+        "mount \"{}\" (s3://{}/{}): cannot reach the store{at}: {cause}",
+        mount.id, mount.bucket, mount.prefix
+    )
+}
+
+/// Warns that a mount is served as it was last listed, and how long ago that was: at start and
+/// at each refresh that cannot reach the store.
+fn warn_serving(state: &MountState, store: &dyn ObjectStore, source: &StoreError, served: &Served) {
+    tracing::warn!(
+        "{}; serving the {} files listed {} until it can be listed again",
+        unreachable(state, store, source),
+        served.files,
+        age(served.listed_at, SystemTime::now())
+    );
+}
+
+/// How long before `now` the time `at` was, for a person: "5 min ago".
+fn age(at: Option<SystemTime>, now: SystemTime) -> String {
+    let Some(at) = at else {
+        return "by an earlier run (when, it did not record)".to_owned();
+    };
+    let secs = now.duration_since(at).unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..7200 => format!("{} min ago", secs / 60),
+        7200..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
 }
 
 /// GETs at once against a server on this machine: at most two per CPU. Such a server shares the
@@ -313,8 +492,9 @@ pub fn idle_thread_priority() {
     }
 }
 
-/// Lazily unmounts a busy mount: it leaves the namespace now and goes away once its files are
-/// closed (`umount -l`; `fusermount3 -u -z` for users who may not call umount2).
+/// Unmounts lazily: the mount leaves the directory tree now, and the kernel ends the session
+/// once no file under it is open (at once, when none is) (`umount -l`; `fusermount3 -u -z` for
+/// users who may not call umount2).
 fn detach(dest: &Path) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c_dest = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
@@ -338,27 +518,15 @@ fn detach(dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 /// Downloads everything in the background, then every interval lists again, updates the file
 /// system and downloads what changed; after `stop` (`--stop-recurring-downloads-after`), the
-/// file system keeps serving what it has without refreshing.
+/// file system keeps serving what it has without refreshing. `listings` are the first listings
+/// (none for a mount served from its cache), `served` what the file system shows of each mount.
 async fn refresh_loop(
     engine: Arc<Engine>,
     vfs: Arc<Vfs>,
-    mut listings: Vec<Option<Vec<crate::store::ObjectMeta>>>,
+    mut listings: Vec<Option<(Vec<ObjectMeta>, Duration)>>,
+    mut served: Vec<Served>,
     interval: Duration,
     stop: Option<Instant>,
 ) {
@@ -367,17 +535,16 @@ async fn refresh_loop(
             let engine = &engine;
             async move {
                 // A mount whose listing failed keeps what it has: nothing is deleted on an error.
-                let Some(listing) = listing else { return };
-                let start = Instant::now();
+                let Some((listing, list_time)) = listing else {
+                    return;
+                };
                 let result = engine
                     .apply(&source.state, source.store.clone(), listing)
                     .await;
                 match result {
-                    Ok(stats) => log_summary(
-                        &source.state.mount.id,
-                        &stats,
-                        start.elapsed().as_secs_f64(),
-                    ),
+                    Ok(stats) => {
+                        log_summary(&source.state.mount.id, &PassStats { list_time, ..stats })
+                    }
                     Err(EngineError::Cancelled { .. }) => {}
                     Err(e) => tracing::error!("{e}"),
                 }
@@ -391,13 +558,19 @@ async fn refresh_loop(
         tokio::time::sleep(interval).await;
         listings = Vec::new();
         for (i, source) in vfs.sources().iter().enumerate() {
+            let started = Instant::now();
             match engine.list(&source.state, &source.store).await {
                 Ok(listing) => {
                     vfs.update(i, &listing);
-                    listings.push(Some(listing));
+                    served[i] = Served::listed_now(&listing);
+                    listings.push(Some((listing, started.elapsed())));
+                }
+                // Keep serving what we have; try again next interval.
+                Err(EngineError::Store { source: e, .. }) if e.is_transient() => {
+                    warn_serving(&source.state, source.store.as_ref(), &e, &served[i]);
+                    listings.push(None);
                 }
                 Err(e) => {
-                    // Keep serving what we have; try again next interval.
                     tracing::error!("{e}");
                     listings.push(None);
                 }

@@ -33,8 +33,18 @@ pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
 pub enum StoreError {
     #[error("bucket \"{bucket}\" does not exist")]
     NoSuchBucket { bucket: String },
-    #[error("access denied to bucket \"{bucket}\"{}", key_suffix(.key))]
-    AccessDenied { bucket: String, key: Option<String> },
+    /// The credentials are good but lack a permission. `code` is the server's error code
+    /// (`AccessDenied`), or the HTTP status where the answer had no body (a HEAD request).
+    #[error("access denied to bucket \"{bucket}\"{} ({code})", key_suffix(.key))]
+    AccessDenied {
+        bucket: String,
+        key: Option<String>,
+        code: String,
+    },
+    /// The server does not accept the credentials themselves: a wrong key, a wrong secret, an
+    /// expired session. `code` is the server's error code.
+    #[error("the server does not accept the credentials: {} ({code})", credentials_hint(.code))]
+    Credentials { code: String },
     #[error("object \"{key}\" does not exist")]
     NoSuchKey { key: String },
     #[error("object \"{key}\" changed while it was being read")]
@@ -53,7 +63,37 @@ fn key_suffix(key: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// What to check, for each error code of credentials that S3 sends.
+fn credentials_hint(code: &str) -> &'static str {
+    match code {
+        "InvalidAccessKeyId" => {
+            "it does not know the access key (check AWS_ACCESS_KEY_ID or the profile's \
+             aws_access_key_id)"
+        }
+        "SignatureDoesNotMatch" => {
+            "the secret key does not match the access key (check AWS_SECRET_ACCESS_KEY or the \
+             profile's aws_secret_access_key)"
+        }
+        "ExpiredToken" | "TokenRefreshRequired" => {
+            "the session has expired (renew the credentials, e.g. with `aws sso login`)"
+        }
+        "InvalidToken" => "the session token is not valid (check AWS_SESSION_TOKEN)",
+        _ => "check the access key and secret key",
+    }
+}
+
 impl StoreError {
+    /// The error codes S3 answers for credentials it does not accept (not for a missing
+    /// permission, which is `AccessDenied`).
+    pub const CREDENTIALS_CODES: [&'static str; 6] = [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "InvalidSecurity",
+    ];
+
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient(_))
     }
@@ -64,6 +104,9 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync + 'static {
     /// The bucket this store reads.
     fn bucket(&self) -> &str;
+
+    /// Where the store's requests go (a URL), for messages about a store that cannot be reached.
+    fn endpoint(&self) -> &str;
 
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;

@@ -513,6 +513,11 @@ impl Vfs {
         self.handles.remove(&fh);
     }
 
+    /// How many files are open (handles not yet released).
+    pub fn open_files(&self) -> usize {
+        self.handles.len()
+    }
+
     /// Counts for `statfs`: files and directories served.
     pub fn counts(&self) -> (u64, u64) {
         let tree = self.tree.read();

@@ -29,8 +29,8 @@ use download::{Outcome, finished, retry, unix_seconds};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +132,9 @@ pub struct MountState {
     pub mount: Mount,
     pub(crate) dir: PathBuf,
     pub(crate) manifest: Mutex<Manifest>,
+    /// Whether a listing of no objects has been reported (once per run: a typo in a prefix
+    /// looks like an empty bucket).
+    reported_empty: AtomicBool,
 }
 
 impl MountState {
@@ -154,6 +157,11 @@ impl MountState {
             })
             .collect()
     }
+
+    /// When the bucket was last listed by a pass that completed: the age of what the cache holds.
+    pub fn listed_at(&self) -> Option<SystemTime> {
+        self.manifest.lock().listed_at()
+    }
 }
 
 /// What one pass over one mount did.
@@ -167,6 +175,10 @@ pub struct PassStats {
     pub skipped: usize,
     pub failed: usize,
     pub bytes: u64,
+    /// How long listing the bucket took.
+    pub list_time: Duration,
+    /// How long the rest of the pass took: planning, deleting, downloading, committing.
+    pub download_time: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +188,9 @@ pub enum EngineError {
         mount: String,
         bucket: String,
         prefix: String,
+        /// Boxed: the other variants, and every `Result` carrying this error, stay small.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("mount \"{mount}\": {source}")]
     Cache {
@@ -262,6 +275,7 @@ impl Engine {
             mount,
             dir,
             manifest: Mutex::new(manifest),
+            reported_empty: AtomicBool::new(false),
         }))
     }
 
@@ -301,30 +315,47 @@ impl Engine {
         state: &Arc<MountState>,
         store: Arc<dyn ObjectStore>,
     ) -> Result<PassStats, EngineError> {
+        let started = Instant::now();
         let remote = self.list(state, &store).await?;
-        self.apply(state, store, remote).await
+        let list_time = started.elapsed();
+        let stats = self.apply(state, store, remote).await?;
+        Ok(PassStats { list_time, ..stats })
     }
 
-    /// Lists the mount's objects (with retries).
+    /// Lists the mount's objects (with retries). The first listing of no objects is reported
+    /// as a warning naming the bucket and prefix: more often a typo than an empty bucket.
     pub async fn list(
         &self,
         state: &MountState,
         store: &Arc<dyn ObjectStore>,
     ) -> Result<Vec<ObjectMeta>, EngineError> {
         let mount = &state.mount;
-        tokio::select! {
+        let listed = tokio::select! {
             listed = retry("list", || store.list(&mount.prefix)) => {
                 listed.map_err(|source| EngineError::Store {
                     mount: mount.id.clone(),
                     bucket: mount.bucket.clone(),
                     prefix: mount.prefix.clone(),
-                    source,
-                })
+                    source: Box::new(source),
+                })?
             }
-            () = self.shared.cancel.cancelled() => Err(EngineError::Cancelled {
+            () = self.shared.cancel.cancelled() => return Err(EngineError::Cancelled {
                 mount: mount.id.clone(),
             }),
+        };
+        if listed.is_empty() && !state.reported_empty.swap(true, Ordering::Relaxed) {
+            let hint = match mount.prefix.as_str() {
+                "" => "the bucket is empty",
+                _ => "check the prefix: it is case-sensitive and matches whole path components",
+            };
+            tracing::warn!(
+                mount = %mount.id,
+                "no objects under s3://{}/{} ({hint})",
+                mount.bucket,
+                mount.prefix
+            );
         }
+        Ok(listed)
     }
 
     /// Brings the mount directory in line with `remote`, a listing of the mount.
@@ -334,6 +365,8 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         remote: Vec<ObjectMeta>,
     ) -> Result<PassStats, EngineError> {
+        let started = Instant::now();
+        let listed_at = SystemTime::now();
         let mount = &state.mount;
         let cancelled = || EngineError::Cancelled {
             mount: mount.id.clone(),
@@ -415,7 +448,9 @@ impl Engine {
             if clear {
                 shared.cache.clear_partials(&st.mount.id);
             }
-            st.manifest.lock().compact()
+            let mut manifest = st.manifest.lock();
+            manifest.set_listed_at(listed_at);
+            manifest.compact()
         })
         .await;
         finished(compacted)
@@ -424,6 +459,7 @@ impl Engine {
                 mount: mount.id.clone(),
                 source,
             })?;
+        stats.download_time = started.elapsed();
         Ok(stats)
     }
 }

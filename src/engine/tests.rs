@@ -230,6 +230,7 @@ async fn a_permanent_failure_fails_that_file_only_and_leaves_nothing_behind() {
             Fault::Fail(StoreError::AccessDenied {
                 bucket: "bkt".into(),
                 key: Some(key.into()),
+                code: "AccessDenied".into(),
             })
         })
     });

@@ -110,6 +110,10 @@ impl ObjectStore for MemoryStore {
         &self.bucket
     }
 
+    fn endpoint(&self) -> &str {
+        "memory:"
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         if self.missing {
@@ -210,6 +214,9 @@ impl<H> std::ops::Deref for Hooked<H> {
 impl<H: GetHook> ObjectStore for Hooked<H> {
     fn bucket(&self) -> &str {
         self.inner.bucket()
+    }
+    fn endpoint(&self) -> &str {
+        self.inner.endpoint()
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.inner.list(prefix).await

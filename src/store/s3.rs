@@ -4,6 +4,7 @@
 //! Retries are the engine's job (one policy for every store), so the SDK's own retries are off.
 
 use super::{Body, ObjectMeta, ObjectStore, StoreError, local_http};
+use crate::errors;
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::environment::EnvironmentVariableRegionProvider;
@@ -127,7 +128,7 @@ impl S3Connector {
             client: self.client(None, false),
             readers: self.client(None, true),
             bucket: bucket.to_owned(),
-            endpoint: self.opts.endpoint_url.clone(),
+            endpoint: self.endpoint(None),
         }
     }
 
@@ -142,12 +143,19 @@ impl S3Connector {
                 // S3 answers 301/400 with the right region when the bucket lives elsewhere.
                 Some(r) if Some(&r) != configured.as_ref() => Some(r),
                 _ => {
-                    return Err(classify(
-                        &err,
-                        bucket,
-                        None,
-                        self.opts.endpoint_url.as_deref(),
-                    ));
+                    let endpoint = self.endpoint(None);
+                    match classify(&err, bucket, None, &endpoint) {
+                        // A HEAD answer has no body, so no error code to tell wrong credentials
+                        // from a missing permission: a one-key listing's answer has one.
+                        StoreError::AccessDenied { .. } => {
+                            let listed = client.list_objects_v2().bucket(bucket).max_keys(1);
+                            match listed.send().await {
+                                Ok(_) => None,
+                                Err(err) => return Err(classify(&err, bucket, None, &endpoint)),
+                            }
+                        }
+                        other => return Err(other),
+                    }
                 }
             },
         };
@@ -166,8 +174,21 @@ impl S3Connector {
             client,
             readers,
             bucket: bucket.to_owned(),
-            endpoint: self.opts.endpoint_url.clone(),
+            endpoint: self.endpoint(region.as_deref()),
         })
+    }
+
+    /// Where requests go: the configured endpoint, else S3's own in `region` (or the configured
+    /// region); named in errors of requests that reached no server.
+    fn endpoint(&self, region: Option<&str>) -> String {
+        match &self.opts.endpoint_url {
+            Some(url) => url.clone(),
+            None => {
+                let configured = self.sdk.region().map(|r| r.as_ref());
+                let region = region.or(configured).unwrap_or("us-east-1");
+                format!("https://s3.{region}.amazonaws.com")
+            }
+        }
     }
 }
 
@@ -182,24 +203,24 @@ pub struct S3Store {
     client: Client,
     readers: Client,
     bucket: String,
-    /// The configured endpoint, named in errors of requests that reached no server.
-    endpoint: Option<String>,
+    /// Where requests go, named in errors of requests that reached no server.
+    endpoint: String,
 }
 
 /// What an SDK error means for us. A request that reached no server (refused, timed out) names
-/// the `endpoint` it was sent to, when one was configured.
+/// the `endpoint` it was sent to.
 fn classify<E>(
     err: &SdkError<E, HttpResponse>,
     bucket: &str,
     key: Option<&str>,
-    endpoint: Option<&str>,
+    endpoint: &str,
 ) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().unwrap_or_default();
-    let detail = error_chain(err);
+    let detail = errors::chain(err);
     match (status, code) {
         (Some(412), _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed {
             key: key.unwrap_or_default().to_owned(),
@@ -216,44 +237,31 @@ where
         (Some(404), _) => StoreError::NoSuchKey {
             key: key.unwrap_or_default().to_owned(),
         },
-        (Some(401 | 403), _) | (_, "AccessDenied") => StoreError::AccessDenied {
-            bucket: bucket.to_owned(),
-            key: key.map(str::to_owned),
+        (_, code) if StoreError::CREDENTIALS_CODES.contains(&code) => StoreError::Credentials {
+            code: code.to_owned(),
         },
+        (Some(status @ (401 | 403)), _) | (Some(status), "AccessDenied") => {
+            StoreError::AccessDenied {
+                bucket: bucket.to_owned(),
+                key: key.map(str::to_owned),
+                code: match code {
+                    "" => format!("HTTP {status}"),
+                    code => code.to_owned(),
+                },
+            }
+        }
         (Some(408 | 429 | 500..=599), _)
         | (_, "SlowDown" | "Throttling" | "RequestTimeout" | "InternalError") => {
             StoreError::Transient(detail)
         }
         _ => match err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-                StoreError::Transient(match endpoint {
-                    Some(url) => format!("{detail} (endpoint {url})"),
-                    None => detail,
-                })
+                StoreError::Transient(format!("{detail} (endpoint {endpoint})"))
             }
             SdkError::ResponseError(_) => StoreError::Transient(detail),
             _ => StoreError::Permanent(detail),
         },
     }
-}
-
-/// An error and its causes on one line, each once: "dispatch failure: io error: ... tcp connect
-/// error: Connection refused (os error 111)". (The SDK's `DisplayErrorContext` appends the
-/// whole error's `Debug` form as well, which repeats the chain as nested structs.)
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut last = line.clone();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !text.is_empty() && !last.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        last = text;
-        source = e.source();
-    }
-    line
 }
 
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
@@ -269,6 +277,10 @@ fn unquote(etag: &str) -> String {
 impl ObjectStore for S3Store {
     fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -348,7 +360,7 @@ impl ObjectStore for S3Store {
 
     async fn warm_for_readers(&self) {
         if let Err(e) = self.readers.head_bucket().bucket(&self.bucket).send().await {
-            let error = error_chain(&e);
+            let error = errors::chain(&e);
             tracing::debug!(bucket = %self.bucket, "warming the readers' connection: {error}");
         }
     }
@@ -360,7 +372,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        classify(err, &self.bucket, key, self.endpoint.as_deref())
+        classify(err, &self.bucket, key, &self.endpoint)
     }
 
     /// A ranged GET with `If-Match`, through `client`.
@@ -390,7 +402,7 @@ impl S3Store {
                     Some(Err(e)) => Some((
                         Err(StoreError::Transient(format!(
                             "reading \"{key}\": {}",
-                            error_chain(&e)
+                            errors::chain(&e)
                         ))),
                         None,
                     )),
