@@ -614,6 +614,86 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_must_be_an_http_url_wherever_it_comes_from() {
+        let none = [("AWS_ENDPOINT_URL_S3", None), ("AWS_ENDPOINT_URL", None)];
+        let env = |s3: Option<&str>, any: Option<&str>| {
+            [
+                ("AWS_ENDPOINT_URL_S3", s3.map(str::to_owned)),
+                ("AWS_ENDPOINT_URL", any.map(str::to_owned)),
+            ]
+        };
+        assert_eq!(endpoint(None, none.clone()).unwrap(), None);
+        for good in [
+            "http://127.0.0.1:9000",
+            "https://s3.example.com/",
+            "http://[::1]:9000",
+        ] {
+            assert_eq!(
+                endpoint(Some(good.into()), none.clone())
+                    .unwrap()
+                    .as_deref(),
+                Some(good)
+            );
+        }
+        for bad in [
+            "127.0.0.1:9000",
+            "localhost:9000",
+            "ftp://h",
+            "http://",
+            "s3.example.com",
+        ] {
+            let err = endpoint(Some(bad.into()), none.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("--endpoint-url {bad:?} is not")),
+                "{err}"
+            );
+        }
+        // The flag first, then the S3 variable, then the general one; empty ones do not count.
+        let flag = endpoint(Some("http://a".into()), env(Some("b:1"), Some("c:1")));
+        assert_eq!(flag.unwrap().as_deref(), Some("http://a"));
+        let err = endpoint(None, env(Some(""), Some("c:1")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"AWS_ENDPOINT_URL "c:1" is not an http:// or https:// URL (did you mean "http://c:1"?)"#
+        );
+        let s3 = endpoint(None, env(Some("http://b"), Some("http://c")));
+        assert_eq!(s3.unwrap().as_deref(), Some("http://b"));
+    }
+
+    #[test]
+    fn mount_needs_a_mount_point_and_takes_the_original_flags() {
+        let parse_mount = |args: &[&str]| {
+            let argv = ["s3-synchronizer", "mount", "-defaultS3Mounts", MOUNTS]
+                .iter()
+                .chain(args)
+                .map(OsString::from);
+            parse(argv).map(|cli| match cli.command {
+                Command::Mount(m) => m,
+                Command::Sync(_) => panic!("not mount"),
+            })
+        };
+        let err = parse_mount(&[]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // A Go-style command line turned into a mount keeps working; a mount always refreshes.
+        let m = parse_mount(&[
+            "-destination",
+            "/mnt",
+            "-recurringDownloads",
+            "-downloadInterval=7",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert!(m.sync.recurring);
+        assert_eq!(m.sync.interval, Duration::from_secs(7));
+        assert_eq!(m.open_files_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
     fn sizes_and_path_style() {
         assert_eq!(parse_size("8MiB"), Ok(8 << 20));
         assert_eq!(parse_size("512k"), Ok(512 << 10));

@@ -232,6 +232,30 @@ mod tests {
     }
 
     #[test]
+    fn the_listing_time_is_kept_by_compaction_and_old_snapshots_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        {
+            let mut m = Manifest::open(tmp.path()).unwrap();
+            assert_eq!(m.listed_at(), None);
+            m.put("a", entry("1")).unwrap();
+            m.set_listed_at(at);
+            m.compact().unwrap();
+        }
+        assert_eq!(Manifest::open(tmp.path()).unwrap().listed_at(), Some(at));
+        // A snapshot written before the listing time was recorded.
+        fs::write(
+            tmp.path().join(SNAPSHOT),
+            br#"{"version":1,"entries":{"b":{"key":"k-2","etag":"2","size":3,"mtime":1}}}"#,
+        )
+        .unwrap();
+        fs::write(tmp.path().join(JOURNAL), b"").unwrap();
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.listed_at(), None);
+        assert_eq!(m.get("b"), Some(&entry("2")));
+    }
+
+    #[test]
     fn ignores_a_torn_last_journal_line() {
         let tmp = tempfile::tempdir().unwrap();
         {

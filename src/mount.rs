@@ -603,6 +603,19 @@ mod tests {
     }
 
     #[test]
+    fn the_age_of_a_cache_reads_as_a_person_says_it() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ago = |secs| age(Some(now - Duration::from_secs(secs)), now);
+        assert_eq!(ago(5), "5 s ago");
+        assert_eq!(ago(150), "2 min ago");
+        assert_eq!(ago(3 * 3600 + 5), "3 h ago");
+        assert_eq!(ago(3 * 86_400), "3 days ago");
+        // A clock set back since: not "in the future".
+        assert_eq!(age(Some(now + Duration::from_secs(9)), now), "0 s ago");
+        assert!(age(None, now).contains("earlier run"));
+    }
+
+    #[test]
     fn lowering_the_priority_lowers_only_the_calling_thread() {
         let before = nice();
         let (lowered, again) = std::thread::spawn(|| {

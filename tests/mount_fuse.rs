@@ -618,3 +618,85 @@ async fn the_background_download_runs_at_a_lower_cpu_priority_than_readers() {
     );
     assert!(m.unmount().success(), "{}", m.log());
 }
+
+/// SIGTERM with files open: the mount leaves the directory tree at once, the process keeps
+/// serving the open files (also reads that must still be downloaded) and exits 0 when the last
+/// one is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_with_files_open_detaches_and_serves_them_until_they_are_closed() {
+    let (_s3, proxy, big) = big_file_behind_a_slow_backlog().await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("all", "bkt", "")]);
+    let args = [&SLOW_ARGS[..], &["--no-passthrough"]].concat();
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &args);
+    let file = File::open(m.dest.join("all/zz/big.bin")).unwrap();
+    let mut head = [0u8; 10];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, big[..10]);
+
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(m.child.id() as i32, libc::SIGTERM) };
+    wait_for(10, "the mount to be detached", || !is_mount_point(&m.dest));
+    wait_for(10, "the log to say it waits", || {
+        m.log().contains("files under the mount are still open")
+    });
+    assert!(
+        m.child.try_wait().unwrap().is_none(),
+        "exited:\n{}",
+        m.log()
+    );
+    // Bytes not downloaded yet still come, and are the right ones.
+    let mut tail = vec![0u8; 100_000];
+    file.read_exact_at(&mut tail, BIG - 100_000).unwrap();
+    assert!(tail == big[(BIG - 100_000) as usize..], "wrong bytes");
+    assert!(
+        m.child.try_wait().unwrap().is_none(),
+        "exited:\n{}",
+        m.log()
+    );
+    assert!(m.log().contains("open=1"), "{}", m.log());
+
+    drop(file);
+    let status = m.wait();
+    assert!(status.success(), "{status}\n{}", m.log());
+    assert!(
+        m.log().contains("the last open file was closed"),
+        "{}",
+        m.log()
+    );
+}
+
+/// The wait for open files is bounded by --open-files-timeout, and a second signal ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wait_for_open_files_ends_at_its_timeout_or_a_second_signal() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "f", b"data").await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let term = |m: &Mounted| {
+        // SAFETY: sending a signal to the child process we spawned.
+        unsafe { libc::kill(m.child.id() as i32, libc::SIGTERM) };
+    };
+    for second_signal in [false, true] {
+        let timeout = if second_signal { "600" } else { "1" };
+        let args = ["--open-files-timeout", timeout];
+        let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
+        let file = File::open(m.dest.join("m/f")).unwrap();
+        term(&m);
+        wait_for(10, "the log to say it waits", || {
+            m.log().contains("files under the mount are still open")
+        });
+        if second_signal {
+            term(&m);
+        }
+        let status = m.wait();
+        assert!(status.success(), "{status}\n{}", m.log());
+        let expected = if second_signal {
+            "stopping at once"
+        } else {
+            "stopping with files still open after --open-files-timeout (1 s)"
+        };
+        assert!(m.log().contains(expected), "{}", m.log());
+        drop(file);
+    }
+}

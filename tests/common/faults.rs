@@ -1,6 +1,7 @@
 //! An HTTP proxy on loopback between the tool and a test server that injects faults into a
 //! seeded share of object GETs: connections dropped mid-body, 500 and 503 SlowDown answers,
-//! delays, and bodies cut short under a correct-looking status and length.
+//! delays, and bodies cut short under a correct-looking status and length. Or one that denies
+//! every request, as S3 does to credentials without the permission.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -53,6 +54,8 @@ struct State {
     percent: u64,
     rng: Mutex<u64>,
     injected: Mutex<BTreeMap<Fault, usize>>,
+    /// Every request is answered 403 AccessDenied.
+    deny: bool,
 }
 
 impl State {
@@ -88,6 +91,16 @@ impl FaultProxy {
     /// Proxies to `upstream` (`http://host:port`), giving `percent`% of object GETs one of
     /// `faults`, drawn from a generator seeded with `seed`.
     pub async fn start(upstream: &str, seed: u64, percent: u64, faults: &[Fault]) -> Self {
+        Self::serve(upstream, seed, percent, faults, false).await
+    }
+
+    /// Answers every request as S3 answers credentials that lack the permission: 403 with the
+    /// code `AccessDenied` (a HEAD, whose answer has no body, without it).
+    pub async fn denying(upstream: &str) -> Self {
+        Self::serve(upstream, 1, 0, &[], true).await
+    }
+
+    async fn serve(upstream: &str, seed: u64, percent: u64, faults: &[Fault], deny: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
@@ -97,6 +110,7 @@ impl FaultProxy {
             percent,
             rng: Mutex::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             injected: Mutex::default(),
+            deny,
         });
         let shared = state.clone();
         let accept = tokio::spawn(async move {
@@ -153,6 +167,13 @@ fn s3_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if state.deny {
+        let mut denied = s3_error(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied");
+        if req.method() == Method::HEAD {
+            *denied.body_mut() = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+        }
+        return Ok(denied);
+    }
     let fault = if is_object_get(&req) {
         state.draw()
     } else {

@@ -171,8 +171,9 @@ pub fn tool_at(endpoint: &str) -> Command {
         .env("AWS_ENDPOINT_URL", endpoint)
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_REGION")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        // Empty: none of the machine's profiles, and no warning about a missing file.
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("RUST_LOG", "s3_synchronizer=debug,warn")
         .stdin(Stdio::null());
     cmd
