@@ -544,7 +544,7 @@ async fn mount_serves_what_it_has_while_the_server_is_away_and_catches_up() {
     let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
     assert!(tree(&dir) == served, "the cache is not what is served");
     assert!(
-        m.log().contains("cached earlier until it can be listed"),
+        m.log().contains("serving the 3 files listed"),
         "{}",
         m.log()
     );
