@@ -182,8 +182,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             let listing = match engine.list(&state, &store).await {
                 Ok(listing) => FirstListing {
                     served: Served::listed_now(&listing),
-                    objects: listing.clone(),
-                    listed: Some((listing, started.elapsed())),
+                    objects: listing,
+                    took: Some(started.elapsed()),
                 },
                 // Down or unreachable: served from the cache, and listed again each interval;
                 // with nothing cached, there is nothing to serve. (A bucket that does not
@@ -204,7 +204,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                     FirstListing {
                         served,
                         objects: cached,
-                        listed: None,
+                        took: None,
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -228,7 +228,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
-        listings.into_iter().map(|l| l.listed).collect(),
+        listings.into_iter().map(FirstListing::listed).collect(),
         served,
         sync.interval,
         sync.stop_after.map(|after| Instant::now() + after),
@@ -323,14 +323,16 @@ async fn serve_open_files(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut check = tokio::time::interval(Duration::from_millis(500));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut waiting_for = None;
+    let detached = Instant::now();
+    // The number of open files last logged.
+    let mut reported = None;
     loop {
         tokio::select! {
             result = &mut *ended => {
                 session_result(result)?;
-                if waiting_for.is_some() {
+                if reported.is_some() {
                     tracing::info!("the last open file was closed; stopping");
                 }
                 return Ok(());
@@ -354,31 +356,50 @@ async fn serve_open_files(
             }
             _ = check.tick() => {
                 let open = vfs.open_files();
-                if waiting_for.is_none() && open > 0 {
-                    tracing::info!(
+                // A mount with no file open ends at once, unless something else holds it.
+                let busy = open > 0 || detached.elapsed() >= Duration::from_secs(1);
+                if reported == Some(open) || !busy {
+                    continue;
+                }
+                let limit = timeout.as_secs();
+                match (reported, open) {
+                    (None, 0) => tracing::info!(
+                        "the detached mount is still in use with no file open (a process's \
+                         working directory may be under it): waiting for it to be left, for at \
+                         most {limit} s (--open-files-timeout; another SIGINT or SIGTERM stops \
+                         at once)"
+                    ),
+                    (None, _) => tracing::info!(
                         open,
                         "files under the mount are still open: the mount is detached and \
-                         serves them until they are closed, for at most {} s \
-                         (--open-files-timeout; another SIGINT or SIGTERM stops at once)",
-                        timeout.as_secs()
-                    );
-                } else if waiting_for.is_some_and(|n| n != open) {
-                    tracing::info!(open, "waiting for the files still open to be closed");
+                         serves them until they are closed, for at most {limit} s \
+                         (--open-files-timeout; another SIGINT or SIGTERM stops at once)"
+                    ),
+                    (Some(_), _) => {
+                        tracing::info!(open, "waiting for the files still open to be closed")
+                    }
                 }
-                if open > 0 || waiting_for.is_some() {
-                    waiting_for = Some(open);
-                }
+                reported = Some(open);
             }
         }
     }
 }
 
-/// A mount's first listing: what the file system shows of it at first, and the listing the
-/// background download acts on (with the time it took), none while the store cannot be reached.
+/// What the file system shows of a mount at first: the bucket's listing, or while the store
+/// cannot be reached the cache's.
 struct FirstListing {
     objects: Vec<ObjectMeta>,
     served: Served,
-    listed: Option<(Vec<ObjectMeta>, Duration)>,
+    /// How long listing the bucket took; `None` for the cache's listing.
+    took: Option<Duration>,
+}
+
+impl FirstListing {
+    /// A listing the background download may act on (with the time it took): never the
+    /// cache's own.
+    fn listed(self) -> Option<(Vec<ObjectMeta>, Duration)> {
+        Some((self.objects, self.took?))
+    }
 }
 
 /// What the file system shows of a mount: how many files, listed when (`None`: by an earlier

@@ -700,3 +700,32 @@ async fn the_wait_for_open_files_ends_at_its_timeout_or_a_second_signal() {
         drop(file);
     }
 }
+
+/// A process whose working directory is under the mount holds it too, with no file open: the
+/// wait says so, and ends when the directory is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_waits_for_a_working_directory_under_the_mount_and_says_why() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "dir/f", b"data").await;
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &[]);
+    let mut shell = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(m.dest.join("m/dir"))
+        .spawn()
+        .unwrap();
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(m.child.id() as i32, libc::SIGTERM) };
+    wait_for(10, "the log to say what holds the mount", || {
+        m.log().contains("still in use with no file open")
+    });
+    assert!(
+        m.child.try_wait().unwrap().is_none(),
+        "exited:\n{}",
+        m.log()
+    );
+    shell.kill().unwrap();
+    shell.wait().unwrap();
+    let status = m.wait();
+    assert!(status.success(), "{status}\n{}", m.log());
+}
