@@ -6,10 +6,10 @@
 
 use crate::cache::Cache;
 use crate::cli::SyncConfig;
-use crate::engine::download::retry;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
 use crate::mounts::Mount;
 use crate::progress::Progress;
+use crate::retry::retry;
 use crate::signals::Signals;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;

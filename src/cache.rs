@@ -20,7 +20,6 @@
 //!   only regular files are deleted.
 //! - One process at a time owns a root (an exclusive `flock` on `lock`).
 
-use crate::engine::plan::Local;
 use crate::mounts::STATE_DIR;
 use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
@@ -398,6 +397,14 @@ impl Drop for Staged {
 /// a real directory (a symbolic link planted there, or a file).
 pub fn ensure_dir(base: &Path, rel: &str) -> Result<(), CacheError> {
     DirFd::open(base, rel, true).map(drop)
+}
+
+/// What is at a relative path on the local disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Missing,
+    File { size: u64 },
+    Other,
 }
 
 /// What is at `dir/rel`, following no symbolic link on the way: a file reached through a link

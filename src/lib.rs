@@ -15,6 +15,8 @@ pub mod mounts;
 pub mod paths;
 pub mod progress;
 pub mod ranges;
+pub mod retry;
 pub mod signals;
 pub mod store;
+pub mod tasks;
 pub mod vfs;

@@ -2,7 +2,11 @@
 //!
 //! A mapped path is a `/`-joined list of plain components: never empty, never `.` or `..`, no NUL,
 //! each at most 255 bytes. Anything else is refused with a reason, so no key can escape the mount
-//! directory. The mapping is injective: two keys never map to the same path.
+//! directory. The mapping is injective: two keys never map to the same path. [`layout`] maps a
+//! whole listing, the one layout both `sync` (on disk) and `mount` (in the file system) use.
+
+use crate::store::ObjectMeta;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Where a key lands under the mount directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,52 @@ pub fn map_key(prefix: &str, key: &str) -> Result<Mapped, Unrepresentable> {
 /// The proper ancestors of a relative path, nearest last: `a/b/c` gives `a`, `a/b`.
 pub fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
+/// How a listing lays out under the mount directory: which paths are files and which are
+/// directories, and which keys cannot be represented.
+#[derive(Debug, Default)]
+pub struct Layout<'a> {
+    pub files: BTreeMap<String, &'a ObjectMeta>,
+    /// Directories from folder markers.
+    pub dirs: BTreeMap<String, &'a ObjectMeta>,
+    /// Directories that exist because something is below them.
+    pub implied_dirs: BTreeSet<String>,
+    pub skipped: Vec<(String, Unrepresentable)>,
+}
+
+pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
+    let mut out = Layout::default();
+    for meta in remote {
+        match map_key(prefix, &meta.key) {
+            Ok(Mapped::File(path)) => {
+                out.files.insert(path, meta);
+            }
+            Ok(Mapped::Dir(path)) => {
+                out.dirs.insert(path, meta);
+            }
+            Ok(Mapped::Root) => {}
+            Err(reason) => out.skipped.push((meta.key.clone(), reason)),
+        }
+    }
+    out.implied_dirs = out
+        .files
+        .keys()
+        .chain(out.dirs.keys())
+        .flat_map(|p| ancestors(p).map(str::to_owned))
+        .collect();
+    let conflicts: Vec<String> = out
+        .files
+        .keys()
+        .filter(|p| out.dirs.contains_key(*p) || out.implied_dirs.contains(*p))
+        .cloned()
+        .collect();
+    for path in conflicts {
+        let meta = out.files.remove(&path).expect("conflict is a file");
+        out.skipped
+            .push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+    }
+    out
 }
 
 #[cfg(test)]

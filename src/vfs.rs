@@ -13,9 +13,9 @@
 //!
 //! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
 
-use crate::cache;
-use crate::engine::plan::{Local, layout};
+use crate::cache::{self, Local};
 use crate::engine::{Download, Engine, FetchError, MountState, Reader};
+use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
 use dashmap::{DashMap, DashSet};
 use parking_lot::RwLock;

@@ -16,25 +16,24 @@ use super::{MountState, Shared};
 use crate::cache::{CacheError, Staged};
 use crate::manifest::{Entry as ManifestEntry, ManifestError};
 use crate::ranges::RangeSet;
+use crate::retry::{Transient, retry};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::tasks::joined;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::fs::File;
-use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-/// Attempts per request before a transient failure counts as permanent.
-const MAX_ATTEMPTS: u32 = 6;
 /// Times a download restarts because the object changed under it, within one pass.
 const MAX_VERSION_RESTARTS: u32 = 5;
 /// Bytes buffered per GET before they are written out...
@@ -72,50 +71,9 @@ enum PartError {
     Failed(String),
 }
 
-pub(crate) trait Transient {
-    fn is_transient(&self) -> bool;
-}
-
-impl Transient for StoreError {
-    fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
-    }
-}
-
 impl Transient for PartError {
     fn is_transient(&self) -> bool {
         matches!(self, PartError::Store(e) if e.is_transient())
-    }
-}
-
-/// Delay before retry number `attempt` (0-based): exponential from 100 ms, capped at 5 s, with
-/// jitter so that many parts failing together do not retry in lockstep.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    base / 2 + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
-/// Runs `op` until it succeeds, fails permanently, or has failed transiently [`MAX_ATTEMPTS`] times.
-pub(crate) async fn retry<T, E, F, Fut>(what: &str, mut op: F) -> Result<T, E>
-where
-    E: Transient + std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && attempt + 1 < MAX_ATTEMPTS => {
-                tracing::debug!(what, attempt, error = %e, "retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -1084,21 +1042,6 @@ async fn write_batch(file: &Arc<File>, batch: Vec<Bytes>, offset: u64) -> io::Re
     .await?
 }
 
-/// What a spawned task returned (see [`finished`]).
-async fn joined<T>(task: tokio::task::JoinHandle<T>) -> io::Result<T> {
-    finished(task.await)
-}
-
-/// A spawned task's result. A task its runtime dropped before it finished (the runtime is
-/// shutting down: the mount is gone) is an error, not a panic; a panic in the task goes on.
-pub(crate) fn finished<T>(result: Result<T, tokio::task::JoinError>) -> io::Result<T> {
-    match result {
-        Ok(value) => Ok(value),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(io::Error::other("shutting down")),
-    }
-}
-
 /// `pwritev` of every buffer at `offset`, looping over short writes: one system call per batch
 /// instead of one per network chunk, and no copy into an intermediate buffer.
 fn write_all_vectored_at(file: &File, bufs: &[Bytes], mut offset: u64) -> io::Result<()> {
@@ -1227,12 +1170,5 @@ mod tests {
         assert_eq!(data.len(), 5 + 3000 * 7);
         assert!(data[..5].iter().all(|&b| b == 0));
         assert_eq!(data[5 + 7 * 2999], (2999 % 251) as u8);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_millis(100));
-        assert!(backoff(3) >= Duration::from_millis(400));
-        assert!(backoff(30) <= Duration::from_secs(5));
     }
 }

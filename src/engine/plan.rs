@@ -3,21 +3,14 @@
 //!
 //! Invariants of a [`Plan`]:
 //! - only paths present in the manifest are ever in `delete` (the tool deletes only its own files);
-//! - every path in `fetch` or `dirs` comes from [`map_key`], so it stays inside the mount;
+//! - every path in `fetch` or `dirs` comes from [`crate::paths::map_key`], so it stays inside the mount;
 //! - no path is both a file and a directory: such keys go to `skipped`.
 
+use crate::cache::Local;
 use crate::manifest::Entry;
-use crate::paths::{Mapped, Unrepresentable, ancestors, map_key};
+use crate::paths::{Layout, Unrepresentable, layout};
 use crate::store::ObjectMeta;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// What is at a relative path on the local disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
-    Missing,
-    File { size: u64 },
-    Other,
-}
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
@@ -43,52 +36,6 @@ pub struct Plan {
     /// Deepest paths first, so directories empty before they are removed.
     pub delete: Vec<Delete>,
     pub skipped: Vec<(String, Unrepresentable)>,
-}
-
-/// How a listing lays out under the mount directory: which paths are files and which are
-/// directories, and which keys cannot be represented.
-#[derive(Debug, Default)]
-pub struct Layout<'a> {
-    pub files: BTreeMap<String, &'a ObjectMeta>,
-    /// Directories from folder markers.
-    pub dirs: BTreeMap<String, &'a ObjectMeta>,
-    /// Directories that exist because something is below them.
-    pub implied_dirs: BTreeSet<String>,
-    pub skipped: Vec<(String, Unrepresentable)>,
-}
-
-pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
-    let mut out = Layout::default();
-    for meta in remote {
-        match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => {
-                out.files.insert(path, meta);
-            }
-            Ok(Mapped::Dir(path)) => {
-                out.dirs.insert(path, meta);
-            }
-            Ok(Mapped::Root) => {}
-            Err(reason) => out.skipped.push((meta.key.clone(), reason)),
-        }
-    }
-    out.implied_dirs = out
-        .files
-        .keys()
-        .chain(out.dirs.keys())
-        .flat_map(|p| ancestors(p).map(str::to_owned))
-        .collect();
-    let conflicts: Vec<String> = out
-        .files
-        .keys()
-        .filter(|p| out.dirs.contains_key(*p) || out.implied_dirs.contains(*p))
-        .cloned()
-        .collect();
-    for path in conflicts {
-        let meta = out.files.remove(&path).expect("conflict is a file");
-        out.skipped
-            .push((meta.key.clone(), Unrepresentable::FileAndDirectory));
-    }
-    out
 }
 
 pub fn plan(
