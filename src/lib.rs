@@ -1,22 +1,23 @@
 //! s3-synchronizer: puts data from S3 (and S3-compatible stores) on the local file system.
 //!
 //! Data flows one way: [`store`] (S3 or in-memory) -> [`engine`] (plan, download) -> [`cache`]
-//! (staging, atomic rename, manifests). [`cli`] and [`app`] are the command-line front end.
+//! (staging, atomic rename, manifests) -> [`vfs`] (mount mode's file system) -> [`fuse`]. [`cli`]
+//! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`). Shared by all:
+//! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
+//! [`errors`] (an error as one line).
 
-pub mod app;
 pub mod cache;
 pub mod cli;
+pub mod commands;
 pub mod engine;
 pub mod errors;
 pub mod fuse;
 pub mod manifest;
-pub mod mount;
 pub mod mounts;
 pub mod paths;
 pub mod progress;
 pub mod ranges;
 pub mod retry;
-pub mod signals;
 pub mod store;
 pub mod tasks;
 pub mod vfs;

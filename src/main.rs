@@ -1,7 +1,7 @@
-use s3_synchronizer::app::{self, SyncOutcome};
 use s3_synchronizer::cli::{self, Command};
+use s3_synchronizer::commands::mount::{self, Daemonized};
+use s3_synchronizer::commands::sync::{self, SyncOutcome};
 use s3_synchronizer::errors;
-use s3_synchronizer::mount::{self, Daemonized};
 use s3_synchronizer::progress::LogWriter;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(app::sync(config)) {
+            match runtime.block_on(sync::sync(config)) {
                 Ok(SyncOutcome::Complete) => ExitCode::SUCCESS,
                 Ok(SyncOutcome::Failed) => ExitCode::FAILURE,
                 Ok(SyncOutcome::Interrupted) => ExitCode::from(130),

@@ -11,13 +11,13 @@
 //! with nothing cached for that mount the command fails instead: an empty directory would look
 //! like an empty bucket.
 
-use crate::app::{connect, log_summary, note_writeable};
+use super::signals::{self, Signals};
+use super::{connect, log_summary, note_writeable};
 use crate::cache::Cache;
 use crate::cli::MountConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
 use crate::fuse::FuseFs;
 use crate::progress::Progress;
-use crate::signals::{self, Signals};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Source, Vfs};
 use anyhow::{Context, bail};

@@ -4,18 +4,16 @@
 //! A mount that fails (bucket missing, access denied, server away) does not stop the others; in
 //! recurring mode it is connected and tried again on the next pass.
 
+use super::signals::Signals;
+use super::{connect, log_summary, note_writeable};
 use crate::cache::Cache;
 use crate::cli::SyncConfig;
-use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
-use crate::mounts::Mount;
+use crate::engine::{Engine, EngineConfig, EngineError, MountState};
 use crate::progress::Progress;
-use crate::retry::retry;
-use crate::signals::Signals;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How a `sync` run ended.
@@ -143,75 +141,6 @@ async fn run_pass(
         }
     }
     failed
-}
-
-/// A store for the mount's bucket. Mounts with a role read credentials from the AWS profile
-/// named after the mount id, as the original program did.
-pub(crate) async fn connect(
-    mount: &Mount,
-    config: &SyncConfig,
-    connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
-) -> Result<Arc<dyn ObjectStore>, EngineError> {
-    let profile = mount.role_arn.as_ref().map(|_| mount.id.clone());
-    let connector = match connectors.get(&profile) {
-        Some(c) => c.clone(),
-        None => {
-            let c = Arc::new(S3Connector::load(&config.s3, profile.as_deref()).await);
-            connectors.insert(profile, c.clone());
-            c
-        }
-    };
-    match retry("connect", || connector.connect(&mount.bucket)).await {
-        Ok(store) => Ok(Arc::new(store)),
-        // Listing it will say whether it can be reached by now (mount mode then serves the
-        // cache until it can), and name the cause once.
-        Err(source) if source.is_transient() => {
-            tracing::debug!(
-                mount = %mount.id,
-                bucket = %mount.bucket,
-                "cannot reach the bucket ({source}); going on with the configured region"
-            );
-            Ok(Arc::new(connector.unprobed(&mount.bucket)))
-        }
-        Err(source) => Err(EngineError::Store {
-            mount: mount.id.clone(),
-            bucket: mount.bucket.clone(),
-            prefix: mount.prefix.clone(),
-            source: Box::new(source),
-        }),
-    }
-}
-
-/// Logs the summary line of one pass: what it did, and where its time went.
-pub(crate) fn log_summary(mount: &str, s: &PassStats) {
-    let seconds = |d: Duration| format!("{:.2}", d.as_secs_f64());
-    tracing::info!(
-        mount,
-        listed = s.listed,
-        downloaded = s.downloaded,
-        updated = s.updated,
-        deleted = s.deleted,
-        skipped = s.skipped,
-        failed = s.failed,
-        unchanged = s.unchanged,
-        bytes = s.bytes,
-        listing_seconds = %seconds(s.list_time),
-        download_seconds = %seconds(s.download_time),
-        seconds = %seconds(s.list_time + s.download_time),
-        "pass complete"
-    );
-}
-
-/// Says once, at start, that a mount the mounts JSON calls writeable is not written back:
-/// uploading is not supported yet. `consequence` is what that means for the command.
-pub(crate) fn note_writeable(mount: &Mount, consequence: &str) {
-    if mount.writeable {
-        tracing::warn!(
-            mount = %mount.id,
-            "the mount is writeable in the mounts JSON, but uploading to S3 is not supported \
-             yet: {consequence}"
-        );
-    }
 }
 
 /// Cancels on SIGINT or SIGTERM; the returned token tells whether a signal arrived.

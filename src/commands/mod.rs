@@ -1,0 +1,85 @@
+//! The commands, one module each, and what they share: connecting a mount's bucket, the
+//! summary line of a pass, the notice of a writeable mount, the signals that stop them.
+
+pub mod mount;
+pub mod signals;
+pub mod sync;
+
+use crate::cli::SyncConfig;
+use crate::engine::{EngineError, PassStats};
+use crate::mounts::Mount;
+use crate::retry::retry;
+use crate::store::ObjectStore;
+use crate::store::s3::S3Connector;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store for the mount's bucket. Mounts with a role read credentials from the AWS profile
+/// named after the mount id, as the original program did.
+pub async fn connect(
+    mount: &Mount,
+    config: &SyncConfig,
+    connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
+) -> Result<Arc<dyn ObjectStore>, EngineError> {
+    let profile = mount.role_arn.as_ref().map(|_| mount.id.clone());
+    let connector = match connectors.get(&profile) {
+        Some(c) => c.clone(),
+        None => {
+            let c = Arc::new(S3Connector::load(&config.s3, profile.as_deref()).await);
+            connectors.insert(profile, c.clone());
+            c
+        }
+    };
+    match retry("connect", || connector.connect(&mount.bucket)).await {
+        Ok(store) => Ok(Arc::new(store)),
+        // Listing it will say whether it can be reached by now (mount mode then serves the
+        // cache until it can), and name the cause once.
+        Err(source) if source.is_transient() => {
+            tracing::debug!(
+                mount = %mount.id,
+                bucket = %mount.bucket,
+                "cannot reach the bucket ({source}); going on with the configured region"
+            );
+            Ok(Arc::new(connector.unprobed(&mount.bucket)))
+        }
+        Err(source) => Err(EngineError::Store {
+            mount: mount.id.clone(),
+            bucket: mount.bucket.clone(),
+            prefix: mount.prefix.clone(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Logs the summary line of one pass: what it did, and where its time went.
+pub fn log_summary(mount: &str, s: &PassStats) {
+    let seconds = |d: Duration| format!("{:.2}", d.as_secs_f64());
+    tracing::info!(
+        mount,
+        listed = s.listed,
+        downloaded = s.downloaded,
+        updated = s.updated,
+        deleted = s.deleted,
+        skipped = s.skipped,
+        failed = s.failed,
+        unchanged = s.unchanged,
+        bytes = s.bytes,
+        listing_seconds = %seconds(s.list_time),
+        download_seconds = %seconds(s.download_time),
+        seconds = %seconds(s.list_time + s.download_time),
+        "pass complete"
+    );
+}
+
+/// Says once, at start, that a mount the mounts JSON calls writeable is not written back:
+/// uploading is not supported yet. `consequence` is what that means for the command.
+pub fn note_writeable(mount: &Mount, consequence: &str) {
+    if mount.writeable {
+        tracing::warn!(
+            mount = %mount.id,
+            "the mount is writeable in the mounts JSON, but uploading to S3 is not supported \
+             yet: {consequence}"
+        );
+    }
+}
