@@ -1,18 +1,17 @@
 //! s3-synchronizer: puts data from S3 (and S3-compatible stores) on the local file system.
 //!
-//! Data flows one way: [`store`] (S3 or in-memory) -> [`engine`] (plan, download) -> [`cache`]
-//! (staging, atomic rename, manifests) -> [`vfs`] (mount mode's file system) -> [`fuse`]. [`cli`]
+//! Data flows one way: [`store`] (S3 or in-memory) -> [`engine`] (plan, download) -> [`local`]
+//! (a mount's copy: staging, atomic rename, manifests) -> [`vfs`] (mount mode's file system) -> [`fuse`]. [`cli`]
 //! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`). Shared by all:
 //! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
 //! [`errors`] (an error as one line).
 
-pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod errors;
 pub mod fuse;
-pub mod manifest;
+pub mod local;
 pub mod mounts;
 pub mod paths;
 pub mod progress;

@@ -13,8 +13,8 @@
 //!
 //! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
 
-use crate::cache::{self, Local};
 use crate::engine::{Download, Engine, FetchError, MountState, Reader};
+use crate::local::LocalError;
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
 use dashmap::{DashMap, DashSet};
@@ -400,7 +400,7 @@ impl Vfs {
         };
         let source = &self.sources[i];
         let mut download = None;
-        if !is_cached(&source.state, &path, &meta) {
+        if !source.state.copy.holds(&path, &meta) {
             let reader = self.engine.open_reader_now(
                 &source.state,
                 source.store.clone(),
@@ -435,16 +435,22 @@ impl Vfs {
         path: &str,
         download: Option<Arc<Download>>,
     ) -> Result<Opened, FsError> {
-        let file = match &download {
-            Some(d) => d.file().clone(),
-            None => Arc::new(
-                File::open(self.sources[i].state.dir.join(path)).map_err(|e| match e.kind() {
-                    // Deleted from the bucket while we waited.
-                    io::ErrorKind::NotFound => FsError::NotFound,
-                    _ => FsError::Io(e),
-                })?,
-            ),
-        };
+        let file =
+            match &download {
+                Some(d) => d.file().clone(),
+                None => Arc::new(self.sources[i].state.copy.open_file(path).map_err(
+                    |e| match e {
+                        // Deleted from the bucket while we waited.
+                        LocalError::Io { source, .. }
+                            if source.kind() == io::ErrorKind::NotFound =>
+                        {
+                            FsError::NotFound
+                        }
+                        LocalError::Io { source, .. } => FsError::Io(source),
+                        other => FsError::Io(io::Error::other(other.to_string())),
+                    },
+                )?),
+            };
         // Each download is a new file, renamed into place when complete, so the file's inode
         // identifies the version.
         let version = file.metadata()?.ino();
@@ -551,21 +557,11 @@ fn pread(file: &File, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
     Ok(buf)
 }
 
-/// Whether the cache holds exactly the listed version of a file.
-fn is_cached(state: &MountState, path: &str, meta: &ObjectMeta) -> bool {
-    let recorded = state
-        .manifest
-        .lock()
-        .get(path)
-        .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
-    recorded && cache::probe(&state.dir, path) == (Local::File { size: meta.size })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Cache;
     use crate::engine::EngineConfig;
+    use crate::local::Root;
     use crate::mounts::Mount;
     use crate::progress::Progress;
     use crate::store::memory::{GetHook, Hooked, MemoryStore};
@@ -630,7 +626,7 @@ mod tests {
         cancel: CancellationToken,
     ) -> (Arc<Vfs>, Arc<Engine>) {
         let engine = Arc::new(Engine::new(
-            Cache::open(dir).unwrap(),
+            Root::open(dir).unwrap(),
             config,
             Arc::new(Progress::default()),
             cancel,
@@ -1262,7 +1258,7 @@ mod tests {
         let s = &vfs.sources()[0];
         for _ in 0..1000 {
             let meta = s.store.head(&format!("p/{rel}")).await.unwrap().unwrap();
-            if is_cached(&s.state, rel, &meta) {
+            if s.state.copy.holds(rel, &meta) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -13,10 +13,10 @@
 
 use super::signals::{self, Signals};
 use super::{connect, log_summary, note_writeable};
-use crate::cache::Cache;
 use crate::cli::MountConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
 use crate::fuse::FuseFs;
+use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Source, Vfs};
@@ -155,7 +155,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     let engine = Arc::new({
         let _in = runtime.enter();
         Engine::new(
-            Cache::open(&config.cache_dir)?,
+            Root::open(&config.cache_dir)?,
             &EngineConfig {
                 concurrency,
                 part_size: sync.part_size,
@@ -189,8 +189,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 // with nothing cached, there is nothing to serve. (A bucket that does not
                 // exist or is denied stays an error.)
                 Err(EngineError::Store { source, .. }) if source.is_transient() => {
-                    let cached = state.cached_listing();
-                    if cached.is_empty() && state.listed_at().is_none() {
+                    let cached = state.copy.cached_listing();
+                    if cached.is_empty() && state.copy.listed_at().is_none() {
                         bail!(
                             "{}; nothing of it is cached yet, so there is nothing to serve",
                             unreachable(&state, store.as_ref(), &source)
@@ -198,7 +198,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                     }
                     let served = Served {
                         files: cached.len(),
-                        listed_at: state.listed_at(),
+                        listed_at: state.copy.listed_at(),
                     };
                     warn_serving(&state, store.as_ref(), &source, &served);
                     FirstListing {

@@ -6,9 +6,9 @@
 
 use super::signals::Signals;
 use super::{connect, log_summary, note_writeable};
-use crate::cache::Cache;
 use crate::cli::SyncConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, MountState};
+use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
@@ -34,7 +34,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             config.destination.display()
         )
     })?;
-    let cache = Cache::open(&config.destination)?;
+    let cache = Root::open(&config.destination)?;
     let cancel = CancellationToken::new();
     let progress = Arc::new(Progress::default());
     let engine = Engine::new(

@@ -13,8 +13,7 @@
 //! released while it waits.
 
 use super::{MountState, Shared};
-use crate::cache::{CacheError, Staged};
-use crate::manifest::{Entry as ManifestEntry, ManifestError};
+use crate::local::{LocalError, Staged};
 use crate::ranges::RangeSet;
 use crate::retry::{Transient, retry};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
@@ -29,7 +28,6 @@ use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -64,9 +62,7 @@ enum PartError {
     #[error("writing the staging file: {0}")]
     Write(#[from] io::Error),
     #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Local(#[from] LocalError),
     #[error("{0}")]
     Failed(String),
 }
@@ -402,9 +398,9 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
-        let staged = job.shared.cache.stage(0)?;
+        let staged = job.shared.root.stage(0)?;
         write_all_vectored_at(&staged.file(), &data, 0)?;
-        commit(&job.mount, staged, &meta, &path)
+        Ok(job.mount.copy.commit(staged, &path, &meta)?)
     }))
     .await?
 }
@@ -415,7 +411,7 @@ fn stage(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> 
     let id = &job.mount.mount.id;
     let (staged, present) = job
         .shared
-        .cache
+        .root
         .partial(id, &meta.key, &meta.etag, meta.size)?;
     if !present.is_empty() {
         tracing::debug!(key = %meta.key, present = present.bytes(), "resuming a partial download");
@@ -486,7 +482,7 @@ async fn fetch_large(
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
-        commit(&job.mount, staged, &meta, &path)
+        Ok(job.mount.copy.commit(staged, &path, &meta)?)
     }))
     .await?
 }
@@ -817,33 +813,6 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
-}
-
-/// Moves a complete staging file into place, then records it (in that order: the manifest
-/// never claims a file that is not there).
-fn commit(
-    mount: &MountState,
-    staged: Staged,
-    meta: &ObjectMeta,
-    path: &str,
-) -> Result<(), PartError> {
-    staged.commit(&mount.dir, path, meta.last_modified)?;
-    let entry = ManifestEntry {
-        key: meta.key.clone(),
-        etag: meta.etag.clone(),
-        size: meta.size,
-        mtime: unix_seconds(meta.last_modified),
-        dir: false,
-    };
-    mount.manifest.lock().put(path, entry)?;
-    Ok(())
-}
-
-pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
 }
 
 /// Whether a GET is for a waiting reader (`urgent` says so for its bytes), or its whole

@@ -12,24 +12,22 @@
 //! workers fetching the rest of that file stream in the background. A reader's GETs go through
 //! [`ObjectStore::get_for_reader`]: connections of their own, driven by the readers' runtime.
 //!
-//! Lock order: `MountState::manifest` is the only lock; it is held only for in-memory updates and
-//! one journal append, never across an `.await`.
+//! Locks: a mount's manifest is locked only inside [`MountCopy`]'s calls (its lock order is in
+//! `local::copy`); the downloads' own locks are described in [`download`]. None is held across
+//! an `.await`.
 
 pub mod download;
 pub mod plan;
 
-use crate::cache::{self, Cache, CacheError};
-use crate::manifest::{Entry, Manifest, ManifestError};
+use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::retry::retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use dashmap::DashMap;
+use download::Outcome;
 pub use download::{Download, FetchError, Reader};
-use download::{Outcome, unix_seconds};
-use parking_lot::Mutex;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -77,7 +75,7 @@ pub const SLOW_START_STEP: std::time::Duration = std::time::Duration::from_milli
 pub const READER_GRACE: Duration = Duration::from_millis(20);
 
 pub(crate) struct Shared {
-    pub(crate) cache: Cache,
+    pub(crate) root: Root,
     /// The bulk lane: GETs of the background passes.
     pub(crate) permits: Semaphore,
     /// The priority lane: GETs of downloads a reader is waiting for.
@@ -129,41 +127,13 @@ pub struct Engine {
     shared: Arc<Shared>,
 }
 
-/// A mount and what the tool knows of its local copy.
+/// A mount and its local copy.
 pub struct MountState {
     pub mount: Mount,
-    pub(crate) dir: PathBuf,
-    pub(crate) manifest: Mutex<Manifest>,
+    pub copy: MountCopy,
     /// Whether a listing of no objects has been reported (once per run: a typo in a prefix
     /// looks like an empty bucket).
     reported_empty: AtomicBool,
-}
-
-impl MountState {
-    /// What the cache holds of the mount, as a listing: what the mount serves while its bucket
-    /// cannot be reached.
-    pub fn cached_listing(&self) -> Vec<ObjectMeta> {
-        let manifest = self.manifest.lock();
-        let mtime = |secs: i64| match u64::try_from(secs) {
-            Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
-            Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
-        };
-        manifest
-            .entries()
-            .values()
-            .map(|e| ObjectMeta {
-                key: e.key.clone(),
-                size: e.size,
-                etag: e.etag.clone(),
-                last_modified: mtime(e.mtime),
-            })
-            .collect()
-    }
-
-    /// When the bucket was last listed by a pass that completed: the age of what the cache holds.
-    pub fn listed_at(&self) -> Option<SystemTime> {
-        self.manifest.lock().listed_at()
-    }
 }
 
 /// What one pass over one mount did.
@@ -195,26 +165,20 @@ pub enum EngineError {
         source: Box<StoreError>,
     },
     #[error("mount \"{mount}\": {source}")]
-    Cache {
+    Local {
         mount: String,
         #[source]
-        source: CacheError,
+        source: LocalError,
     },
     #[error("mount \"{mount}\": stopped before the pass completed")]
     Cancelled { mount: String },
-    #[error("mount \"{mount}\": {source}")]
-    Manifest {
-        mount: String,
-        #[source]
-        source: ManifestError,
-    },
 }
 
 impl Engine {
     /// An engine whose passes stop early, leaving no staging files, once `cancel` fires.
     /// Must be called in the runtime the downloads are to run in.
     pub fn new(
-        cache: Cache,
+        root: Root,
         config: &EngineConfig,
         progress: Arc<Progress>,
         cancel: CancellationToken,
@@ -226,7 +190,7 @@ impl Engine {
         };
         let engine = Self {
             shared: Arc::new(Shared {
-                cache,
+                root,
                 permits: Semaphore::new(first),
                 urgent_permits: Semaphore::new(concurrency),
                 flights: DashMap::new(),
@@ -258,25 +222,14 @@ impl Engine {
 
     /// Prepares a mount's directory and loads its manifest.
     pub fn open_mount(&self, mount: Mount) -> Result<Arc<MountState>, EngineError> {
-        let dir = self
-            .shared
-            .cache
-            .prepare_mount_dir(&mount.id)
-            .map_err(|source| EngineError::Cache {
+        let copy =
+            MountCopy::open(&self.shared.root, &mount.id).map_err(|source| EngineError::Local {
                 mount: mount.id.clone(),
                 source,
             })?;
-        let manifest =
-            Manifest::open(&self.shared.cache.manifest_dir(&mount.id)).map_err(|source| {
-                EngineError::Manifest {
-                    mount: mount.id.clone(),
-                    source,
-                }
-            })?;
         Ok(Arc::new(MountState {
             mount,
-            dir,
-            manifest: Mutex::new(manifest),
+            copy,
             reported_empty: AtomicBool::new(false),
         }))
     }
@@ -308,7 +261,7 @@ impl Engine {
 
     /// Removes any staging files left by downloads that were cancelled.
     pub fn clear_staging(&self) {
-        self.shared.cache.clear_staging();
+        self.shared.root.clear_staging();
     }
 
     /// One pass: brings the mount directory in line with the bucket.
@@ -376,11 +329,9 @@ impl Engine {
         let cancel = &self.shared.cancel;
         let st = state.clone();
         let planned = tokio::task::spawn_blocking(move || {
-            let manifest = st.manifest.lock();
-            let plan = plan::plan(&st.mount.prefix, &remote, manifest.entries(), |rel| {
-                cache::probe(&st.dir, rel)
-            });
-            drop(manifest);
+            let plan = st
+                .copy
+                .plan(|entries, probe| plan::plan(&st.mount.prefix, &remote, entries, probe));
             let stats = apply_local_changes(&st, &plan);
             (plan, stats)
         })
@@ -448,16 +399,14 @@ impl Engine {
         let (st, shared) = (state.clone(), self.shared.clone());
         let compacted = tokio::task::spawn_blocking(move || {
             if clear {
-                shared.cache.clear_partials(&st.mount.id);
+                shared.root.clear_partials(&st.mount.id);
             }
-            let mut manifest = st.manifest.lock();
-            manifest.set_listed_at(listed_at);
-            manifest.compact()
+            st.copy.finish_pass(listed_at)
         })
         .await;
         finished(compacted)
             .map_err(|_| cancelled())?
-            .map_err(|source| EngineError::Manifest {
+            .map_err(|source| EngineError::Local {
                 mount: mount.id.clone(),
                 source,
             })?;
@@ -478,24 +427,13 @@ fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
     for (key, reason) in &plan.skipped {
         tracing::warn!(mount = %mount.id, bucket = %mount.bucket, key, "skipping key: {reason}");
     }
-    let mut manifest = state.manifest.lock();
-    let record = |result: Result<(), ManifestError>, stats: &mut PassStats| {
-        if let Err(e) = result {
-            tracing::error!(mount = %mount.id, "{e}");
-            stats.failed += 1;
-        }
-    };
     for d in &plan.delete {
-        if d.dir {
-            cache::remove_empty_dir(&state.dir, &d.path);
-            record(manifest.remove(&d.path), &mut stats);
-            continue;
-        }
-        match cache::remove_file(&state.dir, &d.path) {
-            Ok(removed) => {
-                stats.deleted += usize::from(removed);
-                record(manifest.remove(&d.path), &mut stats);
-            }
+        let removed = match d.dir {
+            true => state.copy.remove_dir(&d.path).map(|()| false),
+            false => state.copy.remove_file(&d.path),
+        };
+        match removed {
+            Ok(removed) => stats.deleted += usize::from(removed),
             Err(e) => {
                 stats.failed += 1;
                 tracing::error!(mount = %mount.id, path = %d.path, "could not delete: {e}");
@@ -503,20 +441,9 @@ fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
         }
     }
     for (path, meta) in &plan.dirs {
-        if let Err(e) = cache::ensure_dir(&state.dir, path) {
+        if let Err(e) = state.copy.ensure_dir(path, meta) {
             stats.failed += 1;
             tracing::error!(mount = %mount.id, bucket = %mount.bucket, key = %meta.key, "{e}");
-            continue;
-        }
-        let entry = Entry {
-            key: meta.key.clone(),
-            etag: meta.etag.clone(),
-            size: 0,
-            mtime: unix_seconds(meta.last_modified),
-            dir: true,
-        };
-        if manifest.get(path) != Some(&entry) {
-            record(manifest.put(path, entry), &mut stats);
         }
     }
     stats

@@ -6,8 +6,8 @@
 //! - every path in `fetch` or `dirs` comes from [`crate::paths::map_key`], so it stays inside the mount;
 //! - no path is both a file and a directory: such keys go to `skipped`.
 
-use crate::cache::Local;
-use crate::manifest::Entry;
+use crate::local::Local;
+use crate::local::manifest::Entry;
 use crate::paths::{Layout, Unrepresentable, layout};
 use crate::store::ObjectMeta;
 use std::collections::BTreeMap;

@@ -2,11 +2,13 @@
 //! what a failure leaves behind.
 
 use super::*;
+use crate::local::{LocalError, Root};
 use crate::mounts::STATE_DIR;
 use crate::store::Body;
 use crate::store::memory::{Fault, GetHook, Hooked, MemoryStore};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
@@ -30,8 +32,8 @@ fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engi
     // a moment (a process runs one engine; tests run several in a row).
     let mut tries = 0;
     let cache = loop {
-        match Cache::open(root) {
-            Err(crate::cache::CacheError::Locked(_)) if tries < 200 => {
+        match Root::open(root) {
+            Err(LocalError::Locked(_)) if tries < 200 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -517,7 +519,7 @@ async fn settle() {
 async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new(
-        Cache::open(tmp.path()).unwrap(),
+        Root::open(tmp.path()).unwrap(),
         &EngineConfig {
             concurrency: SLOW_START_GETS + 3,
             part_size: PART,

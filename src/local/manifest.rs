@@ -7,6 +7,7 @@
 //! claims a file that is not there. Loading replays the journal over the snapshot and ignores a
 //! torn last line; [`Manifest::compact`] folds the journal into a new snapshot.
 
+use crate::store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +26,51 @@ pub struct Entry {
     /// A directory from a folder marker, not a file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dir: bool,
+}
+
+impl Entry {
+    /// The entry of a file downloaded from `meta`.
+    pub fn file(meta: &ObjectMeta) -> Self {
+        Self {
+            key: meta.key.clone(),
+            etag: meta.etag.clone(),
+            size: meta.size,
+            mtime: unix_seconds(meta.last_modified),
+            dir: false,
+        }
+    }
+
+    /// The entry of a directory made for the folder marker `meta`.
+    pub fn folder(meta: &ObjectMeta) -> Self {
+        Self {
+            size: 0,
+            dir: true,
+            ..Self::file(meta)
+        }
+    }
+
+    /// The object this entry was made from, as a listing would show it.
+    pub fn object(&self) -> ObjectMeta {
+        let secs = self.mtime;
+        let last_modified = match u64::try_from(secs) {
+            Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+            Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+        };
+        ObjectMeta {
+            key: self.key.clone(),
+            size: self.size,
+            etag: self.etag.clone(),
+            last_modified,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, negative before it.
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -1,0 +1,192 @@
+//! One mount's local copy: its directory and its manifest, changed together. Every operation
+//! keeps the rule the manifest depends on: a file is in place before its entry is written, and
+//! its entry is removed only with it, so the manifest never claims a file that is not there and
+//! nothing the tool did not put there is ever deleted.
+//!
+//! Lock order: `manifest` alone; it is held for in-memory updates, one journal append, a
+//! snapshot write at [`MountCopy::finish_pass`], and the probes of a plan, never across an
+//! `.await`.
+
+use super::dirs::{self, Local};
+use super::manifest::{Entry, Manifest};
+use super::{LocalError, Root, Staged};
+use crate::store::ObjectMeta;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// A mount's files on disk (`ROOT/<id>/`) and the manifest of what the tool put there.
+pub struct MountCopy {
+    dir: PathBuf,
+    /// What the tool put in `dir`. Guarded by its own lock (see the module's lock order).
+    manifest: Mutex<Manifest>,
+}
+
+impl MountCopy {
+    /// Creates the mount's directory under `root` (refusing one that is a symbolic link) and
+    /// loads its manifest.
+    pub fn open(root: &Root, id: &str) -> Result<Self, LocalError> {
+        let dir = root.prepare_mount_dir(id)?;
+        let manifest = Manifest::open(&root.manifest_dir(id))?;
+        Ok(Self {
+            dir,
+            manifest: Mutex::new(manifest),
+        })
+    }
+
+    /// Moves a complete download of `meta` into place at `path`, then records it (in that
+    /// order: the manifest never claims a file that is not there).
+    pub fn commit(&self, staged: Staged, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
+        staged.commit(&self.dir, path, meta.last_modified)?;
+        self.manifest.lock().put(path, Entry::file(meta))?;
+        Ok(())
+    }
+
+    /// Removes the tool's file at `path` (something else there is left alone) and forgets it;
+    /// returns whether a file was removed.
+    pub fn remove_file(&self, path: &str) -> Result<bool, LocalError> {
+        let removed = dirs::remove_file(&self.dir, path)?;
+        self.manifest.lock().remove(path)?;
+        Ok(removed)
+    }
+
+    /// Removes the directory of a folder marker, if empty, and forgets it.
+    pub fn remove_dir(&self, path: &str) -> Result<(), LocalError> {
+        dirs::remove_empty_dir(&self.dir, path);
+        self.manifest.lock().remove(path)?;
+        Ok(())
+    }
+
+    /// Makes the directory of the folder marker `meta` at `path`, and records it.
+    pub fn ensure_dir(&self, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
+        dirs::ensure_dir(&self.dir, path)?;
+        let entry = Entry::folder(meta);
+        let mut manifest = self.manifest.lock();
+        if manifest.get(path) != Some(&entry) {
+            manifest.put(path, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `path` holds exactly the version `meta` of its object: recorded so, and a
+    /// regular file of its size reached without following a link.
+    pub fn holds(&self, path: &str, meta: &ObjectMeta) -> bool {
+        let recorded = self
+            .manifest
+            .lock()
+            .get(path)
+            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
+        recorded && dirs::probe(&self.dir, path) == (Local::File { size: meta.size })
+    }
+
+    /// Opens the file at `path` for reading, through the no-follow directory walk.
+    pub fn open_file(&self, path: &str) -> Result<File, LocalError> {
+        dirs::open_file(&self.dir, path)
+    }
+
+    /// `f` of the manifest's entries and a probe of what is on disk at a path (no link
+    /// followed), with the manifest locked: what a plan needs.
+    pub fn plan<T>(
+        &self,
+        f: impl FnOnce(&BTreeMap<String, Entry>, &dyn Fn(&str) -> Local) -> T,
+    ) -> T {
+        let manifest = self.manifest.lock();
+        f(manifest.entries(), &|path| dirs::probe(&self.dir, path))
+    }
+
+    /// What the copy holds, as a listing: what a mount serves while its bucket cannot be
+    /// reached.
+    pub fn cached_listing(&self) -> Vec<ObjectMeta> {
+        self.manifest
+            .lock()
+            .entries()
+            .values()
+            .map(Entry::object)
+            .collect()
+    }
+
+    /// When the bucket was listed for the last pass that completed: the age of the copy.
+    pub fn listed_at(&self) -> Option<SystemTime> {
+        self.manifest.lock().listed_at()
+    }
+
+    /// Ends a pass over a listing made at `listed_at`: records that time and folds the journal
+    /// into a new snapshot.
+    pub fn finish_pass(&self, listed_at: SystemTime) -> Result<(), LocalError> {
+        let mut manifest = self.manifest.lock();
+        manifest.set_listed_at(listed_at);
+        Ok(manifest.compact()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn meta(key: &str, size: u64, etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size,
+            etag: etag.into(),
+            last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    fn staged(root: &Root, data: &[u8]) -> Staged {
+        let s = root.stage(data.len() as u64).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&*s.file(), data, 0).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_committed_file_is_held_listed_and_opened_until_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let copy = MountCopy::open(&root, "m").unwrap();
+        let m = meta("p/a/f.txt", 3, "e1");
+        assert!(!copy.holds("a/f.txt", &m));
+        copy.commit(staged(&root, b"abc"), "a/f.txt", &m).unwrap();
+        assert!(copy.holds("a/f.txt", &m));
+        assert!(
+            !copy.holds("a/f.txt", &meta("p/a/f.txt", 3, "e2")),
+            "another version"
+        );
+        assert_eq!(copy.cached_listing(), [m.clone()]);
+        let mut read = String::new();
+        std::io::Read::read_to_string(&mut copy.open_file("a/f.txt").unwrap(), &mut read).unwrap();
+        assert_eq!(read, "abc");
+        // Reopened, it remembers; removed, it forgets, and prunes the empty directory.
+        drop(copy);
+        let copy = MountCopy::open(&root, "m").unwrap();
+        assert!(copy.holds("a/f.txt", &m));
+        assert!(copy.remove_file("a/f.txt").unwrap());
+        assert!(!copy.holds("a/f.txt", &m));
+        assert!(copy.cached_listing().is_empty());
+        assert!(!tmp.path().join("m/a").exists());
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_link_is_neither_held_nor_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"not ours").unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let copy = MountCopy::open(&root, "m").unwrap();
+        let m = meta("f", 8, "e1");
+        copy.commit(staged(&root, b"12345678"), "f", &m).unwrap();
+        std::fs::remove_file(tmp.path().join("m/f")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), tmp.path().join("m/f")).unwrap();
+        assert!(!copy.holds("f", &m));
+        assert!(matches!(copy.open_file("f"), Err(LocalError::NotAFile(_))));
+        // Nor through a directory link.
+        std::fs::create_dir(tmp.path().join("m/real")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("m/d")).unwrap();
+        assert!(matches!(
+            copy.open_file("d/secret"),
+            Err(LocalError::NotADirectory(_))
+        ));
+    }
+}

@@ -1,0 +1,306 @@
+//! Symlink-safe directory primitives: directories are opened one component at a time with
+//! `O_NOFOLLOW`, and files are renamed into, unlinked from and opened in those open
+//! directories, so a symbolic link planted on the way (or swapped in meanwhile) is never
+//! followed.
+
+use super::{LocalError, io_err};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Creates `base/rel` and every directory between, refusing to pass through anything that is not
+/// a real directory (a symbolic link planted there, or a file).
+pub fn ensure_dir(base: &Path, rel: &str) -> Result<(), LocalError> {
+    DirFd::open(base, rel, true).map(drop)
+}
+
+/// What is at a relative path on the local disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Missing,
+    File { size: u64 },
+    Other,
+}
+
+/// What is at `dir/rel`, following no symbolic link on the way: a file reached through a link
+/// planted in place of one of its directories is not the tool's file (nor its object's bytes).
+pub fn probe(dir: &Path, rel: &str) -> Local {
+    let (parent, name) = split(rel);
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(LocalError::NotADirectory(_)) => return Local::Other,
+        Err(_) => return Local::Missing,
+    };
+    match at.lstat(name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Local::File {
+            size: st.st_size as u64,
+        },
+        Ok(_) => Local::Other,
+        Err(_) => Local::Missing,
+    }
+}
+
+/// Opens the regular file `dir/rel` for reading, following no symbolic link on the way or at
+/// the end: what is read is the tool's own file.
+pub fn open_file(dir: &Path, rel: &str) -> Result<File, LocalError> {
+    let (parent, name) = split(rel);
+    let at = DirFd::open(dir, parent, false)?;
+    let path = at.path.join(name);
+    let fd = DirFd::name(name)
+        .and_then(|name| openat(&at.fd, &name, libc::O_RDONLY))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => LocalError::NotAFile(path.clone()),
+            _ => io_err(&path)(e),
+        })?;
+    let file = File::from(fd);
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(LocalError::NotAFile(path)),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Removes the regular file `dir/rel`, then its parents up to `dir` while they are empty.
+/// Returns whether a file was removed; something other than a regular file is left alone.
+pub fn remove_file(dir: &Path, rel: &str) -> Result<bool, LocalError> {
+    let (parent, name) = split(rel);
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(LocalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let path = at.path.join(name);
+    let removed = match at.lstat(name) {
+        Ok(m) if m.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            // Without AT_REMOVEDIR, unlinkat removes no directory; whatever is there is removed
+            // itself, never what it points to.
+            at.unlink(name, false).map_err(io_err(&path))?;
+            true
+        }
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    remove_empty_parents(dir, rel);
+    Ok(removed)
+}
+
+/// Removes the directory `dir/rel` and then its parents while they are empty.
+pub fn remove_empty_dir(dir: &Path, rel: &str) {
+    let (parent, name) = split(rel);
+    if let Ok(at) = DirFd::open(dir, parent, false)
+        && at.unlink(name, true).is_ok()
+    {
+        remove_empty_parents(dir, rel);
+    }
+}
+
+fn remove_empty_parents(dir: &Path, rel: &str) {
+    let mut rel = rel;
+    while let Some((parent, _)) = rel.rsplit_once('/') {
+        // rmdir fails on a non-empty directory: files a user put there keep it alive.
+        let (up, name) = split(parent);
+        match DirFd::open(dir, up, false) {
+            Ok(at) if at.unlink(name, true).is_ok() => rel = parent,
+            _ => break,
+        }
+    }
+}
+
+/// `rel` as its parent directory ("" for none) and its last component.
+pub(super) fn split(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+/// A directory opened one component at a time without following symbolic links: what is done
+/// relative to it (rename, unlink, lstat) stays in it, even if someone swaps a component for a
+/// link meanwhile. (Checking each component with `lstat` first would leave that window open.)
+pub(super) struct DirFd {
+    fd: OwnedFd,
+    pub(super) path: PathBuf,
+}
+
+/// `openat` of `name` in directory `dir`, following no symbolic link.
+fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let raw = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
+impl DirFd {
+    /// Opens `base/rel` (`base` itself is trusted), creating missing directories if `create`.
+    pub(super) fn open(base: &Path, rel: &str, create: bool) -> Result<Self, LocalError> {
+        let mut fd = File::open(base).map_err(io_err(base))?.into();
+        let mut path = base.to_owned();
+        for component in rel.split('/').filter(|c| !c.is_empty()) {
+            path.push(component);
+            let name =
+                CString::new(component).map_err(|_| LocalError::NotADirectory(path.clone()))?;
+            let open = |fd: &OwnedFd| openat(fd, &name, libc::O_RDONLY | libc::O_DIRECTORY);
+            let opened = match open(&fd) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    // SAFETY: as above.
+                    if unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o777) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return Err(io_err(&path)(e));
+                        }
+                    }
+                    open(&fd)
+                }
+                other => other,
+            };
+            fd = match opened {
+                Ok(next) => next,
+                // A symbolic link (ELOOP) or something else than a directory (ENOTDIR).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    return Err(LocalError::NotADirectory(path));
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+        }
+        Ok(Self { fd, path })
+    }
+
+    fn name(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// `lstat` of an entry.
+    pub(super) fn lstat(&self, name: &str) -> io::Result<libc::stat> {
+        let name = Self::name(name)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated name and room for the result.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so it filled `st`.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// Moves `from` (a path in the tool's own state directory) to `name` in this directory.
+    pub(super) fn rename_into(&self, from: &Path, name: &str) -> io::Result<()> {
+        let from = CString::new(from.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let name = Self::name(name)?;
+        // The file replaced (an older version) is held open across the rename, so that its
+        // blocks are freed when this closes it, not inside the rename with both directories
+        // locked: freeing gigabytes (with discards, on some disks) takes long, and readers look
+        // files up in those directories meanwhile.
+        let _replaced = openat(&self.fd, &name, libc::O_PATH);
+        // SAFETY: NUL-terminated paths and a valid directory descriptor.
+        let rc = unsafe {
+            libc::renameat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes the entry `name` itself: an empty directory if `dir`, else anything but one.
+    pub(super) fn unlink(&self, name: &str, dir: bool) -> io::Result<()> {
+        let name = Self::name(name)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::Root;
+    use std::fs;
+    use std::time::SystemTime;
+
+    #[test]
+    fn never_writes_or_deletes_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let cache = Root::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.join("d")).unwrap();
+
+        let s = cache.stage(1).unwrap();
+        assert!(matches!(
+            s.commit(&dir, "d/victim", SystemTime::UNIX_EPOCH),
+            Err(LocalError::NotADirectory(_))
+        ));
+        assert!(remove_file(&dir, "d/victim").is_err());
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        // Nor is a file behind the link taken for one of the tool's.
+        assert_eq!(probe(&dir, "d/victim"), Local::Other);
+        fs::create_dir(dir.join("real")).unwrap();
+        fs::write(dir.join("real/f"), b"abc").unwrap();
+        assert_eq!(probe(&dir, "real/f"), Local::File { size: 3 });
+        assert_eq!(probe(&dir, "real/missing"), Local::Missing);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_once_opened_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let cache = Root::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        fs::create_dir(dir.join("d")).unwrap();
+        let at = DirFd::open(&dir, "d", false).unwrap();
+        // Someone moves the directory away and plants a link in its place.
+        fs::rename(dir.join("d"), dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.join("d")).unwrap();
+
+        let s = cache.stage(0).unwrap();
+        at.rename_into(s.path(), "f").unwrap();
+        assert!(dir.join("moved/f").exists());
+        assert!(!outside.path().join("f").exists());
+        at.unlink("f", false).unwrap();
+        assert!(!dir.join("moved/f").exists());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn removing_a_file_prunes_only_empty_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        fs::write(dir.join("a/b/f"), b"1").unwrap();
+        fs::write(dir.join("a/mine"), b"user file").unwrap();
+        assert!(remove_file(dir, "a/b/f").unwrap());
+        assert!(!dir.join("a/b").exists());
+        assert!(dir.join("a/mine").exists());
+    }
+}
