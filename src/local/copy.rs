@@ -154,7 +154,7 @@ mod tests {
             !copy.holds("a/f.txt", &meta("p/a/f.txt", 3, "e2")),
             "another version"
         );
-        assert_eq!(copy.cached_listing(), [m.clone()]);
+        assert_eq!(copy.cached_listing(), std::slice::from_ref(&m));
         let mut read = String::new();
         std::io::Read::read_to_string(&mut copy.open_file("a/f.txt").unwrap(), &mut read).unwrap();
         assert_eq!(read, "abc");
