@@ -38,16 +38,6 @@ runs=3
 tools="ours,rclone,s5cmd"
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    --sets | --runs | --tools)
-        [[ $# -ge 2 ]] || die "$1 needs a value"
-        printf -v "${1#--}" '%s' "$2"
-        shift 2
-        ;;
-    --sets=* | --runs=* | --tools=*)
-        name="${1%%=*}"
-        printf -v "${name#--}" '%s' "${1#*=}"
-        shift
-        ;;
     --mount)
         shift
         exec bash "$(dirname "$0")/bench_mount.sh" "$@"
@@ -56,14 +46,16 @@ while [[ $# -gt 0 ]]; do
         usage
         exit 0
         ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *)
+        value_option "sets runs tools" "$@" || die "unknown argument: $1 (try --help)"
+        shift "$OPT_SHIFT"
+        ;;
     esac
 done
 
-IFS=, read -r -a set_list <<<"$sets"
-IFS=, read -r -a tool_list <<<"$tools"
-[[ ${#set_list[@]} -gt 0 ]] || die "--sets is empty"
-[[ ${#tool_list[@]} -gt 0 ]] || die "--tools is empty"
+declare -a set_list tool_list
+comma_list set_list --sets "$sets"
+comma_list tool_list --tools "$tools"
 for s in "${set_list[@]}"; do
     [[ "$s" == small || "$s" == large ]] || die "unknown set '$s' (small, large)"
 done
@@ -75,7 +67,7 @@ for t in "${tool_list[@]}"; do
     *) die "unknown tool '$t' (ours, rclone, s5cmd)" ;;
     esac
 done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+need_positive_int --runs "$runs"
 
 ensure_python_tools
 if [[ $have_ours -eq 1 ]]; then
@@ -84,13 +76,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Scratch space on a real disk.
-parent="${BENCH_DIR:-$REPO_ROOT/target}"
-mkdir -p -- "$parent"
-free_kib="$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')"
-if [[ "$free_kib" -lt $((4 * 1024 * 1024)) ]]; then
-    die "$(awk -v k="$free_kib" 'BEGIN { printf "%.1f", k / 1048576 }') GiB free under $parent; the benchmark needs 4 GiB (set BENCH_DIR to another directory)"
-fi
-make_temp_dir "$parent"
+make_bench_dir 4 "the benchmark needs"
 work="$TEMP_DIR"
 data="$work/data"
 dest="$work/dest"
@@ -98,32 +84,13 @@ logs="$work/logs"
 mkdir -p "$data/bench" "$logs"
 
 log "writing random data under $work"
-python3 - "$data/bench" "${set_list[@]}" <<'EOF'
-import os, sys
-root, sets = sys.argv[1], sys.argv[2:]
-layout = {"small": (1000, 256 * 1024), "large": (2, 512 * 1024 * 1024)}
-for name in sets:
-    count, size = layout[name]
-    os.makedirs(os.path.join(root, name), exist_ok=True)
-    for i in range(count):
-        with open(os.path.join(root, name, "obj-%04d.bin" % i), "wb") as f:
-            left = size
-            while left:
-                n = min(left, 16 * 1024 * 1024)
-                f.write(os.urandom(n))
-                left -= n
-EOF
+python3 "$REPO_ROOT/scripts/bench_data.py" sets "$data/bench" "${set_list[@]}" ||
+    die "python3 scripts/bench_data.py failed (exit code $?)"
 sync
 
-# The server caches listings, so it starts after the data is in place.
-start_s3_server "$data"
-
-# The server computes each object's ETag (an MD5) on its first listing: list every set once
-# before timing, so that cost falls on no tool.
-for s in "${set_list[@]}"; do
-    s3_env s5cmd --endpoint-url "$S3_ENDPOINT" ls "s3://bench/$s/*" >/dev/null ||
-        die "cannot list s3://bench/$s/ on the local server"
-done
+# The server starts once the data is in place; each set (prefix SET/) is listed once before
+# timing.
+start_bench_server "$data" "${set_list[@]/%//}"
 
 # ---------------------------------------------------------------------------------------------
 # run_tool TOOL SET: one fresh copy of SET into $dest/SET (ours also keeps its state in $dest).
@@ -164,11 +131,10 @@ for s in "${set_list[@]}"; do
     bytes[$s]="$(find "$data/bench/$s" -type f -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')"
 done
 
-n_tools=${#tool_list[@]}
 for s in "${set_list[@]}"; do
     for ((round = 0; round < runs; round++)); do
-        for ((k = 0; k < n_tools; k++)); do
-            t="${tool_list[$(((round + k) % n_tools))]}"
+        in_turn "$round" "${tool_list[@]}"
+        for t in "${TURN[@]}"; do
             rm -rf -- "$dest"
             mkdir -p -- "$dest"
             sync
@@ -196,8 +162,6 @@ for s in "${set_list[@]}"; do
 done
 
 # ---------------------------------------------------------------------------------------------
-best() { tr ' ' '\n' <<<"$1" | sort -g | head -n 1; }
-
 echo
 echo "$(nproc) CPUs; $(rclone version 2>/dev/null | head -n 1); s5cmd $(s5cmd version 2>/dev/null);" \
     "best of $runs runs; MB = 10^6 bytes"

@@ -68,28 +68,21 @@ runs=2
 logs=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    --cases | --runs | --logs | --versus)
-        [[ $# -ge 2 ]] || die "$1 needs a value"
-        printf -v "${1#--}" '%s' "$2"
-        shift 2
-        ;;
-    --cases=* | --runs=* | --logs=* | --versus=*)
-        name="${1%%=*}"
-        printf -v "${name#--}" '%s' "${1#*=}"
-        shift
-        ;;
     -h | --help)
         usage
         exit 0
         ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *)
+        value_option "cases runs logs versus" "$@" || die "unknown argument: $1 (try --help)"
+        shift "$OPT_SHIFT"
+        ;;
     esac
 done
 logs_keep="${logs:-}"
 
 declare -A want=()
-IFS=, read -r -a case_list <<<"$cases"
-[[ ${#case_list[@]} -gt 0 ]] || die "--cases is empty"
+declare -a case_list
+comma_list case_list --cases "$cases"
 for c in "${case_list[@]}"; do
     case "$c" in
     cached-read | cached) want[cached-read]=1 ;;
@@ -101,7 +94,7 @@ for c in "${case_list[@]}"; do
     *) die "unknown case '$c' ($all_cases)" ;;
     esac
 done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+need_positive_int --runs "$runs"
 has() { [[ -n "${want[$1]:-}" ]]; }
 versus="${versus:-}"
 if [[ -n "$versus" ]]; then
@@ -114,11 +107,7 @@ ensure_python_tools
 ensure_fuse
 command -v curl >/dev/null 2>&1 || _apt_install curl || die "curl is needed (apt-get install curl)"
 if has parquet && ! python3 -c 'import pyarrow.parquet' >/dev/null 2>&1; then
-    log "installing pyarrow (pip)"
-    export PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
-    python3 -m pip install --quiet pyarrow 2>/dev/null ||
-        python3 -m pip install --quiet --user --break-system-packages pyarrow ||
-        die "could not install pyarrow with pip"
+    pip_install pyarrow
     python3 -c 'import pyarrow.parquet' || die "pyarrow is installed but cannot be imported"
 fi
 build_tool
@@ -129,18 +118,11 @@ need_gib=1
 has cached-read && need_gib=$((need_gib + 4))
 if has first-byte || has tail-read || has cpu-share; then need_gib=$((need_gib + 6)); fi
 has parquet && need_gib=$((need_gib + 4))
-parent="${BENCH_DIR:-$REPO_ROOT/target}"
-mkdir -p -- "$parent"
-free_kib="$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')"
-if [[ "$free_kib" -lt $((need_gib * 1024 * 1024)) ]]; then
-    die "$(awk -v k="$free_kib" 'BEGIN { printf "%.1f", k / 1048576 }') GiB free under $parent; these cases need $need_gib GiB (set BENCH_DIR to another directory)"
-fi
-make_temp_dir "$parent"
+make_bench_dir "$need_gib" "these cases need"
 work="$TEMP_DIR"
 data="$work/data"
 src="$data/bench"
 logs="$work/logs"
-helper="$work/helper.py"
 mkdir -p "$src" "$logs"
 
 # ---------------------------------------------------------------------------------------------
@@ -269,248 +251,19 @@ wait_pass() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Data, and the Python side of the measurements.
+# Data, and the Python side of the measurements: scripts/bench_data.py writes the data,
+# scripts/bench_mount_timing.py times the reads (--help there).
 
-cat >"$helper" <<'EOF'
-import hashlib, os, sys, time
-
-MiB = 1 << 20
-
-
-def wrong(msg):
-    print("WRONG DATA: " + msg, file=sys.stderr)
-    sys.exit(3)
-
-
-def random_file(path, size):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 16 * MiB)
-            f.write(os.urandom(n))
-            left -= n
-
-
-def source_bytes(path, offset, length):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
-
-
-def sha_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(16 * MiB)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
-def fnv1a(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def cache_state(cache, mid, key, rel):
-    """What our cache holds of KEY right now (peeks at its layout: complete file, or partial)."""
-    if os.path.exists(os.path.join(cache, mid, rel)):
-        return "complete"
-    partial = os.path.join(cache, ".s3-synchronizer", "partial", mid)
-    for k in (key, rel):
-        if os.path.exists(os.path.join(partial, "%016x.part" % fnv1a(k.encode()))):
-            return "started"
-    return "not-started"
-
-
-def gen(root, cases):
-    if "cached-read" in cases:
-        random_file(os.path.join(root, "cr/big-1GiB.bin"), 1024 * MiB)
-    if "first-byte" in cases or "tail-read" in cases or "cpu-share" in cases:
-        # The backlog: sparse on the server's disk (it still sends every byte).
-        os.makedirs(os.path.join(root, "bl/backlog"), exist_ok=True)
-        for i in range(128):
-            with open(os.path.join(root, "bl/backlog/obj-%03d.bin" % i), "wb") as f:
-                f.truncate(32 * MiB)
-    if "first-byte" in cases:
-        random_file(os.path.join(root, "bl/zz/first-64MiB.bin"), 64 * MiB)
-        random_file(os.path.join(root, "bl/zz/whole-64MiB.bin"), 64 * MiB)
-    if "tail-read" in cases:
-        random_file(os.path.join(root, "bl/zz/tail-1GiB.bin"), 1024 * MiB)
-    if "walk-stat" in cases:
-        for d in range(100):
-            os.makedirs(os.path.join(root, "ws/d-%03d" % d))
-            for i in range(100):
-                with open(os.path.join(root, "ws/d-%03d/f-%03d.bin" % (d, i)), "wb") as f:
-                    f.write(os.urandom(1024))
-    if "parquet" in cases:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        os.makedirs(os.path.join(root, "pq"))
-        rows = 1 << 20  # 4 int64 columns: 32 MiB a row group
-        schema = pa.schema([(c, pa.int64()) for c in ("a", "b", "c", "d")])
-        with pq.ParquetWriter(os.path.join(root, "pq/data-2GiB.parquet"), schema,
-                              compression="none", use_dictionary=False) as w:
-            for _ in range(64):
-                cols = [pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(os.urandom(8 * rows))])
-                        for _ in schema]
-                w.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=rows)
-
-
-def read(path, size, want_sha=None, drop=False):
-    """Sequential read in 1 MiB reads; with want_sha, hashes as it reads (a check, not a time).
-    With drop, first drops the pages the kernel keeps of this file (of this file only)."""
-    if drop:
-        fd = os.open(path, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    buf = bytearray(MiB)
-    view = memoryview(buf)
-    h = hashlib.sha256() if want_sha else None
-    total = 0
-    t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            if h:
-                h.update(view[:n])
-            total += n
-    t = time.perf_counter() - t0
-    if total != size:
-        wrong("%s: read %d bytes, expected %d" % (path, total, size))
-    if h and h.hexdigest() != want_sha:
-        wrong("%s: the bytes read differ from the source's" % path)
-    print("%.6f" % t)
-
-
-def probe(cache, mid, prefix, mnt, srcdir, specs):
-    """The reads of first-byte and tail-read, in order; prints "KIND SECONDS STATE_BEFORE"."""
-    for spec in specs:
-        kind, rel = spec.split("=", 1)
-        path = os.path.join(mnt, mid, rel)
-        source = os.path.join(srcdir, rel)
-        state = cache_state(cache, mid, prefix + rel, rel)
-        if kind == "first":
-            t0 = time.perf_counter()
-            with open(path, "rb", buffering=0) as f:
-                data = f.read(1)
-            t = time.perf_counter() - t0
-            if data != source_bytes(source, 0, 1):
-                wrong("%s: the first byte differs from the source's" % path)
-        elif kind == "whole":
-            chunks = []
-            t0 = time.perf_counter()
-            with open(path, "rb", buffering=0) as f:
-                while True:
-                    b = f.read(MiB)
-                    if not b:
-                        break
-                    chunks.append(b)
-            t = time.perf_counter() - t0
-            h = hashlib.sha256()
-            for b in chunks:
-                h.update(b)
-            if h.hexdigest() != sha_file(source):
-                wrong("%s: the bytes read differ from the source's" % path)
-        elif kind == "tail":
-            data = b""
-            t0 = time.perf_counter()
-            with open(path, "rb", buffering=0) as f:
-                f.seek(-MiB, os.SEEK_END)
-                while len(data) < MiB:
-                    b = f.read(MiB - len(data))
-                    if not b:
-                        break
-                    data += b
-            t = time.perf_counter() - t0
-            if data != source_bytes(source, os.path.getsize(source) - MiB, MiB):
-                wrong("%s: its last MiB differs from the source's" % path)
-        else:
-            raise SystemExit("unknown probe " + kind)
-        print(kind, "%.6f" % t, state, flush=True)
-
-
-def listing(top):
-    out = []
-    for root, _, files in os.walk(top):
-        for name in files:
-            p = os.path.join(root, name)
-            out.append((os.path.relpath(p, top), os.stat(p).st_size))
-    return out
-
-
-def walk(top, srcdir):
-    t0 = time.perf_counter()
-    seen = listing(top)
-    t = time.perf_counter() - t0
-    if sorted(seen) != sorted(listing(srcdir)):
-        wrong("%s: the names or sizes differ from the source's (%d files seen)" % (top, len(seen)))
-    print("%.6f" % t)
-
-
-def cpu():
-    t0 = time.perf_counter()
-    x = 0
-    for i in range(5_000_000):
-        x += i
-    if x != 5_000_000 * 4_999_999 // 2:
-        wrong("the CPU loop computed %d" % x)
-    print("%.6f" % (time.perf_counter() - t0))
-
-
-def parquet(path, source, rg):
-    import pyarrow.parquet as pq
-    t0 = time.perf_counter()
-    md = pq.read_metadata(path)
-    t1 = time.perf_counter()
-    table = pq.ParquetFile(path).read_row_group(rg)
-    t2 = time.perf_counter()
-    want = pq.read_metadata(source)
-    if not md.equals(want):
-        wrong("%s: the metadata differs from the source's" % path)
-    if not table.equals(pq.ParquetFile(source).read_row_group(rg)):
-        wrong("%s: row group %d differs from the source's" % (path, rg))
-    g = want.row_group(rg)
-    print("meta %.6f" % (t1 - t0))
-    print("rowgroup %.6f" % (t2 - t1))
-    print("bytes %d" % sum(g.column(i).total_compressed_size for i in range(g.num_columns)))
-
-
-cmd, args = sys.argv[1], sys.argv[2:]
-if cmd == "gen":
-    gen(args[0], set(args[1:]))
-elif cmd == "read":
-    read(args[0], int(args[1]), args[2] if len(args) > 2 and args[2] != "-" else None,
-         len(args) > 3 and args[3] == "drop")
-elif cmd == "probe":
-    probe(args[0], args[1], args[2], args[3], args[4], args[5:])
-elif cmd == "walk":
-    walk(args[0], args[1])
-elif cmd == "parquet":
-    parquet(args[0], args[1], int(args[2]))
-elif cmd == "cpu":
-    cpu()
-else:
-    raise SystemExit("unknown command " + cmd)
-EOF
-
+helper="$REPO_ROOT/scripts/bench_mount_timing.py"
 py() { python3 "$helper" "$@" || die "python3 $helper $* failed (exit code $?)"; }
 
 log "writing the data under $work"
-py gen "$src" "${!want[@]}"
+python3 "$REPO_ROOT/scripts/bench_data.py" cases "$src" "${!want[@]}" ||
+    die "python3 scripts/bench_data.py failed (exit code $?)"
 sync
 
-# The server caches listings, so it starts after the data is in place.
-start_s3_server "$data"
-# The server computes each object's ETag (an MD5) on its first listing: list everything once
-# before timing, so that cost falls on no reader.
-s3_env s5cmd --endpoint-url "$S3_ENDPOINT" ls "s3://bench/*" >/dev/null ||
-    die "cannot list s3://bench/ on the local server"
+# The server starts once the data is in place; all of the bucket is listed once before timing.
+start_bench_server "$data" ""
 
 # curl_get KEY WHAT [RANGE] [OUT]: one GET (ranged with RANGE) on the server; prints curl's time
 # to the first byte (WHAT=first) or to the last (WHAT=total), the body going to OUT.
@@ -554,7 +307,7 @@ notes=()
 
 # ---------------------------------------------------------------------------------------------
 case_cached_read() {
-    local rel=big-1GiB.bin size=$((1 << 30)) sha round k t
+    local rel=big-1GiB.bin size=$((1 << 30)) sha round t
     local pt="$work/mnt-cr-pt" np="$work/mnt-cr-np" rc="$work/mnt-cr-rclone"
     local cpt="$work/cache-cr-pt" cnp="$work/cache-cr-np" crc="$work/cache-cr-rclone"
     log "cached-read: two mounts (passthrough, --no-passthrough) download the 1 GiB file; rclone mount"
@@ -577,13 +330,13 @@ case_cached_read() {
         [cache]="$cpt/cr/$rel" [rclone]="$rc/$rel")
     local order=(ours ours-np ours-np-drop cache rclone)
     for t in "${order[@]}"; do # warm up (rclone caches it now), and check
-        py read "${path[$t]}" "$size" "$sha" >/dev/null
+        py read "${path[$t]}" "$size" --sha "$sha" >/dev/null
     done
     for ((round = 0; round < runs; round++)); do
-        for ((k = 0; k < ${#order[@]}; k++)); do
-            t="${order[$(((round + k) % ${#order[@]}))]}"
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
             if [[ "$t" == ours-np-drop ]]; then
-                record cached-read "$t" "$round" "$(py read "${path[$t]}" "$size" - drop)"
+                record cached-read "$t" "$round" "$(py read "${path[$t]}" "$size" --drop)"
             else
                 record cached-read "$t" "$round" "$(py read "${path[$t]}" "$size")"
             fi
@@ -606,7 +359,7 @@ case_cached_read() {
 # ---------------------------------------------------------------------------------------------
 case_backlog() {
     local first=0 tail=0 round t out kind secs state specs=() mnt="$work/mnt-bl" cache mib
-    local mlog one=$((1 << 20)) big=$((1 << 30)) key waits k
+    local mlog one=$((1 << 20)) big=$((1 << 30)) key waits build
     has first-byte && first=1
     has tail-read && tail=1
     local f64=bl/zz/first-64MiB.bin w64=bl/zz/whole-64MiB.bin t1g=bl/zz/tail-1GiB.bin
@@ -719,15 +472,16 @@ case_backlog() {
         fi
 
         # With --versus, both builds in turn, each round in the other order.
-        for ((k = 0; k < ${#builds[@]}; k++)); do
-            backlog_round "${builds[$(((round + k) % ${#builds[@]}))]}"
+        in_turn "$round" "${builds[@]}"
+        for build in "${TURN[@]}"; do
+            backlog_round "$build"
         done
     done
 }
 
 # ---------------------------------------------------------------------------------------------
 case_cpu_share() {
-    local round k t mnt="$work/mnt-cpu" cache="$work/cache-cpu" dir="$work/s5cmd-cpu" mlog
+    local round t mnt="$work/mnt-cpu" cache="$work/cache-cpu" dir="$work/s5cmd-cpu" mlog
     measure cpu-share - "cpu-share: a CPU-bound Python loop, 1 s into a 4 GiB download" \
         ours "during s3-synchronizer mount's background download (new mount)" \
         s5cmd "during s5cmd cp of the same objects (its defaults)" \
@@ -736,8 +490,8 @@ case_cpu_share() {
     py cpu >/dev/null # warm-up
     local order=(ours s5cmd idle)
     for ((round = 0; round < runs; round++)); do
-        for ((k = 0; k < ${#order[@]}; k++)); do
-            t="${order[$(((round + k) % ${#order[@]}))]}"
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
             case "$t" in
             ours)
                 mlog="$logs/ours-cpu-share-$((round + 1)).log"
@@ -770,7 +524,7 @@ case_cpu_share() {
 # ---------------------------------------------------------------------------------------------
 case_walk_stat() {
     local mnt="$work/mnt-ws" cache="$work/cache-ws" rc="$work/mnt-ws-rclone"
-    local crc="$work/cache-ws-rclone" round k t
+    local crc="$work/cache-ws-rclone" round t
     log "walk-stat: our mount (downloading 10,000 files), rclone mount"
     measure walk-stat - "walk-stat: os.walk + os.stat, 10,000 files in 100 dirs" \
         ours "s3-synchronizer mount" \
@@ -786,8 +540,8 @@ case_walk_stat() {
         py walk "${dir[$t]}" "$src/ws" >/dev/null
     done
     for ((round = 0; round < runs; round++)); do
-        for ((k = 0; k < ${#order[@]}; k++)); do
-            t="${order[$(((round + k) % ${#order[@]}))]}"
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
             record walk-stat "$t" "$round" "$(py walk "${dir[$t]}" "$src/ws")"
         done
     done
@@ -798,7 +552,7 @@ case_walk_stat() {
 
 # ---------------------------------------------------------------------------------------------
 case_parquet() {
-    local rel=data-2GiB.parquet rg=32 mnt="$work/mnt-pq" cache="$work/cache-pq" round k t out
+    local rel=data-2GiB.parquet rg=32 mnt="$work/mnt-pq" cache="$work/cache-pq" round t out
     local path what secs
     measure parquet-meta - "parquet: read_metadata of a 2 GiB file, not cached" \
         ours "s3-synchronizer mount, new (the file downloading)" \
@@ -812,8 +566,8 @@ case_parquet() {
     py parquet "$src/pq/$rel" "$src/pq/$rel" "$rg" >/dev/null # the local reader's warm-up
     local order=(ours rclone local)
     for ((round = 0; round < runs; round++)); do
-        for ((k = 0; k < ${#order[@]}; k++)); do
-            t="${order[$(((round + k) % ${#order[@]}))]}"
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
             rm -rf -- "$cache"
             case "$t" in
             ours)
@@ -848,14 +602,6 @@ has walk-stat && case_walk_stat
 has parquet && case_parquet
 
 # ---------------------------------------------------------------------------------------------
-best() { tr ' ' '\n' <<<"$1" | sort -g | head -n 1; }
-# median TIMES: the middle one (of an even count, the lower of the two middle ones).
-median() {
-    local sorted
-    mapfile -t sorted < <(tr ' ' '\n' <<<"$1" | sort -g)
-    echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
-}
-
 echo
 echo "$(nproc) CPUs; Linux $(uname -r); $(rclone version 2>/dev/null | head -n 1); s5cmd" \
     "$(s5cmd version 2>/dev/null); $(curl --version | head -n 1 | cut -d ' ' -f 1-2);" \

@@ -8,7 +8,10 @@
 # tool (build_tool), temporary directories removed on exit (make_temp_dir), stopping a process
 # we started (stop_pid), a free loopback port (free_port), a local S3-compatible server
 # (`rclone serve s3`, start_s3_server) stopped on exit, the environment each S3 client needs to
-# talk to it (s3_env), and timing (now, elapsed).
+# talk to it (s3_env), and timing (now, elapsed). For the benchmarks: their options
+# (value_option, comma_list, need_positive_int), scratch space (make_bench_dir), the server with
+# its data listed once (start_bench_server), the order of the contestants in each round
+# (in_turn), and the best and median of the times (best, median).
 # Cleanup runs on any exit, including errors and Ctrl-C.
 
 # Fixed credentials of the local demo/benchmark server (loopback only). rclone's S3 server refuses
@@ -164,21 +167,27 @@ _ensure_commands() {
     done
     [[ ${#missing[@]} -eq 0 ]] && return 0
 
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        _apt_install python3-pip || die "pip is needed (apt-get install python3-pip)"
-    fi
-    log "installing ${missing[*]} (pip)"
-    export PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
-    if ! python3 -m pip install --quiet "${missing[@]}" 2>/dev/null; then
-        # Debian's own Python refuses system-wide installs (PEP 668): install for this user.
-        python3 -m pip install --quiet --user --break-system-packages "${missing[@]}" ||
-            die "could not install ${missing[*]} with pip"
-    fi
+    pip_install "${missing[@]}"
     _python_bin_dirs_on_path
     for pair in "$@"; do
         command -v "${pair%%=*}" >/dev/null 2>&1 ||
             die "${pair#*=} is installed but \`${pair%%=*}\` is not on PATH"
     done
+}
+
+# pip_install PACKAGE...: installs PACKAGEs with pip (for this user where the system's Python
+# refuses), pip itself with apt-get if it is missing.
+pip_install() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        _apt_install python3-pip || die "pip is needed (apt-get install python3-pip)"
+    fi
+    log "installing $* (pip)"
+    export PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
+    if ! python3 -m pip install --quiet "$@" 2>/dev/null; then
+        # Debian's own Python refuses system-wide installs (PEP 668): install for this user.
+        python3 -m pip install --quiet --user --break-system-packages "$@" ||
+            die "could not install $* with pip"
+    fi
 }
 
 # ensure_fuse: FUSE for mount mode: /dev/fuse and `fusermount3` (Debian's fuse3).
@@ -327,3 +336,95 @@ now() { date +%s.%N; }
 
 # elapsed T0 T1: prints T1 - T0 in seconds, with three decimals.
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks (bench.sh, bench_mount.sh).
+
+# value_option NAMES ARG...: when ARG is --NAME VALUE or --NAME=VALUE (the value in the next
+# argument or after the =), NAME one of the space-separated NAMES, sets the variable NAME to
+# VALUE and OPT_SHIFT to the number of arguments it took (1 or 2); else returns 1. Call it with
+# the script's remaining arguments: value_option "runs cases" "$@" && shift "$OPT_SHIFT".
+OPT_SHIFT=0
+value_option() {
+    local _names=" $1 " _name
+    shift
+    case "$1" in
+    --*=*)
+        _name="${1%%=*}"
+        _name="${_name#--}"
+        [[ "$_names" == *" $_name "* ]] || return 1
+        printf -v "$_name" '%s' "${1#*=}"
+        OPT_SHIFT=1
+        ;;
+    --*)
+        _name="${1#--}"
+        [[ "$_names" == *" $_name "* ]] || return 1
+        [[ $# -ge 2 ]] || die "$1 needs a value"
+        printf -v "$_name" '%s' "$2"
+        OPT_SHIFT=2
+        ;;
+    *) return 1 ;;
+    esac
+}
+
+# comma_list ARRAY OPTION VALUE: splits VALUE (the value of OPTION) at its commas into the array
+# ARRAY; fails when there is nothing in it.
+comma_list() {
+    IFS=, read -r -a "$1" <<<"$3"
+    local -n _comma_list_items="$1"
+    [[ ${#_comma_list_items[@]} -gt 0 ]] || die "$2 is empty"
+}
+
+# need_positive_int OPTION VALUE: fails unless VALUE is a positive integer.
+need_positive_int() {
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer"
+}
+
+# make_bench_dir GIB WHO_NEEDS: a new directory for the benchmark's data on a real disk (not a
+# RAM disk), under BENCH_DIR or else target/ in this repository, removed on exit; sets TEMP_DIR.
+# Fails unless GIB GiB are free there, saying "... free under DIR; WHO_NEEDS GIB GiB".
+make_bench_dir() {
+    local gib="$1" who_needs="$2" parent="${BENCH_DIR:-$REPO_ROOT/target}" free_kib
+    mkdir -p -- "$parent"
+    free_kib="$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')"
+    if [[ "$free_kib" -lt $((gib * 1024 * 1024)) ]]; then
+        die "$(awk -v k="$free_kib" 'BEGIN { printf "%.1f", k / 1048576 }') GiB free under $parent; $who_needs $gib GiB (set BENCH_DIR to another directory)"
+    fi
+    make_temp_dir "$parent"
+}
+
+# start_bench_server DIR PREFIX...: start_s3_server DIR (which caches listings: the data must be
+# in DIR already), then lists s3://bench/PREFIX once for each PREFIX ("" for all of the bucket).
+# The server computes each object's ETag (an MD5) on its first listing: listing everything once
+# before timing lets that cost fall on no contestant.
+start_bench_server() {
+    local dir="$1" prefix
+    shift
+    start_s3_server "$dir"
+    for prefix in "$@"; do
+        s3_env s5cmd --endpoint-url "$S3_ENDPOINT" ls "s3://bench/$prefix*" >/dev/null ||
+            die "cannot list s3://bench/$prefix on the local server"
+    done
+}
+
+# in_turn ROUND ITEM...: sets the array TURN to the ITEMs rotated by ROUND (round 0 as given,
+# round 1 from the second item on, ...): run in that order, noise hits all of them alike.
+TURN=()
+in_turn() {
+    local round="$1" k
+    shift
+    TURN=()
+    for ((k = 0; k < $#; k++)); do
+        TURN+=("${@:$(((round + k) % $# + 1)):1}")
+    done
+}
+
+# best TIMES: the lowest of the space-separated TIMES.
+best() { tr ' ' '\n' <<<"$1" | sort -g | head -n 1; }
+
+# median TIMES: the middle one (of an even count, the lower of the two middle ones).
+median() {
+    local sorted
+    mapfile -t sorted < <(tr ' ' '\n' <<<"$1" | sort -g)
+    echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
+}

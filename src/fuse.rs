@@ -94,14 +94,7 @@ impl FuseFs {
 }
 
 fn errno(e: &FsError) -> Errno {
-    match e {
-        FsError::NotFound => Errno::ENOENT,
-        FsError::NotADirectory => Errno::ENOTDIR,
-        FsError::IsADirectory => Errno::EISDIR,
-        FsError::BadHandle => Errno::EBADF,
-        FsError::Download(_) => Errno::EIO,
-        FsError::Io(e) => e.raw_os_error().map_or(Errno::EIO, Errno::from_i32),
-    }
+    Errno::from_i32(e.errno())
 }
 
 /// A backing id for `opened`, shared with the other handles of the same inode (the kernel binds

@@ -13,7 +13,7 @@
 //!
 //! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
 
-use crate::engine::{Download, Engine, FetchError, MountState, Reader};
+use crate::engine::{Download, Engine, FetchError, FetchKind, MountState, Reader};
 use crate::local::LocalError;
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -57,7 +57,45 @@ pub enum FsError {
     #[error("download failed: {0}")]
     Download(#[from] FetchError),
     #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+impl FsError {
+    /// The errno a caller of the file system gets, chosen for each cause:
+    /// - an object changed under an open handle: EIO, not ESTALE. The version the handle opened
+    ///   is gone from the store, and the read cannot be served; programs report EIO as a failed
+    ///   read, where ESTALE ("Stale file handle") reads as a network file system's problem. The
+    ///   log line says to open the file again.
+    /// - an object deleted: ENOENT, as for a file removed under a reader of a network file.
+    /// - the store refusing or out of reach, a download cancelled: EIO.
+    /// - the local copy: the system's own errno where it gave one (ENOSPC for a full cache),
+    ///   EIO for what the tool refused (a symbolic link planted in the cache).
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Download(e) => match e.kind {
+                FetchKind::Changed | FetchKind::Store | FetchKind::Cancelled => libc::EIO,
+                FetchKind::Gone => libc::ENOENT,
+                FetchKind::Local { errno } => errno.unwrap_or(libc::EIO),
+            },
+            FsError::Local(e) => match e {
+                LocalError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                    libc::ENOENT
+                }
+                LocalError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                LocalError::Locked(_)
+                | LocalError::NotADirectory(_)
+                | LocalError::NotAFile(_)
+                | LocalError::Manifest(_) => libc::EIO,
+            },
+            FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
 }
 
 /// An open file.
@@ -80,6 +118,16 @@ enum Opening {
         path: String,
         meta: ObjectMeta,
     },
+}
+
+/// What a new handle reads.
+enum Content {
+    /// The complete file in the local copy, opened (with its metadata) when it was found there.
+    Cached(File, std::fs::Metadata),
+    /// A download under way.
+    Downloading(Arc<Download>),
+    /// The complete file, committed while the open waited: opened by its path.
+    Committed,
 }
 
 /// An open file: the cache file (complete, or still downloading).
@@ -374,11 +422,11 @@ impl Vfs {
             .engine
             .open_reader(&source.state, source.store.clone(), meta, path.clone())
             .await?;
-        let download = match reader {
-            Reader::Partial(d) => Some(d),
-            Reader::Complete => None,
+        let content = match reader {
+            Reader::Partial(d) => Content::Downloading(d),
+            Reader::Complete => Content::Committed,
         };
-        self.opened(ino, i, &path, download)
+        self.opened(ino, i, &path, content)
     }
 
     /// [`Vfs::open`] when it needs no waiting: always for a file in the cache or a large one;
@@ -399,22 +447,24 @@ impl Vfs {
             Err(e) => return Opening::Done(Err(e)),
         };
         let source = &self.sources[i];
-        let mut download = None;
-        if !source.state.copy.holds(&path, &meta) {
-            let reader = self.engine.open_reader_now(
-                &source.state,
-                source.store.clone(),
-                meta.clone(),
-                path.clone(),
-            );
-            match reader {
-                Some(Ok(Reader::Partial(d))) => download = Some(d),
-                Some(Ok(Reader::Complete)) => {}
-                Some(Err(e)) => return Opening::Done(Err(e.into())),
-                None => return Opening::Wait { i, path, meta },
+        let content = match source.state.copy.open_held(&path, &meta) {
+            Some((file, metadata)) => Content::Cached(file, metadata),
+            None => {
+                let reader = self.engine.open_reader_now(
+                    &source.state,
+                    source.store.clone(),
+                    meta.clone(),
+                    path.clone(),
+                );
+                match reader {
+                    Some(Ok(Reader::Partial(d))) => Content::Downloading(d),
+                    Some(Ok(Reader::Complete)) => Content::Committed,
+                    Some(Err(e)) => return Opening::Done(Err(e.into())),
+                    None => return Opening::Wait { i, path, meta },
+                }
             }
-        }
-        Opening::Done(self.opened(ino, i, &path, download))
+        };
+        Opening::Done(self.opened(ino, i, &path, content))
     }
 
     /// The mount index, path and listing of file `ino`.
@@ -427,33 +477,20 @@ impl Vfs {
         }
     }
 
-    /// A new handle of `ino`: reading `download`, or the complete file in the cache.
-    fn opened(
-        &self,
-        ino: u64,
-        i: usize,
-        path: &str,
-        download: Option<Arc<Download>>,
-    ) -> Result<Opened, FsError> {
-        let file =
-            match &download {
-                Some(d) => d.file().clone(),
-                None => Arc::new(self.sources[i].state.copy.open_file(path).map_err(
-                    |e| match e {
-                        // Deleted from the bucket while we waited.
-                        LocalError::Io { source, .. }
-                            if source.kind() == io::ErrorKind::NotFound =>
-                        {
-                            FsError::NotFound
-                        }
-                        LocalError::Io { source, .. } => FsError::Io(source),
-                        other => FsError::Io(io::Error::other(other.to_string())),
-                    },
-                )?),
-            };
+    /// A new handle of `ino`, reading `content`.
+    fn opened(&self, ino: u64, i: usize, path: &str, content: Content) -> Result<Opened, FsError> {
+        let (file, metadata, download) = match content {
+            Content::Cached(file, metadata) => (Arc::new(file), metadata, None),
+            Content::Downloading(d) => (d.file().clone(), d.file().metadata()?, Some(d)),
+            Content::Committed => {
+                // Deleted from the bucket while the open waited: ENOENT.
+                let (file, metadata) = self.sources[i].state.copy.open_file(path)?;
+                (Arc::new(file), metadata, None)
+            }
+        };
         // Each download is a new file, renamed into place when complete, so the file's inode
         // identifies the version.
-        let version = file.metadata()?.ino();
+        let version = metadata.ino();
         let keep_cache = self.versions.insert(ino, version) == Some(version);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let partial = download.is_some();
@@ -560,6 +597,32 @@ fn pread(file: &File, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_gets_the_errno_chosen_for_it() {
+        let fetch = |kind| {
+            FsError::Download(FetchError {
+                key: "k".into(),
+                kind,
+                reason: "r".into(),
+            })
+            .errno()
+        };
+        assert_eq!(fetch(FetchKind::Changed), libc::EIO);
+        assert_eq!(fetch(FetchKind::Gone), libc::ENOENT);
+        assert_eq!(fetch(FetchKind::Store), libc::EIO);
+        assert_eq!(fetch(FetchKind::Cancelled), libc::EIO);
+        let full = Some(libc::ENOSPC);
+        assert_eq!(fetch(FetchKind::Local { errno: full }), libc::ENOSPC);
+        assert_eq!(fetch(FetchKind::Local { errno: None }), libc::EIO);
+        let gone = LocalError::Io {
+            path: "p".into(),
+            source: io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(FsError::Local(gone).errno(), libc::ENOENT);
+        let link = LocalError::NotAFile("p".into());
+        assert_eq!(FsError::Local(link).errno(), libc::EIO);
+    }
     use crate::engine::EngineConfig;
     use crate::local::Root;
     use crate::mounts::Mount;

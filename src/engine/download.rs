@@ -48,11 +48,51 @@ pub(crate) enum Outcome {
     Gone,
 }
 
+/// Why a download failed, for whoever waits on it: a reader's errno follows from its kind.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("\"{key}\": {reason}")]
 pub struct FetchError {
     pub key: String,
+    pub kind: FetchKind,
     pub reason: String,
+}
+
+/// What went wrong with a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// The object changed after it was listed (or opened): the version asked for is gone.
+    Changed,
+    /// The object was deleted.
+    Gone,
+    /// The store refused, or kept failing after the retries.
+    Store,
+    /// The local copy could not be written: `errno` where the system gave one (ENOSPC).
+    Local { errno: Option<i32> },
+    /// The download was cancelled: the process is stopping.
+    Cancelled,
+}
+
+impl FetchError {
+    /// The error of a download of `key` that failed with `e`; `reason` says it to the user.
+    fn of(key: &str, e: &PartError, reason: String) -> Self {
+        let kind = match e {
+            PartError::Store(StoreError::PreconditionFailed { .. }) => FetchKind::Changed,
+            PartError::Store(StoreError::NoSuchKey { .. }) => FetchKind::Gone,
+            PartError::Store(_) => FetchKind::Store,
+            PartError::Write(e) | PartError::Local(LocalError::Io { source: e, .. }) => {
+                FetchKind::Local {
+                    errno: e.raw_os_error(),
+                }
+            }
+            PartError::Local(_) => FetchKind::Local { errno: None },
+            PartError::Failed(f) => f.kind,
+        };
+        Self {
+            key: key.to_owned(),
+            kind,
+            reason,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +103,9 @@ enum PartError {
     Write(#[from] io::Error),
     #[error(transparent)]
     Local(#[from] LocalError),
-    #[error("{0}")]
-    Failed(String),
+    /// A download that failed for a reason already told to its readers.
+    #[error("{}", .0.reason)]
+    Failed(FetchError),
 }
 
 impl Transient for PartError {
@@ -128,6 +169,7 @@ impl Drop for FlightGuard {
         let result = self.result.take().unwrap_or_else(|| {
             Err(FetchError {
                 key: self.key.clone(),
+                kind: FetchKind::Cancelled,
                 reason: "the download was cancelled".into(),
             })
         });
@@ -325,10 +367,7 @@ fn start_reader(
                     Started::Ready(Ok(Reader::Partial(download)))
                 }
                 Err(e) => {
-                    let failed = FetchError {
-                        key: meta.key,
-                        reason: e.to_string(),
-                    };
+                    let failed = FetchError::of(&meta.key, &e, e.to_string());
                     guard.result = Some(Err(failed.clone()));
                     Started::Ready(Err(failed))
                 }
@@ -347,10 +386,7 @@ async fn download(
     path: &str,
     mut prepared: Option<Arc<Download>>,
 ) -> Result<Outcome, FetchError> {
-    let fail = |e: PartError, key: &str| FetchError {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    };
+    let fail = |e: PartError, key: &str| FetchError::of(key, &e, e.to_string());
     for _ in 0..MAX_VERSION_RESTARTS {
         let result = if is_small(&job.shared, &meta) {
             fetch_small(job, &meta, path).await
@@ -374,6 +410,7 @@ async fn download(
     }
     Err(FetchError {
         key: meta.key,
+        kind: FetchKind::Changed,
         reason:
             "the object kept changing while it was downloaded; it will be tried again next pass"
                 .into(),
@@ -478,7 +515,7 @@ async fn fetch_large(
             // same partial path, which a late discard would delete under it.
             joined(tokio::task::spawn_blocking(move || staged.discard())).await?;
         }
-        return Err(error.unwrap_or(PartError::Failed(failure.reason)));
+        return Err(error.unwrap_or(PartError::Failed(failure)));
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
@@ -514,7 +551,7 @@ struct Parts {
     /// Why the download failed: the first error, for the download itself...
     error: Option<PartError>,
     /// ...and what readers are told.
-    failure: Option<String>,
+    failure: Option<FetchError>,
 }
 
 /// A reader's fetch is the stretch it reads rounded out to this (or to a part, if smaller): a GET
@@ -680,12 +717,13 @@ impl Download {
         if let Err(e) = result {
             let mut parts = self.parts.lock();
             if parts.failure.is_none() {
-                parts.failure = Some(match &e {
+                let reason = match &e {
                     PartError::Store(StoreError::PreconditionFailed { .. }) => {
                         "the object changed while it was being read: open it again".into()
                     }
                     e => e.to_string(),
-                });
+                };
+                parts.failure = Some(FetchError::of(&self.meta.key, &e, reason));
                 parts.error = Some(e);
             }
         }
@@ -731,11 +769,8 @@ impl Download {
                 if parts.present.covers(range.start..range.end.min(parts.size)) {
                     return Ok(());
                 }
-                if let Some(reason) = &parts.failure {
-                    return Err(FetchError {
-                        key: self.meta.key.clone(),
-                        reason: reason.clone(),
-                    });
+                if let Some(failure) = &parts.failure {
+                    return Err(failure.clone());
                 }
             }
             changed.changed().await.expect("the sender lives in self");

@@ -27,7 +27,7 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use dashmap::DashMap;
 use download::Outcome;
-pub use download::{Download, FetchError, Reader};
+pub use download::{Download, FetchError, FetchKind, Reader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -381,7 +381,7 @@ impl Engine {
                     }
                 }
                 Ok(Outcome::Gone) => {}
-                Err(FetchError { key, reason }) => {
+                Err(FetchError { key, reason, .. }) => {
                     stats.failed += 1;
                     tracing::error!(mount = %mount.id, bucket = %mount.bucket, key, "download failed: {reason}");
                 }

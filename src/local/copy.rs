@@ -13,7 +13,7 @@ use super::{LocalError, Root, Staged};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -73,16 +73,31 @@ impl MountCopy {
     /// Whether `path` holds exactly the version `meta` of its object: recorded so, and a
     /// regular file of its size reached without following a link.
     pub fn holds(&self, path: &str, meta: &ObjectMeta) -> bool {
-        let recorded = self
-            .manifest
-            .lock()
-            .get(path)
-            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
-        recorded && dirs::probe(&self.dir, path) == (Local::File { size: meta.size })
+        self.recorded(path, meta)
+            && dirs::probe(&self.dir, path) == (Local::File { size: meta.size })
     }
 
-    /// Opens the file at `path` for reading, through the no-follow directory walk.
-    pub fn open_file(&self, path: &str) -> Result<File, LocalError> {
+    /// The file at `path`, opened for reading with its metadata, if it [holds](Self::holds)
+    /// version `meta`: one walk down the directories for the check and the open.
+    pub fn open_held(&self, path: &str, meta: &ObjectMeta) -> Option<(File, Metadata)> {
+        if !self.recorded(path, meta) {
+            return None;
+        }
+        let (file, metadata) = dirs::open_file(&self.dir, path).ok()?;
+        (metadata.len() == meta.size).then_some((file, metadata))
+    }
+
+    /// Whether the manifest records version `meta` at `path`.
+    fn recorded(&self, path: &str, meta: &ObjectMeta) -> bool {
+        self.manifest
+            .lock()
+            .get(path)
+            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size)
+    }
+
+    /// Opens the file at `path` for reading, through the no-follow directory walk, with its
+    /// metadata.
+    pub fn open_file(&self, path: &str) -> Result<(File, Metadata), LocalError> {
         dirs::open_file(&self.dir, path)
     }
 
@@ -156,7 +171,12 @@ mod tests {
         );
         assert_eq!(copy.cached_listing(), std::slice::from_ref(&m));
         let mut read = String::new();
-        std::io::Read::read_to_string(&mut copy.open_file("a/f.txt").unwrap(), &mut read).unwrap();
+        let (mut file, _) = copy.open_held("a/f.txt", &m).unwrap();
+        std::io::Read::read_to_string(&mut file, &mut read).unwrap();
+        assert!(
+            copy.open_held("a/f.txt", &meta("p/a/f.txt", 3, "e2"))
+                .is_none()
+        );
         assert_eq!(read, "abc");
         // Reopened, it remembers; removed, it forgets, and prunes the empty directory.
         drop(copy);
@@ -180,6 +200,7 @@ mod tests {
         std::fs::remove_file(tmp.path().join("m/f")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), tmp.path().join("m/f")).unwrap();
         assert!(!copy.holds("f", &m));
+        assert!(copy.open_held("f", &m).is_none());
         assert!(matches!(copy.open_file("f"), Err(LocalError::NotAFile(_))));
         // Nor through a directory link.
         std::fs::create_dir(tmp.path().join("m/real")).unwrap();

@@ -5,7 +5,7 @@
 
 use super::{LocalError, io_err};
 use std::ffi::{CStr, CString};
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -45,8 +45,8 @@ pub fn probe(dir: &Path, rel: &str) -> Local {
 }
 
 /// Opens the regular file `dir/rel` for reading, following no symbolic link on the way or at
-/// the end: what is read is the tool's own file.
-pub fn open_file(dir: &Path, rel: &str) -> Result<File, LocalError> {
+/// the end (what is read is the tool's own file), with its metadata.
+pub fn open_file(dir: &Path, rel: &str) -> Result<(File, Metadata), LocalError> {
     let (parent, name) = split(rel);
     let at = DirFd::open(dir, parent, false)?;
     let path = at.path.join(name);
@@ -58,7 +58,7 @@ pub fn open_file(dir: &Path, rel: &str) -> Result<File, LocalError> {
         })?;
     let file = File::from(fd);
     match file.metadata() {
-        Ok(m) if m.is_file() => Ok(file),
+        Ok(m) if m.is_file() => Ok((file, m)),
         Ok(_) => Err(LocalError::NotAFile(path)),
         Err(e) => Err(io_err(&path)(e)),
     }

@@ -1,0 +1,110 @@
+"""Writes the benchmarks' data onto the local disk that the S3 server will serve.
+
+The two benchmark scripts run it before they start the server (which caches its listings):
+
+    python3 scripts/bench_data.py sets ROOT SET...    # scripts/bench.sh
+    python3 scripts/bench_data.py cases ROOT CASE...  # scripts/bench_mount.sh
+
+ROOT is the directory of bucket `bench` (each of its top-level directories is a key prefix).
+
+sets: the sets that bench.sh copies, in the order given, each under ROOT/SET/:
+    small  1,000 random objects of 256 KiB (obj-0000.bin ...)
+    large  2 random objects of 512 MiB
+
+cases: what the mount cases of bench_mount.sh read (see its --help):
+    cached-read  cr/big-1GiB.bin, random
+    first-byte   bl/zz/first-64MiB.bin and bl/zz/whole-64MiB.bin, random, and the backlog
+    tail-read    bl/zz/tail-1GiB.bin, random, and the backlog
+    cpu-share    the backlog: bl/backlog/obj-000.bin ... obj-127.bin, 32 MiB each, sparse on disk
+                 (the server still sends every byte)
+    walk-stat    ws/d-000/f-000.bin ... ws/d-099/f-099.bin: 10,000 random files of 1 KiB
+    parquet      pq/data-2GiB.parquet: 64 row groups of 4 random int64 columns, 32 MiB each,
+                 uncompressed (needs pyarrow)
+"""
+
+import argparse
+import os
+
+MiB = 1 << 20
+
+SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
+CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "parquet")
+
+
+def random_file(path, size):
+    """Writes SIZE random bytes to PATH (its directories made as needed), 16 MiB at a time."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def write_sets(root, sets):
+    for name in sets:
+        count, size = SETS[name]
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            random_file(os.path.join(root, name, "obj-%04d.bin" % i), size)
+
+
+def write_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.dirname(path))
+    rows = 1 << 20  # 4 int64 columns: 32 MiB a row group
+    schema = pa.schema([(c, pa.int64()) for c in ("a", "b", "c", "d")])
+    with pq.ParquetWriter(path, schema, compression="none", use_dictionary=False) as w:
+        for _ in range(64):
+            cols = [
+                pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(os.urandom(8 * rows))])
+                for _ in schema
+            ]
+            w.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=rows)
+
+
+def write_cases(root, cases):
+    if "cached-read" in cases:
+        random_file(os.path.join(root, "cr/big-1GiB.bin"), 1024 * MiB)
+    if "first-byte" in cases or "tail-read" in cases or "cpu-share" in cases:
+        # The backlog: sparse on the server's disk (it still sends every byte).
+        os.makedirs(os.path.join(root, "bl/backlog"), exist_ok=True)
+        for i in range(128):
+            with open(os.path.join(root, "bl/backlog/obj-%03d.bin" % i), "wb") as f:
+                f.truncate(32 * MiB)
+    if "first-byte" in cases:
+        random_file(os.path.join(root, "bl/zz/first-64MiB.bin"), 64 * MiB)
+        random_file(os.path.join(root, "bl/zz/whole-64MiB.bin"), 64 * MiB)
+    if "tail-read" in cases:
+        random_file(os.path.join(root, "bl/zz/tail-1GiB.bin"), 1024 * MiB)
+    if "walk-stat" in cases:
+        for d in range(100):
+            os.makedirs(os.path.join(root, "ws/d-%03d" % d))
+            for i in range(100):
+                with open(os.path.join(root, "ws/d-%03d/f-%03d.bin" % (d, i)), "wb") as f:
+                    f.write(os.urandom(1024))
+    if "parquet" in cases:
+        write_parquet(os.path.join(root, "pq/data-2GiB.parquet"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sets", help="the sets of bench.sh")
+    p.add_argument("root")
+    p.add_argument("sets", nargs="+", choices=sorted(SETS), metavar="SET")
+    p = sub.add_parser("cases", help="the files of bench_mount.sh's cases")
+    p.add_argument("root")
+    p.add_argument("cases", nargs="+", choices=CASES, metavar="CASE")
+    args = parser.parse_args()
+    if args.command == "sets":
+        write_sets(args.root, args.sets)
+    else:
+        write_cases(args.root, set(args.cases))
+
+
+if __name__ == "__main__":
+    main()
