@@ -1349,6 +1349,7 @@ mod tests {
         // A part not fetched before the change cannot be read from this version any more.
         let err = vfs.read(opened.fh, 5 * PART, 10).await.unwrap_err();
         assert!(err.to_string().contains("changed"), "{err}");
+        assert_eq!(err.errno(), libc::EIO, "{err}");
         // What was read of the old version still reads the same.
         assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
         held.gate.add_permits(1000);
@@ -1360,6 +1361,29 @@ mod tests {
             read_all(&vfs, "m/big").await.unwrap(),
             vec![2; (20 * PART) as usize]
         );
+    }
+
+    /// A read of bytes of an object deleted since the file was opened fails with ENOENT, as a
+    /// read of a file removed under its reader; what was read before still reads.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_of_an_object_deleted_since_the_open_fails_with_enoent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mem = MemoryStore::new("bkt");
+        mem.put("p/big", vec![1; (20 * PART) as usize]);
+        let held = Held::new(mem.clone(), |key, start| {
+            key == "p/big" && ![10 * PART, 5 * PART].contains(&start)
+        });
+        let (vfs, _engine) = vfs_over(held.clone(), tmp.path()).await;
+        let opened = vfs.open(path_ino(&vfs, "m/big").unwrap()).await.unwrap();
+        let here = 10 * PART;
+        assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
+
+        mem.delete("p/big");
+        let err = vfs.read(opened.fh, 5 * PART, 10).await.unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT, "{err}");
+        assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
+        held.gate.add_permits(1000);
+        vfs.release(opened.fh);
     }
 
     #[tokio::test(flavor = "multi_thread")]
