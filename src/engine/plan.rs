@@ -215,4 +215,180 @@ mod tests {
             }]
         );
     }
+
+    /// The planner against a reference model: the rules of a pass, said per path as plainly as
+    /// possible, checked on random listings, manifests and local states.
+    mod model {
+        use super::*;
+        use crate::paths::{Mapped, ancestors, map_key};
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        /// A path of one to three components from a small alphabet, so that paths meet: the
+        /// same path as file and directory, a parent and its child.
+        fn rel() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", ".."]), 1..=3)
+                .prop_map(|c| c.join("/"))
+        }
+
+        fn local() -> impl Strategy<Value = Local> {
+            prop_oneof![
+                Just(Local::Missing),
+                (0u64..3).prop_map(|size| Local::File { size }),
+                Just(Local::Other),
+            ]
+        }
+
+        #[derive(Debug)]
+        struct Case {
+            prefix: String,
+            remote: Vec<ObjectMeta>,
+            manifest: BTreeMap<String, Entry>,
+            local: BTreeMap<String, Local>,
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            // A version: a folder marker (or a directory entry) or not, a size, an ETag.
+            let version = || {
+                (
+                    any::<bool>(),
+                    0u64..3,
+                    prop::sample::select(vec!["e1", "e2"]),
+                )
+            };
+            (
+                prop::sample::select(vec!["", "p/"]),
+                prop::collection::vec((rel(), version()), 0..12),
+                prop::collection::vec((rel(), version()), 0..12),
+                prop::collection::vec((rel(), local()), 0..12),
+            )
+                .prop_map(|(prefix, objects, entries, local)| {
+                    let mut keys = BTreeSet::new();
+                    let remote = objects
+                        .into_iter()
+                        .map(|(rel, (marker, size, etag))| {
+                            let key = format!("{prefix}{rel}{}", if marker { "/" } else { "" });
+                            obj(&key, etag, if marker { 0 } else { size })
+                        })
+                        // A listing names each key once.
+                        .filter(|o| keys.insert(o.key.clone()))
+                        .collect();
+                    let manifest = entries
+                        .into_iter()
+                        .map(|(rel, (dir, size, etag))| {
+                            let e = Entry {
+                                dir,
+                                ..entry(&format!("{prefix}{rel}"), etag, size)
+                            };
+                            (rel, e)
+                        })
+                        .collect();
+                    Case {
+                        prefix: prefix.to_owned(),
+                        remote,
+                        manifest,
+                        local: local.into_iter().collect(),
+                    }
+                })
+        }
+
+        /// What the pass should do, path by path.
+        struct Expected {
+            fetch: BTreeMap<String, bool>,
+            delete: BTreeSet<(String, bool)>,
+            dirs: BTreeSet<String>,
+            unchanged: usize,
+            skipped: BTreeSet<String>,
+        }
+
+        fn expected(c: &Case) -> Expected {
+            let (mut files, mut dirs, mut skipped) =
+                (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
+            for o in &c.remote {
+                match map_key(&c.prefix, &o.key) {
+                    Ok(Mapped::File(p)) => drop(files.insert(p, o)),
+                    Ok(Mapped::Dir(p)) => drop(dirs.insert(p, o)),
+                    Ok(Mapped::Root) => {}
+                    Err(_) => drop(skipped.insert(o.key.clone())),
+                }
+            }
+            // Every directory on the way to a file or a folder marker exists.
+            let mut all_dirs: BTreeSet<String> = dirs.keys().cloned().collect();
+            for p in files.keys().chain(dirs.keys()) {
+                all_dirs.extend(ancestors(p).map(str::to_owned));
+            }
+            // A path cannot be a file and a directory: the file is skipped.
+            files.retain(|p, o| {
+                let conflict = all_dirs.contains(p);
+                if conflict {
+                    skipped.insert(o.key.clone());
+                }
+                !conflict
+            });
+            let mut e = Expected {
+                fetch: BTreeMap::new(),
+                delete: BTreeSet::new(),
+                dirs: dirs.keys().cloned().collect(),
+                unchanged: 0,
+                skipped,
+            };
+            // Only the tool's own entries are deleted, and only those no longer listed.
+            for (p, entry) in &c.manifest {
+                let listed = match entry.dir {
+                    true => all_dirs.contains(p),
+                    false => files.contains_key(p),
+                };
+                if !listed {
+                    e.delete.insert((p.clone(), entry.dir));
+                }
+            }
+            for (p, o) in &files {
+                let on_disk = c.local.get(p).copied().unwrap_or(Local::Missing);
+                let ours = c.manifest.get(p).filter(|m| !m.dir);
+                let same = ours.is_some_and(|m| m.etag == o.etag && m.size == o.size)
+                    && on_disk == (Local::File { size: o.size });
+                if same {
+                    e.unchanged += 1;
+                } else {
+                    // An update replaces a file of the tool's own that is still there.
+                    let update = ours.is_some() && matches!(on_disk, Local::File { .. });
+                    e.fetch.insert(p.clone(), update);
+                }
+            }
+            e
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn the_plan_is_what_the_rules_say(c in case()) {
+                let got = plan(&c.prefix, &c.remote, &c.manifest, |p| {
+                    c.local.get(p).copied().unwrap_or(Local::Missing)
+                });
+                let want = expected(&c);
+                let fetch: BTreeMap<String, bool> =
+                    got.fetch.iter().map(|f| (f.path.clone(), f.update)).collect();
+                prop_assert_eq!(fetch.len(), got.fetch.len(), "a path fetched twice");
+                prop_assert_eq!(fetch, want.fetch);
+                let delete: BTreeSet<(String, bool)> =
+                    got.delete.iter().map(|d| (d.path.clone(), d.dir)).collect();
+                prop_assert_eq!(delete, want.delete);
+                let dirs: BTreeSet<String> = got.dirs.iter().map(|(p, _)| p.clone()).collect();
+                prop_assert_eq!(dirs, want.dirs);
+                prop_assert_eq!(got.unchanged, want.unchanged);
+                let skipped: BTreeSet<String> = got.skipped.iter().map(|(k, _)| k.clone()).collect();
+                prop_assert_eq!(skipped, want.skipped);
+                prop_assert_eq!(got.listed, c.remote.len());
+                // Children before their parents, so that directories are empty when removed.
+                for (i, d) in got.delete.iter().enumerate() {
+                    for later in &got.delete[i + 1..] {
+                        prop_assert!(
+                            !later.path.starts_with(&format!("{}/", d.path)),
+                            "{} is deleted after its parent {}", later.path, d.path
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
