@@ -7,6 +7,7 @@
 //! are never stitched together.
 
 pub mod local_http;
+#[cfg(any(test, feature = "test-store"))]
 pub mod memory;
 pub mod s3;
 
