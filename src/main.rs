@@ -50,9 +50,8 @@ fn runtime(on_thread_start: fn()) -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` says otherwise). glibc gives
 /// threads that allocate at once arenas of their own, up to eight per core, and memory freed in
-/// one is not reused by another: with the runtime's worker and blocking threads, a mount of
-/// 100,000 objects peaked at 320 MiB of resident memory, against 167 MiB with two arenas, at the
-/// same download speed.
+/// one is not reused by another, so the runtime's many threads grow resident memory for no gain
+/// in speed (measurements: docs/PERFORMANCE.md, "Malloc arenas").
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

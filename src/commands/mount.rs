@@ -462,11 +462,9 @@ fn age(at: Option<SystemTime>, now: SystemTime) -> String {
 }
 
 /// GETs at once against a server on this machine: at most two per CPU. Such a server shares the
-/// CPUs with us, so a few streams already take all it can send (on 2 CPUs, 4 GETs at once
-/// downloaded a 4 GiB backlog as fast as 20); and each GET the background download pauses for
-/// a reader lets the server fill its send buffer (4 MiB) first, which it copies while the
-/// reader's GET waits: under the backlog the last 1 MiB of a file read in a median 3.9 ms with
-/// 4 GETs against 7.4 ms with 20 (12 new mounts each, side by side).
+/// CPUs with us, so a few streams already take all it can send, and each GET the background
+/// download pauses for a reader lets the server fill its send buffer first, which it copies
+/// while the reader's GET waits (measurements: docs/PERFORMANCE.md, "GETs to a local server").
 fn local_server_concurrency(requested: usize, endpoint: Option<&str>, cpus: usize) -> usize {
     if endpoint.is_some_and(crate::store::local_http::is_local_http) {
         requested.min(2 * cpus)
@@ -475,15 +473,16 @@ fn local_server_concurrency(requested: usize, endpoint: Option<&str>, cpus: usiz
     }
 }
 
-/// How much lower than the readers' the background download's CPU priority is (a nice value).
+/// How much lower than the readers' the background download's CPU priority is (a nice value;
+/// see [`lower_thread_priority`]).
 const BACKGROUND_NICENESS: libc::c_int = 10;
 
 /// Lowers the CPU priority of the calling thread to `BACKGROUND_NICENESS` below the main
 /// thread's (threads it starts inherit it; calling it again there changes nothing). A thread of
 /// the background download then yields the CPU whenever the FUSE threads, the readers' runtime
-/// or the user's own programs (a notebook computing on the files it read) have work: the
-/// backlog takes the idle cycles and slows none of them. Only this thread: on Linux a nice
-/// value belongs to a thread.
+/// or the user's own programs have work, so the backlog slows none of them (measurements:
+/// docs/PERFORMANCE.md, "Background priority"). Only this thread: on Linux a nice value
+/// belongs to a thread.
 pub fn lower_thread_priority() {
     // SAFETY: getpid, gettid, getpriority and setpriority have no memory-safety
     // preconditions; raising a thread's own nice value needs no privilege.
@@ -496,14 +495,11 @@ pub fn lower_thread_priority() {
 }
 
 /// Moves the calling thread to the idle scheduling class (`SCHED_IDLE`): it runs only on CPU
-/// time no other thread wants, and a thread of any other class that wakes preempts it at once.
-/// A lower nice value alone (as on the rest of the background download) does not do that: the
-/// scheduler lets the running thread finish its time slice, and a thread streaming bytes runs
-/// for milliseconds without sleeping. Measured side by side, 14 new mounts each, alternating,
-/// under a 4 GiB backlog: the last 1 MiB of a 1 GiB file took a median 19.6 ms with the
-/// streaming threads idle, 24.3 ms with them at nice 10; the backlog downloaded as fast.
-/// Only the streaming threads: listing, planning and committing (which hold the locks readers
-/// take, and keep the listing fresh) keep a share of a busy CPU at nice 10.
+/// time no other thread wants, and a thread of any other class that wakes preempts it at once,
+/// where a lower nice value lets a thread streaming bytes finish its time slice (measurements:
+/// docs/PERFORMANCE.md, "Idle streaming threads"). Only the streaming threads: listing,
+/// planning and committing (which hold the locks readers take, and keep the listing fresh)
+/// keep a share of a busy CPU at nice 10.
 pub fn idle_thread_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler only reads `param`; for the calling thread (0), moving to the

@@ -53,10 +53,8 @@ pub struct EngineConfig {
     /// Start the bulk lane with [`SLOW_START_GETS`] GETs and add one every
     /// [`SLOW_START_STEP`] up to `concurrency` (mount mode): a new mount's first reads come
     /// while its background download starts, and GETs all starting at once keep a server (one
-    /// on this machine, and our own cores) busiest just then. Measured side by side on a local
-    /// server, alternating new mounts under a 4 GiB backlog, medians: the last 1 MiB of a file
-    /// read 1 s after mounting 12.2 ms against 19.8 ms (16 each), the first byte of another
-    /// 12.4 ms against 17.4 ms (12 each); the backlog took as long (4 s).
+    /// on this machine, and our own cores) busiest just then (measurements:
+    /// docs/PERFORMANCE.md, "Slow start").
     pub slow_start: bool,
 }
 
@@ -68,10 +66,8 @@ pub const SLOW_START_STEP: std::time::Duration = std::time::Duration::from_milli
 /// How long the bulk lane keeps holding back after the last reader's fetch ends: a reader's
 /// next requests (the rest of a read the kernel cut into 128 KiB pieces, the next row group)
 /// come within milliseconds, and would otherwise meet a backlog just restarted, its server (on
-/// this machine, sharing the cores) busy again. Measured side by side on a local server, 16
-/// alternating new mounts each under a 4 GiB backlog, three times: a whole 64 MiB file not
-/// downloaded yet read in a median 67, 63 and 64 ms against 72, 72 and 80 ms without; reads of
-/// a few bytes no different (the last MiB of a file 5.5, 6.5, 5.5 against 6.7, 6.5, 4.7 ms).
+/// this machine, sharing the cores) busy again (measurements: docs/PERFORMANCE.md, "Reader
+/// grace").
 pub const READER_GRACE: Duration = Duration::from_millis(20);
 
 pub(crate) struct Shared {

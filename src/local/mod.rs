@@ -11,9 +11,9 @@
 //!   The record never claims a range before its bytes are written, so after a crash the next run
 //!   fetches only what is missing. It has two slots (`.json`, `.1.json`), overwritten in place
 //!   in turn, each write numbered: the newest intact one is read, so a write cut short leaves
-//!   the one before. (Replacing the record by `rename` instead frees the old record's blocks
-//!   while the directory is locked: on a busy disk, with online discard, that took tens of
-//!   milliseconds, and every reader's open of a file not yet downloaded waited for it.)
+//!   the one before. (Not replaced by `rename`: that frees the old record's blocks while the
+//!   directory is locked, and a reader's open of a file not yet downloaded waits for it;
+//!   measurements: docs/PERFORMANCE.md, "Partial-download records".)
 //! - The tool never writes or deletes through a symbolic link: the directories on the way to a
 //!   final path are opened one at a time with `O_NOFOLLOW`, files are renamed into and unlinked
 //!   from those open directories (so a link swapped in meanwhile is not followed either), and

@@ -237,7 +237,7 @@ impl Record {
     /// Writes the record, with `present` added, over the older slot: one write, padded with
     /// spaces over the end of a longer earlier record (JSON ignores them). Nothing is created,
     /// truncated or renamed after the slot's first write, so no block is freed and the
-    /// directory is not locked.
+    /// directory is not locked (measurements: docs/PERFORMANCE.md, "Partial-download records").
     fn write(&mut self, present: &RangeSet) -> io::Result<()> {
         for r in present.iter() {
             self.record.present.insert(r);

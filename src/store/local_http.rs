@@ -2,14 +2,12 @@
 //! loopback address), used for the background download: hyper's client, with a small socket
 //! receive buffer on each connection.
 //!
-//! Such a server shares the cores with us and with the reader. Linux grows a connection's
-//! receive buffer to several MiB while a download streams, so when the background download
-//! pauses for a reader, the server still copies tens of MiB (2 to 7 MiB for each of 20
-//! connections, measured with `ss`) into those buffers before it rests, and answers the
-//! reader's GET late: 10 to 35 ms, against 0.5 ms once it rests (tcpdump on loopback). With a
-//! small buffer the server stops within a few hundred KiB. Over loopback the round trip takes
-//! microseconds, so a small window does not limit the download's speed; a remote server keeps
-//! the SDK's client, whose buffers grow with the round trip as they must.
+//! Such a server shares the cores with us and with the reader, and Linux grows a connection's
+//! receive buffer to several MiB while a download streams: when the background download pauses
+//! for a reader, the server would fill those buffers before it rests, and answer the reader's
+//! GET late (measurements: docs/PERFORMANCE.md, "Receive buffers"). Over loopback a small
+//! window does not limit the download's speed; a remote server keeps the SDK's client, whose
+//! buffers grow with the round trip as they must.
 
 use aws_smithy_runtime_api::client::http::{
     HttpConnector, HttpConnectorFuture, SharedHttpClient, SharedHttpConnector, http_client_fn,
