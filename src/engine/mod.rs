@@ -94,31 +94,6 @@ pub(crate) struct Shared {
     cancel: CancellationToken,
 }
 
-impl Shared {
-    pub(crate) fn urgent_started(&self) {
-        self.urgent_active.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The last urgent download's end frees the bulk lane [`READER_GRACE`] later.
-    pub(crate) fn urgent_ended(self: &Arc<Self>) {
-        if self.urgent_active.load(Ordering::SeqCst) == 1 {
-            let shared = self.clone();
-            self.readers.spawn(async move {
-                tokio::time::sleep(READER_GRACE).await;
-                shared.urgent_released();
-            });
-        } else {
-            self.urgent_released();
-        }
-    }
-
-    fn urgent_released(&self) {
-        if self.urgent_active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.urgent_idle.notify_waiters();
-        }
-    }
-}
-
 pub struct Engine {
     shared: Arc<Shared>,
 }

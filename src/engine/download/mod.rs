@@ -1,0 +1,323 @@
+//! Downloading one object with concurrent ranged GETs, then committing it.
+//!
+//! A small object is one GET into memory, then a staging file. A large one is a [`Download`]:
+//! its bytes land in a resumable partial file as they arrive, in the order they are claimed:
+//! bulk workers claim the lowest missing part, and a reader waiting for a byte range claims the
+//! megabyte around it ahead of them, on the priority lane ([`Download::read_ready`]); while a
+//! reader waits, bulk GETs hold back (`hold_back`), and for [`super::READER_GRACE`] after.
+//!
+//! Every GET of one object carries the ETag from the listing (`If-Match`). When the store says the
+//! object changed, the partial download is thrown away, the object is looked up again and the
+//! download restarts with the new version: parts of two versions are never stitched together.
+//! Transient failures of a GET retry what of it did not land, with backoff; the GET permit is
+//! released while it waits.
+//!
+//! Rooms: this file (one object's download, small or large, and its errors), [`flight`] (the
+//! registry of downloads in flight, shared by whoever wants the same file), [`reader`] (a
+//! reader's entry points), [`large`] (a large object's download into its partial file, and what
+//! readers wait on), [`lanes`] (the bulk and urgent GET permits, and the bulk lane holding back
+//! for readers), [`get`] (one ranged GET streamed into a file).
+
+mod flight;
+mod get;
+mod lanes;
+mod large;
+mod reader;
+
+pub(crate) use flight::Flight;
+pub use large::Download;
+pub use reader::Reader;
+pub(crate) use reader::{reader, reader_now};
+
+use flight::{FlightGuard, Registered, register, run};
+use get::{download_part, write_all_vectored_at};
+use lanes::{is_urgent, permit};
+
+use super::{MountState, Shared};
+use crate::local::{LocalError, Staged};
+use crate::ranges::RangeSet;
+use crate::retry::{Transient, retry};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::tasks::joined;
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{Notify, SemaphorePermit, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Times a download restarts because the object changed under it, within one pass.
+const MAX_VERSION_RESTARTS: u32 = 5;
+/// Bytes buffered per GET before they are written out...
+const WRITE_BATCH: usize = 1 << 20;
+/// ...and for a reader waiting on them, who can have them as soon as they are written.
+const URGENT_BATCH: usize = 128 << 10;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Written {
+        bytes: u64,
+    },
+    /// The object was deleted after it was listed.
+    Gone,
+}
+
+/// Why a download failed, for whoever waits on it: a reader's errno follows from its kind.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("\"{key}\": {reason}")]
+pub struct FetchError {
+    pub key: String,
+    pub kind: FetchKind,
+    pub reason: String,
+}
+
+/// What went wrong with a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// The object changed after it was listed (or opened): the version asked for is gone.
+    Changed,
+    /// The object was deleted.
+    Gone,
+    /// The store refused, or kept failing after the retries.
+    Store,
+    /// The local copy could not be written: `errno` where the system gave one (ENOSPC).
+    Local { errno: Option<i32> },
+    /// The download was cancelled: the process is stopping.
+    Cancelled,
+}
+
+impl FetchError {
+    /// The error of a download of `key` that failed with `e`; `reason` says it to the user.
+    fn of(key: &str, e: &PartError, reason: String) -> Self {
+        let kind = match e {
+            PartError::Store(StoreError::PreconditionFailed { .. }) => FetchKind::Changed,
+            PartError::Store(StoreError::NoSuchKey { .. }) => FetchKind::Gone,
+            PartError::Store(_) => FetchKind::Store,
+            PartError::Write(e) | PartError::Local(LocalError::Io { source: e, .. }) => {
+                FetchKind::Local {
+                    errno: e.raw_os_error(),
+                }
+            }
+            PartError::Local(_) => FetchKind::Local { errno: None },
+            PartError::Failed(f) => f.kind,
+        };
+        Self {
+            key: key.to_owned(),
+            kind,
+            reason,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the staging file: {0}")]
+    Write(#[from] io::Error),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// A download that failed for a reason already told to its readers.
+    #[error("{}", .0.reason)]
+    Failed(FetchError),
+}
+
+impl Transient for PartError {
+    fn is_transient(&self) -> bool {
+        matches!(self, PartError::Store(e) if e.is_transient())
+    }
+}
+
+/// Everything one object's download needs, shared by its part tasks.
+struct Job {
+    shared: Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    flight: Arc<Flight>,
+}
+
+impl Job {
+    fn new(guard: &FlightGuard, mount: Arc<MountState>, store: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(Self {
+            shared: guard.shared.clone(),
+            mount,
+            store,
+            flight: guard.flight.clone(),
+        })
+    }
+}
+
+/// Downloads `meta` to `path` under the mount directory and records it in the manifest. When
+/// the same file is already downloading, waits for that download instead (hurrying it along
+/// when `urgent`).
+pub(crate) async fn fetch(
+    shared: Arc<Shared>,
+    mount: Arc<MountState>,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    path: String,
+    urgent: bool,
+) -> Result<Outcome, FetchError> {
+    match register(&shared, &mount, &path, urgent) {
+        Registered::Joined(flight) => flight.wait().await,
+        Registered::New(guard) => {
+            let job = Job::new(&guard, mount, store);
+            run(guard, job, meta, path, None).await
+        }
+    }
+}
+
+fn is_small(shared: &Shared, meta: &ObjectMeta) -> bool {
+    meta.size <= shared.part_size.min(WRITE_BATCH as u64)
+}
+
+async fn download(
+    job: &Arc<Job>,
+    mut meta: ObjectMeta,
+    path: &str,
+    mut prepared: Option<Arc<Download>>,
+) -> Result<Outcome, FetchError> {
+    let fail = |e: PartError, key: &str| FetchError::of(key, &e, e.to_string());
+    for _ in 0..MAX_VERSION_RESTARTS {
+        let result = if is_small(&job.shared, &meta) {
+            fetch_small(job, &meta, path).await
+        } else {
+            fetch_large(job, &meta, path, prepared.take()).await
+        };
+        match result {
+            Ok(()) => return Ok(Outcome::Written { bytes: meta.size }),
+            Err(PartError::Store(StoreError::PreconditionFailed { .. })) => {
+                tracing::info!(key = %meta.key, "object changed during download; starting again");
+                match retry("head", || job.store.head(&meta.key)).await {
+                    Ok(Some(new)) => meta = new,
+                    Ok(None) => return Ok(Outcome::Gone),
+                    Err(e) => return Err(fail(e.into(), &meta.key)),
+                }
+            }
+            // Deleted between the listing and the GET: nothing to copy, nothing failed.
+            Err(PartError::Store(StoreError::NoSuchKey { .. })) => return Ok(Outcome::Gone),
+            Err(e) => return Err(fail(e, &meta.key)),
+        }
+    }
+    Err(FetchError {
+        key: meta.key,
+        kind: FetchKind::Changed,
+        reason:
+            "the object kept changing while it was downloaded; it will be tried again next pass"
+                .into(),
+    })
+}
+
+/// A small object is read into memory with one GET, then staged, written and committed in one
+/// blocking call: one hand-off to the blocking pool per file instead of three.
+async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
+    let data = match &job.shared.stream {
+        _ if meta.size == 0 => Vec::new(),
+        // In the background: streamed on its runtime. (When a reader waits for the file, or
+        // there is no such runtime, fetched here.)
+        Some(stream) if !is_urgent(job, &|| false) => {
+            let (job, meta) = (job.clone(), meta.clone());
+            joined(stream.spawn(async move {
+                download_part(&job, &meta, 0..meta.size, None, &|| false, None).await
+            }))
+            .await??
+        }
+        _ => download_part(job, meta, 0..meta.size, None, &|| false, None).await?,
+    };
+    let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
+    joined(tokio::task::spawn_blocking(move || {
+        let staged = job.shared.root.stage(0)?;
+        write_all_vectored_at(&staged.file(), &data, 0)?;
+        Ok(job.mount.copy.commit(staged, &path, &meta)?)
+    }))
+    .await?
+}
+
+/// Opens (or resumes) the partial file of a large download and publishes the download to its
+/// readers.
+fn stage(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> {
+    let id = &job.mount.mount.id;
+    let (staged, present) = job
+        .shared
+        .root
+        .partial(id, &meta.key, &meta.etag, meta.size)?;
+    if !present.is_empty() {
+        tracing::debug!(key = %meta.key, present = present.bytes(), "resuming a partial download");
+    }
+    let download = Arc::new(Download::new(job.clone(), meta.clone(), staged, present));
+    job.flight.download.send_replace(Some(download.clone()));
+    Ok(download)
+}
+
+/// A large object is written into its partial file as its bytes arrive: bulk workers fetch the
+/// missing parts in order while readers may fetch the bytes they need first.
+async fn fetch_large(
+    job: &Arc<Job>,
+    meta: &ObjectMeta,
+    path: &str,
+    prepared: Option<Arc<Download>>,
+) -> Result<(), PartError> {
+    let download = match prepared {
+        Some(download) => download,
+        None => {
+            let (job, meta) = (job.clone(), meta.clone());
+            joined(tokio::task::spawn_blocking(move || stage(&job, &meta))).await??
+        }
+    };
+
+    let mut workers = JoinSet::new();
+    let missing = {
+        let parts = download.parts.lock();
+        parts.unclaimed(0..parts.size).count()
+    };
+    let shared = &job.shared;
+    let stream = shared.stream.as_ref().unwrap_or(&shared.bulk);
+    for _ in 0..missing.min(shared.files_in_flight) {
+        let (job, download) = (job.clone(), download.clone());
+        workers.spawn_on(
+            async move {
+                loop {
+                    let permit = permit(&job, &|| false).await;
+                    let Some(piece) = download.claim_next() else {
+                        return;
+                    };
+                    if !download.fetch_piece(piece, false, Some(permit)).await {
+                        return;
+                    }
+                }
+            },
+            stream,
+        );
+    }
+    // Complete, or failed (a worker's part or a reader's): then the other workers stop.
+    let failed = download.wait_for(0..meta.size, || {}).await.err();
+    workers.shutdown().await;
+    let staged = download.staged.lock().take().expect("committed once");
+    if let Some(failure) = failed {
+        job.flight.download.send_replace(None);
+        let error = download.parts.lock().error.take();
+        if matches!(
+            error,
+            Some(PartError::Store(
+                StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }
+            ))
+        ) {
+            // Parts of that version are of no use any more. Awaited: the next try reuses the
+            // same partial path, which a late discard would delete under it.
+            joined(tokio::task::spawn_blocking(move || staged.discard())).await?;
+        }
+        return Err(error.unwrap_or(PartError::Failed(failure)));
+    }
+    let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
+    joined(tokio::task::spawn_blocking(move || {
+        Ok(job.mount.copy.commit(staged, &path, &meta)?)
+    }))
+    .await?
+}
