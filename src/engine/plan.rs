@@ -80,7 +80,11 @@ pub fn plan(
         let have = manifest.get(&path).filter(|e| !e.dir);
         let on_disk = local(&path);
         match (have, on_disk) {
-            (Some(e), Local::File { size }) if e.etag == meta.etag && size == meta.size => {
+            // The recorded version is the listed one, and the file on disk has its size: the
+            // same rule as `MountCopy::holds`, which a mount's open follows.
+            (Some(e), Local::File { size })
+                if e.etag == meta.etag && e.size == meta.size && size == meta.size =>
+            {
                 out.unchanged += 1;
             }
             (Some(_), Local::File { .. }) => out.fetch.push(Fetch {
@@ -145,6 +149,18 @@ mod tests {
         let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
         assert!(p.fetch.is_empty());
         assert_eq!(p.unchanged, 1);
+    }
+
+    /// Found by the model test: a recorded size other than the listed one (same ETag) is not
+    /// the listed version, even when the file on disk has the listed size; a mount's open
+    /// would not serve it either.
+    #[test]
+    fn a_recorded_size_other_than_the_listed_one_fetches_again() {
+        let remote = [obj("a", "1", 5)];
+        let manifest = BTreeMap::from([("a".to_string(), entry("a", "1", 6))]);
+        let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
+        assert_eq!(fetched(&p), [("a", true)]);
+        assert_eq!(p.unchanged, 0);
     }
 
     #[test]
