@@ -11,7 +11,9 @@
 //! opened, so a reader keeps the version it opened even when a refresh replaces the file (the
 //! rename leaves the old file alive for open handles).
 //!
-//! Lock order: `tree` alone; it is never held across an `.await` or file I/O.
+//! Lock order: `tree`, then one of the maps (`known`, `retired`, `versions`: a `DashMap` shard
+//! lock for one operation), never the other way round; `handles` is taken alone. None is held
+//! across an `.await` or file I/O.
 //!
 //! Rooms: [`tree`] (inodes and attributes), [`handle`] (open files and read-ahead), [`error`]
 //! (failures and their errno).

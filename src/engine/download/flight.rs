@@ -1,5 +1,9 @@
 //! The registry of downloads in flight: one per file, shared by the bulk pass that started it
 //! and every reader that asked for it since.
+//!
+//! Locks: the registry (`Shared::flights`, a `DashMap`) holds an entry's shard lock only while a
+//! download registers or joins (never across an `.await`, never with another lock); a flight's
+//! state is atomics and `watch` channels, which take no lock a caller holds.
 
 use super::*;
 

@@ -1,5 +1,9 @@
 //! A large object's download into its resumable partial file: which bytes are where, who
 //! fetches what, and what readers wait on.
+//!
+//! Lock order: a download's `parts` and `staged` are never held together, nor with any other
+//! lock, nor across an `.await`. `parts` is held for bookkeeping in memory only (no I/O);
+//! `staged` for one record write (on the blocking pool) or for taking the file to commit it.
 
 use super::*;
 
@@ -11,6 +15,8 @@ pub struct Download {
     /// Shared with record writes on the blocking pool: those capture only this, so a write still
     /// running after its task was aborted holds no engine state (such as the cache's lock).
     pub(super) staged: Arc<Mutex<Option<Staged>>>,
+    /// Which bytes are present, claimed, wanted; why the download failed. Guarded by its own
+    /// lock (see the lock order above).
     pub(super) parts: Mutex<Parts>,
     /// Bumped whenever bytes land, a fetch is given up, or the download fails.
     pub(super) changed: watch::Sender<u64>,
