@@ -27,7 +27,7 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use dashmap::DashMap;
 use download::Outcome;
-pub use download::{Download, FetchError, FetchKind, Reader};
+pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};

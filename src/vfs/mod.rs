@@ -26,7 +26,7 @@ pub use error::FsError;
 pub use handle::Opened;
 pub use tree::{Attr, Kind, ROOT};
 
-use crate::engine::{Engine, MountState, Reader};
+use crate::engine::{Engine, MountState, ReadAhead, Reader};
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
 use dashmap::{DashMap, DashSet};
@@ -358,8 +358,7 @@ impl Vfs {
             Arc::new(Handle {
                 file,
                 download,
-                next: AtomicU64::new(0),
-                window: AtomicU64::new(0),
+                read_ahead: ReadAhead::default(),
             }),
         );
         Ok(Opened {
@@ -385,11 +384,8 @@ impl Vfs {
             if !d.is_present(offset..end) {
                 return None;
             }
-            handle.read_ahead(d, offset, end);
+            handle.read_ahead.after_read(d, offset, end);
         }
-        handle
-            .next
-            .store(offset + u64::from(size), Ordering::Relaxed);
         Some(pread(&handle.file, offset, size))
     }
 
@@ -405,9 +401,8 @@ impl Vfs {
             // What comes after the read is fetched once the read is served: fetched at the same
             // time, it delays the read's own GET at the server.
             d.read_ready(offset..end).await?;
-            handle.read_ahead(d, offset, end);
+            handle.read_ahead.after_read(d, offset, end);
         }
-        handle.next.store(end, Ordering::Relaxed);
         pread(&handle.file, offset, size)
     }
 

@@ -234,7 +234,7 @@ impl Download {
     /// Fetches `range` ahead of a sequential reader, without waiting for it: from the end of
     /// the stretch a read at its start would fetch, to a multiple of its length (a part at
     /// most), so that a reader's window moving forward claims pieces of about its size.
-    pub fn prefetch(self: &Arc<Self>, range: Range<u64>) {
+    fn prefetch(self: &Arc<Self>, range: Range<u64>) {
         let range = self.parts.lock().ahead(&range);
         self.fetch_unclaimed(range);
     }
@@ -295,6 +295,38 @@ impl Download {
             .await;
         tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
         result
+    }
+}
+
+/// How far ahead of a sequential reader a downloading file is fetched: at first (a reader of a
+/// header reads a few bytes and stops) ...
+const MIN_AHEAD: u64 = 1 << 20;
+/// ... and at most.
+const READ_AHEAD: u64 = 16 << 20;
+
+/// One reader's read-ahead in a download: a read that starts where its last one ended is
+/// sequential and gets the next stretch fetched ahead of it, a window that doubles with each
+/// sequential read from [`MIN_AHEAD`] up to [`READ_AHEAD`] and starts over after a random read,
+/// which fetches nothing ahead.
+#[derive(Default)]
+pub struct ReadAhead {
+    /// Where the last read ended.
+    next: AtomicU64,
+    /// The window of the last sequential read; 0 after a random one.
+    window: AtomicU64,
+}
+
+impl ReadAhead {
+    /// After a read of `offset..end` of `download` (its bytes present): fetches ahead of it
+    /// when it was sequential.
+    pub fn after_read(&self, download: &Arc<Download>, offset: u64, end: u64) {
+        if self.next.swap(end, Ordering::Relaxed) != offset {
+            self.window.store(0, Ordering::Relaxed);
+            return;
+        }
+        let window = (self.window.load(Ordering::Relaxed) * 2).clamp(MIN_AHEAD, READ_AHEAD);
+        self.window.store(window, Ordering::Relaxed);
+        download.prefetch(end..end + window);
     }
 }
 

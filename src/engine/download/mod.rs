@@ -25,7 +25,7 @@ mod large;
 mod reader;
 
 pub(crate) use flight::Flight;
-pub use large::Download;
+pub use large::{Download, ReadAhead};
 pub use reader::Reader;
 pub(crate) use reader::{reader, reader_now};
 
