@@ -44,7 +44,10 @@ pub enum StoreError {
     },
     /// The server does not accept the credentials themselves: a wrong key, a wrong secret, an
     /// expired session. `code` is the server's error code.
-    #[error("the server does not accept the credentials: {} ({code})", credentials_hint(.code))]
+    #[error(
+        "the server does not accept the credentials: {} ({code})",
+        credentials_hint(.code).unwrap_or("check the access key and secret key")
+    )]
     Credentials { code: String },
     #[error("object \"{key}\" does not exist")]
     NoSuchKey { key: String },
@@ -64,9 +67,10 @@ fn key_suffix(key: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// What to check, for each error code of credentials that S3 sends.
-fn credentials_hint(code: &str) -> &'static str {
-    match code {
+/// What to check, for each error code S3 answers for credentials it does not accept; `None` for
+/// every other code (a missing permission is `AccessDenied`).
+pub(crate) fn credentials_hint(code: &str) -> Option<&'static str> {
+    Some(match code {
         "InvalidAccessKeyId" => {
             "it does not know the access key (check AWS_ACCESS_KEY_ID or the profile's \
              aws_access_key_id)"
@@ -79,22 +83,12 @@ fn credentials_hint(code: &str) -> &'static str {
             "the session has expired (renew the credentials, e.g. with `aws sso login`)"
         }
         "InvalidToken" => "the session token is not valid (check AWS_SESSION_TOKEN)",
-        _ => "check the access key and secret key",
-    }
+        "InvalidSecurity" => "check the access key and secret key",
+        _ => return None,
+    })
 }
 
 impl StoreError {
-    /// The error codes S3 answers for credentials it does not accept (not for a missing
-    /// permission, which is `AccessDenied`).
-    pub const CREDENTIALS_CODES: [&'static str; 6] = [
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "TokenRefreshRequired",
-        "InvalidToken",
-        "InvalidSecurity",
-    ];
-
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient(_))
     }

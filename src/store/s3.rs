@@ -237,7 +237,7 @@ where
         (Some(404), _) => StoreError::NoSuchKey {
             key: key.unwrap_or_default().to_owned(),
         },
-        (_, code) if StoreError::CREDENTIALS_CODES.contains(&code) => StoreError::Credentials {
+        (_, code) if super::credentials_hint(code).is_some() => StoreError::Credentials {
             code: code.to_owned(),
         },
         (Some(status @ (401 | 403)), _) | (Some(status), "AccessDenied") => {
