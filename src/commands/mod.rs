@@ -43,12 +43,7 @@ pub async fn connect(
             );
             Ok(Arc::new(connector.unprobed(&mount.bucket)))
         }
-        Err(source) => Err(EngineError::Store {
-            mount: mount.id.clone(),
-            bucket: mount.bucket.clone(),
-            prefix: mount.prefix.clone(),
-            source: Box::new(source),
-        }),
+        Err(source) => Err(EngineError::store(mount, source)),
     }
 }
 

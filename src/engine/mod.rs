@@ -145,6 +145,18 @@ pub enum EngineError {
     Cancelled { mount: String },
 }
 
+impl EngineError {
+    /// The store of `mount` failed with `source`.
+    pub fn store(mount: &Mount, source: StoreError) -> Self {
+        EngineError::Store {
+            mount: mount.id.clone(),
+            bucket: mount.bucket.clone(),
+            prefix: mount.prefix.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
 impl Engine {
     /// An engine whose passes stop early, leaving no staging files, once `cancel` fires.
     /// Must be called in the runtime the downloads are to run in.
@@ -258,12 +270,7 @@ impl Engine {
         let mount = &state.mount;
         let listed = tokio::select! {
             listed = retry("list", || store.list(&mount.prefix)) => {
-                listed.map_err(|source| EngineError::Store {
-                    mount: mount.id.clone(),
-                    bucket: mount.bucket.clone(),
-                    prefix: mount.prefix.clone(),
-                    source: Box::new(source),
-                })?
+                listed.map_err(|source| EngineError::store(mount, source))?
             }
             () = self.shared.cancel.cancelled() => return Err(EngineError::Cancelled {
                 mount: mount.id.clone(),
