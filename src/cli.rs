@@ -241,24 +241,24 @@ fn endpoint_hint(url: &str) -> String {
 
 impl SyncArgs {
     pub fn into_config(self) -> Result<SyncConfig, ConfigError> {
-        let (interval, stop_after) =
-            schedule(self.download_interval, self.stop_recurring_downloads_after)?;
-        let mut config = self.common.into_config(self.destination)?;
-        config.recurring = self.recurring_downloads;
-        config.interval = interval;
-        config.stop_after = stop_after;
-        Ok(config)
+        let schedule = Schedule::new(
+            self.recurring_downloads,
+            self.download_interval,
+            self.stop_recurring_downloads_after,
+        )?;
+        self.common.into_config(self.destination, schedule)
     }
 }
 
 impl MountArgs {
     pub fn into_config(self) -> Result<MountConfig, ConfigError> {
-        let (interval, stop_after) =
-            schedule(self.download_interval, self.stop_recurring_downloads_after)?;
-        let mut sync = self.common.into_config(self.destination)?;
-        sync.recurring = true;
-        sync.interval = interval;
-        sync.stop_after = stop_after;
+        // A mount always refreshes.
+        let schedule = Schedule::new(
+            true,
+            self.download_interval,
+            self.stop_recurring_downloads_after,
+        )?;
+        let mut sync = self.common.into_config(self.destination, schedule)?;
         let cache_dir = match self.cache_dir {
             Some(dir) => dir,
             None => default_cache_dir(&sync.destination).ok_or(ConfigError::NoCacheDir)?,
@@ -280,9 +280,13 @@ impl MountArgs {
 }
 
 impl CommonArgs {
-    /// The validated shared part of either command's configuration, one-shot, copying to
-    /// `destination`: the caller sets its schedule.
-    fn into_config(self, destination: PathBuf) -> Result<SyncConfig, ConfigError> {
+    /// The validated configuration of either command, copying to (or mounting at)
+    /// `destination` on `schedule`.
+    fn into_config(
+        self,
+        destination: PathBuf,
+        schedule: Schedule,
+    ) -> Result<SyncConfig, ConfigError> {
         let json = match (&self.default_s3_mounts, &self.mounts_file) {
             (_, Some(path)) => {
                 std::fs::read_to_string(path).map_err(|source| ConfigError::MountsFile {
@@ -309,9 +313,9 @@ impl CommonArgs {
             concurrency: self.concurrency,
             part_size: self.part_size,
             debug: self.debug,
-            recurring: false,
-            interval: Duration::from_secs(60),
-            stop_after: None,
+            recurring: schedule.recurring,
+            interval: schedule.interval,
+            stop_after: schedule.stop_after,
             s3: S3Options {
                 region: self.region,
                 profile: self.profile,
@@ -323,13 +327,25 @@ impl CommonArgs {
     }
 }
 
-/// The interval between passes and when to stop them, from the flags' seconds.
-fn schedule(interval: i64, stop_after: i64) -> Result<(Duration, Option<Duration>), ConfigError> {
-    if interval <= 0 {
-        return Err(ConfigError::Interval(interval));
+/// When passes run: once, or every `interval` until `stop_after`.
+struct Schedule {
+    recurring: bool,
+    interval: Duration,
+    stop_after: Option<Duration>,
+}
+
+impl Schedule {
+    /// From the flags' seconds: the interval must be positive; a stop at zero or less is never.
+    fn new(recurring: bool, interval: i64, stop_after: i64) -> Result<Self, ConfigError> {
+        if interval <= 0 {
+            return Err(ConfigError::Interval(interval));
+        }
+        Ok(Self {
+            recurring,
+            interval: Duration::from_secs(interval as u64),
+            stop_after: (stop_after > 0).then(|| Duration::from_secs(stop_after as u64)),
+        })
     }
-    let stop_after = (stop_after > 0).then(|| Duration::from_secs(stop_after as u64));
-    Ok((Duration::from_secs(interval as u64), stop_after))
 }
 
 /// The endpoint: the flag, else the first of the environment variables that is set and not
