@@ -190,7 +190,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 // exist or is denied stays an error.)
                 Err(EngineError::Store { source, .. }) if source.is_transient() => {
                     let cached = state.copy.cached_listing();
-                    if cached.is_empty() && state.copy.listed_at().is_none() {
+                    let listed_at = state.copy.listed_at();
+                    if cached.is_empty() && listed_at.is_none() {
                         bail!(
                             "{}; nothing of it is cached yet, so there is nothing to serve",
                             unreachable(&state, store.as_ref(), &source)
@@ -198,7 +199,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                     }
                     let served = Served {
                         files: cached.len(),
-                        listed_at: state.copy.listed_at(),
+                        listed_at,
                     };
                     warn_serving(&state, store.as_ref(), &source, &served);
                     FirstListing {

@@ -70,29 +70,26 @@ impl MountCopy {
         Ok(())
     }
 
-    /// Whether `path` holds exactly the version `meta` of its object: recorded so, and a
-    /// regular file of its size reached without following a link.
+    /// Whether `path` holds exactly the version `meta` of its object (see
+    /// [`open_held`](Self::open_held)).
     pub fn holds(&self, path: &str, meta: &ObjectMeta) -> bool {
-        self.recorded(path, meta)
-            && dirs::probe(&self.dir, path) == (Local::File { size: meta.size })
+        self.open_held(path, meta).is_some()
     }
 
-    /// The file at `path`, opened for reading with its metadata, if it [holds](Self::holds)
-    /// version `meta`: one walk down the directories for the check and the open.
+    /// The file at `path`, opened for reading with its metadata, if it holds exactly the
+    /// version `meta`: recorded so, and a regular file of its size reached without following a
+    /// link. One walk down the directories for the check and the open.
     pub fn open_held(&self, path: &str, meta: &ObjectMeta) -> Option<(File, Metadata)> {
-        if !self.recorded(path, meta) {
+        let recorded = self
+            .manifest
+            .lock()
+            .get(path)
+            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
+        if !recorded {
             return None;
         }
         let (file, metadata) = dirs::open_file(&self.dir, path).ok()?;
         (metadata.len() == meta.size).then_some((file, metadata))
-    }
-
-    /// Whether the manifest records version `meta` at `path`.
-    fn recorded(&self, path: &str, meta: &ObjectMeta) -> bool {
-        self.manifest
-            .lock()
-            .get(path)
-            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size)
     }
 
     /// Opens the file at `path` for reading, through the no-follow directory walk, with its
