@@ -14,7 +14,7 @@
 use super::signals::{self, Signals};
 use super::{connect, log_summary, note_writeable};
 use crate::cli::MountConfig;
-use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats};
+use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats, store_label};
 use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
@@ -431,10 +431,8 @@ fn unreachable(state: &MountState, store: &dyn ObjectStore, source: &StoreError)
     } else {
         format!(" at {endpoint}")
     };
-    format!(
-        "mount \"{}\" (s3://{}/{}): cannot reach the store{at}: {cause}",
-        mount.id, mount.bucket, mount.prefix
-    )
+    let label = store_label(&mount.id, &mount.bucket, &mount.prefix);
+    format!("{label}: cannot reach the store{at}: {cause}")
 }
 
 /// Warns that a mount is served as it was last listed, and how long ago that was: at start and

@@ -126,7 +126,7 @@ pub struct PassStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("mount \"{mount}\" (s3://{bucket}/{prefix}): {source}")]
+    #[error("{}: {source}", store_label(.mount, .bucket, .prefix))]
     Store {
         mount: String,
         bucket: String,
@@ -143,6 +143,11 @@ pub enum EngineError {
     },
     #[error("mount \"{mount}\": stopped before the pass completed")]
     Cancelled { mount: String },
+}
+
+/// How a line about a mount's store names it: `mount "raw" (s3://bucket/prefix/)`.
+pub fn store_label(mount: &str, bucket: &str, prefix: &str) -> String {
+    format!("mount \"{mount}\" (s3://{bucket}/{prefix})")
 }
 
 impl EngineError {
