@@ -19,4 +19,6 @@ pub mod ranges;
 pub mod retry;
 pub mod store;
 pub mod tasks;
+#[cfg(test)]
+mod testing;
 pub mod vfs;

@@ -2,10 +2,11 @@
 //! what a failure leaves behind.
 
 use super::*;
-use crate::local::{LocalError, Root};
+use crate::local::Root;
 use crate::mounts::STATE_DIR;
 use crate::store::Body;
-use crate::store::memory::{Fault, GetHook, Hooked, MemoryStore};
+use crate::store::memory::{Fault, Faults, Hooked, MemoryStore, Request, StoreHook};
+use crate::testing::{PART, engine_at, mount};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -13,46 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-
-const PART: u64 = 64 * 1024;
-
-fn mount(prefix: &str) -> Mount {
-    Mount {
-        id: "m".into(),
-        bucket: "bkt".into(),
-        prefix: prefix.into(),
-        writeable: false,
-        kms_key_id: None,
-        role_arn: None,
-    }
-}
-
-fn engine_at(root: &Path, concurrency: usize, cancel: CancellationToken) -> Engine {
-    // A blocking write of the previous engine's aborted downloads may still hold the cache for
-    // a moment (a process runs one engine; tests run several in a row).
-    let mut tries = 0;
-    let cache = loop {
-        match Root::open(root) {
-            Err(LocalError::Locked(_)) if tries < 200 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => break other.unwrap(),
-        }
-    };
-    Engine::new(
-        cache,
-        &EngineConfig {
-            concurrency,
-            part_size: PART,
-            readers: None,
-            stream: None,
-            slow_start: false,
-        },
-        Arc::new(Progress::default()),
-        cancel,
-    )
-}
 
 /// Runs one pass over `store` under prefix `p/` with a fresh engine over `root`.
 async fn pass(root: &Path, store: Arc<dyn ObjectStore>) -> Result<PassStats, EngineError> {
@@ -186,15 +147,19 @@ async fn changes_are_applied_and_local_files_are_left_alone() {
 #[tokio::test]
 async fn transient_failures_and_truncated_bodies_are_retried() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = MemoryStore::new("bkt");
+    let mem = MemoryStore::new("bkt");
     let big = pattern(200_000, 2);
-    store.put("p/big", big.clone());
-    store.put("p/small", &b"small object"[..]);
+    mem.put("p/big", big.clone());
+    mem.put("p/small", &b"small object"[..]);
     // The first two GETs of every part fail: one with a 503, one with a body cut short.
     let mut seen: HashMap<(String, u64), Vec<u64>> = HashMap::new();
     let starts = Arc::new(Mutex::new(Vec::new()));
     let log = starts.clone();
-    store.set_fault(move |key, range| {
+    let store = Faults::over(mem.clone());
+    store.set(move |request| {
+        let Request::Get { key, range } = request else {
+            return None;
+        };
         let tries = seen.entry((key.to_owned(), range.end)).or_default();
         tries.push(range.start);
         log.lock().push((key.to_owned(), tries.clone()));
@@ -211,7 +176,7 @@ async fn transient_failures_and_truncated_bodies_are_retried() {
         tree(&tmp.path().join("m")),
         expected(&[("big", &big), ("small", b"small object")])
     );
-    assert_eq!(store.gets(), 3 * (4 + 1));
+    assert_eq!(mem.gets(), 3 * (4 + 1));
     // A part written to its partial file resumes after the bytes that arrived; a small object,
     // held in memory, is asked for again whole.
     for (key, tries) in starts.lock().iter().filter(|(_, t)| t.len() == 3) {
@@ -223,11 +188,15 @@ async fn transient_failures_and_truncated_bodies_are_retried() {
 #[tokio::test]
 async fn a_permanent_failure_fails_that_file_only_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = MemoryStore::new("bkt");
-    store.put("p/ok", &b"fine"[..]);
-    store.put("p/denied", pattern(200_000, 3));
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/ok", &b"fine"[..]);
+    mem.put("p/denied", pattern(200_000, 3));
     // Only the third part is refused, so the other parts were already written to staging.
-    store.set_fault(|key, range| {
+    let store = Faults::over(mem.clone());
+    store.set(|request| {
+        let Request::Get { key, range } = request else {
+            return None;
+        };
         (key == "p/denied" && range.start == 2 * PART).then(|| {
             Fault::Fail(StoreError::AccessDenied {
                 bucket: "bkt".into(),
@@ -244,11 +213,11 @@ async fn a_permanent_failure_fails_that_file_only_and_leaves_nothing_behind() {
 
     // Once access is granted, the next pass fetches what failed, and only that: the parts of
     // it not already in its partial file (how many arrived before the failure varies).
-    store.set_fault(|_, _| None);
-    let before = store.gets();
+    store.set(|_| None);
+    let before = mem.gets();
     let stats = pass(tmp.path(), store.clone()).await.unwrap();
     assert_eq!((stats.downloaded, stats.unchanged, stats.failed), (1, 1, 0));
-    let fetched = store.gets() - before;
+    let fetched = mem.gets() - before;
     assert!((1..=4).contains(&fetched), "{fetched} GETs");
     assert_eq!(
         std::fs::read(tmp.path().join("m/denied")).unwrap(),
@@ -259,12 +228,16 @@ async fn a_permanent_failure_fails_that_file_only_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn an_object_overwritten_mid_download_lands_whole_in_its_new_version() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = MemoryStore::new("bkt");
+    let mem = MemoryStore::new("bkt");
     let (old, new) = (pattern(300_000, 4), pattern(250_000, 5));
-    store.put("p/obj", old);
+    mem.put("p/obj", old);
     let mut armed = true;
     let replacement = new.clone();
-    store.set_fault(move |_, range| {
+    let store = Faults::over(mem.clone());
+    store.set(move |request| {
+        let Request::Get { range, .. } = request else {
+            return None;
+        };
         (range.start == 3 * PART && std::mem::take(&mut armed)).then(|| {
             let data = replacement.clone();
             Fault::Before(Box::new(move |s: &MemoryStore| {
@@ -276,21 +249,25 @@ async fn an_object_overwritten_mid_download_lands_whole_in_its_new_version() {
     let stats = pass(tmp.path(), store.clone()).await.unwrap();
     assert_eq!((stats.downloaded, stats.failed), (1, 0));
     assert_eq!(std::fs::read(tmp.path().join("m/obj")).unwrap(), new);
-    assert!(store.counters.heads.load(Ordering::Relaxed) >= 1);
+    assert!(mem.counters.heads.load(Ordering::Relaxed) >= 1);
 
     // The manifest recorded the new version: nothing to do next time.
-    let before = store.gets();
+    let before = mem.gets();
     pass(tmp.path(), store.clone()).await.unwrap();
-    assert_eq!(store.gets(), before);
+    assert_eq!(mem.gets(), before);
 }
 
 #[tokio::test]
 async fn an_object_deleted_after_listing_is_gone_not_failed() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = MemoryStore::new("bkt");
-    store.put("p/vanishing", &b"x"[..]);
-    store.put("p/stays", &b"y"[..]);
-    store.set_fault(|key, _| {
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/vanishing", &b"x"[..]);
+    mem.put("p/stays", &b"y"[..]);
+    let store = Faults::over(mem);
+    store.set(|request| {
+        let Request::Get { key, .. } = request else {
+            return None;
+        };
         (key == "p/vanishing").then(|| Fault::Before(Box::new(|s| s.delete("p/vanishing"))))
     });
     let stats = pass(tmp.path(), store.clone()).await.unwrap();
@@ -345,7 +322,7 @@ impl Drop for InFlight {
 }
 
 #[async_trait]
-impl GetHook for Gauge {
+impl StoreHook for Gauge {
     async fn get(
         &self,
         inner: &MemoryStore,
@@ -357,7 +334,7 @@ impl GetHook for Gauge {
         let guard = InFlight(self.now.clone());
         self.peak.fetch_max(n, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let body = inner.get(key, range, etag).await?;
+        let body = inner.answer_get(key, range, etag)?;
         Ok(Box::pin(body.map(move |chunk| {
             let _ = &guard;
             chunk
@@ -394,7 +371,7 @@ struct Stall {
 }
 
 #[async_trait]
-impl GetHook for Stall {
+impl StoreHook for Stall {
     async fn get(
         &self,
         inner: &MemoryStore,
@@ -403,7 +380,7 @@ impl GetHook for Stall {
         etag: &str,
     ) -> Result<Body, StoreError> {
         let stall = key == self.key && range.start >= self.from;
-        let body = inner.get(key, range, etag).await?;
+        let body = inner.answer_get(key, range, etag)?;
         if !stall {
             return Ok(body);
         }
@@ -506,6 +483,37 @@ async fn a_missing_bucket_names_the_mount_and_the_bucket() {
     );
 }
 
+/// A listing that fails transiently is tried again; one that keeps failing fails the pass with
+/// the mount's name, and leaves the local copy as it was: a failed listing never reads as an
+/// empty bucket.
+#[tokio::test]
+async fn a_failed_listing_is_retried_and_never_deletes_the_local_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/kept", &b"kept"[..]);
+    let store = Faults::over(mem.clone());
+    let mut lists = 0;
+    store.set(move |request| {
+        lists += 1;
+        (matches!(request, Request::List { .. }) && lists <= 2)
+            .then(|| Fault::Fail(StoreError::Transient("503 SlowDown".into())))
+    });
+    let stats = pass(tmp.path(), store.clone()).await.unwrap();
+    assert_eq!((stats.listed, stats.downloaded), (1, 1));
+    assert_eq!(mem.counters.lists.load(Ordering::Relaxed), 3);
+
+    store.set(|request| {
+        matches!(request, Request::List { .. })
+            .then(|| Fault::Fail(StoreError::Permanent("500 InternalError".into())))
+    });
+    let err = pass(tmp.path(), store.clone()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mount \"m\" (s3://bkt/p/): 500 InternalError"
+    );
+    assert_eq!(tree(&tmp.path().join("m")), expected(&[("kept", b"kept")]));
+}
+
 /// Lets tasks woken by a timer that fired with the test's (paused time) run.
 async fn settle() {
     for _ in 0..10 {
@@ -567,3 +575,5 @@ async fn the_bulk_lane_resumes_a_grace_after_the_last_readers_download() {
     settle().await;
     assert!(!held(), "still held after the grace");
 }
+
+mod readers;

@@ -1,4 +1,5 @@
-//! An in-memory bucket for fast tests: counts requests, and can inject faults into GETs.
+//! An in-memory bucket for fast tests: counts requests, and runs each request through a test's
+//! hook ([`Hooked`], [`Faults`]) to watch, hold back or fail it.
 //!
 //! ETags are a hash of the content, so rewriting an object with other bytes changes its ETag, as
 //! on S3. Bodies are served in small chunks so that truncation and mid-body failures are real.
@@ -6,6 +7,7 @@
 use super::{Body, ObjectMeta, ObjectStore, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
@@ -16,18 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 const CHUNK: usize = 64 * 1024;
-
-/// What a fault hook may do to one GET.
-pub enum Fault {
-    /// Answer the GET with this error.
-    Fail(StoreError),
-    /// Send only the first `n` bytes of the body, then end it as if the connection closed.
-    Truncate(usize),
-    /// Run this on the store before the GET is answered (e.g. overwrite the object).
-    Before(Box<dyn FnOnce(&MemoryStore) + Send>),
-}
-
-type FaultHook = Box<dyn FnMut(&str, &Range<u64>) -> Option<Fault> + Send>;
 
 #[derive(Default)]
 pub struct Counters {
@@ -42,7 +32,6 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (ObjectMeta, Bytes)>>,
     missing: bool,
     clock: AtomicU64,
-    fault: Mutex<Option<FaultHook>>,
     pub counters: Counters,
 }
 
@@ -53,7 +42,6 @@ impl MemoryStore {
             objects: Mutex::default(),
             missing: false,
             clock: AtomicU64::new(1_700_000_000),
-            fault: Mutex::default(),
             counters: Counters::default(),
         })
     }
@@ -86,11 +74,6 @@ impl MemoryStore {
         self.objects.lock().remove(key);
     }
 
-    /// Installs a hook consulted on every GET.
-    pub fn set_fault(&self, hook: impl FnMut(&str, &Range<u64>) -> Option<Fault> + Send + 'static) {
-        *self.fault.lock() = Some(Box::new(hook));
-    }
-
     pub fn gets(&self) -> u64 {
         self.counters.gets.load(Ordering::Relaxed)
     }
@@ -116,6 +99,23 @@ impl ObjectStore for MemoryStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.answer_list(prefix)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.counters.heads.fetch_add(1, Ordering::Relaxed);
+        self.answer_head(key)
+    }
+
+    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.answer_get(key, range, etag)
+    }
+}
+
+/// The answers to requests, apart from counting them: what a [`StoreHook`] answers with.
+impl MemoryStore {
+    pub fn answer_list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         if self.missing {
             return Err(StoreError::NoSuchBucket {
                 bucket: self.bucket.clone(),
@@ -130,28 +130,12 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.counters.heads.fetch_add(1, Ordering::Relaxed);
+    pub fn answer_head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         Ok(self.objects.lock().get(key).map(|(meta, _)| meta.clone()))
     }
 
-    async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        // The hook runs without the hook lock held across the store call it may make.
-        let fault = self
-            .fault
-            .lock()
-            .as_mut()
-            .and_then(|hook| hook(key, &range));
-        let truncate = match fault {
-            Some(Fault::Fail(e)) => return Err(e),
-            Some(Fault::Truncate(n)) => Some(n),
-            Some(Fault::Before(f)) => {
-                f(self);
-                None
-            }
-            None => None,
-        };
+    /// Bytes `range` of `key` if its ETag is still `etag` (the bytes sent are counted).
+    pub fn answer_get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
         let (meta, data) = self
             .objects
             .lock()
@@ -162,10 +146,7 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::PreconditionFailed { key: key.into() });
         }
         let end = range.end.min(meta.size) as usize;
-        let mut body = data.slice(range.start as usize..end);
-        if let Some(n) = truncate {
-            body.truncate(n);
-        }
+        let body = data.slice(range.start as usize..end);
         self.counters
             .bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -173,35 +154,44 @@ impl ObjectStore for MemoryStore {
     }
 }
 
-/// What a test does with each GET of a [`Hooked`] store, given the real store to answer from.
-#[cfg(test)]
+/// What a test does with the requests of a [`Hooked`] store: watch them, hold them back, fail
+/// them, change the store before answering. Each request reaches the hook already counted in
+/// the store's [`Counters`]; the hook answers it, usually with the store's own answer
+/// (`answer_*`), which is what an operation it does not override gets.
 #[async_trait]
-pub trait GetHook: Send + Sync + 'static {
+pub trait StoreHook: Send + Sync + 'static {
+    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        inner.answer_list(prefix)
+    }
+
+    async fn head(&self, inner: &MemoryStore, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        inner.answer_head(key)
+    }
+
     async fn get(
         &self,
         inner: &MemoryStore,
         key: &str,
         range: Range<u64>,
         etag: &str,
-    ) -> Result<Body, StoreError>;
+    ) -> Result<Body, StoreError> {
+        inner.answer_get(key, range, etag)
+    }
 }
 
-/// An in-memory store whose GETs go through a test's hook (to watch, hold back or stall them);
-/// everything else is the store's own. Derefs to the hook, for the test to read its state.
-#[cfg(test)]
+/// An in-memory store whose every request goes through a test's hook. Derefs to the hook, for
+/// the test to read its state or change what it does.
 pub struct Hooked<H> {
     inner: Arc<MemoryStore>,
     hook: H,
 }
 
-#[cfg(test)]
-impl<H: GetHook> Hooked<H> {
+impl<H: StoreHook> Hooked<H> {
     pub fn new(inner: Arc<MemoryStore>, hook: H) -> Arc<Self> {
         Arc::new(Self { inner, hook })
     }
 }
 
-#[cfg(test)]
 impl<H> std::ops::Deref for Hooked<H> {
     type Target = H;
     fn deref(&self) -> &H {
@@ -209,9 +199,8 @@ impl<H> std::ops::Deref for Hooked<H> {
     }
 }
 
-#[cfg(test)]
 #[async_trait]
-impl<H: GetHook> ObjectStore for Hooked<H> {
+impl<H: StoreHook> ObjectStore for Hooked<H> {
     fn bucket(&self) -> &str {
         self.inner.bucket()
     }
@@ -219,12 +208,116 @@ impl<H: GetHook> ObjectStore for Hooked<H> {
         self.inner.endpoint()
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
+        self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.hook.list(&self.inner, prefix).await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.inner.head(key).await
+        self.inner.counters.heads.fetch_add(1, Ordering::Relaxed);
+        self.hook.head(&self.inner, key).await
     }
     async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
+        self.inner.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.hook.get(&self.inner, key, range, etag).await
     }
+}
+
+/// What [`Faults`] does to one request.
+pub enum Fault {
+    /// Answer with this error.
+    Fail(StoreError),
+    /// (A GET.) Send only the first `n` bytes of the body, then end it as if the connection
+    /// closed.
+    Truncate(usize),
+    /// Run this on the store before the request is answered (e.g. overwrite the object).
+    Before(Box<dyn FnOnce(&MemoryStore) + Send>),
+}
+
+/// A request as [`Faults`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    List { prefix: &'a str },
+    Head { key: &'a str },
+    Get { key: &'a str, range: &'a Range<u64> },
+}
+
+type FaultFn = Box<dyn FnMut(Request<'_>) -> Option<Fault> + Send>;
+
+/// The hook of the common case: a function of each request deciding its fault, none at first,
+/// replaceable at any time ([`Faults::set`]).
+#[derive(Default)]
+pub struct Faults(Mutex<Option<FaultFn>>);
+
+impl Faults {
+    /// A store over `inner` that faults no request until [`Faults::set`] says otherwise.
+    pub fn over(inner: Arc<MemoryStore>) -> Arc<Hooked<Self>> {
+        Hooked::new(inner, Self::default())
+    }
+
+    /// From now on, `decide` picks each request's fault.
+    pub fn set(&self, decide: impl FnMut(Request<'_>) -> Option<Fault> + Send + 'static) {
+        *self.0.lock() = Some(Box::new(decide));
+    }
+
+    /// Runs the fault `request` gets, if any: `Err` to answer with, or the bytes to cut a body
+    /// to. The decision runs without the lock held across the store call it may make.
+    fn apply(
+        &self,
+        inner: &MemoryStore,
+        request: Request<'_>,
+    ) -> Result<Option<usize>, StoreError> {
+        let fault = self.0.lock().as_mut().and_then(|decide| decide(request));
+        match fault {
+            Some(Fault::Fail(e)) => Err(e),
+            Some(Fault::Truncate(n)) => Ok(Some(n)),
+            Some(Fault::Before(f)) => {
+                f(inner);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl StoreHook for Faults {
+    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.apply(inner, Request::List { prefix })?;
+        inner.answer_list(prefix)
+    }
+
+    async fn head(&self, inner: &MemoryStore, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.apply(inner, Request::Head { key })?;
+        inner.answer_head(key)
+    }
+
+    async fn get(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Body, StoreError> {
+        let cut = self.apply(inner, Request::Get { key, range: &range })?;
+        let body = inner.answer_get(key, range, etag)?;
+        Ok(match cut {
+            Some(n) => truncated(body, n),
+            None => body,
+        })
+    }
+}
+
+/// The first `n` bytes of `body`, then its end.
+fn truncated(body: Body, n: usize) -> Body {
+    let mut left = n;
+    Box::pin(body.filter_map(move |chunk| {
+        let chunk = chunk.map(|mut c| {
+            c.truncate(left);
+            left -= c.len();
+            c
+        });
+        std::future::ready(match &chunk {
+            Ok(c) if c.is_empty() => None,
+            _ => Some(chunk),
+        })
+    }))
 }
