@@ -8,7 +8,7 @@ use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::store::memory::{Hooked, MemoryStore, StoreHook};
 use crate::store::{Body, ObjectStore, StoreError};
-use crate::vfs::{Source, Vfs};
+use crate::vfs::{Mounted, Vfs};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::ops::Range;
@@ -97,7 +97,7 @@ impl Setup {
     pub async fn vfs(&self, store: Arc<dyn ObjectStore>, dir: &Path) -> (Arc<Vfs>, Arc<Engine>) {
         let (engine, state) = self.open(dir);
         let listing = store.list(&state.mount.prefix).await.unwrap();
-        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Source { state, store }]));
+        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Mounted { state, store }]));
         vfs.update(0, &listing);
         (vfs, engine)
     }

@@ -19,7 +19,7 @@ use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
-use crate::vfs::{Source, Vfs};
+use crate::vfs::{Mounted, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -171,7 +171,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     // Connect and list every mount before mounting: all files are visible from the start.
     let (vfs, listings) = runtime.block_on(async {
         let mut connectors = HashMap::new();
-        let mut sources = Vec::new();
+        let mut mounted = Vec::new();
         let mut listings = Vec::new();
         for mount in &sync.mounts {
             note_writeable(mount, "it is served read-only");
@@ -211,16 +211,16 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 Err(e) => return Err(e.into()),
             };
             listings.push(listing);
-            sources.push(Source { state, store });
+            mounted.push(Mounted { state, store });
         }
         // The first reader of each bucket finds a connection open.
-        for source in &sources {
-            let store = source.store.clone();
+        for m in &mounted {
+            let store = m.store.clone();
             readers.spawn(async move { store.warm_for_readers().await });
         }
-        let vfs = Arc::new(Vfs::new(engine.clone(), sources));
-        for (i, listing) in listings.iter().enumerate() {
-            vfs.update(i, &listing.objects);
+        let vfs = Arc::new(Vfs::new(engine.clone(), mounted));
+        for (mount, listing) in listings.iter().enumerate() {
+            vfs.update(mount, &listing.objects);
         }
         Ok::<_, anyhow::Error>((vfs, listings))
     })?;
@@ -547,20 +547,16 @@ async fn refresh_loop(
     stop: Option<Instant>,
 ) {
     loop {
-        let passes = vfs.sources().iter().zip(listings).map(|(source, listing)| {
+        let passes = vfs.mounted().iter().zip(listings).map(|(m, listing)| {
             let engine = &engine;
             async move {
                 // A mount whose listing failed keeps what it has: nothing is deleted on an error.
                 let Some((listing, list_time)) = listing else {
                     return;
                 };
-                let result = engine
-                    .apply(&source.state, source.store.clone(), listing)
-                    .await;
+                let result = engine.apply(&m.state, m.store.clone(), listing).await;
                 match result {
-                    Ok(stats) => {
-                        log_summary(&source.state.mount.id, &PassStats { list_time, ..stats })
-                    }
+                    Ok(stats) => log_summary(&m.state.mount.id, &PassStats { list_time, ..stats }),
                     Err(EngineError::Cancelled { .. }) => {}
                     Err(e) => tracing::error!("{e}"),
                 }
@@ -573,17 +569,17 @@ async fn refresh_loop(
         }
         tokio::time::sleep(interval).await;
         listings = Vec::new();
-        for (i, source) in vfs.sources().iter().enumerate() {
+        for (mount, m) in vfs.mounted().iter().enumerate() {
             let started = Instant::now();
-            match engine.list(&source.state, &source.store).await {
+            match engine.list(&m.state, &m.store).await {
                 Ok(listing) => {
-                    vfs.update(i, &listing);
-                    served[i] = Served::listed_now(&listing);
+                    vfs.update(mount, &listing);
+                    served[mount] = Served::listed_now(&listing);
                     listings.push(Some((listing, started.elapsed())));
                 }
                 // Keep serving what we have; try again next interval.
                 Err(EngineError::Store { source: e, .. }) if e.is_transient() => {
-                    warn_serving(&source.state, source.store.as_ref(), &e, &served[i]);
+                    warn_serving(&m.state, m.store.as_ref(), &e, &served[mount]);
                     listings.push(None);
                 }
                 Err(e) => {

@@ -38,29 +38,29 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-use tree::{Data, Node, Tree};
+use tree::{Node, NodeKind, Tree};
 
 /// How an open stands after what it can do without waiting.
 enum Opening {
     Done(Result<Opened, FsError>),
     /// A small file (opened once downloaded), or a download someone else is still setting up:
-    /// file `path` of mount `i`, listed as `meta`.
+    /// file `path` of mount `mount`, listed as `meta`.
     Wait {
-        i: usize,
+        mount: usize,
         path: String,
         meta: ObjectMeta,
     },
 }
 
 /// A mount as the file system serves it: its local state and its bucket.
-pub struct Source {
+pub struct Mounted {
     pub state: Arc<MountState>,
     pub store: Arc<dyn ObjectStore>,
 }
 
 pub struct Vfs {
     tree: RwLock<Tree>,
-    sources: Vec<Source>,
+    mounted: Vec<Mounted>,
     engine: Arc<Engine>,
     handles: DashMap<u64, Arc<Handle>>,
     /// The version (cache file inode) each inode was last opened at.
@@ -76,23 +76,23 @@ pub struct Vfs {
 
 impl Vfs {
     /// A file system with an empty directory per mount; [`Vfs::update`] fills them.
-    pub fn new(engine: Arc<Engine>, sources: Vec<Source>) -> Self {
+    pub fn new(engine: Arc<Engine>, mounted: Vec<Mounted>) -> Self {
         let mut tree = Tree {
             next: ROOT,
             ..Tree::default()
         };
         tree.inos.insert((None, String::new()), ROOT);
         let mut root = BTreeMap::new();
-        for (i, source) in sources.iter().enumerate() {
-            let ino = tree.ino_for(Some(i), "");
-            root.insert(source.state.mount.id.clone(), ino);
+        for (mount, served) in mounted.iter().enumerate() {
+            let ino = tree.ino_for(Some(mount), "");
+            root.insert(served.state.mount.id.clone(), ino);
             tree.nodes.insert(
                 ino,
                 Node {
                     parent: ROOT,
-                    mount: Some(i),
+                    mount: Some(mount),
                     path: String::new(),
-                    data: Data::Dir(BTreeMap::new()),
+                    kind: NodeKind::Dir(BTreeMap::new()),
                 },
             );
         }
@@ -102,12 +102,12 @@ impl Vfs {
                 parent: ROOT,
                 mount: None,
                 path: String::new(),
-                data: Data::Dir(root),
+                kind: NodeKind::Dir(root),
             },
         );
         Self {
             tree: RwLock::new(tree),
-            sources,
+            mounted,
             engine,
             handles: DashMap::new(),
             versions: DashMap::new(),
@@ -118,13 +118,13 @@ impl Vfs {
         }
     }
 
-    pub fn sources(&self) -> &[Source] {
-        &self.sources
+    pub fn mounted(&self) -> &[Mounted] {
+        &self.mounted
     }
 
-    /// Replaces mount `i`'s tree with what `remote`, a fresh listing of it, describes.
-    pub fn update(&self, i: usize, remote: &[ObjectMeta]) {
-        let prefix = &self.sources[i].state.mount.prefix;
+    /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes.
+    pub fn update(&self, mount: usize, remote: &[ObjectMeta]) {
+        let prefix = &self.mounted[mount].state.mount.prefix;
         let layout = layout(prefix, remote);
         let mut dirs: Vec<&str> = layout
             .dirs
@@ -138,20 +138,20 @@ impl Vfs {
         let is_dir: HashSet<&str> = dirs.iter().copied().collect();
 
         let mut tree = self.tree.write();
-        let mount_ino = tree.ino_for(Some(i), "");
+        let mount_ino = tree.ino_for(Some(mount), "");
         // Drop the mount's old nodes; their paths keep their inode numbers if they come back
         // unchanged.
         let old: Vec<u64> = tree
             .nodes
             .iter()
-            .filter(|(ino, n)| n.mount == Some(i) && **ino != mount_ino)
+            .filter(|(ino, n)| n.mount == Some(mount) && **ino != mount_ino)
             .map(|(&ino, _)| ino)
             .collect();
         for ino in old {
             let node = tree.nodes.remove(&ino).expect("listed above");
-            let same = match &node.data {
-                Data::Dir(_) => is_dir.contains(node.path.as_str()),
-                Data::File(old) => layout
+            let same = match &node.kind {
+                NodeKind::Dir(_) => is_dir.contains(node.path.as_str()),
+                NodeKind::File(old) => layout
                     .files
                     .get(&node.path)
                     .is_some_and(|new| new.etag == old.etag && new.size == old.size),
@@ -160,56 +160,56 @@ impl Vfs {
                 if self.known.contains(&ino) {
                     self.retired.insert(ino, self.attr_of(ino, &node));
                 }
-                tree.inos.remove(&(Some(i), node.path));
+                tree.inos.remove(&(Some(mount), node.path));
                 self.versions.remove(&ino);
             }
         }
         tree.children_mut(mount_ino).clear();
 
         let parent_of = |tree: &mut Tree, path: &str| match path.rsplit_once('/') {
-            Some((parent, _)) => tree.ino_for(Some(i), parent),
+            Some((parent, _)) => tree.ino_for(Some(mount), parent),
             None => mount_ino,
         };
         let name_of = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
         for dir in dirs {
-            let ino = tree.ino_for(Some(i), dir);
+            let ino = tree.ino_for(Some(mount), dir);
             let parent = parent_of(&mut tree, dir);
             tree.nodes.insert(
                 ino,
                 Node {
                     parent,
-                    mount: Some(i),
+                    mount: Some(mount),
                     path: dir.to_owned(),
-                    data: Data::Dir(BTreeMap::new()),
+                    kind: NodeKind::Dir(BTreeMap::new()),
                 },
             );
             tree.children_mut(parent).insert(name_of(dir), ino);
         }
         for (path, meta) in layout.files {
-            let ino = tree.ino_for(Some(i), &path);
+            let ino = tree.ino_for(Some(mount), &path);
             let parent = parent_of(&mut tree, &path);
             tree.children_mut(parent).insert(name_of(&path), ino);
             tree.nodes.insert(
                 ino,
                 Node {
                     parent,
-                    mount: Some(i),
+                    mount: Some(mount),
                     path,
-                    data: Data::File(meta.clone()),
+                    kind: NodeKind::File(meta.clone()),
                 },
             );
         }
     }
 
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
-        match &node.data {
-            Data::Dir(_) => Attr {
+        match &node.kind {
+            NodeKind::Dir(_) => Attr {
                 ino,
                 kind: Kind::Dir,
                 size: 0,
                 mtime: self.started,
             },
-            Data::File(meta) => Attr {
+            NodeKind::File(meta) => Attr {
                 ino,
                 kind: Kind::File,
                 size: meta.size,
@@ -239,7 +239,7 @@ impl Vfs {
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
-        let Data::Dir(children) = &node.data else {
+        let NodeKind::Dir(children) = &node.kind else {
             return Err(FsError::NotADirectory);
         };
         let ino = *children.get(name).ok_or(FsError::NotFound)?;
@@ -251,7 +251,7 @@ impl Vfs {
     pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, String)>, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        let Data::Dir(children) = &node.data else {
+        let NodeKind::Dir(children) = &node.kind else {
             return Err(FsError::NotADirectory);
         };
         let mut out = vec![
@@ -259,9 +259,9 @@ impl Vfs {
             (node.parent, Kind::Dir, "..".to_owned()),
         ];
         for (name, &child) in children {
-            let kind = match tree.nodes[&child].data {
-                Data::Dir(_) => Kind::Dir,
-                Data::File(_) => Kind::File,
+            let kind = match tree.nodes[&child].kind {
+                NodeKind::Dir(_) => Kind::Dir,
+                NodeKind::File(_) => Kind::File,
             };
             out.push((child, kind, name.clone()));
         }
@@ -272,20 +272,20 @@ impl Vfs {
     /// download is joined); a large one opens at once and each read waits only for its range,
     /// a small one opens once it is downloaded, ahead of the backlog.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let (i, path, meta) = match self.try_open(ino) {
+        let (mount, path, meta) = match self.try_open(ino) {
             Opening::Done(opened) => return opened,
-            Opening::Wait { i, path, meta } => (i, path, meta),
+            Opening::Wait { mount, path, meta } => (mount, path, meta),
         };
-        let source = &self.sources[i];
+        let served = &self.mounted[mount];
         let reader = self
             .engine
-            .open_reader(&source.state, source.store.clone(), meta, path.clone())
+            .open_reader(&served.state, served.store.clone(), meta, path.clone())
             .await?;
         let content = match reader {
             Reader::Partial(d) => Content::Downloading(d),
             Reader::Complete => Content::Committed,
         };
-        self.opened(ino, i, &path, content)
+        self.opened(ino, mount, &path, content)
     }
 
     /// [`Vfs::open`] when it needs no waiting: always for a file in the cache or a large one;
@@ -301,17 +301,17 @@ impl Vfs {
     /// What an open can do without waiting: all of it, or everything up to the download it
     /// has to wait for.
     fn try_open(&self, ino: u64) -> Opening {
-        let (i, path, meta) = match self.file_of(ino) {
+        let (mount, path, meta) = match self.file_of(ino) {
             Ok(file) => file,
             Err(e) => return Opening::Done(Err(e)),
         };
-        let source = &self.sources[i];
-        let content = match source.state.copy.open_held(&path, &meta) {
+        let served = &self.mounted[mount];
+        let content = match served.state.copy.open_held(&path, &meta) {
             Some((file, metadata)) => Content::Cached(file, metadata),
             None => {
                 let reader = self.engine.open_reader_now(
-                    &source.state,
-                    source.store.clone(),
+                    &served.state,
+                    served.store.clone(),
                     meta.clone(),
                     path.clone(),
                 );
@@ -319,31 +319,37 @@ impl Vfs {
                     Some(Ok(Reader::Partial(d))) => Content::Downloading(d),
                     Some(Ok(Reader::Complete)) => Content::Committed,
                     Some(Err(e)) => return Opening::Done(Err(e.into())),
-                    None => return Opening::Wait { i, path, meta },
+                    None => return Opening::Wait { mount, path, meta },
                 }
             }
         };
-        Opening::Done(self.opened(ino, i, &path, content))
+        Opening::Done(self.opened(ino, mount, &path, content))
     }
 
     /// The mount index, path and listing of file `ino`.
     fn file_of(&self, ino: u64) -> Result<(usize, String, ObjectMeta), FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        match (&node.data, node.mount) {
-            (Data::File(meta), Some(i)) => Ok((i, node.path.clone(), meta.clone())),
+        match (&node.kind, node.mount) {
+            (NodeKind::File(meta), Some(mount)) => Ok((mount, node.path.clone(), meta.clone())),
             _ => Err(FsError::IsADirectory),
         }
     }
 
     /// A new handle of `ino`, reading `content`.
-    fn opened(&self, ino: u64, i: usize, path: &str, content: Content) -> Result<Opened, FsError> {
+    fn opened(
+        &self,
+        ino: u64,
+        mount: usize,
+        path: &str,
+        content: Content,
+    ) -> Result<Opened, FsError> {
         let (file, metadata, download) = match content {
             Content::Cached(file, metadata) => (Arc::new(file), metadata, None),
             Content::Downloading(d) => (d.file().clone(), d.file().metadata()?, Some(d)),
             Content::Committed => {
                 // Deleted from the bucket while the open waited: ENOENT.
-                let (file, metadata) = self.sources[i].state.copy.open_file(path)?;
+                let (file, metadata) = self.mounted[mount].state.copy.open_file(path)?;
                 (Arc::new(file), metadata, None)
             }
         };
@@ -421,7 +427,7 @@ impl Vfs {
         let files = tree
             .nodes
             .values()
-            .filter(|n| matches!(n.data, Data::File(_)))
+            .filter(|n| matches!(n.kind, NodeKind::File(_)))
             .count() as u64;
         (files, tree.nodes.len() as u64 - files)
     }

@@ -21,18 +21,19 @@ pub struct Attr {
     pub mtime: SystemTime,
 }
 
-pub(super) enum Data {
+/// What an inode is: a directory (its entries by name) or a file (the object it shows).
+pub(super) enum NodeKind {
     Dir(BTreeMap<String, u64>),
     File(ObjectMeta),
 }
 
 pub(super) struct Node {
     pub(super) parent: u64,
-    /// Index into the sources, `None` for the root.
+    /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
     pub(super) mount: Option<usize>,
     /// Path under the mount directory; empty for a mount's own directory.
     pub(super) path: String,
-    pub(super) data: Data,
+    pub(super) kind: NodeKind,
 }
 
 #[derive(Default)]
@@ -53,9 +54,9 @@ impl Tree {
     }
 
     pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
-        match &mut self.nodes.get_mut(&ino).expect("parent exists").data {
-            Data::Dir(children) => children,
-            Data::File(_) => unreachable!("parents are directories"),
+        match &mut self.nodes.get_mut(&ino).expect("parent exists").kind {
+            NodeKind::Dir(children) => children,
+            NodeKind::File(_) => unreachable!("parents are directories"),
         }
     }
 }
