@@ -13,7 +13,8 @@
 //!
 //! Lock order: `tree`, then one of the maps (`known`, `retired`, `versions`: a `DashMap` shard
 //! lock for one operation), never the other way round; `handles` is taken alone. None is held
-//! across an `.await` or file I/O.
+//! across an `.await`, file I/O, or a call into the engine or a mount's local copy (whose own
+//! locks, described in `engine` and `local::copy`, are therefore never taken under these).
 //!
 //! Rooms: [`tree`] (inodes and attributes), [`handle`] (open files and read-ahead), [`error`]
 //! (failures and their errno).
@@ -58,10 +59,14 @@ pub struct Mounted {
     pub store: Arc<dyn ObjectStore>,
 }
 
+/// The file system. `mounted`, `engine` and `started` are fixed at construction; every other
+/// field guards itself (its own lock, shard locks, or an atomic), in the lock order above.
 pub struct Vfs {
+    /// Inodes and directory entries; written only by [`Vfs::update`], read by everything else.
     tree: RwLock<Tree>,
     mounted: Vec<Mounted>,
     engine: Arc<Engine>,
+    /// Open files by handle number.
     handles: DashMap<u64, Arc<Handle>>,
     /// The version (cache file inode) each inode was last opened at.
     versions: DashMap<u64, u64>,
@@ -69,6 +74,7 @@ pub struct Vfs {
     known: DashSet<u64>,
     /// The last attributes of known inodes that a refresh replaced or removed.
     retired: DashMap<u64, Attr>,
+    /// The next handle number.
     next_fh: AtomicU64,
     /// Directories show the time the file system started.
     started: SystemTime,
