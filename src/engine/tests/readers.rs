@@ -129,7 +129,7 @@ async fn an_open_does_not_wait_behind_the_backlog() {
 async fn a_read_waits_only_for_the_parts_covering_it() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
-    let data: Vec<u8> = (0..20 * PART).map(|i| (i % 251) as u8).collect();
+    let data = pattern((20 * PART) as usize, 1);
     mem.put("p/big", data.clone());
     let held = Held::new(mem.clone(), |key, start| {
         key == "p/big" && start != 19 * PART
@@ -172,7 +172,7 @@ async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
     let part = 8 << 20;
-    let data: Vec<u8> = (0..4 * part).map(|i| (i % 251) as u8).collect();
+    let data = pattern((4 * part) as usize, 2);
     mem.put("p/big", data.clone());
     // The bulk download's GETs start at part boundaries: they wait.
     let held = Held::new(mem.clone(), move |_, start| start % part == 0);
@@ -223,7 +223,7 @@ async fn bulk_gets_hold_back_their_bodies_while_a_reader_waits() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
     let part = 1 << 20;
-    let data: Vec<u8> = (0..8 * part).map(|i| (i % 247) as u8).collect();
+    let data = pattern((8 * part) as usize, 3);
     mem.put("p/big", data.clone());
     // Every GET waits at the gate until the test lets it through.
     let held = Held::new(mem.clone(), |_, _| true);
@@ -268,7 +268,7 @@ async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_st
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data: Vec<u8> = (0..4 * part).map(|i| (i % 239) as u8).collect();
+    let data = pattern((4 * part) as usize, 4);
     mem.put("p/big", data.clone());
     // The GETs of whole parts (the background download's) wait at the gate.
     let held = Held::new(mem.clone(), move |_, start| start % part == 0);
@@ -343,7 +343,7 @@ fn an_open_does_not_wait_for_the_busy_background_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data: Vec<u8> = (0..4 * part).map(|i| (i % 241) as u8).collect();
+    let data = pattern((4 * part) as usize, 5);
     mem.put("p/big", data.clone());
     let store: Arc<dyn ObjectStore> = mem;
     let (engine, state) = engine_on(&bulk, &readers, tmp.path(), part);
@@ -387,7 +387,7 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data: Vec<u8> = (0..3 * part).map(|i| (i % 229) as u8).collect();
+    let data = pattern((3 * part) as usize, 6);
     mem.put("p/big", data.clone());
     let store: Arc<dyn ObjectStore> = mem;
     let (engine, state) = engine_on(&bulk, &readers, tmp.path(), part);
@@ -434,7 +434,7 @@ async fn a_background_pass_streams_on_the_streaming_runtime() {
     let stream = named_runtime("test-stream");
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
-    let large: Vec<u8> = (0..5 * PART).map(|i| (i % 233) as u8).collect();
+    let large = pattern((5 * PART) as usize, 7);
     mem.put("p/large", large.clone());
     for i in 0..5u8 {
         mem.put(&format!("p/small-{i}"), vec![i; 100]);
@@ -464,7 +464,7 @@ async fn a_background_pass_streams_on_the_streaming_runtime() {
 async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
-    let data: Vec<u8> = (0..8 * PART).map(|i| (i % 253) as u8).collect();
+    let data = pattern((8 * PART) as usize, 8);
     mem.put("p/big", data.clone());
     let faults = Faults::over(mem.clone());
     let store: Arc<dyn ObjectStore> = faults.clone();
@@ -496,7 +496,7 @@ async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
 async fn a_reader_still_gets_a_part_whose_background_fetch_was_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
-    let data: Vec<u8> = (0..4 * PART).map(|i| (i % 241) as u8).collect();
+    let data = pattern((4 * PART) as usize, 9);
     mem.put("p/big", data.clone());
     // The background download's GET of the first part hangs; a later one goes through.
     let first = AtomicBool::new(true);
