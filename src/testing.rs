@@ -2,7 +2,7 @@
 //! over the in-memory store with the few settings tests vary ([`Setup`]), a store hook that
 //! holds GETs back ([`Held`]), and single-thread runtimes a test can tell apart or keep busy.
 
-use crate::engine::{Engine, EngineConfig, MountState};
+use crate::engine::{Engine, EngineConfig, Replica};
 use crate::local::{LocalError, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
@@ -87,17 +87,17 @@ impl Setup {
     }
 
     /// An engine over `root` with [`mount`] `p/` opened.
-    pub fn open(&self, root: &Path) -> (Arc<Engine>, Arc<MountState>) {
+    pub fn open(&self, root: &Path) -> (Arc<Engine>, Arc<Replica>) {
         let engine = Arc::new(self.engine(root));
-        let state = engine.open_mount(mount("p/")).unwrap();
-        (engine, state)
+        let replica = engine.open_mount(mount("p/")).unwrap();
+        (engine, replica)
     }
 
     /// A file system serving [`mount`] `p/` of `store` from a local copy in `dir`, listed once.
     pub async fn vfs(&self, store: Arc<dyn ObjectStore>, dir: &Path) -> (Arc<Vfs>, Arc<Engine>) {
-        let (engine, state) = self.open(dir);
-        let listing = store.list(&state.mount.prefix).await.unwrap();
-        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Mounted { state, store }]));
+        let (engine, replica) = self.open(dir);
+        let listing = store.list(&replica.mount.prefix).await.unwrap();
+        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Mounted { replica, store }]));
         vfs.update(0, &listing);
         (vfs, engine)
     }
@@ -201,11 +201,11 @@ pub fn occupy(runtime: &tokio::runtime::Runtime) -> std::sync::mpsc::Sender<()> 
 }
 
 /// Waits (bounded) until file `path` of `state`'s mount holds the object's current version.
-pub async fn wait_until_cached(state: &MountState, store: &dyn ObjectStore, path: &str) {
-    let key = format!("{}{path}", state.mount.prefix);
+pub async fn wait_until_cached(replica: &Replica, store: &dyn ObjectStore, path: &str) {
+    let key = format!("{}{path}", replica.mount.prefix);
     for _ in 0..1000 {
         let meta = store.head(&key).await.unwrap().unwrap();
-        if state.copy.holds(path, &meta) {
+        if replica.copy.holds(path, &meta) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

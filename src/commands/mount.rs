@@ -14,7 +14,7 @@
 use super::signals::{self, Signals};
 use super::{connect, log_summary, note_writeable};
 use crate::cli::MountConfig;
-use crate::engine::{Engine, EngineConfig, EngineError, MountState, PassStats, store_label};
+use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store_label};
 use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
@@ -175,11 +175,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         let mut listings = Vec::new();
         for mount in &sync.mounts {
             note_writeable(mount, "it is served read-only");
-            let state = engine.open_mount(mount.clone())?;
+            let replica = engine.open_mount(mount.clone())?;
             let store = connect(mount, sync, &mut connectors).await?;
             // Listed, or what earlier runs cached when the store cannot be reached now.
             let started = Instant::now();
-            let listing = match engine.list(&state, &store).await {
+            let listing = match engine.list(&replica, &store).await {
                 Ok(listing) => FirstListing {
                     served: Served::listed_now(&listing),
                     objects: listing,
@@ -189,19 +189,19 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 // with nothing cached, there is nothing to serve. (A bucket that does not
                 // exist or is denied stays an error.)
                 Err(EngineError::Store { source, .. }) if source.is_transient() => {
-                    let cached = state.copy.cached_listing();
-                    let listed_at = state.copy.listed_at();
+                    let cached = replica.copy.cached_listing();
+                    let listed_at = replica.copy.listed_at();
                     if cached.is_empty() && listed_at.is_none() {
                         bail!(
                             "{}; nothing of it is cached yet, so there is nothing to serve",
-                            unreachable(&state, store.as_ref(), &source)
+                            unreachable(&replica, store.as_ref(), &source)
                         );
                     }
                     let served = Served {
                         files: cached.len(),
                         listed_at,
                     };
-                    warn_serving(&state, store.as_ref(), &source, &served);
+                    warn_serving(&replica, store.as_ref(), &source, &served);
                     FirstListing {
                         served,
                         objects: cached,
@@ -211,7 +211,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 Err(e) => return Err(e.into()),
             };
             listings.push(listing);
-            mounted.push(Mounted { state, store });
+            mounted.push(Mounted { replica, store });
         }
         // The first reader of each bucket finds a connection open.
         for m in &mounted {
@@ -422,8 +422,8 @@ impl Served {
 
 /// "mount "m" (s3://b/p/): cannot reach the store: CAUSE", naming the endpoint unless the
 /// cause does.
-fn unreachable(state: &MountState, store: &dyn ObjectStore, source: &StoreError) -> String {
-    let mount = &state.mount;
+fn unreachable(replica: &Replica, store: &dyn ObjectStore, source: &StoreError) -> String {
+    let mount = &replica.mount;
     let cause = source.to_string();
     let endpoint = store.endpoint();
     let at = if cause.contains(endpoint) {
@@ -437,10 +437,10 @@ fn unreachable(state: &MountState, store: &dyn ObjectStore, source: &StoreError)
 
 /// Warns that a mount is served as it was last listed, and how long ago that was: at start and
 /// at each refresh that cannot reach the store.
-fn warn_serving(state: &MountState, store: &dyn ObjectStore, source: &StoreError, served: &Served) {
+fn warn_serving(replica: &Replica, store: &dyn ObjectStore, source: &StoreError, served: &Served) {
     tracing::warn!(
         "{}; serving the {} files listed {} until it can be listed again",
-        unreachable(state, store, source),
+        unreachable(replica, store, source),
         served.files,
         age(served.listed_at, SystemTime::now())
     );
@@ -554,9 +554,11 @@ async fn refresh_loop(
                 let Some((listing, list_time)) = listing else {
                     return;
                 };
-                let result = engine.apply(&m.state, m.store.clone(), listing).await;
+                let result = engine.apply(&m.replica, m.store.clone(), listing).await;
                 match result {
-                    Ok(stats) => log_summary(&m.state.mount.id, &PassStats { list_time, ..stats }),
+                    Ok(stats) => {
+                        log_summary(&m.replica.mount.id, &PassStats { list_time, ..stats })
+                    }
                     Err(EngineError::Cancelled { .. }) => {}
                     Err(e) => tracing::error!("{e}"),
                 }
@@ -571,7 +573,7 @@ async fn refresh_loop(
         listings = Vec::new();
         for (mount, m) in vfs.mounted().iter().enumerate() {
             let started = Instant::now();
-            match engine.list(&m.state, &m.store).await {
+            match engine.list(&m.replica, &m.store).await {
                 Ok(listing) => {
                     vfs.update(mount, &listing);
                     served[mount] = Served::listed_now(&listing);
@@ -579,7 +581,7 @@ async fn refresh_loop(
                 }
                 // Keep serving what we have; try again next interval.
                 Err(EngineError::Store { source: e, .. }) if e.is_transient() => {
-                    warn_serving(&m.state, m.store.as_ref(), &e, &served[mount]);
+                    warn_serving(&m.replica, m.store.as_ref(), &e, &served[mount]);
                     listings.push(None);
                 }
                 Err(e) => {

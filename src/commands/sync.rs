@@ -7,7 +7,7 @@
 use super::signals::Signals;
 use super::{connect, log_summary, note_writeable};
 use crate::cli::SyncConfig;
-use crate::engine::{Engine, EngineConfig, EngineError, MountState};
+use crate::engine::{Engine, EngineConfig, EngineError, Replica};
 use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::ObjectStore;
@@ -105,16 +105,16 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
 async fn run_pass(
     engine: &Engine,
     config: &SyncConfig,
-    mounts: &[Arc<MountState>],
+    mounts: &[Arc<Replica>],
     stores: &mut [Option<Arc<dyn ObjectStore>>],
     connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
 ) -> bool {
     let mut failed = false;
-    for (state, slot) in mounts.iter().zip(stores.iter_mut()) {
+    for (replica, slot) in mounts.iter().zip(stores.iter_mut()) {
         if slot.is_some() {
             continue;
         }
-        match connect(&state.mount, config, connectors).await {
+        match connect(&replica.mount, config, connectors).await {
             Ok(store) => *slot = Some(store),
             Err(err) => {
                 failed = true;
@@ -125,13 +125,13 @@ async fn run_pass(
     let passes = mounts
         .iter()
         .zip(stores.iter())
-        .filter_map(|(state, store)| Some((state, store.clone()?)))
-        .map(|(state, store)| async move { (state, engine.sync_mount(state, store).await) });
-    for (state, result) in futures_util::future::join_all(passes).await {
+        .filter_map(|(replica, store)| Some((replica, store.clone()?)))
+        .map(|(replica, store)| async move { (replica, engine.sync_mount(replica, store).await) });
+    for (replica, result) in futures_util::future::join_all(passes).await {
         match result {
             Ok(stats) => {
                 failed |= stats.failed > 0;
-                log_summary(&state.mount.id, &stats);
+                log_summary(&replica.mount.id, &stats);
             }
             Err(EngineError::Cancelled { .. }) => {}
             Err(e) => {

@@ -1,20 +1,27 @@
 //! The sync engine: one pass of one mount is list -> [`plan::plan`] -> delete -> create
 //! directories -> download, then the manifest is compacted.
 //!
-//! Concurrency: one semaphore bounds the GETs in flight across all files and mounts; files are
-//! started a bounded number at a time so a huge listing does not become a huge task set.
+//! Concurrency: GETs take permits from two lanes of `concurrency` each (see `download::lanes`):
+//! the bulk lane for the background passes, the urgent lane for downloads a reader waits on.
+//! While a reader waits, bulk GETs start nothing and read no further, so the GETs moving bytes
+//! stay about `concurrency`. Files are started a bounded number at a time so a huge listing
+//! does not become a huge task set.
 //!
 //! Runtimes: passes (listing, planning, committing) run on the runtime the engine was made in,
 //! the background download's GETs and writes on [`EngineConfig::stream`] (in mount mode a
 //! runtime in the idle scheduling class), the fetches of waiting readers on
 //! [`EngineConfig::readers`] (in mount mode a runtime at normal CPU priority), and so does a
-//! download a reader opens, once the opening thread has staged its partial file: only the
+//! download a reader opens, once the opening thread has prepared its partial file: only the
 //! workers fetching the rest of that file stream in the background. A reader's GETs go through
 //! [`ObjectStore::get_for_reader`]: connections of their own, driven by the readers' runtime.
 //!
-//! Locks: a mount's manifest is locked only inside [`MountCopy`]'s calls (its lock order is in
-//! `local::copy`); the downloads' own locks are described in [`download`]. None is held across
-//! an `.await`.
+//! Lock order, for the whole engine: no lock is held while another is taken, and none across an
+//! `.await` or a network call. The locks are: a mount's manifest, taken only inside
+//! [`MountCopy`]'s calls (see `local::copy`); the root's staging records (`local::root`); the
+//! registry of downloads in flight, a shard at a time while a download registers or ends
+//! (`download::flight`); a large download's `parts` and `staged`, never together
+//! (`download::large`). The one thing held while waiting is a GET permit, held for one attempt
+//! of one GET; nobody waits for a permit while holding one.
 
 pub mod download;
 pub mod plan;
@@ -26,12 +33,11 @@ use crate::retry::retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use dashmap::DashMap;
-use download::Outcome;
 pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
+use download::{Lanes, Outcome};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -70,18 +76,14 @@ pub const SLOW_START_STEP: std::time::Duration = std::time::Duration::from_milli
 /// grace").
 pub const READER_GRACE: Duration = Duration::from_millis(20);
 
-pub(crate) struct Shared {
+/// The state every download of one engine works with. Guards: `flights` is a sharded map
+/// (see `download::flight`); `lanes` is atomics and semaphores; the rest is set once.
+pub(crate) struct Downloader {
     pub(crate) root: Root,
-    /// The bulk lane: GETs of the background passes.
-    pub(crate) permits: Semaphore,
-    /// The priority lane: GETs of downloads a reader is waiting for.
-    pub(crate) urgent_permits: Semaphore,
+    /// The bulk and urgent GET permits.
+    pub(crate) lanes: Lanes,
     /// Downloads under way, by `<mount id>/<path>`.
     pub(crate) flights: DashMap<String, Arc<download::Flight>>,
-    /// Urgent downloads under way; while there are any, the bulk lane starts no new GET.
-    pub(crate) urgent_active: AtomicUsize,
-    /// Woken when the last urgent download ends.
-    pub(crate) urgent_idle: Notify,
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
     pub(crate) files_in_flight: usize,
@@ -95,11 +97,12 @@ pub(crate) struct Shared {
 }
 
 pub struct Engine {
-    shared: Arc<Shared>,
+    downloader: Arc<Downloader>,
 }
 
-/// A mount and its local copy.
-pub struct MountState {
+/// A mount of the mounts JSON and its local copy: what a pass, a reader's download and the
+/// file system work on. Set once, but for `reported_empty` (an atomic).
+pub struct Replica {
     pub mount: Mount,
     pub copy: MountCopy,
     /// Whether a listing of no objects has been reported (once per run: a typo in a prefix
@@ -177,13 +180,10 @@ impl Engine {
             false => concurrency,
         };
         let engine = Self {
-            shared: Arc::new(Shared {
+            downloader: Arc::new(Downloader {
                 root,
-                permits: Semaphore::new(first),
-                urgent_permits: Semaphore::new(concurrency),
+                lanes: Lanes::new(first, concurrency),
                 flights: DashMap::new(),
-                urgent_active: AtomicUsize::new(0),
-                urgent_idle: Notify::new(),
                 part_size: config.part_size.max(1),
                 progress,
                 files_in_flight: (concurrency * 2).max(8),
@@ -197,11 +197,11 @@ impl Engine {
             }),
         };
         if first < concurrency {
-            let shared = engine.shared.clone();
+            let downloader = engine.downloader.clone();
             tokio::spawn(async move {
                 for _ in first..concurrency {
                     tokio::time::sleep(SLOW_START_STEP).await;
-                    shared.permits.add_permits(1);
+                    downloader.lanes.open_bulk();
                 }
             });
         }
@@ -209,13 +209,14 @@ impl Engine {
     }
 
     /// Prepares a mount's directory and loads its manifest.
-    pub fn open_mount(&self, mount: Mount) -> Result<Arc<MountState>, EngineError> {
-        let copy =
-            MountCopy::open(&self.shared.root, &mount.id).map_err(|source| EngineError::Local {
+    pub fn open_mount(&self, mount: Mount) -> Result<Arc<Replica>, EngineError> {
+        let copy = MountCopy::open(&self.downloader.root, &mount.id).map_err(|source| {
+            EngineError::Local {
                 mount: mount.id.clone(),
                 source,
-            })?;
-        Ok(Arc::new(MountState {
+            }
+        })?;
+        Ok(Arc::new(Replica {
             mount,
             copy,
             reported_empty: AtomicBool::new(false),
@@ -228,40 +229,40 @@ impl Engine {
     /// backlog.
     pub async fn open_reader(
         &self,
-        state: &Arc<MountState>,
+        replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         meta: ObjectMeta,
         path: String,
     ) -> Result<Reader, FetchError> {
-        download::reader(self.shared.clone(), state.clone(), store, meta, path).await
+        download::reader(self.downloader.clone(), replica.clone(), store, meta, path).await
     }
 
     /// [`Engine::open_reader`] when it needs no waiting (see `download::reader_now`).
     pub fn open_reader_now(
         &self,
-        state: &Arc<MountState>,
+        replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         meta: ObjectMeta,
         path: String,
     ) -> Option<Result<Reader, FetchError>> {
-        download::reader_now(&self.shared, state.clone(), store, meta, path)
+        download::reader_now(&self.downloader, replica.clone(), store, meta, path)
     }
 
     /// Removes any staging files left by downloads that were cancelled.
     pub fn clear_staging(&self) {
-        self.shared.root.clear_staging();
+        self.downloader.root.clear_staging();
     }
 
     /// One pass: brings the mount directory in line with the bucket.
     pub async fn sync_mount(
         &self,
-        state: &Arc<MountState>,
+        replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
     ) -> Result<PassStats, EngineError> {
         let started = Instant::now();
-        let remote = self.list(state, &store).await?;
+        let remote = self.list(replica, &store).await?;
         let list_time = started.elapsed();
-        let stats = self.apply(state, store, remote).await?;
+        let stats = self.apply(replica, store, remote).await?;
         Ok(PassStats { list_time, ..stats })
     }
 
@@ -269,19 +270,19 @@ impl Engine {
     /// as a warning naming the bucket and prefix: more often a typo than an empty bucket.
     pub async fn list(
         &self,
-        state: &MountState,
+        replica: &Replica,
         store: &Arc<dyn ObjectStore>,
     ) -> Result<Vec<ObjectMeta>, EngineError> {
-        let mount = &state.mount;
+        let mount = &replica.mount;
         let listed = tokio::select! {
             listed = retry("list", || store.list(&mount.prefix)) => {
                 listed.map_err(|source| EngineError::store(mount, source))?
             }
-            () = self.shared.cancel.cancelled() => return Err(EngineError::Cancelled {
+            () = self.downloader.cancel.cancelled() => return Err(EngineError::Cancelled {
                 mount: mount.id.clone(),
             }),
         };
-        if listed.is_empty() && !state.reported_empty.swap(true, Ordering::Relaxed) {
+        if listed.is_empty() && !replica.reported_empty.swap(true, Ordering::Relaxed) {
             let hint = match mount.prefix.as_str() {
                 "" => "the bucket is empty",
                 _ => "check the prefix: it is case-sensitive and matches whole path components",
@@ -299,29 +300,30 @@ impl Engine {
     /// Brings the mount directory in line with `remote`, a listing of the mount.
     pub async fn apply(
         &self,
-        state: &Arc<MountState>,
+        replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         remote: Vec<ObjectMeta>,
     ) -> Result<PassStats, EngineError> {
         let started = Instant::now();
         let listed_at = SystemTime::now();
-        let mount = &state.mount;
+        let mount = &replica.mount;
         let cancelled = || EngineError::Cancelled {
             mount: mount.id.clone(),
         };
-        let cancel = &self.shared.cancel;
-        let st = state.clone();
+        let cancel = &self.downloader.cancel;
+        let planning = replica.clone();
         let planned = tokio::task::spawn_blocking(move || {
-            let plan = st
+            let prefix = &planning.mount.prefix;
+            let plan = planning
                 .copy
-                .plan(|entries, probe| plan::plan(&st.mount.prefix, &remote, entries, probe));
-            let stats = apply_local_changes(&st, &plan);
+                .plan(|entries, probe| plan::plan(prefix, &remote, entries, probe));
+            let stats = apply_local_changes(&planning, &plan);
             (plan, stats)
         })
         .await;
         let (plan, mut stats) = finished(planned).map_err(|_| cancelled())?;
 
-        let progress = &self.shared.progress;
+        let progress = &self.downloader.progress;
         progress.add_planned(
             plan.fetch.len() as u64,
             plan.fetch.iter().map(|f| f.meta.size).sum(),
@@ -329,13 +331,13 @@ impl Engine {
         let mut jobs = plan.fetch.into_iter();
         let mut running = JoinSet::new();
         loop {
-            while running.len() < self.shared.files_in_flight {
+            while running.len() < self.downloader.files_in_flight {
                 let Some(job) = jobs.next() else { break };
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);
                 let update = job.update;
                 let task = download::fetch(
-                    self.shared.clone(),
-                    state.clone(),
+                    self.downloader.clone(),
+                    replica.clone(),
                     store.clone(),
                     job.meta,
                     job.path,
@@ -375,16 +377,16 @@ impl Engine {
         let prefix = format!("{}/", mount.id);
         let clear = stats.failed == 0
             && !self
-                .shared
+                .downloader
                 .flights
                 .iter()
                 .any(|f| f.key().starts_with(&prefix));
-        let (st, shared) = (state.clone(), self.shared.clone());
+        let (finishing, downloader) = (replica.clone(), self.downloader.clone());
         let compacted = tokio::task::spawn_blocking(move || {
             if clear {
-                shared.root.clear_partials(&st.mount.id);
+                downloader.root.clear_partials(&finishing.mount.id);
             }
-            st.copy.finish_pass(listed_at)
+            finishing.copy.finish_pass(listed_at)
         })
         .await;
         finished(compacted)
@@ -399,8 +401,8 @@ impl Engine {
 }
 
 /// Deletions and folder-marker directories of a plan; returns the stats so far.
-fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
-    let mount = &state.mount;
+fn apply_local_changes(replica: &Replica, plan: &plan::Plan) -> PassStats {
+    let mount = &replica.mount;
     let mut stats = PassStats {
         listed: plan.listed,
         unchanged: plan.unchanged,
@@ -412,8 +414,8 @@ fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
     }
     for d in &plan.delete {
         let removed = match d.dir {
-            true => state.copy.remove_dir(&d.path).map(|()| false),
-            false => state.copy.remove_file(&d.path),
+            true => replica.copy.remove_dir(&d.path).map(|()| false),
+            false => replica.copy.remove_file(&d.path),
         };
         match removed {
             Ok(removed) => stats.deleted += usize::from(removed),
@@ -424,7 +426,7 @@ fn apply_local_changes(state: &MountState, plan: &plan::Plan) -> PassStats {
         }
     }
     for (path, meta) in &plan.dirs {
-        if let Err(e) = state.copy.ensure_dir(path, meta) {
+        if let Err(e) = replica.copy.ensure_dir(path, meta) {
             stats.failed += 1;
             tracing::error!(mount = %mount.id, bucket = %mount.bucket, key = %meta.key, "{e}");
         }

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 
 /// Runs one pass over `store` under prefix `p/` with a fresh engine over `root`.
 async fn pass(root: &Path, store: Arc<dyn ObjectStore>) -> Result<PassStats, EngineError> {
     let engine = engine_at(root, 4, CancellationToken::new());
-    let state = engine.open_mount(mount("p/")).unwrap();
-    engine.sync_mount(&state, store).await
+    let replica = engine.open_mount(mount("p/")).unwrap();
+    engine.sync_mount(&replica, store).await
 }
 
 /// Every file and directory under `dir` (relative paths; directories end in `/`), with contents.
@@ -351,8 +352,8 @@ async fn concurrency_bounds_the_gets_in_flight() {
     }
     let gauge = Hooked::new(inner.clone(), Gauge::default());
     let engine = engine_at(tmp.path(), 3, CancellationToken::new());
-    let state = engine.open_mount(mount("p/")).unwrap();
-    let stats = engine.sync_mount(&state, gauge.clone()).await.unwrap();
+    let replica = engine.open_mount(mount("p/")).unwrap();
+    let stats = engine.sync_mount(&replica, gauge.clone()).await.unwrap();
     assert_eq!(stats.downloaded, 20);
     let peak = gauge.peak.load(Ordering::SeqCst);
     assert!(peak <= 3, "at most 3 GETs at once, saw {peak}");
@@ -421,7 +422,7 @@ async fn a_cancelled_download_leaves_no_partial_file_in_place_and_resumes_where_
     );
     let cancel = CancellationToken::new();
     let engine = engine_at(tmp.path(), 4, cancel.clone());
-    let state = engine.open_mount(mount("p/")).unwrap();
+    let replica = engine.open_mount(mount("p/")).unwrap();
     let record = tmp.path().join(STATE_DIR).join("partial/m");
     let stop = async {
         let three_parts = format!("[[0,{}]]", 3 * PART);
@@ -440,12 +441,12 @@ async fn a_cancelled_download_leaves_no_partial_file_in_place_and_resumes_where_
         }
         cancel.cancel();
     };
-    let (result, ()) = tokio::join!(engine.sync_mount(&state, store), stop);
+    let (result, ()) = tokio::join!(engine.sync_mount(&replica, store), stop);
     assert!(
         matches!(result, Err(EngineError::Cancelled { .. })),
         "{result:?}"
     );
-    drop(state);
+    drop(replica);
     drop(engine);
     assert!(
         !tmp.path().join("m/big").exists(),
@@ -538,7 +539,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
         Arc::new(Progress::default()),
         CancellationToken::new(),
     );
-    let open = || engine.shared.permits.available_permits();
+    let open = || engine.downloader.lanes.bulk_available();
     assert_eq!(open(), SLOW_START_GETS);
     for step in 1..=4 {
         tokio::time::sleep(SLOW_START_STEP).await;
@@ -548,7 +549,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
     }
     // The priority lane is whole from the start.
     assert_eq!(
-        engine.shared.urgent_permits.available_permits(),
+        engine.downloader.lanes.urgent_available(),
         SLOW_START_GETS + 3
     );
 }
@@ -559,13 +560,13 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
 async fn the_bulk_lane_resumes_a_grace_after_the_last_readers_download() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = engine_at(tmp.path(), 4, CancellationToken::new());
-    let shared = &engine.shared;
-    let held = || shared.urgent_active.load(Ordering::SeqCst) > 0;
-    shared.urgent_started();
-    shared.urgent_started();
-    shared.urgent_ended();
+    let downloader = &engine.downloader;
+    let held = || downloader.lanes.holding_back();
+    downloader.urgent_started();
+    downloader.urgent_started();
+    downloader.urgent_ended();
     assert!(held());
-    shared.urgent_ended();
+    downloader.urgent_ended();
     settle().await;
     assert!(held(), "released at once");
     tokio::time::sleep(READER_GRACE - Duration::from_millis(1)).await;

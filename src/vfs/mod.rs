@@ -27,7 +27,7 @@ pub use error::FsError;
 pub use handle::Opened;
 pub use tree::{Attr, Kind, ROOT};
 
-use crate::engine::{Engine, MountState, ReadAhead, Reader};
+use crate::engine::{Engine, ReadAhead, Reader, Replica};
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
 use dashmap::{DashMap, DashSet};
@@ -53,9 +53,9 @@ enum Opening {
     },
 }
 
-/// A mount as the file system serves it: its local state and its bucket.
+/// A mount as the file system serves it: its local copy and its bucket.
 pub struct Mounted {
-    pub state: Arc<MountState>,
+    pub replica: Arc<Replica>,
     pub store: Arc<dyn ObjectStore>,
 }
 
@@ -91,7 +91,7 @@ impl Vfs {
         let mut root = BTreeMap::new();
         for (mount, served) in mounted.iter().enumerate() {
             let ino = tree.ino_for(Some(mount), "");
-            root.insert(served.state.mount.id.clone(), ino);
+            root.insert(served.replica.mount.id.clone(), ino);
             tree.nodes.insert(
                 ino,
                 Node {
@@ -130,7 +130,7 @@ impl Vfs {
 
     /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes.
     pub fn update(&self, mount: usize, remote: &[ObjectMeta]) {
-        let prefix = &self.mounted[mount].state.mount.prefix;
+        let prefix = &self.mounted[mount].replica.mount.prefix;
         let layout = layout(prefix, remote);
         let mut dirs: Vec<&str> = layout
             .dirs
@@ -285,7 +285,7 @@ impl Vfs {
         let served = &self.mounted[mount];
         let reader = self
             .engine
-            .open_reader(&served.state, served.store.clone(), meta, path.clone())
+            .open_reader(&served.replica, served.store.clone(), meta, path.clone())
             .await?;
         let content = match reader {
             Reader::Partial(d) => Content::Downloading(d),
@@ -312,11 +312,11 @@ impl Vfs {
             Err(e) => return Opening::Done(Err(e)),
         };
         let served = &self.mounted[mount];
-        let content = match served.state.copy.open_held(&path, &meta) {
+        let content = match served.replica.copy.open_held(&path, &meta) {
             Some((file, metadata)) => Content::Cached(file, metadata),
             None => {
                 let reader = self.engine.open_reader_now(
-                    &served.state,
+                    &served.replica,
                     served.store.clone(),
                     meta.clone(),
                     path.clone(),
@@ -355,7 +355,7 @@ impl Vfs {
             Content::Downloading(d) => (d.file().clone(), d.file().metadata()?, Some(d)),
             Content::Committed => {
                 // Deleted from the bucket while the open waited: ENOENT.
-                let (file, metadata) = self.mounted[mount].state.copy.open_file(path)?;
+                let (file, metadata) = self.mounted[mount].replica.copy.open_file(path)?;
                 (Arc::new(file), metadata, None)
             }
         };

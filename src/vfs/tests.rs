@@ -14,7 +14,7 @@ async fn vfs_over(store: Arc<dyn ObjectStore>, dir: &std::path::Path) -> (Arc<Vf
 
 async fn store_list(vfs: &Vfs) -> Vec<ObjectMeta> {
     let s = &vfs.mounted()[0];
-    s.store.list(&s.state.mount.prefix).await.unwrap()
+    s.store.list(&s.replica.mount.prefix).await.unwrap()
 }
 
 fn path_ino(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
@@ -235,5 +235,5 @@ async fn a_read_of_an_object_deleted_since_the_open_fails_with_enoent() {
 /// Waits (bounded) until file `path` of the mount is complete in the local copy.
 async fn wait_until_cached(vfs: &Vfs, path: &str) {
     let s = &vfs.mounted()[0];
-    crate::testing::wait_until_cached(&s.state, s.store.as_ref(), path).await;
+    crate::testing::wait_until_cached(&s.replica, s.store.as_ref(), path).await;
 }

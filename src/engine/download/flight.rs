@@ -1,18 +1,30 @@
 //! The registry of downloads in flight: one per file, shared by the bulk pass that started it
 //! and every reader that asked for it since.
 //!
-//! Locks: the registry (`Shared::flights`, a `DashMap`) holds an entry's shard lock only while a
+//! Locks: the registry (`Downloader::flights`, a `DashMap`) holds an entry's shard lock only while a
 //! download registers or joins (never across an `.await`, never with another lock); a flight's
 //! state is atomics and `watch` channels, which take no lock a caller holds.
 
-use super::*;
+use super::large::Download;
+use super::{FetchError, FetchKind, Job, Outcome, download};
+use crate::engine::{Downloader, Replica};
+use crate::store::ObjectMeta;
+use dashmap::mapref::entry::Entry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{Notify, watch};
 
 /// A download under way, shared by everyone who wants that file: the bulk pass that started it
 /// and any reader that asked for it since. A reader makes it urgent: its remaining GETs take
-/// permits from the priority lane instead of queueing behind the backlog.
+/// permits from the priority lane instead of queueing behind the backlog. No lock of its own:
+/// each field is an atomic, a `Notify` or a `watch` channel.
 pub(crate) struct Flight {
+    /// Whether a reader waits on the download: set once, never cleared.
     pub(super) urgent: AtomicBool,
+    /// Woken when the download becomes urgent or a reader wants more of it, so that GETs
+    /// queueing for a bulk permit look again.
     pub(super) wake: Notify,
+    /// The download's result, once it has ended.
     pub(super) done: watch::Sender<Option<Result<Outcome, FetchError>>>,
     /// The large download under way (replaced when the object changes and it starts again).
     pub(super) download: watch::Sender<Option<Arc<Download>>>,
@@ -48,7 +60,7 @@ impl Flight {
 /// Removes a flight from the registry when its download ends, however it ends (a cancelled
 /// download tells its waiters so instead of leaving them waiting).
 pub(super) struct FlightGuard {
-    pub(super) shared: Arc<Shared>,
+    pub(super) downloader: Arc<Downloader>,
     pub(super) key: String,
     pub(super) flight: Arc<Flight>,
     pub(super) result: Option<Result<Outcome, FetchError>>,
@@ -56,7 +68,7 @@ pub(super) struct FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.shared.flights.remove(&self.key);
+        self.downloader.flights.remove(&self.key);
         // Readers keep their own reference; this one would keep the job alive in a cycle.
         self.flight.download.send_replace(None);
         let result = self.result.take().unwrap_or_else(|| {
@@ -68,7 +80,7 @@ impl Drop for FlightGuard {
         });
         self.flight.done.send_replace(Some(result));
         if self.flight.urgent.load(Ordering::SeqCst) {
-            self.shared.urgent_ended();
+            self.downloader.urgent_ended();
         }
     }
 }
@@ -80,28 +92,28 @@ pub(super) enum Registered {
 }
 
 pub(super) fn register(
-    shared: &Arc<Shared>,
-    mount: &MountState,
+    downloader: &Arc<Downloader>,
+    replica: &Replica,
     path: &str,
     urgent: bool,
 ) -> Registered {
-    let key = format!("{}/{}", mount.mount.id, path);
-    match shared.flights.entry(key.clone()) {
+    let key = format!("{}/{}", replica.mount.id, path);
+    match downloader.flights.entry(key.clone()) {
         Entry::Occupied(e) => {
             let flight = e.get().clone();
             drop(e);
             if urgent && flight.hurry() {
-                shared.urgent_started();
+                downloader.urgent_started();
             }
             Registered::Joined(flight)
         }
         Entry::Vacant(e) => {
             if urgent {
-                shared.urgent_started();
+                downloader.urgent_started();
             }
             let flight = e.insert(Arc::new(Flight::new(urgent))).clone();
             Registered::New(FlightGuard {
-                shared: shared.clone(),
+                downloader: downloader.clone(),
                 key,
                 flight,
                 result: None,

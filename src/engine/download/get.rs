@@ -1,7 +1,20 @@
 //! One ranged GET (with retries) streamed into a file, batch by batch.
 
-use super::lanes::{hold_back, is_urgent, serves_waiting_reader};
-use super::*;
+use super::lanes::{hold_back, is_urgent, permit, serves_waiting_reader};
+use super::{Job, PartError, URGENT_BATCH, WRITE_BATCH};
+use crate::retry::retry;
+use crate::store::{ObjectMeta, StoreError};
+use crate::tasks::joined;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::SemaphorePermit;
 
 /// Where the bytes of a GET go: into the partial file, each stretch reported once written.
 pub(super) type ToFile<'a> = (&'a Arc<File>, &'a (dyn Fn(Range<u64>) + Sync));
@@ -40,7 +53,7 @@ async fn read_part(
     written: &AtomicU64,
     urgent: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Bytes>, PartError> {
-    let progress = &job.shared.progress;
+    let progress = &job.downloader.progress;
     let asked = std::time::Instant::now();
     // A GET a reader waits for goes through connections of the readers' own, which the
     // readers' runtime drives (see `ObjectStore::get_for_reader`).

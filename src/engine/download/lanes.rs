@@ -1,8 +1,103 @@
 //! The two lanes of GETs: bulk permits for the background passes, urgent ones for downloads a
 //! reader waits on; while a reader waits, bulk GETs hold back.
+//!
+//! Lock order: no lock. The lanes are two semaphores, a counter and a `Notify`; a GET holds one
+//! permit for one attempt and takes no other permit while it holds it.
 
-use super::*;
-use crate::engine::READER_GRACE;
+use super::Job;
+use crate::engine::{Downloader, READER_GRACE};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+
+/// The GET permits of one engine, and whether a reader waits.
+pub(crate) struct Lanes {
+    /// The bulk lane: GETs of the background passes (opened gradually under slow start).
+    bulk: Semaphore,
+    /// The priority lane: GETs of downloads a reader is waiting for.
+    urgent: Semaphore,
+    /// Urgent downloads under way (each counted until [`READER_GRACE`] after its end); while
+    /// there are any, the bulk lane starts no new GET and reads no further.
+    waiting: AtomicUsize,
+    /// Woken when `waiting` drops to zero.
+    idle: Notify,
+}
+
+impl Lanes {
+    /// Lanes of `concurrency` GETs each, the bulk one opening with `first_bulk` of them (see
+    /// [`Lanes::open_bulk`]).
+    pub(crate) fn new(first_bulk: usize, concurrency: usize) -> Self {
+        Self {
+            bulk: Semaphore::new(first_bulk),
+            urgent: Semaphore::new(concurrency),
+            waiting: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// One more GET for the bulk lane (slow start).
+    pub(crate) fn open_bulk(&self) {
+        self.bulk.add_permits(1);
+    }
+
+    /// Whether a download a reader waits on is under way (or ended less than a grace ago);
+    /// cheap, as it is asked for every chunk of every GET.
+    fn readers_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    fn started(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn released(&self) {
+        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Whether the ending urgent download is the last one.
+    fn last_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) == 1
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bulk_available(&self) -> usize {
+        self.bulk.available_permits()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn urgent_available(&self) -> usize {
+        self.urgent.available_permits()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holding_back(&self) -> bool {
+        self.readers_waiting()
+    }
+}
+
+impl Downloader {
+    /// A download a reader waits on has started: the bulk lane holds back until it ends.
+    pub(crate) fn urgent_started(&self) {
+        self.lanes.started();
+    }
+
+    /// The last urgent download's end frees the bulk lane [`READER_GRACE`] later. On the
+    /// downloader, not the lanes: the grace timer keeps the engine's state (and so the root's
+    /// lock) alive until it fires.
+    pub(crate) fn urgent_ended(self: &Arc<Self>) {
+        if self.lanes.last_waiting() {
+            let downloader = self.clone();
+            self.readers.spawn(async move {
+                tokio::time::sleep(READER_GRACE).await;
+                downloader.lanes.released();
+            });
+        } else {
+            self.lanes.released();
+        }
+    }
+}
 
 /// Whether a GET is for a waiting reader (`urgent` says so for its bytes), or its whole
 /// download is urgent.
@@ -10,26 +105,25 @@ pub(super) fn is_urgent(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) -> bool {
     urgent() || job.flight.urgent.load(Ordering::SeqCst)
 }
 
-/// Whether a reader waits on this GET's bytes; cheap (one atomic load) while no reader waits,
-/// as it is asked for every chunk of every GET.
+/// Whether a reader waits on this GET's bytes; one atomic load while no reader waits.
 pub(super) fn serves_waiting_reader(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) -> bool {
-    job.shared.urgent_active.load(Ordering::SeqCst) > 0 && is_urgent(job, urgent)
+    job.downloader.lanes.readers_waiting() && is_urgent(job, urgent)
 }
 
 /// Waits while readers wait for bytes and this GET is not fetching any of them: a bulk GET
 /// starts nothing and reads no further meanwhile (its server stops sending once the socket
 /// buffers are full), so the readers' GETs get the bandwidth.
 pub(super) async fn hold_back(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) {
-    let (shared, flight) = (&job.shared, &job.flight);
-    while shared.urgent_active.load(Ordering::SeqCst) > 0 {
+    let (lanes, flight) = (&job.downloader.lanes, &job.flight);
+    while lanes.readers_waiting() {
         // Registered before the checks, so a wake-up between them is not lost.
         let woken = flight.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let idle = shared.urgent_idle.notified();
+        let idle = lanes.idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
-        if is_urgent(job, urgent) || shared.urgent_active.load(Ordering::SeqCst) == 0 {
+        if is_urgent(job, urgent) || !lanes.readers_waiting() {
             return;
         }
         tokio::select! {
@@ -46,44 +140,18 @@ pub(super) async fn permit<'a>(
     job: &'a Job,
     urgent: &(dyn Fn() -> bool + Sync),
 ) -> SemaphorePermit<'a> {
-    let shared = &job.shared;
+    let lanes = &job.downloader.lanes;
     loop {
         hold_back(job, urgent).await;
         let woken = job.flight.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         if is_urgent(job, urgent) {
-            return shared.urgent_permits.acquire().await.expect("never closed");
+            return lanes.urgent.acquire().await.expect("never closed");
         }
         tokio::select! {
-            permit = shared.permits.acquire() => return permit.expect("never closed"),
+            permit = lanes.bulk.acquire() => return permit.expect("never closed"),
             () = &mut woken => {}
-        }
-    }
-}
-
-impl Shared {
-    /// A download a reader waits on has started: the bulk lane holds back until it ends.
-    pub(crate) fn urgent_started(&self) {
-        self.urgent_active.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The last urgent download's end frees the bulk lane [`READER_GRACE`](crate::engine::READER_GRACE) later.
-    pub(crate) fn urgent_ended(self: &Arc<Self>) {
-        if self.urgent_active.load(Ordering::SeqCst) == 1 {
-            let shared = self.clone();
-            self.readers.spawn(async move {
-                tokio::time::sleep(READER_GRACE).await;
-                shared.urgent_released();
-            });
-        } else {
-            self.urgent_released();
-        }
-    }
-
-    fn urgent_released(&self) {
-        if self.urgent_active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.urgent_idle.notify_waiters();
         }
     }
 }

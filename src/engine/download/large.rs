@@ -5,20 +5,34 @@
 //! lock, nor across an `.await`. `parts` is held for bookkeeping in memory only (no I/O);
 //! `staged` for one record write (on the blocking pool) or for taking the file to commit it.
 
-use super::*;
+use super::get::download_part;
+use super::{FetchError, Job, PartError, URGENT_BATCH};
+use crate::local::Staged;
+use crate::ranges::RangeSet;
+use crate::store::{ObjectMeta, StoreError};
+use crate::tasks::joined;
+use parking_lot::Mutex;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{SemaphorePermit, watch};
 
 /// A large object being downloaded into its partial file.
 pub struct Download {
+    /// Set once, as are `meta` and `file`.
     pub(super) job: Arc<Job>,
     pub(super) meta: ObjectMeta,
+    /// The partial file, written with `pwrite` at the offsets of the parts each GET owns.
     file: Arc<File>,
-    /// Shared with record writes on the blocking pool: those capture only this, so a write still
+    /// Downloader with record writes on the blocking pool: those capture only this, so a write still
     /// running after its task was aborted holds no engine state (such as the cache's lock).
     pub(super) staged: Arc<Mutex<Option<Staged>>>,
     /// Which bytes are present, claimed, wanted; why the download failed. Guarded by its own
     /// lock (see the lock order above).
     pub(super) parts: Mutex<Parts>,
-    /// Bumped whenever bytes land, a fetch is given up, or the download fails.
+    /// Bumped whenever bytes land, a fetch is given up, or the download fails (a `watch`
+    /// channel: no lock a caller holds).
     pub(super) changed: watch::Sender<u64>,
 }
 
@@ -101,7 +115,7 @@ impl Parts {
 
 impl Download {
     pub(super) fn new(job: Arc<Job>, meta: ObjectMeta, staged: Staged, present: RangeSet) -> Self {
-        let parts = Parts::new(job.shared.part_size, meta.size, present);
+        let parts = Parts::new(job.downloader.part_size, meta.size, present);
         Self {
             job,
             meta,
@@ -222,10 +236,10 @@ impl Download {
     fn fetch_unclaimed(self: &Arc<Self>, range: Range<u64>) {
         for piece in self.claim(range) {
             let download = self.clone();
-            self.job.shared.readers.spawn(async move {
-                let shared = &download.job.shared;
-                shared.urgent_started();
-                let _running = scopeguard(|| shared.urgent_ended());
+            self.job.downloader.readers.spawn(async move {
+                let downloader = &download.job.downloader;
+                downloader.urgent_started();
+                let _running = scopeguard(|| downloader.urgent_ended());
                 download.fetch_piece(piece, true, None).await
             });
         }
@@ -283,9 +297,9 @@ impl Download {
             (own, want)
         };
         self.job.flight.wake.notify_waiters();
-        let shared = &self.job.shared;
-        shared.urgent_started();
-        let _waiting = scopeguard(|| shared.urgent_ended());
+        let downloader = &self.job.downloader;
+        downloader.urgent_started();
+        let _waiting = scopeguard(|| downloader.urgent_ended());
         // Bytes given back (their fetch was dropped) are fetched again for this reader.
         let result = self
             .wait_for(range.clone(), || {

@@ -17,6 +17,12 @@
 //! reader's entry points), [`large`] (a large object's download into its partial file, and what
 //! readers wait on), [`lanes`] (the bulk and urgent GET permits, and the bulk lane holding back
 //! for readers), [`get`] (one ranged GET streamed into a file).
+//!
+//! Lock order: the registry's shard lock (`flight`) only while registering or removing a
+//! flight; a large download's `parts` or its `staged`, one at a time (`large`); none of them
+//! with another, nor across an `.await`. A GET permit (`lanes`) is held for one attempt of one
+//! GET, and no permit is awaited while one is held. What guards each field of a [`Flight`] and
+//! a [`Download`] is said beside it.
 
 mod flight;
 mod get;
@@ -25,6 +31,7 @@ mod large;
 mod reader;
 
 pub(crate) use flight::Flight;
+pub(crate) use lanes::Lanes;
 pub use large::{Download, ReadAhead};
 pub use reader::Reader;
 pub(crate) use reader::{reader, reader_now};
@@ -33,25 +40,14 @@ use flight::{FlightGuard, Registered, register, run};
 use get::{download_part, write_all_vectored_at};
 use lanes::{is_urgent, permit};
 
-use super::{MountState, Shared};
-use crate::local::{LocalError, Staged};
-use crate::ranges::RangeSet;
+use super::{Downloader, Replica};
+use crate::local::LocalError;
 use crate::retry::{Transient, retry};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::joined;
-use bytes::Bytes;
-use dashmap::mapref::entry::Entry;
-use futures_util::StreamExt;
-use parking_lot::Mutex;
-use std::fs::File;
 use std::io;
-use std::ops::Range;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::{Notify, SemaphorePermit, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 /// Times a download restarts because the object changed under it, within one pass.
 const MAX_VERSION_RESTARTS: u32 = 5;
@@ -137,17 +133,17 @@ impl Transient for PartError {
 
 /// Everything one object's download needs, shared by its part tasks.
 struct Job {
-    shared: Arc<Shared>,
-    mount: Arc<MountState>,
+    downloader: Arc<Downloader>,
+    replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     flight: Arc<Flight>,
 }
 
 impl Job {
-    fn new(guard: &FlightGuard, mount: Arc<MountState>, store: Arc<dyn ObjectStore>) -> Arc<Self> {
+    fn new(guard: &FlightGuard, replica: Arc<Replica>, store: Arc<dyn ObjectStore>) -> Arc<Self> {
         Arc::new(Self {
-            shared: guard.shared.clone(),
-            mount,
+            downloader: guard.downloader.clone(),
+            replica,
             store,
             flight: guard.flight.clone(),
         })
@@ -158,24 +154,24 @@ impl Job {
 /// the same file is already downloading, waits for that download instead (hurrying it along
 /// when `urgent`).
 pub(crate) async fn fetch(
-    shared: Arc<Shared>,
-    mount: Arc<MountState>,
+    downloader: Arc<Downloader>,
+    replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     path: String,
     urgent: bool,
 ) -> Result<Outcome, FetchError> {
-    match register(&shared, &mount, &path, urgent) {
+    match register(&downloader, &replica, &path, urgent) {
         Registered::Joined(flight) => flight.wait().await,
         Registered::New(guard) => {
-            let job = Job::new(&guard, mount, store);
+            let job = Job::new(&guard, replica, store);
             run(guard, job, meta, path, None).await
         }
     }
 }
 
-fn is_small(shared: &Shared, meta: &ObjectMeta) -> bool {
-    meta.size <= shared.part_size.min(WRITE_BATCH as u64)
+fn is_small(downloader: &Downloader, meta: &ObjectMeta) -> bool {
+    meta.size <= downloader.part_size.min(WRITE_BATCH as u64)
 }
 
 async fn download(
@@ -186,7 +182,7 @@ async fn download(
 ) -> Result<Outcome, FetchError> {
     let fail = |e: PartError, key: &str| FetchError::of(key, &e, e.to_string());
     for _ in 0..MAX_VERSION_RESTARTS {
-        let result = if is_small(&job.shared, &meta) {
+        let result = if is_small(&job.downloader, &meta) {
             fetch_small(job, &meta, path).await
         } else {
             fetch_large(job, &meta, path, prepared.take()).await
@@ -218,7 +214,7 @@ async fn download(
 /// A small object is read into memory with one GET, then staged, written and committed in one
 /// blocking call: one hand-off to the blocking pool per file instead of three.
 async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
-    let data = match &job.shared.stream {
+    let data = match &job.downloader.stream {
         _ if meta.size == 0 => Vec::new(),
         // In the background: streamed on its runtime. (When a reader waits for the file, or
         // there is no such runtime, fetched here.)
@@ -233,19 +229,19 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
-        let staged = job.shared.root.stage(0)?;
+        let staged = job.downloader.root.stage(0)?;
         write_all_vectored_at(&staged.file(), &data, 0)?;
-        Ok(job.mount.copy.commit(staged, &path, &meta)?)
+        Ok(job.replica.copy.commit(staged, &path, &meta)?)
     }))
     .await?
 }
 
 /// Opens (or resumes) the partial file of a large download and publishes the download to its
 /// readers.
-fn stage(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> {
-    let id = &job.mount.mount.id;
+fn prepare(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> {
+    let id = &job.replica.mount.id;
     let (staged, present) = job
-        .shared
+        .downloader
         .root
         .partial(id, &meta.key, &meta.etag, meta.size)?;
     if !present.is_empty() {
@@ -268,7 +264,7 @@ async fn fetch_large(
         Some(download) => download,
         None => {
             let (job, meta) = (job.clone(), meta.clone());
-            joined(tokio::task::spawn_blocking(move || stage(&job, &meta))).await??
+            joined(tokio::task::spawn_blocking(move || prepare(&job, &meta))).await??
         }
     };
 
@@ -277,9 +273,9 @@ async fn fetch_large(
         let parts = download.parts.lock();
         parts.unclaimed(0..parts.size).count()
     };
-    let shared = &job.shared;
-    let stream = shared.stream.as_ref().unwrap_or(&shared.bulk);
-    for _ in 0..missing.min(shared.files_in_flight) {
+    let downloader = &job.downloader;
+    let stream = downloader.stream.as_ref().unwrap_or(&downloader.bulk);
+    for _ in 0..missing.min(downloader.files_in_flight) {
         let (job, download) = (job.clone(), download.clone());
         workers.spawn_on(
             async move {
@@ -317,7 +313,7 @@ async fn fetch_large(
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
-        Ok(job.mount.copy.commit(staged, &path, &meta)?)
+        Ok(job.replica.copy.commit(staged, &path, &meta)?)
     }))
     .await?
 }

@@ -1,6 +1,12 @@
 //! A reader's entry points: open a file that is not in the local copy yet, at once when it can.
 
-use super::*;
+use super::flight::{Flight, Registered, register, run};
+use super::large::Download;
+use super::{FetchError, Job, fetch, is_small, prepare};
+use crate::engine::{Downloader, Replica};
+use crate::store::{ObjectMeta, ObjectStore};
+use std::sync::Arc;
+use tracing::Instrument;
 
 /// How a reader gets at a file that is not in the cache yet.
 pub enum Reader {
@@ -14,19 +20,19 @@ pub enum Reader {
 /// read: at once for a large file (its ranges are fetched as they are read), after the download
 /// for a small one.
 pub(crate) async fn reader(
-    shared: Arc<Shared>,
-    mount: Arc<MountState>,
+    downloader: Arc<Downloader>,
+    replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     path: String,
 ) -> Result<Reader, FetchError> {
-    if is_small(&shared, &meta) {
-        return fetch(shared, mount, store, meta, path, true)
+    if is_small(&downloader, &meta) {
+        return fetch(downloader, replica, store, meta, path, true)
             .await
             .map(|_| Reader::Complete);
     }
     let meta_etag = meta.etag.clone();
-    let flight = match start_reader(&shared, mount, store, meta, path) {
+    let flight = match start_reader(&downloader, replica, store, meta, path) {
         Started::Ready(reader) => return reader,
         Started::Setting(flight) => flight,
     };
@@ -49,16 +55,16 @@ pub(crate) async fn reader(
 /// [`reader`] when it needs no waiting, as on a FUSE thread: `None` for a small file (read whole
 /// first) or a download still being set up by someone else.
 pub(crate) fn reader_now(
-    shared: &Arc<Shared>,
-    mount: Arc<MountState>,
+    downloader: &Arc<Downloader>,
+    replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     path: String,
 ) -> Option<Result<Reader, FetchError>> {
-    if is_small(shared, &meta) {
+    if is_small(downloader, &meta) {
         return None;
     }
-    match start_reader(shared, mount, store, meta, path) {
+    match start_reader(downloader, replica, store, meta, path) {
         Started::Ready(reader) => Some(reader),
         Started::Setting(_) => None,
     }
@@ -76,13 +82,13 @@ enum Started {
 /// not wait for a task on a busy runtime or for the blocking pool. The rest of the download runs
 /// on the readers' runtime, its workers on the background's (see `fetch_large`).
 fn start_reader(
-    shared: &Arc<Shared>,
-    mount: Arc<MountState>,
+    downloader: &Arc<Downloader>,
+    replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     path: String,
 ) -> Started {
-    match register(shared, &mount, &path, false) {
+    match register(downloader, &replica, &path, false) {
         Registered::Joined(flight) => {
             let published = flight.download.borrow().clone();
             match published {
@@ -91,13 +97,13 @@ fn start_reader(
             }
         }
         Registered::New(mut guard) => {
-            let job = Job::new(&guard, mount, store);
-            match stage(&job, &meta) {
+            let job = Job::new(&guard, replica, store);
+            match prepare(&job, &meta) {
                 Ok(download) => {
-                    let id = &job.mount.mount.id;
+                    let id = &job.replica.mount.id;
                     let span = tracing::info_span!("download", mount = %id, key = %meta.key);
                     let prepared = Some(download.clone());
-                    shared
+                    downloader
                         .readers
                         .spawn(run(guard, job, meta, path, prepared).instrument(span));
                     Started::Ready(Ok(Reader::Partial(download)))

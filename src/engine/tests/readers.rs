@@ -16,7 +16,7 @@ struct Opened {
 }
 
 impl Opened {
-    fn of(reader: Reader, state: &MountState, path: &str) -> Self {
+    fn of(reader: Reader, replica: &Replica, path: &str) -> Self {
         match reader {
             Reader::Partial(d) => Self {
                 file: d.file().clone(),
@@ -24,7 +24,7 @@ impl Opened {
                 read_ahead: ReadAhead::default(),
             },
             Reader::Complete => Self {
-                file: Arc::new(state.copy.open_file(path).unwrap().0),
+                file: Arc::new(replica.copy.open_file(path).unwrap().0),
                 download: None,
                 read_ahead: ReadAhead::default(),
             },
@@ -62,27 +62,27 @@ async fn meta_of(store: &dyn ObjectStore, path: &str) -> ObjectMeta {
 /// Opens file `path` for a reader (the engine's `open_reader`, as the file system's `open`).
 async fn open(
     engine: &Engine,
-    state: &Arc<MountState>,
+    replica: &Arc<Replica>,
     store: &Arc<dyn ObjectStore>,
     path: &str,
 ) -> Result<Opened, FetchError> {
     let meta = meta_of(store.as_ref(), path).await;
     let reader = engine
-        .open_reader(state, store.clone(), meta, path.into())
+        .open_reader(replica, store.clone(), meta, path.into())
         .await?;
-    Ok(Opened::of(reader, state, path))
+    Ok(Opened::of(reader, replica, path))
 }
 
 /// Starts a background pass over the mount; returns once `held` holds one of its GETs.
 async fn bulk_until_held(
     engine: &Arc<Engine>,
-    state: &Arc<MountState>,
+    replica: &Arc<Replica>,
     store: &Arc<dyn ObjectStore>,
     held: &Held,
 ) -> tokio::task::JoinHandle<Result<PassStats, EngineError>> {
-    let (engine, state, store) = (engine.clone(), state.clone(), store.clone());
+    let (engine, replica, store) = (engine.clone(), replica.clone(), store.clone());
     let listing = store.list("p/").await.unwrap();
-    let bulk = tokio::spawn(async move { engine.apply(&state, store, listing).await });
+    let bulk = tokio::spawn(async move { engine.apply(&replica, store, listing).await });
     held.until_stalled(1).await;
     bulk
 }
@@ -103,11 +103,11 @@ async fn an_open_does_not_wait_behind_the_backlog() {
         concurrency: 1,
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
+    let (engine, replica) = setup.open(tmp.path());
     // The bulk pass takes the only bulk permit and stalls on the gated backlog.
-    let bulk = bulk_until_held(&engine, &state, &store, &gated).await;
+    let bulk = bulk_until_held(&engine, &replica, &store, &gated).await;
     let read = async {
-        let opened = open(&engine, &state, &store, "zz-wanted").await?;
+        let opened = open(&engine, &replica, &store, "zz-wanted").await?;
         opened.read(0, 100).await
     };
     let read = tokio::time::timeout(Duration::from_secs(10), read)
@@ -135,9 +135,9 @@ async fn a_read_waits_only_for_the_parts_covering_it() {
         key == "p/big" && start != 19 * PART
     });
     let store: Arc<dyn ObjectStore> = held.clone();
-    let (engine, state) = Setup::default().open(tmp.path());
+    let (engine, replica) = Setup::default().open(tmp.path());
 
-    let opened = open(&engine, &state, &store, "big").await.unwrap();
+    let opened = open(&engine, &replica, &store, "big").await.unwrap();
     assert!(
         opened.download.is_some(),
         "a large file opens before it is downloaded"
@@ -161,9 +161,9 @@ async fn a_read_waits_only_for_the_parts_covering_it() {
     assert!(all == data, "the whole file reads back");
     drop(opened);
     // Once complete, the file is in place, the version the listing named.
-    wait_until_cached(&state, store.as_ref(), "big").await;
+    wait_until_cached(&replica, store.as_ref(), "big").await;
     let meta = meta_of(store.as_ref(), "big").await;
-    assert!(state.copy.open_held("big", &meta).is_some());
+    assert!(replica.copy.open_held("big", &meta).is_some());
     assert_eq!(std::fs::read(tmp.path().join("m/big")).unwrap(), data);
 }
 
@@ -181,10 +181,10 @@ async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
         part_size: part,
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
-    let bulk = bulk_until_held(&engine, &state, &store, &held).await;
+    let (engine, replica) = setup.open(tmp.path());
+    let bulk = bulk_until_held(&engine, &replica, &store, &held).await;
 
-    let opened = open(&engine, &state, &store, "big").await.unwrap();
+    let opened = open(&engine, &replica, &store, "big").await.unwrap();
     let at = 2 * part + part / 2 + (300 << 10);
     let got = opened.read(at, 100).await.unwrap();
     assert!(got == data[at as usize..at as usize + 100]);
@@ -232,12 +232,12 @@ async fn bulk_gets_hold_back_their_bodies_while_a_reader_waits() {
         part_size: part,
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
-    let bulk = bulk_until_held(&engine, &state, &store, &held).await;
+    let (engine, replica) = setup.open(tmp.path());
+    let bulk = bulk_until_held(&engine, &replica, &store, &held).await;
     held.until_stalled(2).await;
 
     // A reader waits for bytes at the end, its GET queued behind the two bulk GETs.
-    let opened = Arc::new(open(&engine, &state, &store, "big").await.unwrap());
+    let opened = Arc::new(open(&engine, &replica, &store, "big").await.unwrap());
     let at = 7 * part + 5;
     let reader = opened.clone();
     let read = tokio::spawn(async move { reader.read(at, 100).await });
@@ -279,15 +279,15 @@ async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_st
         stream: Some(stream.handle().clone()),
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
+    let (engine, replica) = setup.open(tmp.path());
 
     // The open starts the download; a read in the last part fetches the megabyte around it.
-    let opened = open(&engine, &state, &store, "big").await.unwrap();
+    let opened = open(&engine, &replica, &store, "big").await.unwrap();
     let at = 3 * part + part / 2 + 7;
     let got = opened.read(at, 100).await.unwrap();
     assert!(got == data[at as usize..at as usize + 100]);
     held.gate.add_permits(1000);
-    wait_until_cached(&state, store.as_ref(), "big").await;
+    wait_until_cached(&replica, store.as_ref(), "big").await;
     drop(opened);
     assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
 
@@ -324,7 +324,7 @@ fn engine_on(
     readers: &tokio::runtime::Runtime,
     dir: &Path,
     part: u64,
-) -> (Arc<Engine>, Arc<MountState>) {
+) -> (Arc<Engine>, Arc<Replica>) {
     let setup = Setup {
         part_size: part,
         readers: Some(readers.handle().clone()),
@@ -346,14 +346,14 @@ fn an_open_does_not_wait_for_the_busy_background_runtime() {
     let data = pattern((4 * part) as usize, 5);
     mem.put("p/big", data.clone());
     let store: Arc<dyn ObjectStore> = mem;
-    let (engine, state) = engine_on(&bulk, &readers, tmp.path(), part);
+    let (engine, replica) = engine_on(&bulk, &readers, tmp.path(), part);
 
     // The background runtime's only worker is kept busy until released.
     let release_tx = occupy(&bulk);
 
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let at = 4 * part - 100;
-    let (e, st, s) = (engine.clone(), state.clone(), store.clone());
+    let (e, st, s) = (engine.clone(), replica.clone(), store.clone());
     readers.spawn(async move {
         let opened = open(&e, &st, &s, "big").await.unwrap();
         let got = opened.read(at, 100).await.unwrap();
@@ -366,7 +366,7 @@ fn an_open_does_not_wait_for_the_busy_background_runtime() {
     assert!(got == data[at as usize..]);
 
     release_tx.send(()).unwrap();
-    bulk.block_on(wait_until_cached(&state, store.as_ref(), "big"));
+    bulk.block_on(wait_until_cached(&replica, store.as_ref(), "big"));
     drop(opened);
     assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
     readers.shutdown_background();
@@ -390,7 +390,7 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
     let data = pattern((3 * part) as usize, 6);
     mem.put("p/big", data.clone());
     let store: Arc<dyn ObjectStore> = mem;
-    let (engine, state) = engine_on(&bulk, &readers, tmp.path(), part);
+    let (engine, replica) = engine_on(&bulk, &readers, tmp.path(), part);
     let big = readers.block_on(meta_of(store.as_ref(), "big"));
     let release_bulk = occupy(&bulk);
     let (taken_tx, taken_rx) = std::sync::mpsc::channel::<()>();
@@ -402,10 +402,10 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
     taken_rx.recv().unwrap();
 
     let reader = engine
-        .open_reader_now(&state, store.clone(), big, "big".into())
+        .open_reader_now(&replica, store.clone(), big, "big".into())
         .unwrap()
         .unwrap();
-    let opened = Arc::new(Opened::of(reader, &state, "big"));
+    let opened = Arc::new(Opened::of(reader, &replica, "big"));
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let reader = opened.clone();
     readers.spawn(async move {
@@ -421,7 +421,7 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
     assert!(got == data[data.len() - 100..]);
 
     drop((release_tx, release_bulk));
-    bulk.block_on(wait_until_cached(&state, store.as_ref(), "big"));
+    bulk.block_on(wait_until_cached(&replica, store.as_ref(), "big"));
     drop(opened);
     assert!(std::fs::read(tmp.path().join("m/big")).unwrap() == data);
     readers.shutdown_background();
@@ -444,8 +444,8 @@ async fn a_background_pass_streams_on_the_streaming_runtime() {
         stream: Some(stream.handle().clone()),
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
-    let stats = engine.sync_mount(&state, held.clone()).await.unwrap();
+    let (engine, replica) = setup.open(tmp.path());
+    let stats = engine.sync_mount(&replica, held.clone()).await.unwrap();
     assert_eq!(stats.downloaded, 6);
     assert!(std::fs::read(tmp.path().join("m/large")).unwrap() == large);
     for i in 0..5u8 {
@@ -468,7 +468,7 @@ async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
     mem.put("p/big", data.clone());
     let faults = Faults::over(mem.clone());
     let store: Arc<dyn ObjectStore> = faults.clone();
-    let (engine, state) = Setup::default().open(tmp.path());
+    let (engine, replica) = Setup::default().open(tmp.path());
     // The first GET of the first part fails transiently: the background download retries
     // it, after a backoff, while a reader waits for it and pauses the bulk lane.
     let failed = Arc::new(AtomicBool::new(false));
@@ -480,7 +480,7 @@ async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
         (key == "p/big" && range.start == 0 && !seen.swap(true, Ordering::SeqCst))
             .then(|| Fault::Fail(StoreError::Transient("connection reset".into())))
     });
-    let opened = open(&engine, &state, &store, "big").await.unwrap();
+    let opened = open(&engine, &replica, &store, "big").await.unwrap();
     while !failed.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -509,11 +509,11 @@ async fn a_reader_still_gets_a_part_whose_background_fetch_was_cancelled() {
         cancel: cancel.clone(),
         ..Setup::default()
     };
-    let (engine, state) = setup.open(tmp.path());
-    let bulk = bulk_until_held(&engine, &state, &store, &held).await;
+    let (engine, replica) = setup.open(tmp.path());
+    let bulk = bulk_until_held(&engine, &replica, &store, &held).await;
     // A reader joins that download and waits for the hanging part; then the background
     // pass is cancelled, aborting the fetch the reader was waiting for.
-    let opened = open(&engine, &state, &store, "big").await.unwrap();
+    let opened = open(&engine, &replica, &store, "big").await.unwrap();
     let read = opened.read(10, 100);
     let cancelling = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
