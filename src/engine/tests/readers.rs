@@ -73,6 +73,14 @@ async fn open(
     Ok(Opened::of(reader, replica, path))
 }
 
+/// A store holding `p/big`, `len` bytes of pattern `seed`, and those bytes.
+fn big_file(len: u64, seed: u8) -> (Arc<MemoryStore>, Vec<u8>) {
+    let mem = MemoryStore::new("bkt");
+    let data = pattern(len as usize, seed);
+    mem.put("p/big", data.clone());
+    (mem, data)
+}
+
 /// Starts a background pass over the mount; returns once `held` holds one of its GETs.
 async fn bulk_until_held(
     engine: &Arc<Engine>,
@@ -128,9 +136,7 @@ async fn an_open_does_not_wait_behind_the_backlog() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_waits_only_for_the_parts_covering_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
-    let data = pattern((20 * PART) as usize, 1);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(20 * PART, 1);
     let held = Held::new(mem.clone(), |key, start| {
         key == "p/big" && start != 19 * PART
     });
@@ -170,10 +176,8 @@ async fn a_read_waits_only_for_the_parts_covering_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
     let part = 8 << 20;
-    let data = pattern((4 * part) as usize, 2);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(4 * part, 2);
     // The bulk download's GETs start at part boundaries: they wait.
     let held = Held::new(mem.clone(), move |_, start| start % part == 0);
     let store: Arc<dyn ObjectStore> = held.clone();
@@ -221,10 +225,8 @@ async fn a_read_fetches_its_own_stretch_not_the_whole_part() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bulk_gets_hold_back_their_bodies_while_a_reader_waits() {
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
     let part = 1 << 20;
-    let data = pattern((8 * part) as usize, 3);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(8 * part, 3);
     // Every GET waits at the gate until the test lets it through.
     let held = Held::new(mem.clone(), |_, _| true);
     let store: Arc<dyn ObjectStore> = held.clone();
@@ -266,10 +268,8 @@ async fn a_readers_fetch_runs_on_the_readers_runtime_and_the_rest_of_the_file_st
     let readers = named_runtime("test-reader");
     let stream = named_runtime("test-stream");
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data = pattern((4 * part) as usize, 4);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(4 * part, 4);
     // The GETs of whole parts (the background download's) wait at the gate.
     let held = Held::new(mem.clone(), move |_, start| start % part == 0);
     let store: Arc<dyn ObjectStore> = held.clone();
@@ -341,10 +341,8 @@ fn engine_on(
 fn an_open_does_not_wait_for_the_busy_background_runtime() {
     let (bulk, readers) = (named_runtime("test-bulk"), named_runtime("test-reader"));
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data = pattern((4 * part) as usize, 5);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(4 * part, 5);
     let store: Arc<dyn ObjectStore> = mem;
     let (engine, replica) = engine_on(&bulk, &readers, tmp.path(), part);
 
@@ -385,10 +383,8 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
     let part = 2 << 20;
-    let data = pattern((3 * part) as usize, 6);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(3 * part, 6);
     let store: Arc<dyn ObjectStore> = mem;
     let (engine, replica) = engine_on(&bulk, &readers, tmp.path(), part);
     let big = readers.block_on(meta_of(store.as_ref(), "big"));
@@ -463,9 +459,7 @@ async fn a_background_pass_streams_on_the_streaming_runtime() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
-    let data = pattern((8 * PART) as usize, 8);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(8 * PART, 8);
     let faults = Faults::over(mem.clone());
     let store: Arc<dyn ObjectStore> = faults.clone();
     let (engine, replica) = Setup::default().open(tmp.path());
@@ -495,9 +489,7 @@ async fn a_reader_waiting_for_a_part_the_backlog_is_retrying_gets_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_still_gets_a_part_whose_background_fetch_was_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
-    let mem = MemoryStore::new("bkt");
-    let data = pattern((4 * PART) as usize, 9);
-    mem.put("p/big", data.clone());
+    let (mem, data) = big_file(4 * PART, 9);
     // The background download's GET of the first part hangs; a later one goes through.
     let first = AtomicBool::new(true);
     let held = Held::new(mem.clone(), move |key, start| {
