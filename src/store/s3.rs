@@ -2,6 +2,9 @@
 //! GetObject with `If-Match`, with SDK errors classified into [`StoreError`].
 //!
 //! Retries are the engine's job (one policy for every store), so the SDK's own retries are off.
+//! Answers of S3-compatible servers that the SDK would refuse are put right first ([`compat`]).
+
+mod compat;
 
 use super::{Body, ObjectMeta, ObjectStore, StoreError, local_http};
 use crate::errors;
@@ -85,6 +88,7 @@ impl S3Connector {
     fn client(&self, region: Option<&str>, own_pool: bool) -> Client {
         let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
             .force_path_style(self.opts.force_path_style)
+            .interceptor(compat::WrongRootNames)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
