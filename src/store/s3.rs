@@ -852,7 +852,77 @@ fn url_decode(key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::url_decode;
+    use super::*;
+    use aws_sdk_s3::operation::put_object::PutObjectError;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    /// What `classify` makes of a write answered `status` with the error code `code`.
+    fn classified(status: u16, code: &str) -> StoreError {
+        let meta = ErrorMetadata::builder().code(code).message("m").build();
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        let err = SdkError::service_error(PutObjectError::generic(meta), raw);
+        classify(&err, "bkt", Some("d/k"), "http://127.0.0.1:1")
+    }
+
+    #[test]
+    fn write_errors_are_classified() {
+        let key = || "d/k".to_owned();
+        assert_eq!(
+            classified(412, "PreconditionFailed"),
+            StoreError::PreconditionFailed { key: key() }
+        );
+        assert_eq!(
+            classified(409, "ConditionalRequestConflict"),
+            StoreError::ConditionalConflict { key: key() }
+        );
+        assert_eq!(
+            classified(404, "NoSuchUpload"),
+            StoreError::NoSuchUpload { key: key() }
+        );
+        let denied = classified(403, "AccessDenied");
+        assert_eq!(
+            denied.to_string(),
+            "access denied to bucket \"bkt\" for object \"d/k\" (AccessDenied)"
+        );
+        assert!(classified(503, "SlowDown").is_transient());
+        assert!(classified(500, "InternalError").is_transient());
+        for code in [
+            "EntityTooSmall",
+            "InvalidPart",
+            "InvalidPartOrder",
+            "MalformedXML",
+        ] {
+            let err = classified(400, code);
+            assert!(matches!(err, StoreError::Permanent(_)), "{code}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn copy_sources_escape_what_a_header_cannot_carry() {
+        let encoded = utf8_percent_encode("d/a b+ü%?.x~_-", COPY_SOURCE).to_string();
+        assert_eq!(encoded, "d/a%20b%2B%C3%BC%25%3F.x~_-");
+    }
+
+    #[test]
+    fn a_copys_error_names_the_key_whose_condition_failed() {
+        let source = ObjectMeta {
+            key: "src".into(),
+            size: 1,
+            etag: "e".into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+        };
+        let failed = || StoreError::PreconditionFailed { key: "dst".into() };
+        let named = |cond| match copy_error(failed(), &source, "dst", &cond) {
+            StoreError::PreconditionFailed { key } => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(named(Precondition::None), "src");
+        assert_eq!(named(Precondition::IfNoneMatch), "dst");
+        let missing = StoreError::NoSuchKey { key: "dst".into() };
+        let err = copy_error(missing, &source, "dst", &Precondition::IfNoneMatch);
+        assert_eq!(err, StoreError::NoSuchKey { key: "src".into() });
+    }
 
     #[test]
     fn listed_keys_decode_as_s3_encodes_them() {
