@@ -248,8 +248,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Copies the version `source` names (its key and ETag: a source that changed since fails
     /// with [`StoreError::PreconditionFailed`]) to `dest_key`, if `cond` holds for `dest_key`,
     /// stored as `opts` say; the new object's ETag (unquoted). A large source (S3 copies at
-    /// most 5 GiB in one request) is copied in parts. When S3 cannot tell which of the two
-    /// conditions failed, the error names the destination.
+    /// most 5 GiB in one request) is copied in parts. S3 does not say which of the two
+    /// conditions failed: a [`StoreError::PreconditionFailed`] names the source when `cond` is
+    /// `None`, else the destination (the in-memory store names the one that failed).
     async fn copy(
         &self,
         source: &ObjectMeta,

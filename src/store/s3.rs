@@ -722,8 +722,9 @@ impl S3Store {
         match self.head(dest_key).await? {
             Some(meta) if meta.size == source.size => Ok(etag),
             found => Err(StoreError::Permanent(format!(
-                "copying \"{}\" to \"{dest_key}\" in parts made an object of {} bytes instead \
-                 of {}: the server does not copy parts (UploadPartCopy)",
+                "copying \"{}\" to \"{dest_key}\" in parts: the object there has {} bytes, \
+                 not the {} copied: the server does not copy parts (UploadPartCopy), or another \
+                 writer replaced it at once",
                 source.key,
                 found.map_or(0, |m| m.size),
                 source.size
