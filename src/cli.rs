@@ -116,6 +116,11 @@ pub struct SyncArgs {
         value_name = "SECONDS"
     )]
     pub download_interval: i64,
+
+    /// With --recurring-downloads, how long a changed file of a writeable mount must have been
+    /// left alone before it is uploaded (a one-shot run uploads every change at once).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub upload_delay: u64,
 }
 
 /// `mount`: the shared flags, with those of scheduling and destination described as a mount
@@ -194,6 +199,8 @@ pub struct SyncConfig {
     pub recurring: bool,
     pub interval: Duration,
     pub stop_after: Option<Duration>,
+    /// How long a local change of a writeable mount must be quiet before it is uploaded.
+    pub upload_delay: Duration,
     pub s3: S3Options,
 }
 
@@ -245,7 +252,8 @@ impl SyncArgs {
             self.recurring_downloads,
             self.download_interval,
             self.stop_recurring_downloads_after,
-        )?;
+        )?
+        .with_upload_delay(self.upload_delay);
         self.common.into_config(self.destination, schedule)
     }
 }
@@ -316,6 +324,7 @@ impl CommonArgs {
             recurring: schedule.recurring,
             interval: schedule.interval,
             stop_after: schedule.stop_after,
+            upload_delay: schedule.upload_delay,
             s3: S3Options {
                 region: self.region,
                 profile: self.profile,
@@ -327,11 +336,13 @@ impl CommonArgs {
     }
 }
 
-/// When passes run: once, or every `interval` until `stop_after`.
+/// When passes run: once, or every `interval` until `stop_after`; and how long a local change
+/// waits before it is uploaded (`upload_delay`, zero in a one-shot run: nothing waits for it).
 struct Schedule {
     recurring: bool,
     interval: Duration,
     stop_after: Option<Duration>,
+    upload_delay: Duration,
 }
 
 impl Schedule {
@@ -344,7 +355,20 @@ impl Schedule {
             recurring,
             interval: Duration::from_secs(interval as u64),
             stop_after: (stop_after > 0).then(|| Duration::from_secs(stop_after as u64)),
+            upload_delay: Duration::ZERO,
         })
+    }
+
+    /// Local changes wait `seconds` when passes recur.
+    fn with_upload_delay(self, seconds: u64) -> Self {
+        let upload_delay = match self.recurring {
+            true => Duration::from_secs(seconds),
+            false => Duration::ZERO,
+        };
+        Self {
+            upload_delay,
+            ..self
+        }
     }
 }
 

@@ -21,4 +21,5 @@ pub mod store;
 pub mod tasks;
 #[cfg(test)]
 mod testing;
+pub mod upload;
 pub mod vfs;

@@ -77,6 +77,7 @@ impl Setup {
             readers: self.readers.clone(),
             stream: self.stream.clone(),
             slow_start: self.slow_start,
+            upload_delay: Duration::ZERO,
         };
         Engine::new(
             root,

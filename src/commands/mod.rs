@@ -60,6 +60,11 @@ pub fn log_summary(mount: &str, s: &PassStats) {
         failed = s.failed,
         unchanged = s.unchanged,
         bytes = s.bytes,
+        uploaded = s.uploaded,
+        bytes_uploaded = s.bytes_uploaded,
+        remote_deleted = s.remote_deleted,
+        conflicts = s.conflicts,
+        settling = s.settling,
         listing_seconds = %seconds(s.list_time),
         download_seconds = %seconds(s.download_time),
         seconds = %seconds(s.list_time + s.download_time),
@@ -67,14 +72,15 @@ pub fn log_summary(mount: &str, s: &PassStats) {
     );
 }
 
-/// Says once, at start, that a mount the mounts JSON calls writeable is not written back:
-/// uploading is not supported yet. `consequence` is what that means for the command.
+/// Says once, at start, that a mount the mounts JSON calls writeable is not written back by
+/// this command (mount mode: uploads are not supported there yet). `consequence` is what that
+/// means for the command.
 pub fn note_writeable(mount: &Mount, consequence: &str) {
     if mount.writeable {
         tracing::warn!(
             mount = %mount.id,
             "the mount is writeable in the mounts JSON, but uploading to S3 is not supported \
-             yet: {consequence}"
+             yet in mount mode: {consequence}"
         );
     }
 }

@@ -17,6 +17,7 @@ use crate::cli::MountConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store_label};
 use crate::fuse::FuseFs;
 use crate::local::Root;
+use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Mounted, Vfs};
@@ -162,6 +163,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 readers: Some(readers.handle().clone()),
                 stream: Some(stream.handle().clone()),
                 slow_start: true,
+                upload_delay: sync.upload_delay,
             },
             Arc::new(Progress::default()),
             cancel.clone(),
@@ -175,7 +177,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         let mut listings = Vec::new();
         for mount in &sync.mounts {
             note_writeable(mount, "it is served read-only");
-            let replica = engine.open_mount(mount.clone())?;
+            // Nothing writes into a mount's cache: it is not walked for changes to upload.
+            let replica = engine.open_mount(Mount {
+                writeable: false,
+                ..mount.clone()
+            })?;
             let store = connect(mount, sync, &mut connectors).await?;
             // Listed, or what earlier runs cached when the store cannot be reached now.
             let started = Instant::now();

@@ -5,7 +5,7 @@
 //! recurring mode it is connected and tried again on the next pass.
 
 use super::signals::Signals;
-use super::{connect, log_summary, note_writeable};
+use super::{connect, log_summary};
 use crate::cli::SyncConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, Replica};
 use crate::local::Root;
@@ -45,13 +45,13 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             readers: None,
             stream: None,
             slow_start: false,
+            upload_delay: config.upload_delay,
         },
         progress.clone(),
         cancel.clone(),
     );
     let mut mounts = Vec::new();
     for mount in &config.mounts {
-        note_writeable(mount, "its local changes are not uploaded");
         mounts.push(engine.open_mount(mount.clone())?);
     }
 

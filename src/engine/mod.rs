@@ -26,12 +26,14 @@
 pub mod download;
 pub mod plan;
 
+use crate::local::manifest::Stamp;
 use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::retry::retry;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
+use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
 pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
 use download::{Lanes, Outcome};
@@ -62,6 +64,9 @@ pub struct EngineConfig {
     /// on this machine, and our own cores) busiest just then (measurements:
     /// docs/PERFORMANCE.md, "Slow start").
     pub slow_start: bool,
+    /// How long a local change of a writeable mount must have been quiet before it is uploaded
+    /// (a file still being written is not uploaded half-way).
+    pub upload_delay: Duration,
 }
 
 /// The GETs the bulk lane starts with under [`EngineConfig::slow_start`] ...
@@ -98,6 +103,8 @@ pub(crate) struct Downloader {
 
 pub struct Engine {
     downloader: Arc<Downloader>,
+    /// [`EngineConfig::upload_delay`].
+    upload_delay: Duration,
 }
 
 /// A mount of the mounts JSON and its local copy: what a pass, a reader's download and the
@@ -121,6 +128,15 @@ pub struct PassStats {
     pub skipped: usize,
     pub failed: usize,
     pub bytes: u64,
+    /// Local changes uploaded (writeable mounts), and their bytes.
+    pub uploaded: usize,
+    pub bytes_uploaded: u64,
+    /// Objects deleted because their local files were.
+    pub remote_deleted: usize,
+    /// Local changes kept beside a conflicting remote version.
+    pub conflicts: usize,
+    /// Local changes left for a later pass: written too recently, or while being read.
+    pub settling: usize,
     /// How long listing the bucket took.
     pub list_time: Duration,
     /// How long the rest of the pass took: planning, deleting, downloading, committing.
@@ -195,6 +211,7 @@ impl Engine {
                 stream: config.stream.clone(),
                 cancel,
             }),
+            upload_delay: config.upload_delay,
         };
         if first < concurrency {
             let downloader = engine.downloader.clone();
@@ -312,16 +329,57 @@ impl Engine {
         };
         let cancel = &self.downloader.cancel;
         let planning = replica.clone();
+        let delay = self.upload_delay;
         let planned = tokio::task::spawn_blocking(move || {
             let prefix = &planning.mount.prefix;
-            let plan = planning
-                .copy
-                .plan(|entries, probe| plan::plan(prefix, &remote, entries, probe));
-            let stats = apply_local_changes(&planning, &plan);
-            (plan, stats)
+            let copy = &planning.copy;
+            let write = match planning.mount.writeable {
+                false => Ok(plan::WritePlan {
+                    plan: copy.plan(|entries, probe| plan::plan(prefix, &remote, entries, probe)),
+                    ..plan::WritePlan::default()
+                }),
+                true => copy.plan_writeable(|entries, scanned| {
+                    report_passed_over(&planning.mount, &scanned.passed_over);
+                    let now = SystemTime::now();
+                    let settled = |s: &Stamp| {
+                        now.duration_since(s.changed_at())
+                            .is_ok_and(|quiet| quiet >= delay)
+                    };
+                    plan::plan_writeable(prefix, &remote, entries, &scanned.found, settled)
+                }),
+            };
+            write.map(|write| {
+                let stats = apply_local_changes(&planning, &write.plan);
+                (write, stats)
+            })
         })
         .await;
-        let (plan, mut stats) = finished(planned).map_err(|_| cancelled())?;
+        let (write, mut stats) = finished(planned)
+            .map_err(|_| cancelled())?
+            .map_err(|source| EngineError::Local {
+                mount: mount.id.clone(),
+                source,
+            })?;
+        let plan::WritePlan {
+            mut plan,
+            upload,
+            remote_delete,
+            settling,
+            copy_gone,
+        } = write;
+        stats.settling = settling;
+        if copy_gone {
+            tracing::warn!(
+                mount = %mount.id,
+                "the mount's directory holds none of the files the tool put there: taken for a \
+                 lost local copy, not for deletions, so nothing is deleted in the bucket; they are \
+                 downloaded again"
+            );
+        }
+        let refetch = self
+            .push(replica, &store, upload, remote_delete, &mut stats)
+            .await?;
+        plan.fetch.extend(refetch);
 
         let progress = &self.downloader.progress;
         progress.add_planned(
@@ -397,6 +455,117 @@ impl Engine {
             })?;
         stats.download_time = started.elapsed();
         Ok(stats)
+    }
+}
+
+impl Engine {
+    /// Uploads a writeable mount's local changes and deletes the objects of its deleted files,
+    /// a bounded number at a time; returns the remote versions to download after conflicts.
+    async fn push(
+        &self,
+        replica: &Arc<Replica>,
+        store: &Arc<dyn ObjectStore>,
+        uploads: Vec<plan::Upload>,
+        deletes: Vec<plan::RemoteDelete>,
+        stats: &mut PassStats,
+    ) -> Result<Vec<plan::Fetch>, EngineError> {
+        let mount = &replica.mount;
+        let uploader = Arc::new(Uploader {
+            downloader: self.downloader.clone(),
+            replica: replica.clone(),
+            store: store.clone(),
+        });
+        let mut jobs = uploads
+            .into_iter()
+            .map(Either::Upload)
+            .chain(deletes.into_iter().map(Either::Delete));
+        let mut running = JoinSet::new();
+        let mut refetch = Vec::new();
+        loop {
+            while running.len() < self.downloader.files_in_flight {
+                let Some(job) = jobs.next() else { break };
+                let uploader = uploader.clone();
+                let span = tracing::info_span!("upload", mount = %mount.id, key = %job.key());
+                running.spawn(
+                    async move {
+                        let pushed = match &job {
+                            Either::Upload(up) => uploader.upload(up).await,
+                            Either::Delete(del) => uploader.delete(del).await,
+                        };
+                        (job, pushed)
+                    }
+                    .instrument(span),
+                );
+            }
+            let done = tokio::select! {
+                done = running.join_next() => done,
+                () = self.downloader.cancel.cancelled() => {
+                    running.shutdown().await;
+                    return Err(EngineError::Cancelled { mount: mount.id.clone() });
+                }
+            };
+            let Some(done) = done else { break };
+            let (job, pushed) = finished(done).map_err(|_| EngineError::Cancelled {
+                mount: mount.id.clone(),
+            })?;
+            let again = |remote: ObjectMeta| plan::Fetch {
+                path: job.path().to_owned(),
+                meta: remote,
+                update: false,
+            };
+            match pushed {
+                Ok(Pushed::Uploaded { bytes }) => {
+                    stats.uploaded += 1;
+                    stats.bytes_uploaded += bytes;
+                }
+                Ok(Pushed::Changed) => stats.settling += 1,
+                Ok(Pushed::Conflict { remote, .. }) => {
+                    stats.conflicts += 1;
+                    refetch.extend(remote.map(again));
+                }
+                Ok(Pushed::Deleted) => stats.remote_deleted += 1,
+                Ok(Pushed::KeptRemote { remote }) => refetch.push(again(remote)),
+                Err(e) => {
+                    stats.failed += 1;
+                    tracing::error!(mount = %mount.id, bucket = %mount.bucket, "{e}");
+                }
+            }
+        }
+        Ok(refetch)
+    }
+}
+
+/// An upload or a remote delete, as one task set runs them.
+enum Either {
+    Upload(plan::Upload),
+    Delete(plan::RemoteDelete),
+}
+
+impl Either {
+    fn key(&self) -> &str {
+        match self {
+            Either::Upload(u) => &u.key,
+            Either::Delete(d) => &d.key,
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Either::Upload(u) => &u.path,
+            Either::Delete(d) => &d.path,
+        }
+    }
+}
+
+/// Says which paths of a writeable mount's directory are not uploaded: links, devices, sockets
+/// and names that are not UTF-8 cannot be made objects.
+fn report_passed_over(mount: &Mount, passed_over: &[std::path::PathBuf]) {
+    for path in passed_over {
+        tracing::debug!(
+            mount = %mount.id,
+            path = %path.display(),
+            "not uploaded: not a regular file or directory, or its name is not UTF-8"
+        );
     }
 }
 

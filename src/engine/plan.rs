@@ -7,10 +7,11 @@
 //! - no path is both a file and a directory: such keys go to `skipped`.
 
 use crate::local::Local;
-use crate::local::manifest::Entry;
+use crate::local::dirs::Found;
+use crate::local::manifest::{Entry, Stamp};
 use crate::paths::{Layout, Unrepresentable, layout};
 use crate::store::ObjectMeta;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
@@ -102,6 +103,130 @@ pub fn plan(
     out
 }
 
+/// A local file (or empty directory) to upload: new (`base` is `None`), or changed since the
+/// tool wrote or uploaded the version `base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub path: String,
+    pub key: String,
+    pub base: Option<String>,
+    /// The file as found; `None` for an empty directory (its folder marker).
+    pub stamp: Option<Stamp>,
+}
+
+/// An object whose local file was deleted: it is deleted too, if it is still the version `etag`
+/// the local file was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDelete {
+    pub path: String,
+    pub key: String,
+    pub etag: String,
+}
+
+/// The work of a pass over a writeable mount: [`plan`]'s, less what would overwrite or delete
+/// a local change, plus the uploads and remote deletes of the local changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WritePlan {
+    pub plan: Plan,
+    pub upload: Vec<Upload>,
+    pub remote_delete: Vec<RemoteDelete>,
+    /// Local changes left for a later pass: written too recently (see `settled`).
+    pub settling: usize,
+    /// The manifest lists files but the mount's directory holds none: the local copy is gone
+    /// (a wiped or unmounted disk), not emptied file by file, so nothing is deleted remotely.
+    pub copy_gone: bool,
+}
+
+/// [`plan`] for a writeable mount, given a walk of its directory (`scan`). A file is a local
+/// change when the manifest has no file there, or its stamp differs from the entry's; a file
+/// the manifest lists and the walk does not find was deleted locally. A change is uploaded once
+/// `settled` says it has been quiet long enough; until then it is neither uploaded nor touched.
+/// An object whose local file was deleted is deleted only if the listing still shows the version
+/// the file was; a newer version is downloaded instead (a delete that conflicts deletes
+/// nothing).
+pub fn plan_writeable(
+    prefix: &str,
+    remote: &[ObjectMeta],
+    manifest: &BTreeMap<String, Entry>,
+    scan: &BTreeMap<String, Found>,
+    settled: impl Fn(&Stamp) -> bool,
+) -> WritePlan {
+    let probe = |path: &str| match scan.get(path) {
+        Some(Found::File(stamp)) => Local::File { size: stamp.size },
+        Some(Found::Dir { .. }) => Local::Other,
+        None => Local::Missing,
+    };
+    let mut out = WritePlan {
+        plan: plan(prefix, remote, manifest, probe),
+        ..WritePlan::default()
+    };
+    let listed: BTreeMap<&str, &ObjectMeta> = remote.iter().map(|m| (m.key.as_str(), m)).collect();
+    let key_of = |path: &str, dir: bool| match dir {
+        true => format!("{prefix}{path}/"),
+        false => format!("{prefix}{path}"),
+    };
+
+    // Local changes: kept from the download side, uploaded once settled.
+    let mut changed = BTreeSet::new();
+    for (path, found) in scan {
+        let (base, stamp) = match (found, manifest.get(path)) {
+            (Found::File(stamp), Some(e)) if !e.dir => {
+                if !e.changed_locally(stamp) {
+                    continue;
+                }
+                (Some(e.etag.clone()), Some(*stamp))
+            }
+            (Found::File(stamp), _) => (None, Some(*stamp)),
+            (Found::Dir { empty: true }, None) => (None, None),
+            (Found::Dir { .. }, _) => continue,
+        };
+        changed.insert(path.as_str());
+        if stamp.as_ref().is_some_and(|s| !settled(s)) {
+            out.settling += 1;
+            continue;
+        }
+        out.upload.push(Upload {
+            path: path.clone(),
+            key: key_of(path, stamp.is_none()),
+            base,
+            stamp,
+        });
+    }
+
+    // Local deletions: the object goes too, if it is still the version the file was.
+    let files_listed = manifest.values().filter(|e| !e.dir).count();
+    let files_found = scan
+        .values()
+        .filter(|f| matches!(f, Found::File(_)))
+        .count();
+    out.copy_gone = files_listed > 0 && files_found == 0;
+    let mut deleted = BTreeSet::new();
+    if !out.copy_gone {
+        for (path, e) in manifest {
+            let gone = match e.dir {
+                true => !scan.contains_key(path),
+                false => !matches!(scan.get(path), Some(Found::File(_))),
+            };
+            if gone && listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag) {
+                deleted.insert(path.as_str());
+                out.remote_delete.push(RemoteDelete {
+                    path: path.clone(),
+                    key: e.key.clone(),
+                    etag: e.etag.clone(),
+                });
+            }
+        }
+    }
+
+    let plan = &mut out.plan;
+    plan.fetch
+        .retain(|f| !changed.contains(f.path.as_str()) && !deleted.contains(f.path.as_str()));
+    plan.delete.retain(|d| !changed.contains(d.path.as_str()));
+    plan.dirs
+        .retain(|(path, _)| !deleted.contains(path.as_str()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +248,7 @@ mod tests {
             size,
             mtime: 0,
             dir: false,
+            local: None,
         }
     }
 

@@ -535,6 +535,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
             readers: None,
             stream: None,
             slow_start: true,
+            upload_delay: Duration::ZERO,
         },
         Arc::new(Progress::default()),
         CancellationToken::new(),
@@ -578,3 +579,4 @@ async fn the_bulk_lane_resumes_a_grace_after_the_last_readers_download() {
 }
 
 mod readers;
+mod uploads;

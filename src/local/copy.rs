@@ -7,8 +7,8 @@
 //! snapshot write at [`MountCopy::finish_pass`], and the probes of a plan, never across an
 //! `.await`.
 
-use super::dirs::{self, Local};
-use super::manifest::{Entry, Manifest};
+use super::dirs::{self, Local, Scanned};
+use super::manifest::{Entry, Manifest, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
@@ -39,8 +39,9 @@ impl MountCopy {
     /// Moves a complete download of `meta` into place at `path`, then records it (in that
     /// order: the manifest never claims a file that is not there).
     pub fn commit(&self, staged: Staged, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
-        staged.commit(&self.dir, path, meta.last_modified)?;
-        self.manifest.lock().put(path, Entry::file(meta))?;
+        let placed = staged.commit(&self.dir, path, meta.last_modified)?;
+        let entry = Entry::file(meta).stamped(Stamp::of(&placed));
+        self.manifest.lock().put(path, entry)?;
         Ok(())
     }
 
@@ -96,6 +97,54 @@ impl MountCopy {
     /// metadata.
     pub fn open_file(&self, path: &str) -> Result<(File, Metadata), LocalError> {
         dirs::open_file(&self.dir, path)
+    }
+
+    /// `f` of the manifest's entries and a walk of the directory (no link followed), with the
+    /// manifest locked: what a plan of a writeable mount needs.
+    pub fn plan_writeable<T>(
+        &self,
+        f: impl FnOnce(&BTreeMap<String, Entry>, &Scanned) -> T,
+    ) -> Result<T, LocalError> {
+        let manifest = self.manifest.lock();
+        let scanned = dirs::scan(&self.dir)?;
+        Ok(f(manifest.entries(), &scanned))
+    }
+
+    /// Records that the object `meta` was made from the local file at `path`, as `stamp` found
+    /// it (an upload), or from the empty directory there (`stamp` is `None`).
+    pub fn record_upload(
+        &self,
+        path: &str,
+        meta: &ObjectMeta,
+        stamp: Option<Stamp>,
+    ) -> Result<(), LocalError> {
+        let entry = match stamp {
+            Some(stamp) => Entry::file(meta).stamped(stamp),
+            None => Entry::folder(meta),
+        };
+        Ok(self.manifest.lock().put(path, entry)?)
+    }
+
+    /// Forgets `path` without touching what is there: its object was deleted along with the
+    /// local file, or it is no longer the tool's version (a delete or an upload that conflicted).
+    pub fn forget(&self, path: &str) -> Result<(), LocalError> {
+        Ok(self.manifest.lock().remove(path)?)
+    }
+
+    /// Moves the local file at `path` aside to `to` (which must not exist) and forgets `path`:
+    /// a local version kept beside a conflicting remote one. Returns the file's stamp at `to`.
+    pub fn move_aside(&self, path: &str, to: &str) -> Result<Stamp, LocalError> {
+        let mut manifest = self.manifest.lock();
+        dirs::rename_file(&self.dir, path, to)?;
+        manifest.remove(path)?;
+        drop(manifest);
+        let (_, metadata) = dirs::open_file(&self.dir, to)?;
+        Ok(Stamp::of(&metadata))
+    }
+
+    /// Whether something is at `path` (no link followed).
+    pub fn exists(&self, path: &str) -> bool {
+        dirs::probe(&self.dir, path) != Local::Missing
     }
 
     /// `f` of the manifest's entries and a probe of what is on disk at a path (no link

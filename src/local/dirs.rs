@@ -3,7 +3,9 @@
 //! directories, so a symbolic link planted on the way (or swapped in meanwhile) is never
 //! followed.
 
+use super::manifest::Stamp;
 use super::{LocalError, io_err};
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata};
 use std::io;
@@ -116,6 +118,95 @@ fn remove_empty_parents(dir: &Path, rel: &str) {
 /// `rel` as its parent directory ("" for none) and its last component.
 pub(super) fn split(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+/// What a walk of a mount's directory found at a relative path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    File(Stamp),
+    Dir { empty: bool },
+}
+
+/// A walk of a mount's directory: every regular file and directory by relative path, and what
+/// was passed over (symbolic links, devices, sockets, names that are not UTF-8: none is a file an
+/// object can be made of).
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub found: BTreeMap<String, Found>,
+    pub passed_over: Vec<PathBuf>,
+}
+
+/// Walks `dir` without following a symbolic link. A directory that cannot be read fails the
+/// walk: a file missing from it would look deleted.
+pub fn scan(dir: &Path) -> Result<Scanned, LocalError> {
+    let mut out = Scanned::default();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            dir.to_owned()
+        } else {
+            dir.join(&rel)
+        };
+        let entries = match std::fs::read_dir(&path) {
+            Err(e) if rel.is_empty() && e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            other => other.map_err(io_err(&path))?,
+        };
+        let mut empty = true;
+        for entry in entries {
+            empty = false;
+            let entry = entry.map_err(io_err(&path))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                out.passed_over.push(entry.path());
+                continue;
+            };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            // `DirEntry::metadata` is an lstat: a link is seen as a link.
+            let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+            if meta.is_file() {
+                out.found.insert(child, Found::File(Stamp::of(&meta)));
+            } else if meta.is_dir() {
+                stack.push(child);
+            } else {
+                out.passed_over.push(entry.path());
+            }
+        }
+        if !rel.is_empty() {
+            out.found.insert(rel, Found::Dir { empty });
+        }
+    }
+    Ok(out)
+}
+
+/// Renames the regular file `dir/from` to `dir/to`, which must not exist, following no symbolic
+/// link on the way and creating `to`'s directories as needed.
+pub fn rename_file(dir: &Path, from: &str, to: &str) -> Result<(), LocalError> {
+    let (from_parent, from_name) = split(from);
+    let (to_parent, to_name) = split(to);
+    let src = DirFd::open(dir, from_parent, false)?;
+    let dst = DirFd::open(dir, to_parent, true)?;
+    let path = dst.path.join(to_name);
+    let (from_c, to_c) = (
+        DirFd::name(from_name).map_err(io_err(&path))?,
+        DirFd::name(to_name).map_err(io_err(&path))?,
+    );
+    // SAFETY: valid directory descriptors and NUL-terminated names.
+    let rc = unsafe {
+        libc::renameat2(
+            src.fd.as_raw_fd(),
+            from_c.as_ptr(),
+            dst.fd.as_raw_fd(),
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc < 0 {
+        return Err(io_err(&path)(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// A directory opened one component at a time without following symbolic links: what is done

@@ -10,8 +10,9 @@
 use crate::store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +27,41 @@ pub struct Entry {
     /// A directory from a folder marker, not a file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dir: bool,
+    /// The local file as the tool left it (absent in entries of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<Stamp>,
+}
+
+/// What a local file looked like when the tool last wrote or uploaded it. A write, a truncate,
+/// a replacement (a new inode) or a change of its metadata moves at least one of these, so a
+/// file whose stamp differs from its entry's was changed since, whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    /// Modification and status-change times, in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+impl Stamp {
+    pub fn of(m: &Metadata) -> Self {
+        Self {
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+        }
+    }
+
+    /// The later of the modification and status-change times.
+    pub fn changed_at(&self) -> SystemTime {
+        let ns = self.mtime_ns.max(self.ctime_ns);
+        match u64::try_from(ns) {
+            Ok(ns) => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+            Err(_) => SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 impl Entry {
@@ -37,6 +73,25 @@ impl Entry {
             size: meta.size,
             mtime: unix_seconds(meta.last_modified),
             dir: false,
+            local: None,
+        }
+    }
+
+    /// This entry, with the local file as the tool left it.
+    pub fn stamped(self, local: Stamp) -> Self {
+        Self {
+            local: Some(local),
+            ..self
+        }
+    }
+
+    /// Whether the local file, found as `now`, is not as the tool left it. An entry of an
+    /// earlier version, without a stamp, compares the size and the mtime the tool set (the
+    /// object's LastModified, to the second).
+    pub fn changed_locally(&self, now: &Stamp) -> bool {
+        match &self.local {
+            Some(then) => then != now,
+            None => now.size != self.size || now.mtime_ns.div_euclid(1_000_000_000) != self.mtime,
         }
     }
 
@@ -259,6 +314,7 @@ mod tests {
             size: 3,
             mtime: 1,
             dir: false,
+            local: None,
         }
     }
 

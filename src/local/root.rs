@@ -7,7 +7,7 @@ use super::{LocalError, io_err};
 use crate::mounts::STATE_DIR;
 use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -325,8 +325,14 @@ impl Staged {
         }
     }
 
-    /// Sets the mtime and moves the complete file to `dir/rel`, creating directories as needed.
-    pub fn commit(mut self, dir: &Path, rel: &str, mtime: SystemTime) -> Result<(), LocalError> {
+    /// Sets the mtime and moves the complete file to `dir/rel`, creating directories as needed;
+    /// returns the file's metadata at its final path (a rename changes its ctime).
+    pub fn commit(
+        mut self,
+        dir: &Path,
+        rel: &str,
+        mtime: SystemTime,
+    ) -> Result<Metadata, LocalError> {
         self.file.set_modified(mtime).map_err(io_err(&self.path))?;
         let (parent, name) = split(rel);
         let at = DirFd::open(dir, parent, true)?;
@@ -342,7 +348,7 @@ impl Staged {
         if let Some(record) = &mut self.record {
             record.remove();
         }
-        Ok(())
+        self.file.metadata().map_err(io_err(&dest))
     }
 }
 

@@ -25,10 +25,9 @@ use super::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,10 +83,13 @@ pub struct MemoryStore {
     pub counters: Counters,
 }
 
+/// S3's ETag of an object written with one PUT: the MD5 of its bytes, in hex.
 fn content_etag(data: &[u8]) -> String {
-    let mut h = DefaultHasher::new();
-    data.hash(&mut h);
-    format!("{:016x}", h.finish())
+    hex(&Md5::digest(data))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl MemoryStore {
@@ -420,12 +422,12 @@ impl MemoryStore {
         }
         let mut objects = self.objects.lock();
         check(key, objects.get(key), cond)?;
-        // S3's form: the hash of the parts' hashes, then the number of parts.
-        let mut h = DefaultHasher::new();
-        for part in parts {
-            part.etag.hash(&mut h);
+        // S3's form: the MD5 of the parts' MD5s, then the number of parts.
+        let mut md5 = Md5::new();
+        for part in &chosen {
+            md5.update(Md5::digest(part));
         }
-        let etag = format!("{:016x}-{}", h.finish(), parts.len());
+        let etag = format!("{}-{}", hex(&md5.finalize()), parts.len());
         let data: Vec<u8> = chosen.concat();
         let opts = upload.opts.clone();
         uploads.remove(upload_id);

@@ -21,6 +21,8 @@ pub(crate) struct Lanes {
     waiting: AtomicUsize,
     /// Woken when `waiting` drops to zero.
     idle: Notify,
+    /// The permits of the urgent lane, and of the bulk one once slow start is over.
+    concurrency: usize,
 }
 
 impl Lanes {
@@ -32,7 +34,28 @@ impl Lanes {
             urgent: Semaphore::new(concurrency),
             waiting: AtomicUsize::new(0),
             idle: Notify::new(),
+            concurrency,
         }
+    }
+
+    /// The GETs each lane allows at once.
+    pub(crate) fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// A permit of the bulk lane for a request that is not a download's GET (an upload's, a
+    /// delete's), taken once no reader waits, as a bulk GET takes one.
+    pub(crate) async fn bulk_permit(&self) -> SemaphorePermit<'_> {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if !self.readers_waiting() {
+                break;
+            }
+            idle.await;
+        }
+        self.bulk.acquire().await.expect("never closed")
     }
 
     /// One more GET for the bulk lane (slow start).

@@ -1,0 +1,229 @@
+//! Passes over a writeable mount: local changes reach the bucket, and no version is lost when
+//! the bucket changed too.
+
+use super::*;
+use crate::store::WriteOptions;
+
+/// A writeable mount of prefix `p/`, with a KMS key.
+fn writeable() -> crate::mounts::Mount {
+    crate::mounts::Mount {
+        writeable: true,
+        kms_key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into()),
+        ..mount("p/")
+    }
+}
+
+/// One pass over the writeable mount with a fresh engine over `root`.
+async fn push(root: &Path, store: Arc<dyn ObjectStore>) -> PassStats {
+    let engine = engine_at(root, 4, CancellationToken::new());
+    let replica = engine.open_mount(writeable()).unwrap();
+    engine.sync_mount(&replica, store).await.unwrap()
+}
+
+fn bytes(mem: &MemoryStore, key: &str) -> Option<Vec<u8>> {
+    mem.bytes_of(key).map(|b| b.to_vec())
+}
+
+/// Changes a file's bytes in place, keeping its size and mtime: only its ctime tells.
+fn edit_in_place(path: &Path, data: &[u8]) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::write(path, data).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+#[tokio::test]
+async fn new_changed_and_deleted_files_reach_the_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/keep.txt", &b"keep"[..]);
+    mem.put("p/edit.csv", &b"a,b\n1,2\n"[..]);
+    mem.put("p/gone.txt", &b"gone"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(dir.join("results/run1")).unwrap();
+    std::fs::write(dir.join("results/run1/model.bin"), b"weights").unwrap();
+    edit_in_place(&dir.join("edit.csv"), b"a,b\n3,4\n");
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    let stats = push(tmp.path(), store.clone()).await;
+
+    assert_eq!(
+        bytes(&mem, "p/results/run1/model.bin").as_deref(),
+        Some(&b"weights"[..])
+    );
+    assert_eq!(
+        bytes(&mem, "p/edit.csv").as_deref(),
+        Some(&b"a,b\n3,4\n"[..])
+    );
+    assert_eq!(bytes(&mem, "p/gone.txt"), None);
+    assert_eq!(bytes(&mem, "p/empty/").as_deref(), Some(&b""[..]));
+    assert_eq!(bytes(&mem, "p/keep.txt").as_deref(), Some(&b"keep"[..]));
+    assert_eq!((stats.uploaded, stats.remote_deleted), (3, 1), "{stats:?}");
+    assert_eq!(
+        mem.written_with("p/edit.csv"),
+        Some(WriteOptions {
+            bucket_owner_full_control: true,
+            kms_key_id: writeable().kms_key_id,
+        })
+    );
+    // Nothing local was touched, and the next pass has nothing to do.
+    assert_eq!(std::fs::read(dir.join("edit.csv")).unwrap(), b"a,b\n3,4\n");
+    let again = push(tmp.path(), store).await;
+    assert_eq!(
+        (
+            again.uploaded,
+            again.downloaded,
+            again.updated,
+            again.deleted
+        ),
+        (0, 0, 0, 0),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_changed_on_both_sides_keeps_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/nb/analysis.ipynb", &b"v1"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let local = tmp.path().join("m/nb/analysis.ipynb");
+    std::fs::write(&local, b"local v2").unwrap();
+    mem.put("p/nb/analysis.ipynb", &b"remote v2"[..]);
+    let stats = push(tmp.path(), store).await;
+
+    assert_eq!(stats.conflicts, 1, "{stats:?}");
+    assert_eq!(
+        bytes(&mem, "p/nb/analysis.ipynb").as_deref(),
+        Some(&b"remote v2"[..])
+    );
+    let kept: Vec<String> = mem
+        .answer_list("p/nb/")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .filter(|k| k.contains(".conflict-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0].starts_with("p/nb/analysis.conflict-") && kept[0].ends_with("Z.ipynb"),
+        "{kept:?}"
+    );
+    assert_eq!(bytes(&mem, &kept[0]).as_deref(), Some(&b"local v2"[..]));
+    // Both versions are local too.
+    assert_eq!(std::fs::read(&local).unwrap(), b"remote v2");
+    let aside = tmp
+        .path()
+        .join("m")
+        .join(kept[0].strip_prefix("p/").unwrap());
+    assert_eq!(std::fs::read(aside).unwrap(), b"local v2");
+}
+
+#[tokio::test]
+async fn a_new_local_file_where_an_object_appeared_keeps_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+    std::fs::write(tmp.path().join("m/out.csv"), b"mine").unwrap();
+    // Someone else uploads the same name before this pass.
+    mem.put("p/out.csv", &b"theirs"[..]);
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.conflicts, 1, "{stats:?}");
+    assert_eq!(bytes(&mem, "p/out.csv").as_deref(), Some(&b"theirs"[..]));
+    let listed = mem.answer_list("p/").unwrap();
+    let kept = listed
+        .iter()
+        .find(|m| m.key.starts_with("p/out.conflict-"))
+        .expect("the local version kept");
+    assert_eq!(bytes(&mem, &kept.key).as_deref(), Some(&b"mine"[..]));
+}
+
+#[tokio::test]
+async fn a_file_identical_to_the_object_is_recorded_not_called_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+    std::fs::write(tmp.path().join("m/same.txt"), b"same").unwrap();
+    // As after a crash between an upload and its record: the object already has these bytes.
+    mem.put("p/same.txt", &b"same"[..]);
+    let stats = push(tmp.path(), store.clone()).await;
+    assert_eq!(stats.conflicts, 0, "{stats:?}");
+    assert_eq!(mem.answer_list("p/").unwrap().len(), 1);
+    let again = push(tmp.path(), store).await;
+    assert_eq!((again.uploaded, again.updated), (0, 0), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_delete_that_conflicts_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/shared.txt", &b"v1"[..]);
+    mem.put("p/other.txt", &b"o"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+    std::fs::remove_file(tmp.path().join("m/shared.txt")).unwrap();
+    mem.put("p/shared.txt", &b"v2 from a colleague"[..]);
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.remote_deleted, 0, "{stats:?}");
+    assert_eq!(
+        bytes(&mem, "p/shared.txt").as_deref(),
+        Some(&b"v2 from a colleague"[..])
+    );
+    // The newer version is downloaded again.
+    assert_eq!(
+        std::fs::read(tmp.path().join("m/shared.txt")).unwrap(),
+        b"v2 from a colleague"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_local_copy_deletes_nothing_in_the_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a", &b"a"[..]);
+    mem.put("p/d/b", &b"b"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+    std::fs::remove_dir_all(tmp.path().join("m")).unwrap();
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.remote_deleted, 0, "{stats:?}");
+    assert_eq!(mem.answer_list("p/").unwrap().len(), 2);
+    assert_eq!(std::fs::read(tmp.path().join("m/d/b")).unwrap(), b"b");
+}
+
+#[tokio::test]
+async fn a_read_only_mount_uploads_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a", &b"a"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    pass(tmp.path(), store.clone()).await.unwrap();
+    std::fs::write(tmp.path().join("m/new.txt"), b"local only").unwrap();
+    std::fs::remove_file(tmp.path().join("m/a")).unwrap();
+    pass(tmp.path(), store).await.unwrap();
+    assert_eq!(bytes(&mem, "p/new.txt"), None);
+    assert_eq!(bytes(&mem, "p/a").as_deref(), Some(&b"a"[..]));
+}
+
+#[tokio::test]
+async fn a_large_file_uploads_in_parts_and_reads_back_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+    // Over the 5 MiB minimum part: three parts (the engine's part size is smaller).
+    let data = pattern(12 << 20, 3);
+    std::fs::write(tmp.path().join("m/big.bin"), &data).unwrap();
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert!(mem.bytes_of("p/big.bin").unwrap() == data);
+    let etag = mem.answer_head("p/big.bin").unwrap().unwrap().etag;
+    assert!(etag.ends_with("-3"), "a multipart ETag: {etag}");
+}

@@ -1,0 +1,535 @@
+//! Uploads of a writeable mount's local changes, and deletes of the objects whose local files
+//! were deleted, without ever losing a version.
+//!
+//! Every write names the version it replaces: an upload of a changed file `If-Match` the ETag
+//! the file was made from, a new file `If-None-Match: *`, a delete `If-Match` the ETag the
+//! deleted file was. A HEAD just before the write compares the same thing, so that a server
+//! that ignores conditional writes (`rclone serve s3`) is caught too, outside the moment
+//! between the HEAD and the write. A conflict (the object changed or appeared remotely) keeps
+//! both: the local file is moved aside to a conflict name ([`conflict::conflict_path`]) and
+//! uploaded as a new object there, and the remote version is downloaded under the original
+//! name. A delete that conflicts deletes nothing.
+//!
+//! An upload reads a consistent snapshot of the file: the bytes read (into memory for one PUT,
+//! part by part for a multipart upload) are used only if the file's stamp is the same after
+//! the last read as at the walk that found it; a file written meanwhile is left for the next
+//! pass, never uploaded torn.
+//!
+//! After a crash between a write and its record in the manifest, the next pass finds the file
+//! still changed and the object not at the version it was made from: when the object's ETag is
+//! the MD5 of the local bytes (one PUT, or a multipart upload of the same part size), the object
+//! is the tool's own upload and is recorded as such instead of being called a conflict.
+
+pub mod conflict;
+
+use crate::engine::plan::{RemoteDelete, Upload};
+use crate::engine::{Downloader, Replica};
+use crate::local::LocalError;
+use crate::local::manifest::Stamp;
+use crate::retry::{Transient, retry};
+use crate::store::{
+    CompletedPart, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
+};
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::task::JoinSet;
+
+/// S3's smallest part but the last, and its most parts.
+const MIN_PART: u64 = 5 << 20;
+const MAX_PARTS: u64 = 10_000;
+
+/// What an upload or a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The object now holds the local version (`bytes` sent; 0 when it already did).
+    Uploaded { bytes: u64 },
+    /// The file changed while it was read: left for the next pass.
+    Changed,
+    /// The object had changed remotely: the local version went to `kept` (a new object), and
+    /// `remote`, the object's version now, is to be downloaded under the original name.
+    Conflict {
+        kept: String,
+        remote: Option<ObjectMeta>,
+    },
+    /// The object was deleted (or was already gone).
+    Deleted,
+    /// Not deleted: the object had changed remotely; `remote` is to be downloaded.
+    KeptRemote { remote: ObjectMeta },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("uploading \"{key}\": {source}")]
+    Store {
+        key: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("uploading \"{key}\": {source}")]
+    Local {
+        key: String,
+        #[source]
+        source: LocalError,
+    },
+}
+
+/// How uploads of one mount are made.
+pub(crate) struct Uploader {
+    /// The lanes every request takes a permit of, and the part size: files larger than a part
+    /// upload as multipart uploads of parts of about that size.
+    pub(crate) downloader: Arc<Downloader>,
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+}
+
+impl Uploader {
+    fn options(&self) -> WriteOptions {
+        WriteOptions {
+            bucket_owner_full_control: true,
+            kms_key_id: self.replica.mount.kms_key_id.clone(),
+        }
+    }
+
+    /// Uploads one local change (see the module's rules).
+    pub async fn upload(&self, up: &Upload) -> Result<Pushed, UploadError> {
+        let store_err = |source| UploadError::Store {
+            key: up.key.clone(),
+            source,
+        };
+        let current = retry("head", || self.store.head(&up.key))
+            .await
+            .map_err(store_err)?;
+        let Some(stamp) = up.stamp else {
+            return self.upload_marker(up, current).await;
+        };
+        let file = match self.open(up, &stamp)? {
+            Some(file) => Arc::new(file),
+            None => return Ok(Pushed::Changed),
+        };
+        let cond = match (&current, &up.base) {
+            (None, _) => Precondition::IfNoneMatch,
+            (Some(c), Some(base)) if &c.etag == base => Precondition::IfMatch(base.clone()),
+            (Some(c), _) => {
+                let ours = c.size == stamp.size && self.is_ours(&file, &stamp, &c.etag).await;
+                if ours {
+                    self.record(up, c, stamp)?;
+                    return Ok(Pushed::Uploaded { bytes: 0 });
+                }
+                return self.conflict(up, current).await;
+            }
+        };
+        let written = if stamp.size <= self.downloader.part_size.max(MIN_PART) {
+            self.put(up, &file, &stamp, &cond).await
+        } else {
+            self.multipart(up, &file, &stamp, &cond).await
+        };
+        match written {
+            Ok(Some(etag)) => {
+                let meta = ObjectMeta {
+                    key: up.key.clone(),
+                    size: stamp.size,
+                    etag,
+                    last_modified: SystemTime::now(),
+                };
+                self.record(up, &meta, stamp)?;
+                Ok(Pushed::Uploaded { bytes: stamp.size })
+            }
+            Ok(None) => Ok(Pushed::Changed),
+            // Changed (or appeared, or went) between the HEAD and the write.
+            Err(StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }) => {
+                let current = retry("head", || self.store.head(&up.key))
+                    .await
+                    .map_err(store_err)?;
+                self.conflict(up, current).await
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// The folder marker of a new empty directory; one already there is the same directory.
+    async fn upload_marker(
+        &self,
+        up: &Upload,
+        current: Option<ObjectMeta>,
+    ) -> Result<Pushed, UploadError> {
+        let store_err = |source| UploadError::Store {
+            key: up.key.clone(),
+            source,
+        };
+        let meta = match current {
+            Some(meta) => meta,
+            None => {
+                let (cond, opts) = (Precondition::IfNoneMatch, self.options());
+                let put = self
+                    .write(&up.key, || {
+                        self.store.put(&up.key, Bytes::new(), &cond, &opts)
+                    })
+                    .await;
+                match put {
+                    Ok(etag) => ObjectMeta {
+                        key: up.key.clone(),
+                        size: 0,
+                        etag,
+                        last_modified: SystemTime::now(),
+                    },
+                    // Made meanwhile by someone else: the same directory.
+                    Err(StoreError::PreconditionFailed { .. }) => {
+                        retry("head", || self.store.head(&up.key))
+                            .await
+                            .map_err(store_err)?
+                            .ok_or_else(|| {
+                                store_err(StoreError::NoSuchKey {
+                                    key: up.key.clone(),
+                                })
+                            })?
+                    }
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+        };
+        self.replica
+            .copy
+            .record_upload(&up.path, &meta, None)
+            .map_err(|source| UploadError::Local {
+                key: up.key.clone(),
+                source,
+            })?;
+        Ok(Pushed::Uploaded { bytes: 0 })
+    }
+
+    /// Deletes an object whose local file was deleted, if it is still the version the file was.
+    pub async fn delete(&self, del: &RemoteDelete) -> Result<Pushed, UploadError> {
+        let store_err = |source| UploadError::Store {
+            key: del.key.clone(),
+            source,
+        };
+        let current = retry("head", || self.store.head(&del.key))
+            .await
+            .map_err(store_err)?;
+        let outcome = match current {
+            None => Pushed::Deleted,
+            Some(c) if c.etag == del.etag => {
+                let cond = Precondition::IfMatch(del.etag.clone());
+                match self
+                    .write(&del.key, || self.store.delete(&del.key, &cond))
+                    .await
+                {
+                    Ok(()) | Err(StoreError::NoSuchKey { .. }) => Pushed::Deleted,
+                    Err(StoreError::PreconditionFailed { .. }) => {
+                        match retry("head", || self.store.head(&del.key))
+                            .await
+                            .map_err(store_err)?
+                        {
+                            Some(remote) => Pushed::KeptRemote { remote },
+                            None => Pushed::Deleted,
+                        }
+                    }
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            Some(remote) => Pushed::KeptRemote { remote },
+        };
+        if let Pushed::KeptRemote { remote } = &outcome {
+            tracing::warn!(
+                mount = %self.replica.mount.id,
+                bucket = %self.replica.mount.bucket,
+                key = %del.key,
+                "not deleted: the object changed in the bucket since the local file was deleted \
+                 (now ETag {}); its new version is downloaded again",
+                remote.etag
+            );
+        }
+        self.replica
+            .copy
+            .forget(&del.path)
+            .map_err(|source| UploadError::Local {
+                key: del.key.clone(),
+                source,
+            })?;
+        Ok(outcome)
+    }
+
+    /// Keeps both versions: moves the local file aside to a conflict name, uploads it there as
+    /// a new object, and leaves the remote version (if any) to be downloaded under the name.
+    async fn conflict(
+        &self,
+        up: &Upload,
+        remote: Option<ObjectMeta>,
+    ) -> Result<Pushed, UploadError> {
+        let local_err = |source| UploadError::Local {
+            key: up.key.clone(),
+            source,
+        };
+        let copy = &self.replica.copy;
+        let aside = conflict::conflict_path(&up.path, SystemTime::now(), |p| copy.exists(p));
+        let stamp = copy.move_aside(&up.path, &aside).map_err(local_err)?;
+        let kept = format!("{}{aside}", self.replica.mount.prefix);
+        tracing::warn!(
+            mount = %self.replica.mount.id,
+            bucket = %self.replica.mount.bucket,
+            key = %up.key,
+            kept = %kept,
+            "conflict: the object changed in the bucket since the local file was made from it; \
+             both are kept: the bucket's version under \"{}\", the local version as \"{kept}\"",
+            up.key
+        );
+        let moved = Upload {
+            path: aside,
+            key: kept.clone(),
+            base: None,
+            stamp: Some(stamp),
+        };
+        // A conflict name is new: its upload conflicts with nothing but a writer of the same
+        // name in the same second, which is an error rather than a second move.
+        let file = self.open(&moved, &stamp)?.map(Arc::new);
+        if let Some(file) = file {
+            let cond = Precondition::IfNoneMatch;
+            let written = if stamp.size <= self.downloader.part_size.max(MIN_PART) {
+                self.put(&moved, &file, &stamp, &cond).await
+            } else {
+                self.multipart(&moved, &file, &stamp, &cond).await
+            };
+            if let Some(etag) = written.map_err(|source| UploadError::Store {
+                key: kept.clone(),
+                source,
+            })? {
+                let meta = ObjectMeta {
+                    key: kept.clone(),
+                    size: stamp.size,
+                    etag,
+                    last_modified: SystemTime::now(),
+                };
+                self.record(&moved, &meta, stamp)?;
+            }
+        }
+        Ok(Pushed::Conflict { kept, remote })
+    }
+
+    /// The local file of `up`, opened without following a link, if it is still as `stamp`.
+    fn open(&self, up: &Upload, stamp: &Stamp) -> Result<Option<File>, UploadError> {
+        match self.replica.copy.open_file(&up.path) {
+            Ok((file, metadata)) if Stamp::of(&metadata) == *stamp => Ok(Some(file)),
+            Ok(_) => Ok(None),
+            Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(source) => Err(UploadError::Local {
+                key: up.key.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn record(&self, up: &Upload, meta: &ObjectMeta, stamp: Stamp) -> Result<(), UploadError> {
+        self.replica
+            .copy
+            .record_upload(&up.path, meta, Some(stamp))
+            .map_err(|source| UploadError::Local {
+                key: up.key.clone(),
+                source,
+            })
+    }
+
+    /// A write, retried while it fails for a transient reason, each try holding a GET permit of
+    /// the bulk lane (uploads and downloads share the lanes; readers go first).
+    async fn write<T, F, Fut>(&self, key: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        retry(key, || async {
+            let _permit = self.downloader.lanes.bulk_permit().await;
+            op().await
+        })
+        .await
+    }
+
+    /// One PUT of the whole file; `None` when the file changed while it was read.
+    async fn put(
+        &self,
+        up: &Upload,
+        file: &Arc<File>,
+        stamp: &Stamp,
+        cond: &Precondition,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(body) = read_range(file, 0, stamp.size).await else {
+            return Ok(None);
+        };
+        if !unchanged(file, stamp).await {
+            return Ok(None);
+        }
+        let opts = self.options();
+        self.write(&up.key, || {
+            self.store.put(&up.key, body.clone(), cond, &opts)
+        })
+        .await
+        .map(Some)
+    }
+
+    /// A multipart upload of parts read from the file, several at once; completed (with the
+    /// condition) only if the file is unchanged after the last part was read, else aborted.
+    async fn multipart(
+        &self,
+        up: &Upload,
+        file: &Arc<File>,
+        stamp: &Stamp,
+        cond: &Precondition,
+    ) -> Result<Option<String>, StoreError> {
+        let part = part_size(self.downloader.part_size, stamp.size);
+        let opts = self.options();
+        let id = self
+            .write(&up.key, || self.store.create_multipart(&up.key, &opts))
+            .await?;
+        let result = self.parts(up, file, stamp, part, &id).await;
+        let completed = match result {
+            Ok(Some(parts)) if unchanged(file, stamp).await => self
+                .write(&up.key, || {
+                    self.store.complete_multipart(&up.key, &id, &parts, cond)
+                })
+                .await
+                .map(Some),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if !matches!(completed, Ok(Some(_))) {
+            // Best effort: a leftover upload costs storage, not data.
+            if let Err(e) = self.store.abort_multipart(&up.key, &id).await {
+                tracing::warn!(key = %up.key, "could not abort multipart upload {id}: {e}");
+            }
+        }
+        completed
+    }
+
+    /// Uploads every part; `None` when the file changed while it was read.
+    async fn parts(
+        &self,
+        up: &Upload,
+        file: &Arc<File>,
+        stamp: &Stamp,
+        part: u64,
+        id: &str,
+    ) -> Result<Option<Vec<CompletedPart>>, StoreError> {
+        let count = stamp.size.div_ceil(part);
+        let mut running = JoinSet::new();
+        let mut done = Vec::with_capacity(count as usize);
+        let mut next = 0u64;
+        loop {
+            while running.len() < self.downloader.lanes.concurrency() && next < count {
+                let (store, key, id) = (self.store.clone(), up.key.clone(), id.to_owned());
+                let downloader = self.downloader.clone();
+                let (file, stamp) = (file.clone(), *stamp);
+                let number = next as u32 + 1;
+                let start = next * part;
+                let end = (start + part).min(stamp.size);
+                running.spawn(async move {
+                    let Some(body) = read_range(&file, start, end).await else {
+                        return Ok(None);
+                    };
+                    let etag = retry(&key, || async {
+                        let _permit = downloader.lanes.bulk_permit().await;
+                        store.upload_part(&key, &id, number, body.clone()).await
+                    })
+                    .await?;
+                    Ok(Some(CompletedPart { number, etag }))
+                });
+                next += 1;
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let uploaded: Result<Option<CompletedPart>, StoreError> =
+                joined.unwrap_or_else(|e| Err(StoreError::Permanent(format!("part task: {e}"))));
+            match uploaded? {
+                Some(p) => done.push(p),
+                None => return Ok(None),
+            }
+        }
+        done.sort_by_key(|p| p.number);
+        Ok(Some(done))
+    }
+
+    /// Whether `etag`, the object's, is the MD5 of the file's bytes as this tool uploads them
+    /// (one PUT, or parts of this uploader's part size): the object is the tool's own upload.
+    async fn is_ours(&self, file: &Arc<File>, stamp: &Stamp, etag: &str) -> bool {
+        let (file, stamp) = (file.clone(), *stamp);
+        let part = match etag.split_once('-') {
+            None => stamp.size.max(1),
+            Some(_) => part_size(self.downloader.part_size, stamp.size),
+        };
+        let etag = etag.to_owned();
+        tokio::task::spawn_blocking(move || {
+            local_etag(&file, stamp.size, part, etag.contains('-')).is_some_and(|e| e == etag)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The part size of a multipart upload of `size` bytes: `configured`, raised to S3's minimum
+/// and, for very large files, so that the parts are at most 10,000.
+fn part_size(configured: u64, size: u64) -> u64 {
+    let mib = 1 << 20;
+    configured
+        .max(MIN_PART)
+        .max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+}
+
+/// The ETag S3 gives an object of these bytes: their MD5, or for a multipart upload of parts of
+/// `part` bytes the MD5 of the parts' MD5s followed by `-<parts>`.
+fn local_etag(file: &File, size: u64, part: u64, multipart: bool) -> Option<String> {
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut buf = vec![0; 1 << 20];
+    let mut md5_of = |start: u64, end: u64| {
+        let mut md5 = Md5::new();
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], pos).ok()?;
+            md5.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Some(md5.finalize())
+    };
+    if !multipart {
+        return Some(hex(&md5_of(0, size)?));
+    }
+    let (mut of_parts, mut parts) = (Md5::new(), 0);
+    for start in (0..size).step_by(part.max(1) as usize) {
+        of_parts.update(md5_of(start, (start + part).min(size))?);
+        parts += 1;
+    }
+    Some(format!("{}-{parts}", hex(&of_parts.finalize())))
+}
+
+/// Bytes `start..end` of the file (on the blocking pool); `None` if it is shorter than its
+/// stamp says (it changed).
+async fn read_range(file: &Arc<File>, start: u64, end: u64) -> Option<Bytes> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; (end - start) as usize];
+        file.read_exact_at(&mut buf, start).ok()?;
+        Some(Bytes::from(buf))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Whether the open file is still as `stamp` says.
+async fn unchanged(file: &Arc<File>, stamp: &Stamp) -> bool {
+    let file = file.clone();
+    let stamp = *stamp;
+    tokio::task::spawn_blocking(move || file.metadata().is_ok_and(|m| Stamp::of(&m) == stamp))
+        .await
+        .unwrap_or(false)
+}
+
+impl Transient for UploadError {
+    fn is_transient(&self) -> bool {
+        matches!(self, UploadError::Store { source, .. } if source.is_transient())
+    }
+}
