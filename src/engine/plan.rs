@@ -358,6 +358,146 @@ mod tests {
         );
     }
 
+    mod writeable {
+        use super::*;
+
+        fn stamp(size: u64, changed_s: i64) -> Stamp {
+            Stamp {
+                size,
+                mtime_ns: changed_s * 1_000_000_000,
+                ctime_ns: changed_s * 1_000_000_000,
+                ino: 7,
+            }
+        }
+
+        /// The manifest entry of a file the tool wrote as `stamp(size, 1)`.
+        fn written(key: &str, etag: &str, size: u64) -> Entry {
+            entry(key, etag, size).stamped(stamp(size, 1))
+        }
+
+        fn paths<T>(items: &[T], path: impl Fn(&T) -> &str) -> Vec<&str> {
+            items.iter().map(path).collect()
+        }
+
+        #[test]
+        fn changes_are_uploaded_and_never_overwritten_or_deleted() {
+            let remote = [obj("p/same", "e1", 3), obj("p/edited", "e2", 3)];
+            let manifest = BTreeMap::from([
+                ("same".to_owned(), written("p/same", "e1", 3)),
+                // Edited here, and changed remotely too (e1 -> e2): uploaded, not fetched.
+                ("edited".to_owned(), written("p/edited", "e1", 3)),
+                // Gone remotely, edited here: uploaded again, not deleted.
+                ("kept".to_owned(), written("p/kept", "e1", 3)),
+            ]);
+            let scan = BTreeMap::from([
+                ("same".to_owned(), Found::File(stamp(3, 1))),
+                ("edited".to_owned(), Found::File(stamp(3, 2))),
+                ("kept".to_owned(), Found::File(stamp(4, 2))),
+                ("new".to_owned(), Found::File(stamp(1, 2))),
+                ("d".to_owned(), Found::Dir { empty: true }),
+            ]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(
+                w.upload,
+                [
+                    Upload {
+                        path: "d".into(),
+                        key: "p/d/".into(),
+                        base: None,
+                        stamp: None
+                    },
+                    Upload {
+                        path: "edited".into(),
+                        key: "p/edited".into(),
+                        base: Some("e1".into()),
+                        stamp: Some(stamp(3, 2))
+                    },
+                    Upload {
+                        path: "kept".into(),
+                        key: "p/kept".into(),
+                        base: Some("e1".into()),
+                        stamp: Some(stamp(4, 2))
+                    },
+                    Upload {
+                        path: "new".into(),
+                        key: "p/new".into(),
+                        base: None,
+                        stamp: Some(stamp(1, 2))
+                    },
+                ]
+            );
+            assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
+            assert!(w.plan.delete.is_empty(), "{:?}", w.plan.delete);
+            assert_eq!(w.plan.unchanged, 1);
+        }
+
+        #[test]
+        fn a_change_not_yet_settled_waits_untouched() {
+            let remote = [obj("p/f", "e2", 3)];
+            let manifest = BTreeMap::from([("f".to_owned(), written("p/f", "e1", 3))]);
+            let scan = BTreeMap::from([("f".to_owned(), Found::File(stamp(3, 9)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.mtime_ns < 5);
+            assert!(w.upload.is_empty() && w.plan.fetch.is_empty());
+            assert_eq!(w.settling, 1);
+        }
+
+        #[test]
+        fn a_deleted_file_deletes_its_object_only_at_the_same_version() {
+            let remote = [
+                obj("p/a", "e1", 3),
+                obj("p/b", "e9", 3),
+                obj("p/keep", "e1", 3),
+            ];
+            let manifest = BTreeMap::from([
+                ("a".to_owned(), written("p/a", "e1", 3)),
+                ("b".to_owned(), written("p/b", "e1", 3)),
+                ("gone".to_owned(), written("p/gone", "e1", 3)),
+                ("keep".to_owned(), written("p/keep", "e1", 3)),
+            ]);
+            let scan = BTreeMap::from([("keep".to_owned(), Found::File(stamp(3, 1)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(
+                w.remote_delete,
+                [RemoteDelete {
+                    path: "a".into(),
+                    key: "p/a".into(),
+                    etag: "e1".into()
+                }]
+            );
+            // b changed remotely: downloaded again instead; gone: only forgotten.
+            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["b"]);
+            assert_eq!(paths(&w.plan.delete, |d| &d.path), ["gone"]);
+            assert!(w.upload.is_empty());
+        }
+
+        #[test]
+        fn a_directory_holding_none_of_the_files_is_a_lost_copy_not_deletions() {
+            let remote = [obj("p/a", "e1", 3)];
+            let manifest = BTreeMap::from([("a".to_owned(), written("p/a", "e1", 3))]);
+            let w = plan_writeable("p/", &remote, &manifest, &BTreeMap::new(), |_| true);
+            assert!(w.copy_gone);
+            assert!(w.remote_delete.is_empty());
+            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["a"]);
+        }
+
+        #[test]
+        fn an_entry_without_a_stamp_compares_the_size_and_the_mtime_the_tool_set() {
+            let old = Entry {
+                mtime: 1,
+                ..entry("p/f", "e1", 3)
+            };
+            assert!(!old.changed_locally(&stamp(3, 1)));
+            assert!(old.changed_locally(&stamp(3, 2)));
+            assert!(old.changed_locally(&stamp(4, 1)));
+            let new = written("p/f", "e1", 3);
+            // Same size and mtime, but a new inode (replaced by an editor's rename): changed.
+            assert!(new.changed_locally(&Stamp {
+                ino: 8,
+                ..stamp(3, 1)
+            }));
+        }
+    }
+
     /// The planner against a reference model: the rules of a pass, said per path as plainly as
     /// possible, checked on random listings, manifests and local states.
     mod model {
