@@ -100,9 +100,7 @@ impl Uploader {
             key: up.key.clone(),
             source,
         };
-        let current = retry("head", || self.store.head(&up.key))
-            .await
-            .map_err(store_err)?;
+        let current = self.head(&up.key).await?;
         let Some(stamp) = up.stamp else {
             return self.upload_marker(up, current).await;
         };
@@ -141,13 +139,21 @@ impl Uploader {
             Ok(None) => Ok(Pushed::Changed),
             // Changed (or appeared, or went) between the HEAD and the write.
             Err(StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }) => {
-                let current = retry("head", || self.store.head(&up.key))
-                    .await
-                    .map_err(store_err)?;
+                let current = self.head(&up.key).await?;
                 self.conflict(up, current).await
             }
             Err(e) => Err(store_err(e)),
         }
+    }
+
+    /// The object's current version (with retries), `None` when there is none.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, UploadError> {
+        retry("head", || self.store.head(key))
+            .await
+            .map_err(|source| UploadError::Store {
+                key: key.to_owned(),
+                source,
+            })
     }
 
     /// The folder marker of a new empty directory; one already there is the same directory.
@@ -178,14 +184,11 @@ impl Uploader {
                     },
                     // Made meanwhile by someone else: the same directory.
                     Err(StoreError::PreconditionFailed { .. }) => {
-                        retry("head", || self.store.head(&up.key))
-                            .await
-                            .map_err(store_err)?
-                            .ok_or_else(|| {
-                                store_err(StoreError::NoSuchKey {
-                                    key: up.key.clone(),
-                                })
-                            })?
+                        self.head(&up.key).await?.ok_or_else(|| {
+                            store_err(StoreError::NoSuchKey {
+                                key: up.key.clone(),
+                            })
+                        })?
                     }
                     Err(e) => return Err(store_err(e)),
                 }
@@ -207,9 +210,7 @@ impl Uploader {
             key: del.key.clone(),
             source,
         };
-        let current = retry("head", || self.store.head(&del.key))
-            .await
-            .map_err(store_err)?;
+        let current = self.head(&del.key).await?;
         let outcome = match current {
             None => Pushed::Deleted,
             Some(c) if c.etag == del.etag => {
@@ -220,10 +221,7 @@ impl Uploader {
                 {
                     Ok(()) | Err(StoreError::NoSuchKey { .. }) => Pushed::Deleted,
                     Err(StoreError::PreconditionFailed { .. }) => {
-                        match retry("head", || self.store.head(&del.key))
-                            .await
-                            .map_err(store_err)?
-                        {
+                        match self.head(&del.key).await? {
                             Some(remote) => Pushed::KeptRemote { remote },
                             None => Pushed::Deleted,
                         }
