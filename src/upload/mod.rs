@@ -120,12 +120,7 @@ impl Uploader {
                 return self.conflict(up, current).await;
             }
         };
-        let written = if stamp.size <= self.downloader.part_size.max(MIN_PART) {
-            self.put(up, &file, &stamp, &cond).await
-        } else {
-            self.multipart(up, &file, &stamp, &cond).await
-        };
-        match written {
+        match self.send(up, &file, &stamp, &cond).await {
             Ok(Some(etag)) => {
                 let meta = ObjectMeta {
                     key: up.key.clone(),
@@ -285,12 +280,9 @@ impl Uploader {
         // name in the same second, which is an error rather than a second move.
         let file = self.open(&moved, &stamp)?.map(Arc::new);
         if let Some(file) = file {
-            let cond = Precondition::IfNoneMatch;
-            let written = if stamp.size <= self.downloader.part_size.max(MIN_PART) {
-                self.put(&moved, &file, &stamp, &cond).await
-            } else {
-                self.multipart(&moved, &file, &stamp, &cond).await
-            };
+            let written = self
+                .send(&moved, &file, &stamp, &Precondition::IfNoneMatch)
+                .await;
             if let Some(etag) = written.map_err(|source| UploadError::Store {
                 key: kept.clone(),
                 source,
@@ -344,6 +336,22 @@ impl Uploader {
             op().await
         })
         .await
+    }
+
+    /// The file's bytes to `up.key` under `cond`: one PUT, or a multipart upload above a part;
+    /// the new ETag, `None` when the file changed while it was read.
+    async fn send(
+        &self,
+        up: &Upload,
+        file: &Arc<File>,
+        stamp: &Stamp,
+        cond: &Precondition,
+    ) -> Result<Option<String>, StoreError> {
+        if stamp.size <= self.downloader.part_size.max(MIN_PART) {
+            self.put(up, file, stamp, cond).await
+        } else {
+            self.multipart(up, file, stamp, cond).await
+        }
     }
 
     /// One PUT of the whole file; `None` when the file changed while it was read.
