@@ -475,6 +475,7 @@ impl Engine {
             replica: replica.clone(),
             store: store.clone(),
         });
+        uploader.abort_unfinished().await;
         let mut jobs = uploads
             .into_iter()
             .map(Either::Upload)

@@ -8,7 +8,7 @@
 //! `.await`.
 
 use super::dirs::{self, Local, Scanned};
-use super::manifest::{Entry, Manifest, Stamp};
+use super::manifest::{Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
@@ -140,6 +140,27 @@ impl MountCopy {
         drop(manifest);
         let (_, metadata) = dirs::open_file(&self.dir, to)?;
         Ok(Stamp::of(&metadata))
+    }
+
+    /// Records that a multipart upload of the file at `path` started, before its first part.
+    pub fn begin_upload(&self, path: &str, upload: Multipart) -> Result<(), LocalError> {
+        Ok(self.manifest.lock().begin_upload(path, upload)?)
+    }
+
+    /// Records that the multipart upload of `path` ended, completed or aborted.
+    pub fn end_upload(&self, path: &str) -> Result<(), LocalError> {
+        Ok(self.manifest.lock().end_upload(path)?)
+    }
+
+    /// The multipart uploads started and not recorded as ended, by path: between passes, those a
+    /// crash interrupted.
+    pub fn unfinished_uploads(&self) -> Vec<(String, Multipart)> {
+        let manifest = self.manifest.lock();
+        manifest
+            .uploads()
+            .iter()
+            .map(|(path, upload)| (path.clone(), upload.clone()))
+            .collect()
     }
 
     /// Whether something is at `path` (no link followed).

@@ -136,13 +136,38 @@ struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     listed_at: Option<u64>,
     entries: BTreeMap<String, Entry>,
+    /// Multipart uploads started and not yet completed or aborted, by local path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    uploads: BTreeMap<String, Multipart>,
+}
+
+/// A multipart upload under way: recorded before its first part is sent, so that one a crash
+/// interrupts is found at the next start and aborted (its parts cost storage until then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Multipart {
+    pub key: String,
+    pub upload_id: String,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum JournalLine {
-    Put { path: String, entry: Entry },
-    Del { path: String },
+    Put {
+        path: String,
+        entry: Entry,
+    },
+    Del {
+        path: String,
+    },
+    /// A multipart upload of `path` started...
+    Upl {
+        path: String,
+        upload: Multipart,
+    },
+    /// ... and ended (completed or aborted).
+    Upd {
+        path: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +181,7 @@ pub struct ManifestError {
 pub struct Manifest {
     dir: PathBuf,
     entries: BTreeMap<String, Entry>,
+    uploads: BTreeMap<String, Multipart>,
     listed_at: Option<u64>,
     journal: File,
 }
@@ -172,14 +198,16 @@ impl Manifest {
         };
         fs::create_dir_all(dir).map_err(err(dir))?;
         let snapshot_path = dir.join(SNAPSHOT);
-        let (mut entries, listed_at) = match fs::read(&snapshot_path) {
+        let (mut entries, mut uploads, listed_at) = match fs::read(&snapshot_path) {
             Ok(bytes) => {
                 let snapshot = serde_json::from_slice::<Snapshot>(&bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
                     .map_err(err(&snapshot_path))?;
-                (snapshot.entries, snapshot.listed_at)
+                (snapshot.entries, snapshot.uploads, snapshot.listed_at)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (BTreeMap::new(), None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                (BTreeMap::new(), BTreeMap::new(), None)
+            }
             Err(e) => return Err(err(&snapshot_path)(e)),
         };
         let journal_path = dir.join(JOURNAL);
@@ -195,6 +223,12 @@ impl Manifest {
                         Ok(JournalLine::Del { path }) => {
                             entries.remove(&path);
                         }
+                        Ok(JournalLine::Upl { path, upload }) => {
+                            uploads.insert(path, upload);
+                        }
+                        Ok(JournalLine::Upd { path }) => {
+                            uploads.remove(&path);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -205,6 +239,7 @@ impl Manifest {
         let mut manifest = Self {
             dir: dir.to_owned(),
             entries,
+            uploads,
             listed_at,
             journal: OpenOptions::new()
                 .create(true)
@@ -261,6 +296,32 @@ impl Manifest {
         Ok(())
     }
 
+    /// Records that a multipart upload of `path` started (before its first part is sent).
+    pub fn begin_upload(&mut self, path: &str, upload: Multipart) -> Result<(), ManifestError> {
+        self.append(&JournalLine::Upl {
+            path: path.to_owned(),
+            upload: upload.clone(),
+        })?;
+        self.uploads.insert(path.to_owned(), upload);
+        Ok(())
+    }
+
+    /// Records that the multipart upload of `path` ended, completed or aborted.
+    pub fn end_upload(&mut self, path: &str) -> Result<(), ManifestError> {
+        if self.uploads.contains_key(path) {
+            self.append(&JournalLine::Upd {
+                path: path.to_owned(),
+            })?;
+            self.uploads.remove(path);
+        }
+        Ok(())
+    }
+
+    /// The multipart uploads started and not recorded as ended.
+    pub fn uploads(&self) -> &BTreeMap<String, Multipart> {
+        &self.uploads
+    }
+
     fn append(&mut self, line: &JournalLine) -> Result<(), ManifestError> {
         let mut buf = serde_json::to_vec(line).expect("journal lines serialize");
         buf.push(b'\n');
@@ -285,6 +346,7 @@ impl Manifest {
             version: 1,
             listed_at: self.listed_at,
             entries: self.entries.clone(),
+            uploads: self.uploads.clone(),
         })
         .expect("manifest serializes");
         {
@@ -355,6 +417,34 @@ mod tests {
         let m = Manifest::open(tmp.path()).unwrap();
         assert_eq!(m.listed_at(), None);
         assert_eq!(m.get("b"), Some(&entry("2")));
+    }
+
+    #[test]
+    fn a_multipart_upload_not_ended_is_found_after_a_crash_and_a_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let upload = |id: &str| Multipart {
+            key: "p/big".into(),
+            upload_id: id.into(),
+        };
+        {
+            let mut m = Manifest::open(tmp.path()).unwrap();
+            m.begin_upload("big", upload("u1")).unwrap();
+            m.begin_upload("other", upload("u2")).unwrap();
+            m.end_upload("other").unwrap();
+            // Dropped without compact: as after kill -9.
+        }
+        let mut m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(
+            m.uploads().iter().collect::<Vec<_>>(),
+            [(&"big".to_owned(), &upload("u1"))]
+        );
+        m.compact().unwrap();
+        drop(m);
+        let mut m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.uploads().len(), 1);
+        m.end_upload("big").unwrap();
+        drop(m);
+        assert!(Manifest::open(tmp.path()).unwrap().uploads().is_empty());
     }
 
     #[test]

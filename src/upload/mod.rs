@@ -25,7 +25,7 @@ pub mod conflict;
 use crate::engine::plan::{RemoteDelete, Upload};
 use crate::engine::{Downloader, Replica};
 use crate::local::LocalError;
-use crate::local::manifest::Stamp;
+use crate::local::manifest::{Multipart, Stamp};
 use crate::retry::{Transient, retry};
 use crate::store::{
     CompletedPart, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
@@ -96,10 +96,6 @@ impl Uploader {
 
     /// Uploads one local change (see the module's rules).
     pub async fn upload(&self, up: &Upload) -> Result<Pushed, UploadError> {
-        let store_err = |source| UploadError::Store {
-            key: up.key.clone(),
-            source,
-        };
         let current = self.head(&up.key).await?;
         let Some(stamp) = up.stamp else {
             return self.upload_marker(up, current).await;
@@ -133,11 +129,14 @@ impl Uploader {
             }
             Ok(None) => Ok(Pushed::Changed),
             // Changed (or appeared, or went) between the HEAD and the write.
-            Err(StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. }) => {
+            Err(UploadError::Store {
+                source: StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. },
+                ..
+            }) => {
                 let current = self.head(&up.key).await?;
                 self.conflict(up, current).await
             }
-            Err(e) => Err(store_err(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -283,10 +282,7 @@ impl Uploader {
             let written = self
                 .send(&moved, &file, &stamp, &Precondition::IfNoneMatch)
                 .await;
-            if let Some(etag) = written.map_err(|source| UploadError::Store {
-                key: kept.clone(),
-                source,
-            })? {
+            if let Some(etag) = written? {
                 let meta = ObjectMeta {
                     key: kept.clone(),
                     size: stamp.size,
@@ -346,9 +342,14 @@ impl Uploader {
         file: &Arc<File>,
         stamp: &Stamp,
         cond: &Precondition,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>, UploadError> {
         if stamp.size <= self.downloader.part_size.max(MIN_PART) {
-            self.put(up, file, stamp, cond).await
+            self.put(up, file, stamp, cond)
+                .await
+                .map_err(|source| UploadError::Store {
+                    key: up.key.clone(),
+                    source,
+                })
         } else {
             self.multipart(up, file, stamp, cond).await
         }
@@ -377,37 +378,98 @@ impl Uploader {
     }
 
     /// A multipart upload of parts read from the file, several at once; completed (with the
-    /// condition) only if the file is unchanged after the last part was read, else aborted.
+    /// condition) only if the file is unchanged after the last part was read, else aborted. Its
+    /// id is in the manifest's journal from before the first part until it is completed or
+    /// aborted, so that one a crash interrupts is aborted at the next pass
+    /// ([`Uploader::abort_unfinished`]).
     async fn multipart(
         &self,
         up: &Upload,
         file: &Arc<File>,
         stamp: &Stamp,
         cond: &Precondition,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>, UploadError> {
+        let store_err = |source| UploadError::Store {
+            key: up.key.clone(),
+            source,
+        };
         let part = part_size(self.downloader.part_size, stamp.size);
         let opts = self.options();
         let id = self
             .write(&up.key, || self.store.create_multipart(&up.key, &opts))
-            .await?;
-        let result = self.parts(up, file, stamp, part, &id).await;
-        let completed = match result {
-            Ok(Some(parts)) if unchanged(file, stamp).await => self
-                .write(&up.key, || {
-                    self.store.complete_multipart(&up.key, &id, &parts, cond)
-                })
-                .await
-                .map(Some),
-            Ok(_) => Ok(None),
-            Err(e) => Err(e),
+            .await
+            .map_err(store_err)?;
+        let recorded = self.replica.copy.begin_upload(
+            &up.path,
+            Multipart {
+                key: up.key.clone(),
+                upload_id: id.clone(),
+            },
+        );
+        let completed = match recorded {
+            Err(source) => Err(UploadError::Local {
+                key: up.key.clone(),
+                source,
+            }),
+            Ok(()) => match self.parts(up, file, stamp, part, &id).await {
+                Ok(Some(parts)) if unchanged(file, stamp).await => self
+                    .write(&up.key, || {
+                        self.store.complete_multipart(&up.key, &id, &parts, cond)
+                    })
+                    .await
+                    .map(Some)
+                    .map_err(store_err),
+                Ok(_) => Ok(None),
+                Err(e) => Err(store_err(e)),
+            },
         };
-        if !matches!(completed, Ok(Some(_))) {
-            // Best effort: a leftover upload costs storage, not data.
-            if let Err(e) = self.store.abort_multipart(&up.key, &id).await {
-                tracing::warn!(key = %up.key, "could not abort multipart upload {id}: {e}");
-            }
+        let ended = match completed {
+            Ok(Some(_)) => true,
+            // A leftover upload costs storage, not data: when it cannot be aborted now, its
+            // record stays for the next pass to try again.
+            _ => match self.store.abort_multipart(&up.key, &id).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(key = %up.key, "could not abort multipart upload {id}: {e}");
+                    false
+                }
+            },
+        };
+        if ended {
+            self.replica
+                .copy
+                .end_upload(&up.path)
+                .map_err(|source| UploadError::Local {
+                    key: up.key.clone(),
+                    source,
+                })?;
         }
         completed
+    }
+
+    /// Aborts the multipart uploads that a crash left unfinished (recorded, never completed or
+    /// aborted); the files they were of are still changed, and upload again.
+    pub async fn abort_unfinished(&self) {
+        for (path, upload) in self.replica.copy.unfinished_uploads() {
+            let aborted = retry(&upload.key, || {
+                self.store.abort_multipart(&upload.key, &upload.upload_id)
+            })
+            .await;
+            match aborted.map(|()| self.replica.copy.end_upload(&path)) {
+                Ok(Ok(())) => tracing::info!(
+                    mount = %self.replica.mount.id,
+                    key = %upload.key,
+                    "aborted a multipart upload an earlier run left unfinished"
+                ),
+                Ok(Err(e)) => tracing::warn!(mount = %self.replica.mount.id, "{e}"),
+                Err(e) => tracing::warn!(
+                    mount = %self.replica.mount.id,
+                    key = %upload.key,
+                    "could not abort the multipart upload {} an earlier run left unfinished: {e}",
+                    upload.upload_id
+                ),
+            }
+        }
     }
 
     /// Uploads every part; `None` when the file changed while it was read.

@@ -227,3 +227,33 @@ async fn a_large_file_uploads_in_parts_and_reads_back_exact() {
     let etag = mem.answer_head("p/big.bin").unwrap().unwrap().etag;
     assert!(etag.ends_with("-3"), "a multipart ETag: {etag}");
 }
+
+#[tokio::test]
+async fn a_multipart_upload_left_unfinished_is_aborted_at_the_next_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let faults = Faults::over(mem.clone());
+    let store: Arc<dyn ObjectStore> = faults.clone();
+    push(tmp.path(), store.clone()).await;
+    let data = pattern(11 << 20, 5);
+    std::fs::write(tmp.path().join("m/big.bin"), &data).unwrap();
+    // The completion and the abort both fail for good: as a crash after the parts were sent.
+    faults.set(|r| match r {
+        Request::Complete { .. } | Request::Abort { .. } => Some(Fault::Fail(
+            StoreError::Permanent("connection reset".into()),
+        )),
+        _ => None,
+    });
+    let stats = push(tmp.path(), store.clone()).await;
+    assert_eq!(stats.failed, 1, "{stats:?}");
+    assert_eq!(mem.answer_list_multipart("p/").unwrap().len(), 1);
+
+    faults.set(|_| None);
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert!(mem.bytes_of("p/big.bin").unwrap() == data);
+    assert!(
+        mem.answer_list_multipart("p/").unwrap().is_empty(),
+        "the interrupted upload was aborted, the new one completed"
+    );
+}
