@@ -158,3 +158,43 @@ async fn local_changes_reach_rclone() {
     s3.put("bkt", "data/old.txt", b"old").await;
     local_changes_reach_the_bucket(&s3.endpoint, &s3.client).await;
 }
+
+/// In recurring mode a local change is uploaded once it settles, long before the next pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settled_change_is_uploaded_before_the_next_interval() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "data/a.csv", b"1,2\n").await;
+    let dest = tempfile::tempdir().unwrap();
+    let child = tool_at(&s3.endpoint)
+        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
+        .arg(dest.path())
+        .args(["--recurring-downloads", "--download-interval", "3600"])
+        .args(["--upload-delay", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = dest.path().join("study/a.csv");
+    wait_for(30, "the first pass", || first.exists());
+
+    std::fs::write(dest.path().join("study/new.txt"), b"written after the pass").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut uploaded = None;
+    while std::time::Instant::now() < deadline {
+        uploaded = object(&s3.client, "data/new.txt").await;
+        if uploaded.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // SAFETY: signalling a child process this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        uploaded.as_deref(),
+        Some(&b"written after the pass"[..]),
+        "not uploaded within 30 s of an interval of an hour: {log}"
+    );
+    assert!(out.status.success(), "{log}");
+}

@@ -9,6 +9,7 @@ use super::{connect, log_summary};
 use crate::cli::SyncConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, Replica};
 use crate::local::Root;
+use crate::local::watch::Changes;
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
@@ -70,6 +71,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         });
     }
 
+    let mut changes = watch_writeable(&config);
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
     let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
     let outcome = loop {
@@ -93,12 +95,44 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
                 SyncOutcome::Complete
             };
         }
+        let changed = async {
+            match &mut changes {
+                Some(changes) => changes.settled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(config.interval) => {}
+            () = changed => tracing::debug!("local changes settled: the next pass starts now"),
             () = cancel.cancelled() => break SyncOutcome::Complete,
         }
     };
     Ok(outcome)
+}
+
+/// In recurring mode, a watch of the writeable mounts' directories: a change settled for
+/// `--upload-delay` starts the next pass early. Without it (no such mount, or the system
+/// refuses more watches) the passes find the changes at each interval.
+fn watch_writeable(config: &SyncConfig) -> Option<Changes> {
+    let dirs: Vec<_> = config
+        .mounts
+        .iter()
+        .filter(|m| m.writeable)
+        .map(|m| config.destination.join(&m.id))
+        .collect();
+    if !config.recurring || dirs.is_empty() {
+        return None;
+    }
+    match Changes::watch(&dirs, config.upload_delay) {
+        Ok(changes) => Some(changes),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch the writeable mounts' directories ({e}): their changes are \
+                 uploaded at each pass, every --download-interval"
+            );
+            None
+        }
+    }
 }
 
 /// One pass over every mount; returns whether anything failed.

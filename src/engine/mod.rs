@@ -304,9 +304,15 @@ impl Engine {
                 "" => "the bucket is empty",
                 _ => "check the prefix: it is case-sensitive and matches whole path components",
             };
+            // A writeable mount may start empty; its local files go there, so a typo matters
+            // all the more.
+            let writes = match mount.writeable {
+                true => "; this writeable mount's local files are uploaded there",
+                false => "",
+            };
             tracing::warn!(
                 mount = %mount.id,
-                "no objects under s3://{}/{} ({hint})",
+                "no objects under s3://{}/{} ({hint}{writes})",
                 mount.bucket,
                 mount.prefix
             );

@@ -28,6 +28,7 @@ pub mod copy;
 pub mod dirs;
 pub mod manifest;
 pub mod root;
+pub mod watch;
 
 pub use copy::MountCopy;
 pub use dirs::Local;
