@@ -4,9 +4,9 @@
 # `s5cmd cp`, and prints a table of the best times. The upload sets time the other way: the same
 # local files uploaded by each tool to the same server.
 #
-#   scripts/bench.sh                              # the download sets, 3 runs of each tool
+#   scripts/bench.sh                              # every set, 3 runs of each tool
 #   scripts/bench.sh --sets small --runs 5
-#   scripts/bench.sh --sets up-small,up-large     # the upload sets
+#   scripts/bench.sh --sets up-small,up-large     # the upload sets only
 #   scripts/bench.sh --tools rclone,s5cmd         # only some of the tools
 #   scripts/bench.sh --logs /tmp/bench-logs       # keep each run's output there
 #   scripts/bench.sh --mount [ARGS...]            # mount mode: runs scripts/bench_mount.sh ARGS
@@ -21,7 +21,7 @@
 #   large     download: 2 objects of 512 MiB under large/
 #   up-small  upload: 1,000 local files of 256 KiB, to up/up-small/TOOL-ROUND/
 #   up-large  upload: 2 local files of 512 MiB, to up/up-large/TOOL-ROUND/
-# The default is small,large (about 1 minute on 2 cores); the upload sets add about 2.5.
+# The default is every set: about 4 minutes on 2 cores (after the build), 1 for the downloads.
 # Tools, downloading each into a new empty destination, `sync` run before each timed copy:
 #   ours    s3-synchronizer sync (defaults: --concurrency 20, --part-size 8MiB)
 #   rclone  rclone copy --transfers 16 --multi-thread-streams 16, 8 MiB chunks above 8 MiB
@@ -49,7 +49,7 @@ usage() {
     sed -n '2,43s/^# \{0,1\}//p' "$0"
 }
 
-sets="small,large"
+sets="small,large,up-small,up-large"
 runs=3
 tools="ours,rclone,s5cmd"
 logs=""
