@@ -37,10 +37,10 @@
 # prefix again); a wrong copy fails the script.
 # Ratio = peer's best time / ours: above 1 means s3-synchronizer is faster.
 #
-# Temporary data (about 2.5 GiB for the download sets, as much again for the upload sets and
-# their copies on the server) goes under target/ in this repository (set BENCH_DIR to use another
-# directory; not a RAM disk) and is removed on exit. Needs 4 GiB free there (7 GiB with the
-# upload sets).
+# Temporary data (about 2.5 GiB for the download sets, 3.5 GiB more for the upload sets: their
+# files, one upload on the server and the download that checks it) goes under target/ in this
+# repository (set BENCH_DIR to use another directory; not a RAM disk) and is removed on exit.
+# Needs 4 GiB free there, 7 GiB with the upload sets.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
