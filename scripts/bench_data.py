@@ -8,8 +8,10 @@ The two benchmark scripts run it before they start the server (which caches its 
 ROOT is the directory of bucket `bench` (each of its top-level directories is a key prefix).
 
 sets: the sets that bench.sh copies, in the order given, each under ROOT/SET/:
-    small  1,000 random objects of 256 KiB (obj-0000.bin ...)
-    large  2 random objects of 512 MiB
+    small     1,000 random objects of 256 KiB (obj-0000.bin ...)
+    large     2 random objects of 512 MiB
+    up-small  the files that bench.sh uploads (ROOT is then a local directory): as small
+    up-large  as large
 
 cases: what the mount cases of bench_mount.sh read (see its --help):
     cached-read  cr/big-1GiB.bin, random
@@ -28,6 +30,7 @@ import os
 MiB = 1 << 20
 
 SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
+SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
 CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "parquet")
 
 
