@@ -142,7 +142,8 @@ impl MountCopy {
         Ok(Stamp::of(&metadata))
     }
 
-    /// Records that a multipart upload of the file at `path` started, before its first part.
+    /// Records that a multipart upload of the file at `path` is starting (before it is asked
+    /// for) or, with its id, has started (before its first part).
     pub fn begin_upload(&self, path: &str, upload: Multipart) -> Result<(), LocalError> {
         Ok(self.manifest.lock().begin_upload(path, upload)?)
     }

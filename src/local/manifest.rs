@@ -141,12 +141,14 @@ struct Snapshot {
     uploads: BTreeMap<String, Multipart>,
 }
 
-/// A multipart upload under way: recorded before its first part is sent, so that one a crash
-/// interrupts is found at the next start and aborted (its parts cost storage until then).
+/// A multipart upload under way: recorded before it is started on the server (without an id),
+/// and again once the server has named it, so that one a crash interrupts is found at the next
+/// start and aborted (its parts cost storage until then), even one whose id never arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Multipart {
     pub key: String,
-    pub upload_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -296,7 +298,7 @@ impl Manifest {
         Ok(())
     }
 
-    /// Records that a multipart upload of `path` started (before its first part is sent).
+    /// Records that a multipart upload of `path` is starting, or (with its id) has started.
     pub fn begin_upload(&mut self, path: &str, upload: Multipart) -> Result<(), ManifestError> {
         self.append(&JournalLine::Upl {
             path: path.to_owned(),
@@ -424,7 +426,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let upload = |id: &str| Multipart {
             key: "p/big".into(),
-            upload_id: id.into(),
+            upload_id: Some(id.into()),
         };
         {
             let mut m = Manifest::open(tmp.path()).unwrap();

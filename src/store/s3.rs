@@ -297,9 +297,11 @@ where
             }
         }
         (Some(408 | 429 | 500..=599), _)
-        | (_, "SlowDown" | "Throttling" | "RequestTimeout" | "InternalError") => {
-            StoreError::Transient(detail)
-        }
+        | (
+            _,
+            "SlowDown" | "Throttling" | "RequestTimeout" | "InternalError" | "BadDigest"
+            | "IncompleteBody",
+        ) => StoreError::Transient(detail),
         _ => match err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
                 StoreError::Transient(format!("{detail} (endpoint {endpoint})"))
@@ -308,6 +310,14 @@ where
             _ => StoreError::Permanent(detail),
         },
     }
+}
+
+/// The `Content-MD5` of a body sent: the server refuses a body that does not match (`BadDigest`),
+/// so a connection cut mid-body never leaves a shorter object or part, on servers that would
+/// otherwise store what arrived.
+fn content_md5(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    aws_smithy_types::base64::encode(Md5::digest(body))
 }
 
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
@@ -466,6 +476,7 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .content_md5(content_md5(&body))
             .body(ByteStream::from(body));
         let out = provided!(stored_as!(request, opts), cond)
             .send()
@@ -506,6 +517,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number as i32)
+            .content_md5(content_md5(&body))
             .body(ByteStream::from(body))
             .send()
             .await

@@ -393,24 +393,28 @@ impl Uploader {
             key: up.key.clone(),
             source,
         };
+        let local_err = |source| UploadError::Local {
+            key: up.key.clone(),
+            source,
+        };
         let part = part_size(self.downloader.part_size, stamp.size);
         let opts = self.options();
+        let record = |upload_id| {
+            let key = up.key.clone();
+            self.replica
+                .copy
+                .begin_upload(&up.path, Multipart { key, upload_id })
+        };
+        // Recorded before it is asked for: a crash before its id arrives leaves an upload the
+        // server started and nobody would know of.
+        record(None).map_err(local_err)?;
         let id = self
             .write(&up.key, || self.store.create_multipart(&up.key, &opts))
             .await
             .map_err(store_err)?;
-        let recorded = self.replica.copy.begin_upload(
-            &up.path,
-            Multipart {
-                key: up.key.clone(),
-                upload_id: id.clone(),
-            },
-        );
+        let recorded = record(Some(id.clone()));
         let completed = match recorded {
-            Err(source) => Err(UploadError::Local {
-                key: up.key.clone(),
-                source,
-            }),
+            Err(source) => Err(local_err(source)),
             Ok(()) => match self.parts(up, file, stamp, part, &id).await {
                 Ok(Some(parts)) if unchanged(file, stamp).await => self
                     .write(&up.key, || {
@@ -436,40 +440,57 @@ impl Uploader {
             },
         };
         if ended {
-            self.replica
-                .copy
-                .end_upload(&up.path)
-                .map_err(|source| UploadError::Local {
-                    key: up.key.clone(),
-                    source,
-                })?;
+            self.replica.copy.end_upload(&up.path).map_err(local_err)?;
         }
         completed
     }
 
     /// Aborts the multipart uploads that a crash left unfinished (recorded, never completed or
-    /// aborted); the files they were of are still changed, and upload again.
+    /// aborted); the files they were of are still changed, and upload again. Every open upload
+    /// of such a key is aborted, also one whose id the crash kept from the record: a mount's
+    /// keys are its own, and an upload aborted loses no version (only a completed one is one).
     pub async fn abort_unfinished(&self) {
         for (path, upload) in self.replica.copy.unfinished_uploads() {
-            let aborted = retry(&upload.key, || {
-                self.store.abort_multipart(&upload.key, &upload.upload_id)
-            })
-            .await;
-            match aborted.map(|()| self.replica.copy.end_upload(&path)) {
-                Ok(Ok(())) => tracing::info!(
+            let aborted = self.abort_all(&upload).await;
+            let ended = aborted.and_then(|()| {
+                self.replica
+                    .copy
+                    .end_upload(&path)
+                    .map_err(|e| e.to_string())
+            });
+            match ended {
+                Ok(()) => tracing::info!(
                     mount = %self.replica.mount.id,
                     key = %upload.key,
-                    "aborted a multipart upload an earlier run left unfinished"
+                    "aborted the multipart upload an earlier run left unfinished"
                 ),
-                Ok(Err(e)) => tracing::warn!(mount = %self.replica.mount.id, "{e}"),
                 Err(e) => tracing::warn!(
                     mount = %self.replica.mount.id,
                     key = %upload.key,
-                    "could not abort the multipart upload {} an earlier run left unfinished: {e}",
-                    upload.upload_id
+                    "could not abort the multipart upload an earlier run left unfinished: {e}"
                 ),
             }
         }
+    }
+
+    /// Aborts `upload`, and every other open upload of its key.
+    async fn abort_all(&self, upload: &Multipart) -> Result<(), String> {
+        let key = &upload.key;
+        let listed = retry(key, || self.store.list_multipart(key))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = listed
+            .into_iter()
+            .filter(|u| &u.key == key)
+            .map(|u| u.upload_id)
+            .chain(upload.upload_id.clone())
+            .collect::<std::collections::BTreeSet<_>>();
+        for id in ids {
+            retry(key, || self.store.abort_multipart(key, &id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Uploads every part; `None` when the file changed while it was read.

@@ -1,5 +1,5 @@
-//! A TCP proxy on loopback between the tool and a test server that can slow down responses, so
-//! a test can hold a download in progress while it looks at what has arrived.
+//! A TCP proxy on loopback between the tool and a test server that can slow down both directions,
+//! so a test can hold a download (or an upload) in progress while it looks at what has arrived.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +17,8 @@ pub struct SlowProxy {
 }
 
 impl SlowProxy {
-    /// Proxies to `upstream` (`http://host:port`), sending each response stream at no more than
-    /// `rate` bytes per second per connection (0: as fast as it comes).
+    /// Proxies to `upstream` (`http://host:port`), sending each direction of a connection at no
+    /// more than `rate` bytes per second (0: as fast as it comes).
     pub async fn start(upstream: &str, rate: u64) -> Self {
         let upstream = upstream
             .strip_prefix("http://")
@@ -69,28 +69,34 @@ impl Drop for SlowProxy {
 }
 
 async fn pipe(client: TcpStream, server: TcpStream, rate: Arc<AtomicU64>) {
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let requests = async {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-        let _ = server_write.shutdown().await;
-    };
-    let responses = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match server_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if client_write.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            let rate = rate.load(Ordering::Relaxed);
-            if rate > 0 {
-                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
-            }
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::join!(
+        throttled(client_read, server_write, &rate),
+        throttled(server_read, client_write, &rate)
+    );
+}
+
+/// Copies one direction of a connection at no more than the rate (requests and their bodies,
+/// such as uploads; or responses), then shuts the writing side.
+async fn throttled(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
         }
-        let _ = client_write.shutdown().await;
-    };
-    tokio::join!(requests, responses);
+        let rate = rate.load(Ordering::Relaxed);
+        if rate > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+        }
+    }
+    let _ = to.shutdown().await;
 }
