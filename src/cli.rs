@@ -39,6 +39,23 @@ pub enum Command {
     /// downloaded into a local cache in the background; a read of a file not yet downloaded
     /// fetches it first.
     Mount(MountArgs),
+    /// Say whether the local changes of a sync destination's writeable mounts are all in S3
+    /// (exit 0), still waiting for the running sync (exit 1), or waiting with no sync running
+    /// there (exit 3: they go at its next start).
+    Status(StatusArgs),
+}
+
+/// `status`: which destination, and whether to wait.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The --destination the sync was given.
+    #[arg(long, value_name = "DIR")]
+    pub destination: PathBuf,
+
+    /// Wait until every change is uploaded (exit 0), or no sync is left running to upload
+    /// them (exit 3).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// The flags of the original program that mean the same for both commands, with kebab-case

@@ -1,5 +1,6 @@
 use s3_synchronizer::cli::{self, Command};
 use s3_synchronizer::commands::mount::{self, Daemonized};
+use s3_synchronizer::commands::status;
 use s3_synchronizer::commands::sync::{self, SyncOutcome};
 use s3_synchronizer::errors;
 use s3_synchronizer::progress::LogWriter;
@@ -84,6 +85,10 @@ fn main() -> ExitCode {
                 Err(e) => failure(&e),
             }
         }
+        Command::Status(args) => match status::status(&args.destination, args.wait) {
+            Ok(saved) => ExitCode::from(saved.code()),
+            Err(e) => usage_error(e),
+        },
         Command::Mount(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,

@@ -276,3 +276,68 @@ async fn twenty_kill_9s_while_uploading_lose_nothing_and_leave_nothing_behind() 
     let out = sync(&moto.endpoint, dest.path());
     assert_eq!(summary(&out, "uploaded"), 0, "{}", stderr(&out));
 }
+
+fn status(dest: &Path, extra: &[&str]) -> Output {
+    run(tool_at("http://127.0.0.1:9")
+        .args(["status", "--destination"])
+        .arg(dest)
+        .args(extra))
+}
+
+/// `status` says whether local changes are in the bucket: 0 all saved, 3 pending with no sync
+/// running there, and `--wait` returns once a running sync has uploaded them.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_whether_the_work_is_saved() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "data/a.csv", b"1,2\n").await;
+    let dest = tempfile::tempdir().unwrap();
+    sync(&s3.endpoint, dest.path());
+    let out = status(dest.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    std::fs::write(dest.path().join("study/result.csv"), b"42\n").unwrap();
+    let out = status(dest.path(), &[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("not uploaded: result.csv"), "{said}");
+    assert!(said.contains("no sync is running"), "{said}");
+
+    // A running sync uploads it; `status --wait` returns then.
+    let child = tool_at(&s3.endpoint)
+        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
+        .arg(dest.path())
+        .args(["--recurring-downloads", "--download-interval", "3600"])
+        .args(["--upload-delay", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(30, "the sync to hold the destination", || {
+        status(dest.path(), &[]).status.code() != Some(3)
+    });
+    std::fs::write(dest.path().join("study/later.csv"), b"43\n").unwrap();
+    let out = status(dest.path(), &["--wait"]);
+    let waited = String::from_utf8_lossy(&out.stdout).into_owned();
+    // SAFETY: signalling a child process this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let log = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{waited}\n{}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    assert!(waited.contains("0 changed or new"), "{waited}");
+    assert_eq!(object(&s3.client, "data/result.csv").await.unwrap(), b"42\n");
+    assert_eq!(object(&s3.client, "data/later.csv").await.unwrap(), b"43\n");
+
+    // Not a destination: one line, exit 2.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = status(elsewhere.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not a destination of s3-synchronizer sync"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod mount;
 pub mod signals;
+pub mod status;
 pub mod sync;
 
 use crate::cli::SyncConfig;

@@ -5,6 +5,7 @@
 //! recurring mode it is connected and tried again on the next pass.
 
 use super::signals::Signals;
+use super::status::{self, Recorded, RecordedMount};
 use super::{connect, log_summary};
 use crate::cli::SyncConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, Replica};
@@ -15,6 +16,7 @@ use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 /// How a `sync` run ended.
@@ -71,6 +73,19 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         });
     }
 
+    let mut recorded = Recorded {
+        mounts: config
+            .mounts
+            .iter()
+            .map(|m| RecordedMount {
+                id: m.id.clone(),
+                writeable: m.writeable,
+                last_pass: None,
+                conflicts: 0,
+            })
+            .collect(),
+    };
+    write_status(&config, &recorded);
     let mut changes = watch_writeable(&config);
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
     let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
@@ -78,8 +93,17 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         let failed = {
             let _report = progress.report();
             progress.reset();
-            run_pass(&engine, &config, &mounts, &mut stores, &mut connectors).await
+            run_pass(
+                &engine,
+                &config,
+                &mounts,
+                &mut stores,
+                &mut connectors,
+                &mut recorded,
+            )
+            .await
         };
+        write_status(&config, &recorded);
         engine.clear_staging();
         if cancel.is_cancelled() {
             break if config.recurring || !signalled.is_cancelled() {
@@ -108,6 +132,13 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         }
     };
     Ok(outcome)
+}
+
+/// Says in the destination what this run is doing, for `status`; a failure to is only logged.
+fn write_status(config: &SyncConfig, recorded: &Recorded) {
+    if let Err(e) = status::record(&config.destination, recorded) {
+        tracing::debug!("cannot write the status file: {e}");
+    }
 }
 
 /// In recurring mode, a watch of the writeable mounts' directories: a change settled for
@@ -142,6 +173,7 @@ async fn run_pass(
     mounts: &[Arc<Replica>],
     stores: &mut [Option<Arc<dyn ObjectStore>>],
     connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
+    recorded: &mut Recorded,
 ) -> bool {
     let mut failed = false;
     for (replica, slot) in mounts.iter().zip(stores.iter_mut()) {
@@ -166,6 +198,17 @@ async fn run_pass(
             Ok(stats) => {
                 failed |= stats.failed > 0;
                 log_summary(&replica.mount.id, &stats);
+                if let Some(r) = recorded
+                    .mounts
+                    .iter_mut()
+                    .find(|r| r.id == replica.mount.id)
+                {
+                    r.last_pass = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs());
+                    r.conflicts += stats.conflicts;
+                }
             }
             Err(EngineError::Cancelled { .. }) => {}
             Err(e) => {

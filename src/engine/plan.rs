@@ -137,6 +137,52 @@ pub struct WritePlan {
     pub copy_gone: bool,
 }
 
+/// The local changes of a writeable mount, as uploads: files the manifest does not have or
+/// whose stamp differs from their entry's (based on the entry's version), and new empty
+/// directories. Deleted files are not among them (see [`plan_writeable`]).
+pub fn local_changes(
+    prefix: &str,
+    manifest: &BTreeMap<String, Entry>,
+    scan: &BTreeMap<String, Found>,
+) -> Vec<Upload> {
+    let mut out = Vec::new();
+    for (path, found) in scan {
+        let (base, stamp) = match (found, manifest.get(path)) {
+            (Found::File(stamp), Some(e)) if !e.dir => {
+                if !e.changed_locally(stamp) {
+                    continue;
+                }
+                (Some(e.etag.clone()), Some(*stamp))
+            }
+            (Found::File(stamp), _) => (None, Some(*stamp)),
+            (Found::Dir { empty: true }, None) => (None, None),
+            (Found::Dir { .. }, _) => continue,
+        };
+        let key = match stamp {
+            Some(_) => format!("{prefix}{path}"),
+            None => format!("{prefix}{path}/"),
+        };
+        out.push(Upload {
+            path: path.clone(),
+            key,
+            base,
+            stamp,
+        });
+    }
+    out
+}
+
+/// The files the manifest lists that a walk did not find: deleted locally.
+pub fn local_deletions<'a>(
+    manifest: &'a BTreeMap<String, Entry>,
+    scan: &'a BTreeMap<String, Found>,
+) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+    manifest.iter().filter(|(path, e)| match e.dir {
+        true => !scan.contains_key(*path),
+        false => !matches!(scan.get(*path), Some(Found::File(_))),
+    })
+}
+
 /// [`plan`] for a writeable mount, given a walk of its directory (`scan`). A file is a local
 /// change when the manifest has no file there, or its stamp differs from the entry's; a file
 /// the manifest lists and the walk does not find was deleted locally. A change is uploaded once
@@ -161,36 +207,16 @@ pub fn plan_writeable(
         ..WritePlan::default()
     };
     let listed: BTreeMap<&str, &ObjectMeta> = remote.iter().map(|m| (m.key.as_str(), m)).collect();
-    let key_of = |path: &str, dir: bool| match dir {
-        true => format!("{prefix}{path}/"),
-        false => format!("{prefix}{path}"),
-    };
 
     // Local changes: kept from the download side, uploaded once settled.
-    let mut changed = BTreeSet::new();
-    for (path, found) in scan {
-        let (base, stamp) = match (found, manifest.get(path)) {
-            (Found::File(stamp), Some(e)) if !e.dir => {
-                if !e.changed_locally(stamp) {
-                    continue;
-                }
-                (Some(e.etag.clone()), Some(*stamp))
-            }
-            (Found::File(stamp), _) => (None, Some(*stamp)),
-            (Found::Dir { empty: true }, None) => (None, None),
-            (Found::Dir { .. }, _) => continue,
-        };
-        changed.insert(path.as_str());
-        if stamp.as_ref().is_some_and(|s| !settled(s)) {
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    for change in local_changes(prefix, manifest, scan) {
+        changed.insert(change.path.clone());
+        if change.stamp.as_ref().is_some_and(|s| !settled(s)) {
             out.settling += 1;
             continue;
         }
-        out.upload.push(Upload {
-            path: path.clone(),
-            key: key_of(path, stamp.is_none()),
-            base,
-            stamp,
-        });
+        out.upload.push(change);
     }
 
     // Local deletions: the object goes too, if it is still the version the file was.
@@ -202,12 +228,8 @@ pub fn plan_writeable(
     out.copy_gone = files_listed > 0 && files_found == 0;
     let mut deleted = BTreeSet::new();
     if !out.copy_gone {
-        for (path, e) in manifest {
-            let gone = match e.dir {
-                true => !scan.contains_key(path),
-                false => !matches!(scan.get(path), Some(Found::File(_))),
-            };
-            if gone && listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag) {
+        for (path, e) in local_deletions(manifest, scan) {
+            if listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag) {
                 deleted.insert(path.as_str());
                 out.remote_delete.push(RemoteDelete {
                     path: path.clone(),

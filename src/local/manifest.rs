@@ -172,6 +172,64 @@ enum JournalLine {
     },
 }
 
+/// A manifest as read from its files.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub entries: BTreeMap<String, Entry>,
+    pub uploads: BTreeMap<String, Multipart>,
+    pub listed_at: Option<u64>,
+}
+
+/// Replays the journal in `dir` over its snapshot.
+fn read(dir: &Path) -> Result<Read, ManifestError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ManifestError { path, source }
+    };
+    let snapshot_path = dir.join(SNAPSHOT);
+    let mut out = match fs::read(&snapshot_path) {
+        Ok(bytes) => {
+            let snapshot = serde_json::from_slice::<Snapshot>(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                .map_err(err(&snapshot_path))?;
+            Read {
+                entries: snapshot.entries,
+                uploads: snapshot.uploads,
+                listed_at: snapshot.listed_at,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Read::default(),
+        Err(e) => return Err(err(&snapshot_path)(e)),
+    };
+    let journal_path = dir.join(JOURNAL);
+    match File::open(&journal_path) {
+        Ok(f) => {
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(err(&journal_path))?;
+                // A torn last line (crash mid-append) carries nothing that was promised.
+                match serde_json::from_str::<JournalLine>(&line) {
+                    Ok(JournalLine::Put { path, entry }) => {
+                        out.entries.insert(path, entry);
+                    }
+                    Ok(JournalLine::Del { path }) => {
+                        out.entries.remove(&path);
+                    }
+                    Ok(JournalLine::Upl { path, upload }) => {
+                        out.uploads.insert(path, upload);
+                    }
+                    Ok(JournalLine::Upd { path }) => {
+                        out.uploads.remove(&path);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&journal_path)(e)),
+    }
+    Ok(out)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("manifest {}: {source}", path.display())]
 pub struct ManifestError {
@@ -194,50 +252,16 @@ const JOURNAL: &str = "journal.jsonl";
 impl Manifest {
     /// Opens (or creates) the manifest kept in `dir`.
     pub fn open(dir: &Path) -> Result<Self, ManifestError> {
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ManifestError { path, source }
-        };
-        fs::create_dir_all(dir).map_err(err(dir))?;
-        let snapshot_path = dir.join(SNAPSHOT);
-        let (mut entries, mut uploads, listed_at) = match fs::read(&snapshot_path) {
-            Ok(bytes) => {
-                let snapshot = serde_json::from_slice::<Snapshot>(&bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-                    .map_err(err(&snapshot_path))?;
-                (snapshot.entries, snapshot.uploads, snapshot.listed_at)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (BTreeMap::new(), BTreeMap::new(), None)
-            }
-            Err(e) => return Err(err(&snapshot_path)(e)),
-        };
+        fs::create_dir_all(dir).map_err(|source| ManifestError {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let Read {
+            entries,
+            uploads,
+            listed_at,
+        } = read(dir)?;
         let journal_path = dir.join(JOURNAL);
-        match File::open(&journal_path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line.map_err(err(&journal_path))?;
-                    // A torn last line (crash mid-append) carries nothing that was promised.
-                    match serde_json::from_str::<JournalLine>(&line) {
-                        Ok(JournalLine::Put { path, entry }) => {
-                            entries.insert(path, entry);
-                        }
-                        Ok(JournalLine::Del { path }) => {
-                            entries.remove(&path);
-                        }
-                        Ok(JournalLine::Upl { path, upload }) => {
-                            uploads.insert(path, upload);
-                        }
-                        Ok(JournalLine::Upd { path }) => {
-                            uploads.remove(&path);
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(&journal_path)(e)),
-        }
         let mut manifest = Self {
             dir: dir.to_owned(),
             entries,
@@ -247,11 +271,29 @@ impl Manifest {
                 .create(true)
                 .append(true)
                 .open(&journal_path)
-                .map_err(err(&journal_path))?,
+                .map_err(|source| ManifestError {
+                    path: journal_path,
+                    source,
+                })?,
         };
         // Start every run from a fresh snapshot and an empty journal.
         manifest.compact()?;
         Ok(manifest)
+    }
+
+    /// What the manifest in `dir` says, read without changing it, while the process that owns it
+    /// may be writing it: a snapshot replaced during the read (a compaction, which also empties
+    /// the journal) is read again.
+    pub fn read_only(dir: &Path) -> Result<Read, ManifestError> {
+        let snapshot = dir.join(SNAPSHOT);
+        let ino = || fs::metadata(&snapshot).map(|m| m.ino()).ok();
+        loop {
+            let before = ino();
+            let read = read(dir)?;
+            if ino() == before {
+                return Ok(read);
+            }
+        }
     }
 
     pub fn entries(&self) -> &BTreeMap<String, Entry> {

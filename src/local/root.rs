@@ -19,7 +19,6 @@ use std::time::SystemTime;
 /// The root of a local copy, locked for this process.
 pub struct Root {
     root: PathBuf,
-    state: PathBuf,
     staging: PathBuf,
     partial: PathBuf,
     next_staging: AtomicU64,
@@ -55,7 +54,6 @@ impl Root {
         let cache = Self {
             root: root.to_owned(),
             partial: state.join("partial"),
-            state,
             staging,
             next_staging: AtomicU64::new(0),
             _lock: lock,
@@ -78,7 +76,19 @@ impl Root {
     }
 
     pub fn manifest_dir(&self, id: &str) -> PathBuf {
-        self.state.join("mounts").join(id)
+        manifest_dir(&self.root, id)
+    }
+
+    /// Whether a process holds the lock of `root` (without taking it for long: the `status`
+    /// command asks from outside).
+    pub fn in_use(root: &Path) -> bool {
+        let Ok(lock) = File::open(root.join(STATE_DIR).join("lock")) else {
+            return false;
+        };
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let taken = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+        // Closing the descriptor releases a lock just taken.
+        !taken
     }
 
     /// Creates the mount directory; refuses one that is a symbolic link.
@@ -281,6 +291,16 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Where the manifest of mount `id` of the local copy at `root` is kept.
+pub fn manifest_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(STATE_DIR).join("mounts").join(id)
+}
+
+/// The file in which a running `sync` says what it is doing, for the `status` command.
+pub fn status_file(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("status.json")
 }
 
 /// A file being downloaded. Dropped before [`Staged::commit`], a staging file removes itself; a

@@ -1,0 +1,154 @@
+//! The `status` command: "is my work saved?" for a `sync` destination. It reads, from outside and
+//! without changing anything, what a running (or stopped) `sync` left there: which mounts are
+//! writeable (the status file a `sync` writes at start and after each pass), each writeable
+//! mount's local changes not uploaded yet (its manifest against a walk of its directory, the
+//! same rules a pass follows), multipart uploads a crash left open, and whether a process
+//! holds the destination.
+
+use crate::engine::plan::{local_changes, local_deletions};
+use crate::local::dirs;
+use crate::local::manifest::Manifest;
+use crate::local::root::{Root, manifest_dir, status_file};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// What a `sync` says about itself in its destination.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Recorded {
+    pub mounts: Vec<RecordedMount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordedMount {
+    pub id: String,
+    pub writeable: bool,
+    /// When its last pass ended, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_pass: Option<u64>,
+    /// Local versions kept beside conflicting remote ones, this run.
+    #[serde(default)]
+    pub conflicts: usize,
+}
+
+/// Writes the status file of the destination `root` (replaced atomically).
+pub fn record(root: &Path, recorded: &Recorded) -> std::io::Result<()> {
+    let path = status_file(root);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(recorded).expect("serializes"))?;
+    std::fs::rename(tmp, path)
+}
+
+/// How `status` ends, as an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// Every local change is in the bucket (0).
+    All,
+    /// Changes wait for the running `sync` (1).
+    Pending,
+    /// Changes wait, and no `sync` runs there to upload them: they go at its next start (3).
+    Stopped,
+}
+
+impl Saved {
+    pub fn code(self) -> u8 {
+        match self {
+            Saved::All => 0,
+            Saved::Pending => 1,
+            Saved::Stopped => 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(
+        "{} is not a destination of s3-synchronizer sync (it has no {}); give the --destination \
+         the sync was given",
+        .0.display(),
+        crate::mounts::STATE_DIR
+    )]
+    NotADestination(PathBuf),
+    #[error("{0}")]
+    Read(String),
+}
+
+/// One look at `root`: prints what is pending per mount; `Saved` says what it found.
+pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusError> {
+    if !root.join(crate::mounts::STATE_DIR).is_dir() {
+        return Err(StatusError::NotADestination(root.to_owned()));
+    }
+    let recorded: Recorded = std::fs::read(status_file(root))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let running = Root::in_use(root);
+    let mut pending = 0;
+    for mount in &recorded.mounts {
+        if !mount.writeable {
+            let _ = writeln!(out, "mount \"{}\": read-only (nothing to upload)", mount.id);
+            continue;
+        }
+        let read = Manifest::read_only(&manifest_dir(root, &mount.id))
+            .map_err(|e| StatusError::Read(e.to_string()))?;
+        let scanned =
+            dirs::scan(&root.join(&mount.id)).map_err(|e| StatusError::Read(e.to_string()))?;
+        let changes = local_changes("", &read.entries, &scanned.found);
+        let deleted: Vec<_> = local_deletions(&read.entries, &scanned.found).collect();
+        let open = read.uploads.len();
+        let bytes: u64 = changes.iter().filter_map(|c| c.stamp.map(|s| s.size)).sum();
+        let last = mount
+            .last_pass
+            .map(|s| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+                let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+                format!("last pass {} s ago", ago.as_secs())
+            })
+            .unwrap_or_else(|| "no pass completed yet".into());
+        let _ = writeln!(
+            out,
+            "mount \"{}\": {} changed or new, {} bytes, and {} deleted, not uploaded yet; {} \
+             conflicts kept this run; {last}",
+            mount.id,
+            changes.len(),
+            bytes,
+            deleted.len(),
+            mount.conflicts
+        );
+        for change in &changes {
+            let _ = writeln!(out, "  not uploaded: {}", change.path);
+        }
+        for (path, _) in &deleted {
+            let _ = writeln!(out, "  deleted, not yet in the bucket: {path}");
+        }
+        if open > 0 {
+            let _ = writeln!(out, "  {open} multipart upload(s) left open by a crash");
+        }
+        pending += changes.len() + deleted.len() + open;
+    }
+    let _ = match running {
+        true => writeln!(out, "a sync is running in {}", root.display()),
+        false => writeln!(out, "no sync is running in {}", root.display()),
+    };
+    Ok(match (pending, running) {
+        (0, _) => Saved::All,
+        (_, true) => Saved::Pending,
+        (_, false) => Saved::Stopped,
+    })
+}
+
+/// `status`: one look, or with `wait` looks every second until every change is uploaded (or no
+/// `sync` is left to upload them).
+pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
+    let mut stdout = std::io::stdout();
+    loop {
+        let mut report = Vec::new();
+        let saved = look(root, &mut report)?;
+        if !wait || saved != Saved::Pending {
+            use std::io::Write;
+            let _ = stdout.write_all(&report);
+            return Ok(saved);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
