@@ -552,7 +552,7 @@ mod tests {
             .command
         {
             Command::Sync(a) => a,
-            Command::Mount(_) => panic!("{args:?}: mount"),
+            other => panic!("{args:?}: {other:?}"),
         }
     }
 
@@ -730,7 +730,7 @@ mod tests {
                 .map(OsString::from);
             parse(argv).map(|cli| match cli.command {
                 Command::Mount(m) => m,
-                Command::Sync(_) => panic!("not mount"),
+                other => panic!("not mount: {other:?}"),
             })
         };
         let err = parse_mount(&[]).unwrap_err();
