@@ -160,21 +160,27 @@ async fn local_changes_reach_rclone() {
     local_changes_reach_the_bucket(&s3.endpoint, &s3.client).await;
 }
 
+/// A recurring sync whose next pass would come in an hour: only the watch of its writeable
+/// mount starts one sooner (a change settles in 1 s).
+fn recurring(endpoint: &str, dest: &Path) -> std::process::Child {
+    tool_at(endpoint)
+        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
+        .arg(dest)
+        .args(["--recurring-downloads", "--download-interval", "3600"])
+        .args(["--upload-delay", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// In recurring mode a local change is uploaded once it settles, long before the next pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_settled_change_is_uploaded_before_the_next_interval() {
     let s3 = S3Server::start(&["bkt"]).await;
     s3.put("bkt", "data/a.csv", b"1,2\n").await;
     let dest = tempfile::tempdir().unwrap();
-    let child = tool_at(&s3.endpoint)
-        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
-        .arg(dest.path())
-        .args(["--recurring-downloads", "--download-interval", "3600"])
-        .args(["--upload-delay", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = recurring(&s3.endpoint, dest.path());
     let first = dest.path().join("study/a.csv");
     wait_for(30, "the first pass", || first.exists());
 
@@ -303,15 +309,7 @@ async fn status_says_whether_the_work_is_saved() {
     assert!(said.contains("no sync is running"), "{said}");
 
     // A running sync uploads it; `status --wait` returns then.
-    let child = tool_at(&s3.endpoint)
-        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
-        .arg(dest.path())
-        .args(["--recurring-downloads", "--download-interval", "3600"])
-        .args(["--upload-delay", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = recurring(&s3.endpoint, dest.path());
     wait_for(30, "the sync to hold the destination", || {
         status(dest.path(), &[]).status.code() != Some(3)
     });
@@ -328,7 +326,10 @@ async fn status_says_whether_the_work_is_saved() {
         String::from_utf8_lossy(&log.stderr)
     );
     assert!(waited.contains("0 changed or new"), "{waited}");
-    assert_eq!(object(&s3.client, "data/result.csv").await.unwrap(), b"42\n");
+    assert_eq!(
+        object(&s3.client, "data/result.csv").await.unwrap(),
+        b"42\n"
+    );
     assert_eq!(object(&s3.client, "data/later.csv").await.unwrap(), b"43\n");
 
     // Not a destination: one line, exit 2.

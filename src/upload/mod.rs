@@ -144,10 +144,7 @@ impl Uploader {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, UploadError> {
         retry("head", || self.store.head(key))
             .await
-            .map_err(|source| UploadError::Store {
-                key: key.to_owned(),
-                source,
-            })
+            .map_err(store_err(key))
     }
 
     /// The folder marker of a new empty directory; one already there is the same directory.
@@ -156,10 +153,7 @@ impl Uploader {
         up: &Upload,
         current: Option<ObjectMeta>,
     ) -> Result<Pushed, UploadError> {
-        let store_err = |source| UploadError::Store {
-            key: up.key.clone(),
-            source,
-        };
+        let store_err = store_err(&up.key);
         let meta = match current {
             Some(meta) => meta,
             None => {
@@ -191,19 +185,13 @@ impl Uploader {
         self.replica
             .copy
             .record_upload(&up.path, &meta, None)
-            .map_err(|source| UploadError::Local {
-                key: up.key.clone(),
-                source,
-            })?;
+            .map_err(local_err(&up.key))?;
         Ok(Pushed::Uploaded { bytes: 0 })
     }
 
     /// Deletes an object whose local file was deleted, if it is still the version the file was.
     pub async fn delete(&self, del: &RemoteDelete) -> Result<Pushed, UploadError> {
-        let store_err = |source| UploadError::Store {
-            key: del.key.clone(),
-            source,
-        };
+        let store_err = store_err(&del.key);
         let current = self.head(&del.key).await?;
         let outcome = match current {
             None => Pushed::Deleted,
@@ -238,10 +226,7 @@ impl Uploader {
         self.replica
             .copy
             .forget(&del.path)
-            .map_err(|source| UploadError::Local {
-                key: del.key.clone(),
-                source,
-            })?;
+            .map_err(local_err(&del.key))?;
         Ok(outcome)
     }
 
@@ -252,10 +237,7 @@ impl Uploader {
         up: &Upload,
         remote: Option<ObjectMeta>,
     ) -> Result<Pushed, UploadError> {
-        let local_err = |source| UploadError::Local {
-            key: up.key.clone(),
-            source,
-        };
+        let local_err = local_err(&up.key);
         let copy = &self.replica.copy;
         let aside = conflict::conflict_path(&up.path, SystemTime::now(), |p| copy.exists(p));
         let stamp = copy.move_aside(&up.path, &aside).map_err(local_err)?;
@@ -303,10 +285,7 @@ impl Uploader {
             Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 Ok(None)
             }
-            Err(source) => Err(UploadError::Local {
-                key: up.key.clone(),
-                source,
-            }),
+            Err(source) => Err(local_err(&up.key)(source)),
         }
     }
 
@@ -314,10 +293,7 @@ impl Uploader {
         self.replica
             .copy
             .record_upload(&up.path, meta, Some(stamp))
-            .map_err(|source| UploadError::Local {
-                key: up.key.clone(),
-                source,
-            })
+            .map_err(local_err(&up.key))
     }
 
     /// A write, retried while it fails for a transient reason, each try holding a GET permit of
@@ -346,10 +322,7 @@ impl Uploader {
         if stamp.size <= self.downloader.part_size.max(MIN_PART) {
             self.put(up, file, stamp, cond)
                 .await
-                .map_err(|source| UploadError::Store {
-                    key: up.key.clone(),
-                    source,
-                })
+                .map_err(store_err(&up.key))
         } else {
             self.multipart(up, file, stamp, cond).await
         }
@@ -389,14 +362,8 @@ impl Uploader {
         stamp: &Stamp,
         cond: &Precondition,
     ) -> Result<Option<String>, UploadError> {
-        let store_err = |source| UploadError::Store {
-            key: up.key.clone(),
-            source,
-        };
-        let local_err = |source| UploadError::Local {
-            key: up.key.clone(),
-            source,
-        };
+        let store_err = store_err(&up.key);
+        let local_err = local_err(&up.key);
         let part = part_size(self.downloader.part_size, stamp.size);
         let opts = self.options();
         let record = |upload_id| {
@@ -615,6 +582,22 @@ async fn unchanged(file: &Arc<File>, stamp: &Stamp) -> bool {
     tokio::task::spawn_blocking(move || file.metadata().is_ok_and(|m| Stamp::of(&m) == stamp))
         .await
         .unwrap_or(false)
+}
+
+/// How a store error of a write of `key` reads.
+fn store_err(key: &str) -> impl Fn(StoreError) -> UploadError + Copy + '_ {
+    move |source| UploadError::Store {
+        key: key.to_owned(),
+        source,
+    }
+}
+
+/// How a local error of an upload of `key` reads.
+fn local_err(key: &str) -> impl Fn(LocalError) -> UploadError + Copy + '_ {
+    move |source| UploadError::Local {
+        key: key.to_owned(),
+        source,
+    }
 }
 
 impl Transient for UploadError {
