@@ -138,6 +138,11 @@ pub struct SyncArgs {
     /// left alone before it is uploaded (a one-shot run uploads every change at once).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub upload_delay: u64,
+
+    /// When a signal (or --stop-recurring-downloads-after) stops the run, how long it may go on
+    /// uploading writeable mounts' changes before it exits (a second signal exits at once).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub flush_timeout: u64,
 }
 
 /// `mount`: the shared flags, with those of scheduling and destination described as a mount
@@ -218,6 +223,8 @@ pub struct SyncConfig {
     pub stop_after: Option<Duration>,
     /// How long a local change of a writeable mount must be quiet before it is uploaded.
     pub upload_delay: Duration,
+    /// How long a stopping run may go on uploading writeable mounts' changes.
+    pub flush_timeout: Duration,
     pub s3: S3Options,
 }
 
@@ -270,7 +277,7 @@ impl SyncArgs {
             self.download_interval,
             self.stop_recurring_downloads_after,
         )?
-        .with_upload_delay(self.upload_delay);
+        .with_uploads(self.upload_delay, self.flush_timeout);
         self.common.into_config(self.destination, schedule)
     }
 }
@@ -342,6 +349,7 @@ impl CommonArgs {
             interval: schedule.interval,
             stop_after: schedule.stop_after,
             upload_delay: schedule.upload_delay,
+            flush_timeout: schedule.flush_timeout,
             s3: S3Options {
                 region: self.region,
                 profile: self.profile,
@@ -360,6 +368,7 @@ struct Schedule {
     interval: Duration,
     stop_after: Option<Duration>,
     upload_delay: Duration,
+    flush_timeout: Duration,
 }
 
 impl Schedule {
@@ -373,17 +382,20 @@ impl Schedule {
             interval: Duration::from_secs(interval as u64),
             stop_after: (stop_after > 0).then(|| Duration::from_secs(stop_after as u64)),
             upload_delay: Duration::ZERO,
+            flush_timeout: Duration::ZERO,
         })
     }
 
-    /// Local changes wait `seconds` when passes recur.
-    fn with_upload_delay(self, seconds: u64) -> Self {
+    /// Local changes wait `delay` seconds when passes recur; a stopping run uploads for at most
+    /// `flush_timeout` seconds.
+    fn with_uploads(self, delay: u64, flush_timeout: u64) -> Self {
         let upload_delay = match self.recurring {
-            true => Duration::from_secs(seconds),
+            true => Duration::from_secs(delay),
             false => Duration::ZERO,
         };
         Self {
             upload_delay,
+            flush_timeout: Duration::from_secs(flush_timeout),
             ..self
         }
     }

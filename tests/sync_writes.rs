@@ -342,3 +342,38 @@ async fn status_says_whether_the_work_is_saved() {
         stderr(&out)
     );
 }
+
+/// SIGTERM uploads the changes not uploaded yet before the run exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_sync_uploads_what_waits_before_it_exits() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "data/a.csv", b"1,2\n").await;
+    let dest = tempfile::tempdir().unwrap();
+    // A change would wait a minute to settle: only the stop uploads it.
+    let child = tool_at(&s3.endpoint)
+        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
+        .arg(dest.path())
+        .args(["--recurring-downloads", "--download-interval", "3600"])
+        .args(["--upload-delay", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(30, "the first pass", || {
+        status(dest.path(), &[]).status.code() == Some(0)
+    });
+    std::fs::write(dest.path().join("study/final.csv"), b"done\n").unwrap();
+    assert_eq!(status(dest.path(), &[]).status.code(), Some(1));
+    // SAFETY: signalling a child process this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        object(&s3.client, "data/final.csv").await.as_deref(),
+        Some(&b"done\n"[..]),
+        "{log}"
+    );
+    assert!(log.contains("uploaded before stopping"), "{log}");
+    assert_eq!(status(dest.path(), &[]).status.code(), Some(0));
+}

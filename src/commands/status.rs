@@ -78,11 +78,18 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
     if !root.join(crate::mounts::STATE_DIR).is_dir() {
         return Err(StatusError::NotADestination(root.to_owned()));
     }
-    let recorded: Recorded = std::fs::read(status_file(root))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let running = Root::in_use(root);
+    let recorded: Option<Recorded> = std::fs::read(status_file(root))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(recorded) = recorded else {
+        // A sync writes its status file once its mounts are open: it is starting.
+        if running {
+            let _ = writeln!(out, "a sync is starting in {}", root.display());
+            return Ok(Saved::Pending);
+        }
+        return Err(StatusError::NotADestination(root.to_owned()));
+    };
     let mut pending = 0;
     for mount in &recorded.mounts {
         if !mount.writeable {

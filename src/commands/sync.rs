@@ -58,7 +58,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         mounts.push(engine.open_mount(mount.clone())?);
     }
 
-    let signalled = spawn_signal_listener(cancel.clone());
+    let (signalled, again) = spawn_signal_listener(cancel.clone());
     if config.recurring
         && let Some(after) = config.stop_after
     {
@@ -131,7 +131,64 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             () = cancel.cancelled() => break SyncOutcome::Complete,
         }
     };
+    if cancel.is_cancelled() {
+        flush(&engine, &config, &mounts, &stores, &again).await;
+    }
     Ok(outcome)
+}
+
+/// Before a stopped run exits: uploads the writeable mounts' local changes, for at most
+/// `--flush-timeout` or until a second signal; what is left is named, for the next start.
+async fn flush(
+    engine: &Engine,
+    config: &SyncConfig,
+    mounts: &[Arc<Replica>],
+    stores: &[Option<Arc<dyn ObjectStore>>],
+    again: &CancellationToken,
+) {
+    let work: Vec<_> = mounts
+        .iter()
+        .zip(stores)
+        .filter(|(replica, _)| replica.mount.writeable)
+        .filter_map(|(replica, store)| Some((replica, store.clone()?)))
+        .map(|(replica, store)| async move { (replica, engine.flush(replica, store).await) })
+        .collect();
+    if work.is_empty() {
+        return;
+    }
+    tracing::info!(
+        seconds = config.flush_timeout.as_secs(),
+        "uploading the writeable mounts' changes before stopping (a second signal stops at once)"
+    );
+    let done = tokio::select! {
+        done = futures_util::future::join_all(work) => Some(done),
+        () = tokio::time::sleep(config.flush_timeout) => None,
+        () = again.cancelled() => None,
+    };
+    for (replica, result) in done.into_iter().flatten() {
+        match result {
+            Ok(stats) => tracing::info!(
+                mount = %replica.mount.id,
+                uploaded = stats.uploaded,
+                remote_deleted = stats.remote_deleted,
+                conflicts = stats.conflicts,
+                failed = stats.failed,
+                "uploaded before stopping"
+            ),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    let mut report = Vec::new();
+    if !matches!(
+        status::look(&config.destination, &mut report),
+        Ok(status::Saved::All)
+    ) {
+        for line in String::from_utf8_lossy(&report).lines() {
+            if line.starts_with("  ") {
+                tracing::warn!("left for the next start: {}", line.trim());
+            }
+        }
+    }
 }
 
 /// Says in the destination what this run is doing, for `status`; a failure to is only logged.
@@ -220,18 +277,22 @@ async fn run_pass(
     failed
 }
 
-/// Cancels on SIGINT or SIGTERM; the returned token tells whether a signal arrived.
-fn spawn_signal_listener(cancel: CancellationToken) -> CancellationToken {
-    let signalled = CancellationToken::new();
+/// Cancels on SIGINT or SIGTERM; the first token returned tells whether a signal arrived, the
+/// second whether a second one did (stop at once, without finishing uploads).
+fn spawn_signal_listener(cancel: CancellationToken) -> (CancellationToken, CancellationToken) {
+    let (signalled, again) = (CancellationToken::new(), CancellationToken::new());
     let Some(mut signals) = Signals::listen() else {
-        return signalled;
+        return (signalled, again);
     };
-    let flag = signalled.clone();
+    let (first, second) = (signalled.clone(), again.clone());
     tokio::spawn(async move {
         let name = signals.recv().await;
         tracing::info!(signal = name, "stopping");
-        flag.cancel();
+        first.cancel();
         cancel.cancel();
+        let name = signals.recv().await;
+        tracing::info!(signal = name, "stopping at once");
+        second.cancel();
     });
-    signalled
+    (signalled, again)
 }

@@ -383,7 +383,14 @@ impl Engine {
             );
         }
         let refetch = self
-            .push(replica, &store, upload, remote_delete, &mut stats)
+            .push(
+                replica,
+                &store,
+                upload,
+                remote_delete,
+                &mut stats,
+                Some(cancel),
+            )
             .await?;
         plan.fetch.extend(refetch);
 
@@ -474,7 +481,15 @@ impl Engine {
         uploads: Vec<plan::Upload>,
         deletes: Vec<plan::RemoteDelete>,
         stats: &mut PassStats,
+        cancel: Option<&CancellationToken>,
     ) -> Result<Vec<plan::Fetch>, EngineError> {
+        let cancelled = async {
+            match cancel {
+                Some(cancel) => cancel.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
         let mount = &replica.mount;
         let uploader = Arc::new(Uploader {
             downloader: self.downloader.clone(),
@@ -506,7 +521,7 @@ impl Engine {
             }
             let done = tokio::select! {
                 done = running.join_next() => done,
-                () = self.downloader.cancel.cancelled() => {
+                () = &mut cancelled => {
                     running.shutdown().await;
                     return Err(EngineError::Cancelled { mount: mount.id.clone() });
                 }
@@ -539,6 +554,51 @@ impl Engine {
             }
         }
         Ok(refetch)
+    }
+}
+
+impl Engine {
+    /// Uploads every local change of a writeable mount now, without a listing (each write's
+    /// HEAD and condition still guard it), and whether or not the engine was cancelled: what a
+    /// stopping run does before it exits. Remote versions a conflict keeps are downloaded at
+    /// the next start.
+    pub async fn flush(
+        &self,
+        replica: &Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<PassStats, EngineError> {
+        let mount = &replica.mount;
+        let walking = replica.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let prefix = walking.mount.prefix.clone();
+            walking.copy.plan_writeable(|entries, scanned| {
+                let uploads = plan::local_changes(&prefix, entries, &scanned.found);
+                let deletes = match plan::copy_gone(entries, &scanned.found) {
+                    true => Vec::new(),
+                    false => plan::local_deletions(entries, &scanned.found)
+                        .map(|(path, e)| plan::RemoteDelete {
+                            path: path.clone(),
+                            key: e.key.clone(),
+                            etag: e.etag.clone(),
+                        })
+                        .collect(),
+                };
+                (uploads, deletes)
+            })
+        })
+        .await;
+        let (uploads, deletes) = finished(found)
+            .map_err(|_| EngineError::Cancelled {
+                mount: mount.id.clone(),
+            })?
+            .map_err(|source| EngineError::Local {
+                mount: mount.id.clone(),
+                source,
+            })?;
+        let mut stats = PassStats::default();
+        self.push(replica, &store, uploads, deletes, &mut stats, None)
+            .await?;
+        Ok(stats)
     }
 }
 

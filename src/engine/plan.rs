@@ -183,6 +183,12 @@ pub fn local_deletions<'a>(
     })
 }
 
+/// Whether the manifest lists files and the walk found none: the local copy is gone as a whole
+/// (a wiped or unmounted disk), which is no reason to delete anything remotely.
+pub fn copy_gone(manifest: &BTreeMap<String, Entry>, scan: &BTreeMap<String, Found>) -> bool {
+    manifest.values().any(|e| !e.dir) && !scan.values().any(|f| matches!(f, Found::File(_)))
+}
+
 /// [`plan`] for a writeable mount, given a walk of its directory (`scan`). A file is a local
 /// change when the manifest has no file there, or its stamp differs from the entry's; a file
 /// the manifest lists and the walk does not find was deleted locally. A change is uploaded once
@@ -220,12 +226,7 @@ pub fn plan_writeable(
     }
 
     // Local deletions: the object goes too, if it is still the version the file was.
-    let files_listed = manifest.values().filter(|e| !e.dir).count();
-    let files_found = scan
-        .values()
-        .filter(|f| matches!(f, Found::File(_)))
-        .count();
-    out.copy_gone = files_listed > 0 && files_found == 0;
+    out.copy_gone = copy_gone(manifest, scan);
     let mut deleted = BTreeSet::new();
     if !out.copy_gone {
         for (path, e) in local_deletions(manifest, scan) {
