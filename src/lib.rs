@@ -1,8 +1,10 @@
 //! s3-synchronizer: puts data from S3 (and S3-compatible stores) on the local file system.
 //!
 //! Data flows one way: [`store`] (S3 or in-memory) -> [`engine`] (plan, download) -> [`local`]
-//! (a mount's copy: staging, atomic rename, manifests) -> [`vfs`] (mount mode's file system) -> [`fuse`]. [`cli`]
-//! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`). Shared by all:
+//! (a mount's copy: staging, atomic rename, manifests) -> [`vfs`] (mount mode's file system) -> [`fuse`];
+//! the other way, [`upload`] takes a writeable mount's local changes to the store. [`cli`]
+//! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`, `status`).
+//! Shared by all:
 //! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
 //! [`errors`] (an error as one line).
 
