@@ -5,7 +5,7 @@
 //! same rules a pass follows), multipart uploads a crash left open, and whether a process
 //! holds the destination.
 
-use crate::engine::plan::{local_changes, local_deletions};
+use crate::engine::plan::{Upload, local_changes, local_deletions};
 use crate::local::dirs;
 use crate::local::manifest::Manifest;
 use crate::local::root::{Root, manifest_dir, status_file};
@@ -73,6 +73,31 @@ pub enum StatusError {
     Read(String),
 }
 
+/// What of a writeable mount's local copy is not in the bucket yet.
+pub struct Unsaved {
+    /// New and changed files, and new empty directories.
+    pub changes: Vec<Upload>,
+    /// Files deleted locally whose objects are not deleted yet.
+    pub deleted: Vec<String>,
+    /// Multipart uploads a crash left open.
+    pub open: usize,
+}
+
+/// What of mount `id` of the destination `root` is not in the bucket yet, read from outside
+/// (the manifest read-only, a walk of the directory) by the rules a pass follows.
+pub fn unsaved(root: &Path, id: &str) -> Result<Unsaved, StatusError> {
+    let read = Manifest::read_only(&manifest_dir(root, id))
+        .map_err(|e| StatusError::Read(e.to_string()))?;
+    let scanned = dirs::scan(&root.join(id)).map_err(|e| StatusError::Read(e.to_string()))?;
+    Ok(Unsaved {
+        changes: local_changes("", &read.entries, &scanned.found),
+        deleted: local_deletions(&read.entries, &scanned.found)
+            .map(|(path, _)| path.clone())
+            .collect(),
+        open: read.uploads.len(),
+    })
+}
+
 /// One look at `root`: prints what is pending per mount; `Saved` says what it found.
 pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusError> {
     if !root.join(crate::mounts::STATE_DIR).is_dir() {
@@ -96,13 +121,11 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
             let _ = writeln!(out, "mount \"{}\": read-only (nothing to upload)", mount.id);
             continue;
         }
-        let read = Manifest::read_only(&manifest_dir(root, &mount.id))
-            .map_err(|e| StatusError::Read(e.to_string()))?;
-        let scanned =
-            dirs::scan(&root.join(&mount.id)).map_err(|e| StatusError::Read(e.to_string()))?;
-        let changes = local_changes("", &read.entries, &scanned.found);
-        let deleted: Vec<_> = local_deletions(&read.entries, &scanned.found).collect();
-        let open = read.uploads.len();
+        let Unsaved {
+            changes,
+            deleted,
+            open,
+        } = unsaved(root, &mount.id)?;
         let bytes: u64 = changes.iter().filter_map(|c| c.stamp.map(|s| s.size)).sum();
         let last = mount
             .last_pass
@@ -125,7 +148,7 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
         for change in &changes {
             let _ = writeln!(out, "  not uploaded: {}", change.path);
         }
-        for (path, _) in &deleted {
+        for path in &deleted {
             let _ = writeln!(out, "  deleted, not yet in the bucket: {path}");
         }
         if open > 0 {

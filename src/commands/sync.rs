@@ -178,15 +178,16 @@ async fn flush(
             Err(e) => tracing::error!("{e}"),
         }
     }
-    let mut report = Vec::new();
-    if !matches!(
-        status::look(&config.destination, &mut report),
-        Ok(status::Saved::All)
-    ) {
-        for line in String::from_utf8_lossy(&report).lines() {
-            if line.starts_with("  ") {
-                tracing::warn!("left for the next start: {}", line.trim());
+    for replica in mounts.iter().filter(|r| r.mount.writeable) {
+        let id = &replica.mount.id;
+        match status::unsaved(&config.destination, id) {
+            Ok(left) => {
+                let names = left.changes.iter().map(|c| &c.path).chain(&left.deleted);
+                for path in names {
+                    tracing::warn!(mount = %id, path, "not uploaded: left for the next start");
+                }
             }
+            Err(e) => tracing::warn!(mount = %id, "cannot tell what is left to upload: {e}"),
         }
     }
 }

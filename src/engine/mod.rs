@@ -555,9 +555,7 @@ impl Engine {
         }
         Ok(refetch)
     }
-}
 
-impl Engine {
     /// Uploads every local change of a writeable mount now, without a listing (each write's
     /// HEAD and condition still guard it), and whether or not the engine was cancelled: what a
     /// stopping run does before it exits. Remote versions a conflict keeps are downloaded at
@@ -576,11 +574,7 @@ impl Engine {
                 let deletes = match plan::copy_gone(entries, &scanned.found) {
                     true => Vec::new(),
                     false => plan::local_deletions(entries, &scanned.found)
-                        .map(|(path, e)| plan::RemoteDelete {
-                            path: path.clone(),
-                            key: e.key.clone(),
-                            etag: e.etag.clone(),
-                        })
+                        .map(|(path, e)| plan::RemoteDelete::of(path, e))
                         .collect(),
                 };
                 (uploads, deletes)

@@ -123,6 +123,17 @@ pub struct RemoteDelete {
     pub etag: String,
 }
 
+impl RemoteDelete {
+    /// The delete of the object the manifest's entry `entry` at `path` was made from.
+    pub fn of(path: &str, entry: &Entry) -> Self {
+        Self {
+            path: path.to_owned(),
+            key: entry.key.clone(),
+            etag: entry.etag.clone(),
+        }
+    }
+}
+
 /// The work of a pass over a writeable mount: [`plan`]'s, less what would overwrite or delete
 /// a local change, plus the uploads and remote deletes of the local changes.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -232,11 +243,7 @@ pub fn plan_writeable(
         for (path, e) in local_deletions(manifest, scan) {
             if listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag) {
                 deleted.insert(path.as_str());
-                out.remote_delete.push(RemoteDelete {
-                    path: path.clone(),
-                    key: e.key.clone(),
-                    etag: e.etag.clone(),
-                });
+                out.remote_delete.push(RemoteDelete::of(path, e));
             }
         }
     }
