@@ -208,6 +208,16 @@ pub struct MountArgs {
     /// them (the mount is detached at once) before exiting anyway. A second signal exits at once.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub open_files_timeout: u64,
+
+    /// How long a file written into a writeable mount must have been closed and left alone
+    /// before it is uploaded (fsync uploads at once).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub upload_delay: u64,
+
+    /// When the mount is unmounted or stopped, how long it may go on uploading writeable
+    /// mounts' changes before it exits (the next start uploads what is left).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub flush_timeout: u64,
 }
 
 /// Everything `sync` needs, validated. `mount` uses it too, for what both commands share.
@@ -289,7 +299,8 @@ impl MountArgs {
             true,
             self.download_interval,
             self.stop_recurring_downloads_after,
-        )?;
+        )?
+        .with_uploads(self.upload_delay, self.flush_timeout);
         let mut sync = self.common.into_config(self.destination, schedule)?;
         let cache_dir = match self.cache_dir {
             Some(dir) => dir,

@@ -2,20 +2,21 @@
 //! fuser's request and reply types.
 //!
 //! `open` may wait for a download, so it is answered from a task on the async runtime; the FUSE
-//! threads keep serving other requests meanwhile. Writes never reach here: the file system is
-//! mounted read-only, so the kernel answers them with EROFS.
+//! threads keep serving other requests meanwhile; so are an open for writing, a `setattr` and a
+//! rename (which may download first) and `fsync` (which waits for an upload). With no writeable
+//! mount, the file system is mounted read-only and the kernel answers writes with EROFS itself.
 //!
 //! Passthrough: where the kernel offers it (and we may use it: it needs CAP_SYS_ADMIN), every
 //! open file is backed by its complete cache file, so reads never reach this process. One backing
 //! id serves all open handles of an inode: the kernel binds an inode to one backing file, and
 //! `vfs` gives a changed object a new inode, so they always hold the same bytes.
 
-use crate::vfs::{Attr, FsError, Kind, Opened, Vfs};
+use crate::vfs::{Attr, FsError, Kind, Opened, SetAttr, SetTime, Vfs};
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
+use std::time::SystemTime;
 
 /// Backing ids of open files: one per inode, kept alive by the handles using it.
 #[derive(Default)]
@@ -68,28 +70,38 @@ impl FuseFs {
         }
     }
 
+    /// [`FuseFs::file_attr`] for a task that outlives `&self`.
+    fn attr_maker(&self) -> impl Fn(&Attr) -> FileAttr + Send + 'static {
+        let (uid, gid) = (self.uid, self.gid);
+        move |a| file_attr(a, uid, gid)
+    }
+
     fn file_attr(&self, a: &Attr) -> FileAttr {
-        let (kind, perm, nlink) = match a.kind {
-            Kind::Dir => (FileType::Directory, 0o555, 2),
-            Kind::File => (FileType::RegularFile, 0o444, 1),
-        };
-        FileAttr {
-            ino: INodeNo(a.ino),
-            size: a.size,
-            blocks: a.size.div_ceil(512),
-            atime: a.mtime,
-            mtime: a.mtime,
-            ctime: a.mtime,
-            crtime: a.mtime,
-            kind,
-            perm,
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            flags: 0,
-            blksize: 1 << 20,
-        }
+        file_attr(a, self.uid, self.gid)
+    }
+}
+
+fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    let (kind, perm, nlink) = match a.kind {
+        Kind::Dir => (FileType::Directory, a.perm, 2),
+        Kind::File => (FileType::RegularFile, a.perm, 1),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm,
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        flags: 0,
+        blksize: 1 << 20,
     }
 }
 
@@ -105,7 +117,7 @@ fn backing_for(
     vfs: &Vfs,
     ino: u64,
     opened: &Opened,
-    reply: &ReplyOpen,
+    open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
 ) -> Option<Arc<BackingId>> {
     let mut table = backing.lock();
     if table.served.get(&ino).is_some_and(|&n| n > 0) {
@@ -115,7 +127,7 @@ fn backing_for(
         Some(weak) if weak.strong_count() > 0 => weak.upgrade()?,
         _ => {
             let file = vfs.handle_file(opened.fh)?;
-            match reply.open_backing(&*file) {
+            match open_backing(&file) {
                 Ok(id) => {
                     let id = Arc::new(id);
                     table.by_inode.insert(ino, Arc::downgrade(&id));
@@ -130,6 +142,32 @@ fn backing_for(
     };
     table.by_handle.insert(opened.fh, id.clone());
     Some(id)
+}
+
+/// Logs a failed download or upload (the errno alone does not say which key).
+fn log_failure(e: &FsError) {
+    match e {
+        FsError::Download(err) => tracing::error!(key = %err.key, "read failed: {}", err.reason),
+        FsError::Upload(err) => tracing::error!("{err}"),
+        _ => {}
+    }
+}
+
+fn reply_empty(result: Result<(), FsError>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log_failure(&e);
+            reply.error(errno(&e))
+        }
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::At(at),
+    })
 }
 
 fn reply_open(
@@ -150,7 +188,7 @@ fn reply_open(
             let fh = FileHandle(opened.fh);
             // A file still downloading is served: its reads may have to wait.
             let id = (passthrough && !opened.partial)
-                .then(|| backing_for(table, vfs, ino, &opened, &reply))
+                .then(|| backing_for(table, vfs, ino, &opened, |f| reply.open_backing(f)))
                 .flatten();
             match id {
                 // Reads go to the backing file's own page cache; the kernel refuses
@@ -163,9 +201,7 @@ fn reply_open(
             }
         }
         Err(e) => {
-            if let FsError::Download(err) = &e {
-                tracing::error!(key = %err.key, "read failed: {}", err.reason);
-            }
+            log_failure(&e);
             reply.error(errno(&e))
         }
     }
@@ -202,8 +238,18 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (table, passthrough) = (self.backing.clone(), self.passthrough);
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            // May download the file first, off the FUSE threads.
+            let vfs = self.vfs.clone();
+            let truncate = flags.0 & libc::O_TRUNC != 0;
+            self.runtime.spawn(async move {
+                let result = vfs.open_write(ino.0, truncate).await;
+                reply_open(&vfs, &table, passthrough, ino.0, result, reply);
+            });
+            return;
+        }
         match self.vfs.open_now(ino.0) {
             Some(result) => reply_open(&self.vfs, &table, passthrough, ino.0, result, reply),
             // Waits for a small file to download, off the FUSE threads.
@@ -277,6 +323,177 @@ impl Filesystem for FuseFs {
             table.by_inode.remove(&ino.0);
         }
         reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (attr, opened) = match self.vfs.create(parent.0, name, mode & !umask) {
+            Ok(created) => created,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let (fh, attr) = (FileHandle(opened.fh), self.file_attr(&attr));
+        let id = self
+            .passthrough
+            .then(|| {
+                backing_for(&self.backing, &self.vfs, attr.ino.0, &opened, |f| {
+                    reply.open_backing(f)
+                })
+            })
+            .flatten();
+        match id {
+            Some(id) => reply.created_passthrough(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                fh,
+                FopenFlags::empty(),
+                &id,
+            ),
+            None => {
+                *self.backing.lock().served.entry(attr.ino.0).or_default() += 1;
+                reply.created(&self.ttl, &attr, Generation(0), fh, FopenFlags::empty())
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let (vfs, ttl, attr_of) = (self.vfs.clone(), self.ttl, self.attr_maker());
+        self.runtime.spawn(async move {
+            match vfs.setattr(ino.0, &set).await {
+                Ok(a) => reply.attr(&ttl, &attr_of(&a)),
+                Err(e) => {
+                    log_failure(&e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.vfs.mkdir(parent.0, name, mode & !umask) {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        reply_empty(self.vfs.remove(parent.0, name, false), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        reply_empty(self.vfs.remove(parent.0, name, true), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(name), Some(newname)) = (name.to_str(), newname.to_str()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let (vfs, name, newname) = (self.vfs.clone(), name.to_owned(), newname.to_owned());
+        // May download what it moves first, off the FUSE threads.
+        self.runtime.spawn(async move {
+            let result = vfs
+                .rename(parent.0, &name, newparent.0, &newname, noreplace)
+                .await;
+            reply_empty(result, reply);
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Waits for the upload, off the FUSE threads.
+        let vfs = self.vfs.clone();
+        self.runtime
+            .spawn(async move { reply_empty(vfs.fsync(fh.0).await, reply) });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -12,12 +12,11 @@
 //! like an empty bucket.
 
 use super::signals::{self, Signals};
-use super::{connect, log_summary, note_writeable};
+use super::{connect, log_summary};
 use crate::cli::MountConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store_label};
 use crate::fuse::FuseFs;
 use crate::local::Root;
-use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Mounted, Vfs};
@@ -176,12 +175,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         let mut mounted = Vec::new();
         let mut listings = Vec::new();
         for mount in &sync.mounts {
-            note_writeable(mount, "it is served read-only");
-            // Nothing writes into a mount's cache: it is not walked for changes to upload.
-            let replica = engine.open_mount(Mount {
-                writeable: false,
-                ..mount.clone()
-            })?;
+            let replica = engine.open_mount(mount.clone())?;
             let store = connect(mount, sync, &mut connectors).await?;
             // Listed, or what earlier runs cached when the store cannot be reached now.
             let started = Instant::now();
@@ -231,6 +225,19 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         Ok::<_, anyhow::Error>((vfs, listings))
     })?;
 
+    // Each writeable mount uploads what is written into it once quiet for --upload-delay.
+    for (mount, m) in vfs.mounted().iter().enumerate() {
+        if m.replica.mount.writeable {
+            let write_back = vfs.write_back(mount).clone();
+            let (engine, replica, store) = (engine.clone(), m.replica.clone(), m.store.clone());
+            let (delay, cancel) = (sync.upload_delay, cancel.clone());
+            runtime.spawn(async move {
+                write_back.run(engine, replica, store, delay, cancel).await;
+            });
+            // Changes an earlier run left are uploaded too.
+            vfs.write_back(mount).touch();
+        }
+    }
     let served = listings.iter().map(|l| l.served.clone()).collect();
     runtime.spawn(refresh_loop(
         engine.clone(),
@@ -252,12 +259,15 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     );
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
-        fuser::MountOption::RO,
         fuser::MountOption::FSName("s3-synchronizer".into()),
         fuser::MountOption::Subtype("s3-synchronizer".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
+    // With a writeable mount, the file system answers EROFS for each read-only one itself.
+    if !sync.mounts.iter().any(|m| m.writeable) {
+        fuse_config.mount_options.push(fuser::MountOption::RO);
+    }
     fuse_config.acl = if config.allow_other {
         fuser::SessionACL::All
     } else if config.allow_root {
@@ -299,11 +309,42 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         Ok::<_, anyhow::Error>(())
     })?;
     cancel.cancel();
+    runtime.block_on(flush_writeable(&engine, &vfs, sync.flush_timeout));
     engine.clear_staging();
     // Reads under way were answered or failed by the unmount; do not wait for their tasks.
     readers.shutdown_background();
     stream.shutdown_background();
     Ok(())
+}
+
+/// Uploads what is left of the writeable mounts' changes before the process exits, for at most
+/// `timeout`; names what could not be uploaded (the next start uploads it).
+async fn flush_writeable(engine: &Engine, vfs: &Vfs, timeout: Duration) {
+    let flushes = vfs
+        .mounted()
+        .iter()
+        .filter(|m| m.replica.mount.writeable)
+        .map(|m| async move {
+            let id = &m.replica.mount.id;
+            match engine.flush(&m.replica, m.store.clone()).await {
+                Ok(stats) if stats.uploaded + stats.remote_deleted > 0 => tracing::info!(
+                    mount = %id,
+                    uploaded = stats.uploaded,
+                    deleted = stats.remote_deleted,
+                    "uploaded the changes left before stopping"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        });
+    let all = futures_util::future::join_all(flushes);
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        tracing::warn!(
+            "stopping with changes not uploaded after --flush-timeout ({} s): the next start \
+             uploads them",
+            timeout.as_secs()
+        );
+    }
 }
 
 /// The session thread, joined on the blocking pool.

@@ -115,6 +115,9 @@ pub struct Replica {
     /// Whether a listing of no objects has been reported (once per run: a typo in a prefix
     /// looks like an empty bucket).
     reported_empty: AtomicBool,
+    /// Held while the mount's changes are uploaded: one upload of a path at a time, whichever
+    /// asks (a pass, the write-back, an fsync, the flush at a stop).
+    pushing: tokio::sync::Mutex<()>,
 }
 
 /// What one pass over one mount did.
@@ -162,6 +165,8 @@ pub enum EngineError {
     },
     #[error("mount \"{mount}\": stopped before the pass completed")]
     Cancelled { mount: String },
+    #[error("mount \"{mount}\": {key} is not uploaded (the error before says why)")]
+    Upload { mount: String, key: String },
 }
 
 /// How a line about a mount's store names it: `mount "raw" (s3://bucket/prefix/)`.
@@ -227,16 +232,17 @@ impl Engine {
 
     /// Prepares a mount's directory and loads its manifest.
     pub fn open_mount(&self, mount: Mount) -> Result<Arc<Replica>, EngineError> {
-        let copy = MountCopy::open(&self.downloader.root, &mount.id).map_err(|source| {
-            EngineError::Local {
+        let copy = MountCopy::open(&self.downloader.root, &mount.id, mount.writeable).map_err(
+            |source| EngineError::Local {
                 mount: mount.id.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(Arc::new(Replica {
             mount,
             copy,
             reported_empty: AtomicBool::new(false),
+            pushing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -354,7 +360,11 @@ impl Engine {
                     plan::plan_writeable(prefix, &remote, entries, &scanned.found, settled)
                 }),
             };
-            write.map(|write| {
+            write.map(|mut write| {
+                // A file open for writing through the file system waits until it is closed.
+                let before = write.upload.len();
+                write.upload.retain(|up| !copy.is_writing(&up.path));
+                write.settling += before - write.upload.len();
                 let stats = apply_local_changes(&planning, &write.plan);
                 (write, stats)
             })
@@ -491,6 +501,7 @@ impl Engine {
         };
         tokio::pin!(cancelled);
         let mount = &replica.mount;
+        let _pushing = replica.pushing.lock().await;
         let uploader = Arc::new(Uploader {
             downloader: self.downloader.clone(),
             replica: replica.clone(),
@@ -565,23 +576,128 @@ impl Engine {
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
     ) -> Result<PassStats, EngineError> {
+        let (stats, _) = self.push_local(replica, &store, false).await?;
+        Ok(stats)
+    }
+
+    /// The write-back of mount mode: uploads the local changes that have been quiet for the
+    /// upload delay and are not open for writing (counted as `settling` otherwise), without a
+    /// listing, and downloads the remote versions a conflict keeps.
+    pub async fn write_back(
+        &self,
+        replica: &Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<PassStats, EngineError> {
+        let (mut stats, refetch) = self.push_local(replica, &store, true).await?;
+        self.fetch_all(replica, &store, refetch, &mut stats).await;
+        Ok(stats)
+    }
+
+    /// Uploads the file at `path` now if it changed (what `fsync` waits for); an error names
+    /// its key. A conflict keeps the local version beside the remote one, which is downloaded.
+    pub async fn upload_now(
+        &self,
+        replica: &Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+        path: &str,
+    ) -> Result<(), EngineError> {
+        let up = {
+            let walking = replica.clone();
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let (entry, found) = walking.copy.at(&path)?;
+                let entries = entry.map(|e| (path.clone(), e)).into_iter().collect();
+                let found = found.map(|f| (path.clone(), f)).into_iter().collect();
+                let prefix = &walking.mount.prefix;
+                Ok(plan::local_changes(prefix, &entries, &found).pop())
+            })
+        };
+        let up = finished(up.await)
+            .map_err(|_| EngineError::Cancelled {
+                mount: replica.mount.id.clone(),
+            })?
+            .map_err(|source| EngineError::Local {
+                mount: replica.mount.id.clone(),
+                source,
+            })?;
+        let Some(up) = up else { return Ok(()) };
+        let key = up.key.clone();
+        let mut stats = PassStats::default();
+        let refetch = self
+            .push(replica, &store, vec![up], Vec::new(), &mut stats, None)
+            .await?;
+        self.fetch_all(replica, &store, refetch, &mut stats).await;
+        match stats.failed {
+            0 => Ok(()),
+            _ => Err(EngineError::Upload {
+                mount: replica.mount.id.clone(),
+                key,
+            }),
+        }
+    }
+
+    /// Downloads `path` (the version `meta`) whole, ahead of the backlog, or waits for the
+    /// download under way: what a write into a file not downloaded yet needs first.
+    pub async fn fetch_now(
+        &self,
+        replica: &Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+        meta: ObjectMeta,
+        path: String,
+    ) -> Result<(), FetchError> {
+        let fetch = download::fetch(
+            self.downloader.clone(),
+            replica.clone(),
+            store,
+            meta,
+            path,
+            true,
+        );
+        fetch.await.map(drop)
+    }
+
+    /// The local changes of a writeable mount, found by a walk, uploaded: all of them, or with
+    /// `settled_only` those quiet for the upload delay and not open for writing. Returns the
+    /// remote versions a conflict keeps.
+    async fn push_local(
+        &self,
+        replica: &Arc<Replica>,
+        store: &Arc<dyn ObjectStore>,
+        settled_only: bool,
+    ) -> Result<(PassStats, Vec<plan::Fetch>), EngineError> {
         let mount = &replica.mount;
         let walking = replica.clone();
+        let delay = self.upload_delay;
         let found = tokio::task::spawn_blocking(move || {
             let prefix = walking.mount.prefix.clone();
-            walking.copy.plan_writeable(|entries, scanned| {
-                let uploads = plan::local_changes(&prefix, entries, &scanned.found);
+            let copy = &walking.copy;
+            copy.plan_writeable(|entries, scanned| {
+                let now = SystemTime::now();
+                let mut settling = 0;
+                let uploads: Vec<_> = plan::local_changes(&prefix, entries, &scanned.found)
+                    .into_iter()
+                    .filter(|up| {
+                        let ready = !settled_only
+                            || (!copy.is_writing(&up.path)
+                                && up.stamp.as_ref().is_none_or(|s| {
+                                    now.duration_since(s.changed_at())
+                                        .is_ok_and(|quiet| quiet >= delay)
+                                }));
+                        settling += usize::from(!ready);
+                        ready
+                    })
+                    .collect();
                 let deletes = match plan::copy_gone(entries, &scanned.found) {
                     true => Vec::new(),
                     false => plan::local_deletions(entries, &scanned.found)
                         .map(|(path, e)| plan::RemoteDelete::of(path, e))
                         .collect(),
                 };
-                (uploads, deletes)
+                (uploads, deletes, settling)
             })
         })
         .await;
-        let (uploads, deletes) = finished(found)
+        let (uploads, deletes, settling) = finished(found)
             .map_err(|_| EngineError::Cancelled {
                 mount: mount.id.clone(),
             })?
@@ -589,10 +705,46 @@ impl Engine {
                 mount: mount.id.clone(),
                 source,
             })?;
-        let mut stats = PassStats::default();
-        self.push(replica, &store, uploads, deletes, &mut stats, None)
+        let mut stats = PassStats {
+            settling,
+            ..PassStats::default()
+        };
+        let refetch = self
+            .push(replica, store, uploads, deletes, &mut stats, None)
             .await?;
-        Ok(stats)
+        Ok((stats, refetch))
+    }
+
+    /// Downloads `fetches` (the remote versions conflicts kept) and counts them in `stats`.
+    async fn fetch_all(
+        &self,
+        replica: &Arc<Replica>,
+        store: &Arc<dyn ObjectStore>,
+        fetches: Vec<plan::Fetch>,
+        stats: &mut PassStats,
+    ) {
+        for f in fetches {
+            let fetched = download::fetch(
+                self.downloader.clone(),
+                replica.clone(),
+                store.clone(),
+                f.meta,
+                f.path,
+                false,
+            );
+            match fetched.await {
+                Ok(Outcome::Written { bytes }) => {
+                    stats.downloaded += 1;
+                    stats.bytes += bytes;
+                }
+                Ok(Outcome::Gone) => {}
+                Err(FetchError { key, reason, .. }) => {
+                    stats.failed += 1;
+                    let mount = &replica.mount;
+                    tracing::error!(mount = %mount.id, bucket = %mount.bucket, key, "download failed: {reason}");
+                }
+            }
+        }
     }
 }
 

@@ -39,6 +39,13 @@ pub struct Plan {
     pub skipped: Vec<(String, Unrepresentable)>,
 }
 
+/// Whether the listed `meta` is the folder marker the manifest's `entry` recorded, as a server
+/// that keeps directories rather than objects lists it: an empty object without the trailing
+/// slash (`rclone serve s3`). It stays the directory it was.
+pub fn own_marker(entry: &Entry, meta: &ObjectMeta) -> bool {
+    entry.dir && meta.size == 0 && entry.etag == meta.etag
+}
+
 pub fn plan(
     prefix: &str,
     remote: &[ObjectMeta],
@@ -59,7 +66,9 @@ pub fn plan(
 
     for (path, entry) in manifest {
         let wanted = if entry.dir {
-            dirs.contains_key(path) || implied_dirs.contains(path)
+            dirs.contains_key(path)
+                || implied_dirs.contains(path)
+                || files.get(path).is_some_and(|m| own_marker(entry, m))
         } else {
             files.contains_key(path)
         };
@@ -78,6 +87,10 @@ pub fn plan(
         out.dirs.push((path, meta.clone()));
     }
     for (path, meta) in files {
+        if manifest.get(&path).is_some_and(|e| own_marker(e, meta)) {
+            out.unchanged += 1;
+            continue;
+        }
         let have = manifest.get(&path).filter(|e| !e.dir);
         let on_disk = local(&path);
         match (have, on_disk) {
@@ -644,10 +657,21 @@ mod tests {
                 unchanged: 0,
                 skipped,
             };
+            // An empty file listed where the tool recorded a folder marker of the same ETag is
+            // that marker, as a server keeping directories lists it: it stays a directory.
+            let markers: BTreeSet<&String> = files
+                .iter()
+                .filter(|(p, o)| {
+                    c.manifest
+                        .get(*p)
+                        .is_some_and(|m| m.dir && o.size == 0 && m.etag == o.etag)
+                })
+                .map(|(p, _)| p)
+                .collect();
             // Only the tool's own entries are deleted, and only those no longer listed.
             for (p, entry) in &c.manifest {
                 let listed = match entry.dir {
-                    true => all_dirs.contains(p),
+                    true => all_dirs.contains(p) || markers.contains(p),
                     false => files.contains_key(p),
                 };
                 if !listed {
@@ -655,6 +679,10 @@ mod tests {
                 }
             }
             for (p, o) in &files {
+                if markers.contains(p) {
+                    e.unchanged += 1;
+                    continue;
+                }
                 let on_disk = c.local.get(p).copied().unwrap_or(Local::Missing);
                 let ours = c.manifest.get(p).filter(|m| !m.dir);
                 let same = ours.is_some_and(|m| m.etag == o.etag && m.size == o.size)

@@ -3,51 +3,137 @@
 //! its entry is removed only with it, so the manifest never claims a file that is not there and
 //! nothing the tool did not put there is ever deleted.
 //!
-//! Lock order: `manifest` alone; it is held for in-memory updates, one journal append, a
-//! snapshot write at [`MountCopy::finish_pass`], and the probes of a plan, never across an
-//! `.await`.
+//! A writeable copy guards local changes: a download never replaces, and a remote deletion never
+//! removes, a file changed here since the tool wrote it, a file the user deleted here, or a file
+//! open for writing through the file system ([`MountCopy::begin_write`]); the check and the
+//! rename happen under the manifest's lock, so a change cannot slip in between.
+//!
+//! Lock order: `manifest`, then `writing`; either may be taken alone. `manifest` is held for
+//! in-memory updates, one journal append, a snapshot write at [`MountCopy::finish_pass`], the
+//! probes of a plan, and (for a writeable copy) the check and rename of a commit; neither is
+//! held across an `.await`.
 
-use super::dirs::{self, Local, Scanned};
+use super::dirs::{self, Found, Local, Scanned};
 use super::manifest::{Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
+
+/// What the manifest records at a path: [`MountCopy::recorded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub etag: Option<String>,
+    /// The file there is the version `etag`, unchanged and not open for writing.
+    pub uploaded: bool,
+}
 
 /// A mount's files on disk (`ROOT/<id>/`) and the manifest of what the tool put there.
 pub struct MountCopy {
     dir: PathBuf,
     /// What the tool put in `dir`. Guarded by its own lock (see the module's lock order).
     manifest: Mutex<Manifest>,
+    /// Whether local changes are the user's work, kept from the download side (a writeable
+    /// mount), rather than edits a download may overwrite (a mirror).
+    writeable: bool,
+    /// What the file system is doing to paths. Guarded by its own lock, after `manifest`.
+    marks: Mutex<Marks>,
+}
+
+/// What the file system is doing to a writeable copy's paths, which the download side keeps
+/// clear of (in memory: what it guards against is a download already under way).
+#[derive(Default)]
+struct Marks {
+    /// Paths open for writing, with how many handles each.
+    writing: HashMap<String, usize>,
+    /// Paths the user deleted whose objects are not deleted yet: a download of the version
+    /// deleted, planned before, does not bring the file back.
+    deleted: HashSet<String>,
 }
 
 impl MountCopy {
     /// Creates the mount's directory under `root` (refusing one that is a symbolic link) and
     /// loads its manifest.
-    pub fn open(root: &Root, id: &str) -> Result<Self, LocalError> {
+    pub fn open(root: &Root, id: &str, writeable: bool) -> Result<Self, LocalError> {
         let dir = root.prepare_mount_dir(id)?;
         let manifest = Manifest::open(&root.manifest_dir(id))?;
         Ok(Self {
             dir,
             manifest: Mutex::new(manifest),
+            writeable,
+            marks: Mutex::default(),
         })
     }
 
     /// Moves a complete download of `meta` into place at `path`, then records it (in that
-    /// order: the manifest never claims a file that is not there).
+    /// order: the manifest never claims a file that is not there). In a writeable copy, a local
+    /// change at `path` is kept instead ([`LocalError::Kept`]).
     pub fn commit(&self, staged: Staged, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
+        if !self.writeable {
+            let placed = staged.commit(&self.dir, path, meta.last_modified)?;
+            let entry = Entry::file(meta).stamped(Stamp::of(&placed));
+            self.manifest.lock().put(path, entry)?;
+            return Ok(());
+        }
+        let mut manifest = self.manifest.lock();
+        self.check_replaceable(&manifest, path, Some(&meta.etag))?;
         let placed = staged.commit(&self.dir, path, meta.last_modified)?;
         let entry = Entry::file(meta).stamped(Stamp::of(&placed));
-        self.manifest.lock().put(path, entry)?;
+        manifest.put(path, entry)?;
         Ok(())
     }
 
+    /// Whether the download side may replace or remove what is at `path` in a writeable copy:
+    /// nothing is there, or the unchanged file the manifest records; not a file open for
+    /// writing, changed here, or new here, nor (for a download of `etag`) the place of that
+    /// same version the user deleted.
+    fn check_replaceable(
+        &self,
+        manifest: &Manifest,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<(), LocalError> {
+        let kept = || Err(LocalError::Kept(self.dir.join(path)));
+        let deleted = {
+            let marks = self.marks.lock();
+            if marks.writing.contains_key(path) {
+                return kept();
+            }
+            marks.deleted.contains(path)
+        };
+        let entry = manifest.get(path).filter(|e| !e.dir);
+        match dirs::open_file(&self.dir, path) {
+            Ok((_, metadata)) => match entry {
+                Some(e) if !e.changed_locally(&Stamp::of(&metadata)) => Ok(()),
+                _ => kept(),
+            },
+            Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                match entry {
+                    Some(e) if deleted && etag == Some(e.etag.as_str()) => kept(),
+                    _ => Ok(()),
+                }
+            }
+            // Something else is there: the rename or removal reports it.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Removes the tool's file at `path` (something else there is left alone) and forgets it;
-    /// returns whether a file was removed.
+    /// returns whether a file was removed. In a writeable copy, a local change is kept
+    /// ([`LocalError::Kept`]).
     pub fn remove_file(&self, path: &str) -> Result<bool, LocalError> {
+        if self.writeable {
+            let mut manifest = self.manifest.lock();
+            if manifest.get(path).is_some() {
+                self.check_replaceable(&manifest, path, None)?;
+            }
+            let removed = dirs::remove_file(&self.dir, path)?;
+            manifest.remove(path)?;
+            return Ok(removed);
+        }
         let removed = dirs::remove_file(&self.dir, path)?;
         self.manifest.lock().remove(path)?;
         Ok(removed)
@@ -128,7 +214,9 @@ impl MountCopy {
     /// Forgets `path` without touching what is there: its object was deleted along with the
     /// local file, or it is no longer the tool's version (a delete or an upload that conflicted).
     pub fn forget(&self, path: &str) -> Result<(), LocalError> {
-        Ok(self.manifest.lock().remove(path)?)
+        let mut manifest = self.manifest.lock();
+        self.marks.lock().deleted.remove(path);
+        Ok(manifest.remove(path)?)
     }
 
     /// Moves the local file at `path` aside to `to` (which must not exist) and forgets `path`:
@@ -162,6 +250,144 @@ impl MountCopy {
             .iter()
             .map(|(path, upload)| (path.clone(), upload.clone()))
             .collect()
+    }
+
+    /// Marks `path` open for writing through the file system: until as many
+    /// [`end_write`](Self::end_write)s, no download replaces it and no write-back takes it (a
+    /// file half written).
+    pub fn begin_write(&self, path: &str) {
+        *self
+            .marks
+            .lock()
+            .writing
+            .entry(path.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A handle that [`begin_write`](Self::begin_write) counted is closed.
+    pub fn end_write(&self, path: &str) {
+        let mut marks = self.marks.lock();
+        if let Some(n) = marks.writing.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                marks.writing.remove(path);
+            }
+        }
+    }
+
+    /// Whether `path` is open for writing through the file system.
+    pub fn is_writing(&self, path: &str) -> bool {
+        self.marks.lock().writing.contains_key(path)
+    }
+
+    /// Opens the file at `path` with `flags` (a new one gets `mode`), no link followed: what the
+    /// file system writes.
+    pub fn open_with(
+        &self,
+        path: &str,
+        flags: libc::c_int,
+        mode: u32,
+    ) -> Result<(File, Metadata), LocalError> {
+        dirs::open_with(&self.dir, path, flags, mode)
+    }
+
+    /// Makes the directory `path` (and its parents) with `mode`.
+    pub fn make_dir(&self, path: &str, mode: u32) -> Result<(), LocalError> {
+        dirs::make_dir(&self.dir, path, mode)
+    }
+
+    /// Removes the file at `path` (or the empty directory, if `is_dir`), as the user asked:
+    /// the next upload deletes its object. `seen` is the version the user saw there when the
+    /// copy does not hold it (listed, not downloaded): recorded, so that it is deleted too.
+    pub fn unlink(
+        &self,
+        path: &str,
+        is_dir: bool,
+        seen: Option<&ObjectMeta>,
+    ) -> Result<(), LocalError> {
+        let mut manifest = self.manifest.lock();
+        dirs::unlink(&self.dir, path, is_dir)?;
+        let mut marks = self.marks.lock();
+        marks.writing.remove(path);
+        marks.deleted.insert(path.to_owned());
+        drop(marks);
+        if let Some(seen) = seen
+            && manifest.get(path).is_none()
+        {
+            let entry = match is_dir {
+                true => Entry::folder(seen),
+                false => Entry::file(seen),
+            };
+            manifest.put(path, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Renames `from` (a file or a directory) to `to` as rename(2) does (failing if something is
+    /// there, with `noreplace`); what is open for writing moves along.
+    pub fn rename(&self, from: &str, to: &str, noreplace: bool) -> Result<(), LocalError> {
+        let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        dirs::rename(&self.dir, from, to, flags)?;
+        let mut marks = self.marks.lock();
+        marks.deleted.insert(from.to_owned());
+        marks.deleted.remove(to);
+        let writing = &mut marks.writing;
+        // Handles of a file replaced at `to` write into a file no longer there.
+        writing.remove(to);
+        let moved: Vec<String> = writing
+            .keys()
+            .filter(|p| *p == from || p.strip_prefix(from).is_some_and(|r| r.starts_with('/')))
+            .cloned()
+            .collect();
+        for old in moved {
+            let n = writing.remove(&old).unwrap_or_default();
+            *writing
+                .entry(format!("{to}{}", &old[from.len()..]))
+                .or_default() += n;
+        }
+        Ok(())
+    }
+
+    /// The manifest's entry at `path` and the file there, as a walk would find it: what a
+    /// change of that one file is judged by.
+    pub fn at(&self, path: &str) -> Result<(Option<Entry>, Option<Found>), LocalError> {
+        let entry = self.manifest.lock().get(path).cloned();
+        let found = match dirs::open_file(&self.dir, path) {
+            Ok((_, m)) => Some(Found::File(Stamp::of(&m))),
+            Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((entry, found))
+    }
+
+    /// The folder markers the manifest records, by path, with their ETags.
+    pub fn folders(&self) -> HashMap<String, String> {
+        let manifest = self.manifest.lock();
+        let folders = manifest.entries().iter().filter(|(_, e)| e.dir);
+        folders.map(|(p, e)| (p.clone(), e.etag.clone())).collect()
+    }
+
+    /// The metadata of the file at `path` (no link followed).
+    pub fn stat(&self, path: &str) -> Result<Metadata, LocalError> {
+        dirs::open_file(&self.dir, path).map(|(_, m)| m)
+    }
+
+    /// What the manifest says of `path`: the version it records there (file or folder marker),
+    /// and whether the file is that version, unchanged and not open for writing (uploaded).
+    pub fn recorded(&self, path: &str) -> Recorded {
+        let entry = self.manifest.lock().get(path).cloned();
+        let uploaded = entry.as_ref().is_some_and(|e| {
+            !e.dir
+                && !self.is_writing(path)
+                && dirs::open_file(&self.dir, path)
+                    .is_ok_and(|(_, m)| !e.changed_locally(&Stamp::of(&m)))
+        });
+        Recorded {
+            etag: entry.map(|e| e.etag),
+            uploaded,
+        }
     }
 
     /// Whether something is at `path` (no link followed).
@@ -228,7 +454,7 @@ mod tests {
     fn a_committed_file_is_held_listed_and_opened_until_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::open(tmp.path()).unwrap();
-        let copy = MountCopy::open(&root, "m").unwrap();
+        let copy = MountCopy::open(&root, "m", false).unwrap();
         let m = meta("p/a/f.txt", 3, "e1");
         assert!(!copy.holds("a/f.txt", &m));
         copy.commit(staged(&root, b"abc"), "a/f.txt", &m).unwrap();
@@ -248,7 +474,7 @@ mod tests {
         assert_eq!(read, "abc");
         // Reopened, it remembers; removed, it forgets, and prunes the empty directory.
         drop(copy);
-        let copy = MountCopy::open(&root, "m").unwrap();
+        let copy = MountCopy::open(&root, "m", false).unwrap();
         assert!(copy.holds("a/f.txt", &m));
         assert!(copy.remove_file("a/f.txt").unwrap());
         assert!(!copy.holds("a/f.txt", &m));
@@ -262,7 +488,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"not ours").unwrap();
         let root = Root::open(tmp.path()).unwrap();
-        let copy = MountCopy::open(&root, "m").unwrap();
+        let copy = MountCopy::open(&root, "m", false).unwrap();
         let m = meta("f", 8, "e1");
         copy.commit(staged(&root, b"12345678"), "f", &m).unwrap();
         std::fs::remove_file(tmp.path().join("m/f")).unwrap();

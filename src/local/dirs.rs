@@ -184,6 +184,87 @@ pub fn scan(dir: &Path) -> Result<Scanned, LocalError> {
 /// Renames the regular file `dir/from` to `dir/to`, which must not exist, following no symbolic
 /// link on the way and creating `to`'s directories as needed.
 pub fn rename_file(dir: &Path, from: &str, to: &str) -> Result<(), LocalError> {
+    rename(dir, from, to, libc::RENAME_NOREPLACE)
+}
+
+/// Opens the regular file `dir/rel` with `flags` (`O_RDWR`, `O_CREAT | O_EXCL`, `O_TRUNC`...,
+/// a new file getting `mode`), following no symbolic link on the way or at the end: what the
+/// file system writes is the tool's own file. The directories on the way are made if missing
+/// (a directory the listing implies may not be in the copy yet).
+pub fn open_with(
+    dir: &Path,
+    rel: &str,
+    flags: libc::c_int,
+    mode: u32,
+) -> Result<(File, Metadata), LocalError> {
+    let (parent, name) = split(rel);
+    let at = DirFd::open(dir, parent, true)?;
+    let path = at.path.join(name);
+    let name = DirFd::name(name).map_err(io_err(&path))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the mode is passed as
+    // the variadic argument open(2) reads when it creates.
+    let raw = unsafe {
+        libc::openat(
+            at.fd.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if raw < 0 {
+        return Err(match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ELOOP) => LocalError::NotAFile(path),
+            e => io_err(&path)(e),
+        });
+    }
+    // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok((file, m)),
+        Ok(_) => Err(LocalError::NotAFile(path)),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Makes the directory `dir/rel` with `mode` (its parents as needed); one already there is
+/// fine.
+pub fn make_dir(dir: &Path, rel: &str, mode: u32) -> Result<(), LocalError> {
+    let (parent, name) = split(rel);
+    let at = DirFd::open(dir, parent, true)?;
+    let path = at.path.join(name);
+    let name = DirFd::name(name).map_err(io_err(&path))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    if unsafe { libc::mkdirat(at.fd.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(io_err(&path)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir/rel` itself, an empty directory if `is_dir`, else a file; one already gone is
+/// fine. Unlike [`remove_file`], empty parents stay: they are the user's directories.
+pub fn unlink(dir: &Path, rel: &str, is_dir: bool) -> Result<(), LocalError> {
+    let (parent, name) = split(rel);
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(LocalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let path = at.path.join(name);
+    match at.unlink(name, is_dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Renames `dir/from` (a file or a directory) to `dir/to`, replacing what is there as
+/// rename(2) does (`flags` 0) or failing if something is (`RENAME_NOREPLACE`), following no
+/// symbolic link on the way; `to`'s directories are made if missing.
+pub fn rename(dir: &Path, from: &str, to: &str, flags: libc::c_uint) -> Result<(), LocalError> {
     let (from_parent, from_name) = split(from);
     let (to_parent, to_name) = split(to);
     let src = DirFd::open(dir, from_parent, false)?;
@@ -200,7 +281,7 @@ pub fn rename_file(dir: &Path, from: &str, to: &str) -> Result<(), LocalError> {
             from_c.as_ptr(),
             dst.fd.as_raw_fd(),
             to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     if rc < 0 {

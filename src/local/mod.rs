@@ -51,6 +51,8 @@ pub enum LocalError {
     NotADirectory(PathBuf),
     #[error("refusing to read {}: it is a symbolic link or not a regular file", .0.display())]
     NotAFile(PathBuf),
+    #[error("kept {}: it changed here since it was downloaded, and is uploaded instead", .0.display())]
+    Kept(PathBuf),
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
 }

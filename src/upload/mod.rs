@@ -21,6 +21,9 @@
 //! is the tool's own upload and is recorded as such instead of being called a conflict.
 
 pub mod conflict;
+pub mod write_back;
+
+pub use write_back::WriteBack;
 
 use crate::engine::plan::{RemoteDelete, Upload};
 use crate::engine::{Downloader, Replica};

@@ -14,6 +14,18 @@ pub enum FsError {
     IsADirectory,
     #[error("bad file handle")]
     BadHandle,
+    #[error("read-only mount")]
+    ReadOnly,
+    #[error("a rename between two mounts")]
+    CrossMount,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not supported")]
+    Unsupported,
+    #[error(transparent)]
+    Upload(#[from] crate::engine::EngineError),
     #[error("download failed: {0}")]
     Download(#[from] FetchError),
     #[error(transparent)]
@@ -30,6 +42,8 @@ impl FsError {
     ///   log line says to open the file again.
     /// - an object deleted: ENOENT, as for a file removed under a reader of a network file.
     /// - the store refusing or out of reach, a download cancelled: EIO.
+    /// - a write into a read-only mount: EROFS, per mount; a rename between mounts: EXDEV, so
+    ///   that `mv` copies.
     /// - the local copy: the system's own errno where it gave one (ENOSPC for a full cache),
     ///   EIO for what the tool refused (a symbolic link planted in the cache).
     pub fn errno(&self) -> i32 {
@@ -38,6 +52,14 @@ impl FsError {
             FsError::NotADirectory => libc::ENOTDIR,
             FsError::IsADirectory => libc::EISDIR,
             FsError::BadHandle => libc::EBADF,
+            FsError::ReadOnly => libc::EROFS,
+            // `mv` then copies and deletes.
+            FsError::CrossMount => libc::EXDEV,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Unsupported => libc::EINVAL,
+            // An fsync whose upload failed; the log line names the key.
+            FsError::Upload(_) => libc::EIO,
             FsError::Download(e) => match e.kind {
                 FetchKind::Changed | FetchKind::Store | FetchKind::Cancelled => libc::EIO,
                 FetchKind::Gone => libc::ENOENT,
@@ -51,6 +73,7 @@ impl FsError {
                 LocalError::Locked(_)
                 | LocalError::NotADirectory(_)
                 | LocalError::NotAFile(_)
+                | LocalError::Kept(_)
                 | LocalError::Manifest(_) => libc::EIO,
             },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

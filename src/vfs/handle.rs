@@ -34,6 +34,10 @@ pub(super) struct Handle {
     pub(super) download: Option<Arc<Download>>,
     /// Where this handle reads its download: what it fetches ahead of a sequential reader.
     pub(super) read_ahead: ReadAhead,
+    /// The inode opened.
+    pub(super) ino: u64,
+    /// For a handle open for writing, its mount.
+    pub(super) writes: Option<usize>,
 }
 
 pub(super) fn pread(file: &File, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {

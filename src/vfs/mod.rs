@@ -16,30 +16,39 @@
 //! across an `.await`, file I/O, or a call into the engine or a mount's local copy (whose own
 //! locks, described in `engine` and `local::copy`, are therefore never taken under these).
 //!
-//! Rooms: [`tree`] (inodes and attributes), [`handle`] (open files and read-ahead), [`error`]
-//! (failures and their errno).
+//! Writeable mounts: a write goes into the mount's local copy (the cache file at the file's
+//! path), never into a staging file: the local copy is the truth for what was written here.
+//! The tree marks those paths ([`tree::Override`]) so the listings do not hide them until they
+//! show the uploaded version; [`WriteBack`] uploads them once quiet (see `write`).
+//!
+//! Rooms: [`tree`] (inodes and attributes), [`handle`] (open files and read-ahead), [`write`]
+//! (the operations of writeable mounts), [`error`] (failures and their errno).
 
 mod error;
 mod handle;
 mod tree;
+mod write;
 
 pub use error::FsError;
 pub use handle::Opened;
 pub use tree::{Attr, Kind, ROOT};
+pub use write::{SetAttr, SetTime};
 
-use crate::engine::{Engine, ReadAhead, Reader, Replica};
+use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
+use crate::local::copy::Recorded;
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
+use crate::upload::WriteBack;
 use dashmap::{DashMap, DashSet};
 use handle::{Content, Handle, pread};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-use tree::{Node, NodeKind, Tree};
+use tree::{Node, NodeKind, Override, Tree, split};
 
 /// How an open stands after what it can do without waiting.
 enum Opening {
@@ -78,6 +87,60 @@ pub struct Vfs {
     next_fh: AtomicU64,
     /// Directories show the time the file system started.
     started: SystemTime,
+    /// Each mount's write-back queue (idle for a read-only mount).
+    write_backs: Vec<Arc<WriteBack>>,
+}
+
+/// What an open of a file reaches.
+enum Target {
+    /// A version in the bucket: mount, path, listing.
+    Remote(usize, String, ObjectMeta),
+    /// A file of a writeable mount's local copy: mount, path.
+    Local(usize, String),
+}
+
+/// The changes of a writeable mount's local copy not uploaded yet (left by an earlier run), as
+/// the tree marks them: the refreshes serve them until the listings show them uploaded.
+fn changes_left(replica: &Replica) -> Vec<(String, Override)> {
+    let prefix = &replica.mount.prefix;
+    let found = replica.copy.plan_writeable(|entries, scanned| {
+        let mut out: Vec<(String, Override)> = plan::local_changes(prefix, entries, &scanned.found)
+            .into_iter()
+            .map(|up| match up.stamp {
+                Some(_) => (up.path, Override::File { seq: 0 }),
+                None => (up.path, Override::Dir),
+            })
+            .collect();
+        if !plan::copy_gone(entries, &scanned.found) {
+            let deleted = plan::local_deletions(entries, &scanned.found).map(|(path, e)| {
+                let gone = Override::Gone {
+                    etag: Some(e.etag.clone()),
+                    dir: e.dir,
+                };
+                (path.clone(), gone)
+            });
+            out.extend(deleted);
+        }
+        out
+    });
+    found.unwrap_or_else(|e| {
+        tracing::error!(mount = %replica.mount.id, "cannot look for changes left to upload: {e}");
+        Vec::new()
+    })
+}
+
+/// How a local file (of a writeable mount) is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// What a refresh puts at a path.
+enum Want<'a> {
+    Dir,
+    File(&'a ObjectMeta),
+    Local,
 }
 
 impl Vfs {
@@ -111,7 +174,19 @@ impl Vfs {
                 kind: NodeKind::Dir(root),
             },
         );
+        let write_backs = mounted.iter().map(|_| Arc::default()).collect();
+        let local = mounted
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.replica.mount.writeable)
+            .flat_map(|(mount, m)| {
+                changes_left(&m.replica)
+                    .into_iter()
+                    .map(move |(path, o)| ((mount, path), o))
+            });
+        tree.local = local.collect();
         Self {
+            write_backs,
             tree: RwLock::new(tree),
             mounted,
             engine,
@@ -128,22 +203,112 @@ impl Vfs {
         &self.mounted
     }
 
-    /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes.
+    /// The write-back queue of mount `mount`, which the file system tells of its changes.
+    pub fn write_back(&self, mount: usize) -> &Arc<WriteBack> {
+        &self.write_backs[mount]
+    }
+
+    /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes, and
+    /// (in a writeable mount) the changes made here that it does not show yet.
     pub fn update(&self, mount: usize, remote: &[ObjectMeta]) {
-        let prefix = &self.mounted[mount].replica.mount.prefix;
-        let layout = layout(prefix, remote);
-        let mut dirs: Vec<&str> = layout
+        let replica = &self.mounted[mount].replica;
+        // What the local copy records of each change made here, read before the tree's lock
+        // (it reads the disk).
+        let pending: Vec<(String, Override)> = {
+            let tree = self.tree.read();
+            let local = tree.local.iter().filter(|((m, _), _)| *m == mount);
+            local.map(|((_, p), o)| (p.clone(), o.clone())).collect()
+        };
+        let recorded: HashMap<String, (Override, Recorded)> = pending
+            .into_iter()
+            .map(|(path, o)| {
+                let r = replica.copy.recorded(&path);
+                (path, (o, r))
+            })
+            .collect();
+        // Folder markers the tool uploaded, which some servers list as empty files.
+        let folders = match replica.mount.writeable {
+            true => replica.copy.folders(),
+            false => HashMap::new(),
+        };
+        let layout = layout(&replica.mount.prefix, remote);
+        let markers = layout
+            .files
+            .iter()
+            .filter(|(path, meta)| meta.size == 0 && folders.get(*path) == Some(&meta.etag))
+            .map(|(path, _)| path);
+        let is_dir: HashSet<&str> = layout
             .dirs
             .keys()
             .chain(layout.implied_dirs.iter())
+            .chain(markers)
             .map(String::as_str)
             .collect();
-        // Parents before children.
-        dirs.sort_by_key(|d| (d.matches('/').count(), *d));
-        dirs.dedup();
-        let is_dir: HashSet<&str> = dirs.iter().copied().collect();
 
         let mut tree = self.tree.write();
+        // Drop the changes the listing has caught up with; one changed since it was checked
+        // above waits for the next refresh.
+        tree.local.retain(|(m, path), o| {
+            if *m != mount {
+                return true;
+            }
+            let listed = layout.files.get(path).map(|meta| &meta.etag);
+            let Some((checked, r)) = recorded.get(path).filter(|(c, _)| c == o) else {
+                return true;
+            };
+            match checked {
+                Override::File { .. } => !(r.uploaded && listed == r.etag.as_ref()),
+                Override::Dir => !is_dir.contains(path.as_str()),
+                Override::Gone { etag: None, dir } => *dir && is_dir.contains(path.as_str()),
+                Override::Gone { etag, dir: false } => listed == etag.as_ref() || r.etag == *etag,
+                Override::Gone { etag, dir: true } => {
+                    is_dir.contains(path.as_str()) || r.etag == *etag
+                }
+            }
+        });
+
+        let mut want: BTreeMap<String, Want> = BTreeMap::new();
+        for dir in &is_dir {
+            want.insert((*dir).to_owned(), Want::Dir);
+        }
+        for (path, meta) in &layout.files {
+            if !is_dir.contains(path.as_str()) {
+                want.insert(path.clone(), Want::File(meta));
+            }
+        }
+        let mut gone_dirs = Vec::new();
+        for ((m, path), o) in &tree.local {
+            if *m != mount {
+                continue;
+            }
+            match o {
+                Override::File { .. } => {
+                    want.insert(path.clone(), Want::Local);
+                }
+                Override::Dir => {
+                    want.insert(path.clone(), Want::Dir);
+                }
+                Override::Gone { dir: false, .. } => {
+                    if matches!(want.get(path), Some(Want::File(_))) {
+                        want.remove(path);
+                    }
+                }
+                Override::Gone { dir: true, .. } => gone_dirs.push(path.clone()),
+            }
+        }
+        // A directory removed here stays hidden while nothing shows below it.
+        gone_dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        for dir in gone_dirs {
+            let below = format!("{dir}/");
+            let empty = !want
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|(p, _)| p.starts_with(&below));
+            if empty && matches!(want.get(&dir), Some(Want::Dir)) {
+                want.remove(&dir);
+            }
+        }
+
         let mount_ino = tree.ino_for(Some(mount), "");
         // Drop the mount's old nodes; their paths keep their inode numbers if they come back
         // unchanged.
@@ -155,12 +320,14 @@ impl Vfs {
             .collect();
         for ino in old {
             let node = tree.nodes.remove(&ino).expect("listed above");
-            let same = match &node.kind {
-                NodeKind::Dir(_) => is_dir.contains(node.path.as_str()),
-                NodeKind::File(old) => layout
-                    .files
-                    .get(&node.path)
-                    .is_some_and(|new| new.etag == old.etag && new.size == old.size),
+            let same = match (&node.kind, want.get(&node.path)) {
+                (NodeKind::Dir(_), Some(Want::Dir)) => true,
+                (NodeKind::File(old), Some(Want::File(new))) => {
+                    new.etag == old.etag && new.size == old.size
+                }
+                // Written here, and still, or now listed as the version uploaded from it.
+                (NodeKind::Local, Some(Want::Local | Want::File(_))) => true,
+                _ => false,
             };
             if !same {
                 if self.known.contains(&ino) {
@@ -172,63 +339,88 @@ impl Vfs {
         }
         tree.children_mut(mount_ino).clear();
 
-        let parent_of = |tree: &mut Tree, path: &str| match path.rsplit_once('/') {
-            Some((parent, _)) => tree.ino_for(Some(mount), parent),
-            None => mount_ino,
-        };
-        let name_of = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
-        for dir in dirs {
-            let ino = tree.ino_for(Some(mount), dir);
-            let parent = parent_of(&mut tree, dir);
-            tree.nodes.insert(
-                ino,
-                Node {
-                    parent,
-                    mount: Some(mount),
-                    path: dir.to_owned(),
-                    kind: NodeKind::Dir(BTreeMap::new()),
-                },
-            );
-            tree.children_mut(parent).insert(name_of(dir), ino);
-        }
-        for (path, meta) in layout.files {
-            let ino = tree.ino_for(Some(mount), &path);
-            let parent = parent_of(&mut tree, &path);
-            tree.children_mut(parent).insert(name_of(&path), ino);
-            tree.nodes.insert(
-                ino,
-                Node {
-                    parent,
-                    mount: Some(mount),
-                    path,
-                    kind: NodeKind::File(meta.clone()),
-                },
-            );
+        // Parents come before their children in path order; an entry whose parent is not a
+        // directory (a file here and a directory in the listing) is left out.
+        let mut placed_dirs: HashSet<String> = HashSet::new();
+        for (path, w) in want {
+            let (parent, _) = split(&path);
+            if !parent.is_empty() && !placed_dirs.contains(parent) {
+                continue;
+            }
+            match w {
+                Want::Dir => {
+                    tree.insert(mount, &path, NodeKind::Dir(BTreeMap::new()));
+                    placed_dirs.insert(path);
+                }
+                Want::File(meta) => {
+                    tree.insert(mount, &path, NodeKind::File(meta.clone()));
+                }
+                Want::Local => {
+                    tree.insert(mount, &path, NodeKind::Local);
+                }
+            }
         }
     }
 
+    /// The attributes of a directory or a listed file; those of a local file are its own
+    /// ([`Vfs::local_attr`]).
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
-        match &node.kind {
-            NodeKind::Dir(_) => Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: self.started,
-            },
-            NodeKind::File(meta) => Attr {
-                ino,
-                kind: Kind::File,
-                size: meta.size,
-                mtime: meta.last_modified,
-            },
+        let writeable = node
+            .mount
+            .is_some_and(|m| self.mounted[m].replica.mount.writeable);
+        let (kind, size, mtime) = match &node.kind {
+            NodeKind::Dir(_) => (Kind::Dir, 0, self.started),
+            NodeKind::File(meta) => (Kind::File, meta.size, meta.last_modified),
+            // Not stat'ed under the tree's lock: what an inode a refresh retired shows.
+            NodeKind::Local => (Kind::File, 0, self.started),
+        };
+        let perm = match (kind, writeable) {
+            (Kind::Dir, true) => 0o755,
+            (Kind::Dir, false) => 0o555,
+            (Kind::File, true) => 0o644,
+            (Kind::File, false) => 0o444,
+        };
+        Attr {
+            ino,
+            kind,
+            size,
+            mtime,
+            perm,
         }
+    }
+
+    /// The attributes of local file `path` of mount `mount`: its own size, time and mode.
+    fn local_attr(&self, ino: u64, mount: usize, path: &str) -> Result<Attr, FsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let m = self.mounted[mount].replica.copy.stat(path)?;
+        Ok(Attr {
+            ino,
+            kind: Kind::File,
+            size: m.len(),
+            mtime: m.modified()?,
+            perm: (m.permissions().mode() & 0o7777) as u16,
+        })
+    }
+
+    /// The attributes of `ino` as the tree has it (a local file's read from the disk, outside
+    /// the tree's lock); `None` for an inode not in the tree.
+    fn attr(&self, ino: u64) -> Option<Result<Attr, FsError>> {
+        let (mount, path) = {
+            let tree = self.tree.read();
+            let node = tree.nodes.get(&ino)?;
+            match (&node.kind, node.mount) {
+                (NodeKind::Local, Some(mount)) => (mount, node.path.clone()),
+                _ => return Some(Ok(self.attr_of(ino, node))),
+            }
+        };
+        Some(self.local_attr(ino, mount, &path))
     }
 
     /// The attributes of `ino`, also of a version a refresh has since replaced or removed while
     /// the kernel still holds it (an open handle still reads it, and `fstat` asks).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        if let Some(node) = self.tree.read().nodes.get(&ino) {
-            return Ok(self.attr_of(ino, node));
+        if let Some(attr) = self.attr(ino) {
+            return attr;
         }
         self.retired
             .get(&ino)
@@ -243,14 +435,19 @@ impl Vfs {
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let ino = self.child(parent, name)?.ok_or(FsError::NotFound)?;
+        self.known.insert(ino);
+        self.attr(ino).unwrap_or(Err(FsError::NotFound))
+    }
+
+    /// The inode named `name` in directory `parent`, if any.
+    fn child(&self, parent: u64, name: &str) -> Result<Option<u64>, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
         let NodeKind::Dir(children) = &node.kind else {
             return Err(FsError::NotADirectory);
         };
-        let ino = *children.get(name).ok_or(FsError::NotFound)?;
-        self.known.insert(ino);
-        Ok(self.attr_of(ino, &tree.nodes[&ino]))
+        Ok(children.get(name).copied())
     }
 
     /// The entries of a directory, `.` and `..` first.
@@ -267,7 +464,7 @@ impl Vfs {
         for (name, &child) in children {
             let kind = match tree.nodes[&child].kind {
                 NodeKind::Dir(_) => Kind::Dir,
-                NodeKind::File(_) => Kind::File,
+                NodeKind::File(_) | NodeKind::Local => Kind::File,
             };
             out.push((child, kind, name.clone()));
         }
@@ -291,7 +488,7 @@ impl Vfs {
             Reader::Partial(d) => Content::Downloading(d),
             Reader::Complete => Content::Committed,
         };
-        self.opened(ino, mount, &path, content)
+        self.opened(ino, mount, &path, content, None)
     }
 
     /// [`Vfs::open`] when it needs no waiting: always for a file in the cache or a large one;
@@ -308,7 +505,19 @@ impl Vfs {
     /// has to wait for.
     fn try_open(&self, ino: u64) -> Opening {
         let (mount, path, meta) = match self.file_of(ino) {
-            Ok(file) => file,
+            Ok(Target::Remote(mount, path, meta)) => (mount, path, meta),
+            Ok(Target::Local(mount, path)) => {
+                let opened = self.mounted[mount]
+                    .replica
+                    .copy
+                    .open_file(&path)
+                    .map_err(FsError::from)
+                    .and_then(|(file, metadata)| {
+                        let content = Content::Cached(file, metadata);
+                        self.opened(ino, mount, &path, content, Some(Access::Read))
+                    });
+                return Opening::Done(opened);
+            }
             Err(e) => return Opening::Done(Err(e)),
         };
         let served = &self.mounted[mount];
@@ -329,15 +538,18 @@ impl Vfs {
                 }
             }
         };
-        Opening::Done(self.opened(ino, mount, &path, content))
+        Opening::Done(self.opened(ino, mount, &path, content, None))
     }
 
-    /// The mount index, path and listing of file `ino`.
-    fn file_of(&self, ino: u64) -> Result<(usize, String, ObjectMeta), FsError> {
+    /// What file `ino` is.
+    fn file_of(&self, ino: u64) -> Result<Target, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         match (&node.kind, node.mount) {
-            (NodeKind::File(meta), Some(mount)) => Ok((mount, node.path.clone(), meta.clone())),
+            (NodeKind::File(meta), Some(mount)) => {
+                Ok(Target::Remote(mount, node.path.clone(), meta.clone()))
+            }
+            (NodeKind::Local, Some(mount)) => Ok(Target::Local(mount, node.path.clone())),
             _ => Err(FsError::IsADirectory),
         }
     }
@@ -349,6 +561,7 @@ impl Vfs {
         mount: usize,
         path: &str,
         content: Content,
+        local: Option<Access>,
     ) -> Result<Opened, FsError> {
         let (file, metadata, download) = match content {
             Content::Cached(file, metadata) => (Arc::new(file), metadata, None),
@@ -360,9 +573,15 @@ impl Vfs {
             }
         };
         // Each download is a new file, renamed into place when complete, so the file's inode
-        // identifies the version.
+        // identifies the version. A local file changes in place: its pages are not kept.
         let version = metadata.ino();
-        let keep_cache = self.versions.insert(ino, version) == Some(version);
+        let keep_cache = match local {
+            None => self.versions.insert(ino, version) == Some(version),
+            Some(_) => {
+                self.versions.remove(&ino);
+                false
+            }
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let partial = download.is_some();
         self.handles.insert(
@@ -371,6 +590,8 @@ impl Vfs {
                 file,
                 download,
                 read_ahead: ReadAhead::default(),
+                ino,
+                writes: (local == Some(Access::Write)).then_some(mount),
             }),
         );
         Ok(Opened {
@@ -418,8 +639,25 @@ impl Vfs {
         pread(&handle.file, offset, size)
     }
 
+    /// Closes a handle; a handle that could write lets its file be uploaded.
     pub fn release(&self, fh: u64) {
-        self.handles.remove(&fh);
+        let Some((_, handle)) = self.handles.remove(&fh) else {
+            return;
+        };
+        if let Some(mount) = handle.writes {
+            // Where the file is now (renamed since, perhaps); a file deleted since has nothing
+            // left to upload.
+            let path = self
+                .tree
+                .read()
+                .nodes
+                .get(&handle.ino)
+                .map(|n| n.path.clone());
+            if let Some(path) = path {
+                self.mounted[mount].replica.copy.end_write(&path);
+            }
+            self.write_backs[mount].touch();
+        }
     }
 
     /// How many files are open (handles not yet released).

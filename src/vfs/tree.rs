@@ -1,4 +1,6 @@
-//! The inode tree: what `stat`, `lookup` and `readdir` show, built from the listings.
+//! The inode tree: what `stat`, `lookup` and `readdir` show, built from the listings and, in a
+//! writeable mount, from what was changed through the file system and not yet listed
+//! ([`Override`]).
 
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap};
@@ -19,12 +21,17 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// Permission bits.
+    pub perm: u16,
 }
 
-/// What an inode is: a directory (its entries by name) or a file (the object it shows).
+/// What an inode is: a directory (its entries by name), a file showing a version in the
+/// bucket, or a file of the local copy whose bytes are the truth (written here, and not yet
+/// listed as uploaded).
 pub(super) enum NodeKind {
     Dir(BTreeMap<String, u64>),
     File(ObjectMeta),
+    Local,
 }
 
 pub(super) struct Node {
@@ -36,11 +43,43 @@ pub(super) struct Node {
     pub(super) kind: NodeKind,
 }
 
+/// A change made through the file system that the listings do not show yet; a refresh applies
+/// it over the listing until the listing catches up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Override {
+    /// A file written or created here: served from the local copy until a listing shows the
+    /// version uploaded from it, unchanged since. `seq` changes with every operation on it, so
+    /// a refresh that checked it before an operation does not drop it after.
+    File { seq: u64 },
+    /// A directory made here, until a listing shows it.
+    Dir,
+    /// A file or directory removed here: hidden while the manifest or the listing still has
+    /// the version `etag` it was (`None`: never uploaded).
+    Gone { etag: Option<String>, dir: bool },
+}
+
 #[derive(Default)]
 pub(super) struct Tree {
     pub(super) nodes: HashMap<u64, Node>,
     pub(super) inos: HashMap<(Option<usize>, String), u64>,
     pub(super) next: u64,
+    /// Changes of writeable mounts the listings do not show yet, by mount and path.
+    pub(super) local: HashMap<(usize, String), Override>,
+    /// The last `seq` given to an [`Override::File`].
+    pub(super) seq: u64,
+}
+
+/// `parent/name`, or `name` at a mount's top.
+pub(super) fn join(parent: &str, name: &str) -> String {
+    match parent {
+        "" => name.to_owned(),
+        _ => format!("{parent}/{name}"),
+    }
+}
+
+/// A path's parent ("" at a mount's top) and last component.
+pub(super) fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
 }
 
 impl Tree {
@@ -56,7 +95,122 @@ impl Tree {
     pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
         match &mut self.nodes.get_mut(&ino).expect("parent exists").kind {
             NodeKind::Dir(children) => children,
-            NodeKind::File(_) => unreachable!("parents are directories"),
+            NodeKind::File(_) | NodeKind::Local => unreachable!("parents are directories"),
         }
+    }
+
+    /// A new `seq` for an [`Override::File`].
+    pub(super) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The directory at `path` of `mount`, made (with its parents) if missing.
+    pub(super) fn dir_at(&mut self, mount: usize, path: &str) -> u64 {
+        let ino = self.ino_for(Some(mount), path);
+        if self.nodes.contains_key(&ino) {
+            return ino;
+        }
+        let (parent, name) = split(path);
+        let parent = self.dir_at(mount, parent);
+        self.children_mut(parent).insert(name.to_owned(), ino);
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                mount: Some(mount),
+                path: path.to_owned(),
+                kind: NodeKind::Dir(BTreeMap::new()),
+            },
+        );
+        ino
+    }
+
+    /// Puts `kind` at `path` of `mount` (its directories made if missing), replacing what was
+    /// there; returns its inode.
+    pub(super) fn insert(&mut self, mount: usize, path: &str, kind: NodeKind) -> u64 {
+        let (parent, name) = split(path);
+        let parent = self.dir_at(mount, parent);
+        let ino = self.ino_for(Some(mount), path);
+        self.children_mut(parent).insert(name.to_owned(), ino);
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                mount: Some(mount),
+                path: path.to_owned(),
+                kind,
+            },
+        );
+        ino
+    }
+
+    /// Removes `ino` and everything below it; returns what was removed.
+    pub(super) fn remove(&mut self, ino: u64) -> Vec<(u64, Node)> {
+        let Some(node) = self.nodes.remove(&ino) else {
+            return Vec::new();
+        };
+        let (_, name) = split(&node.path);
+        if let Some(parent) = self.nodes.get_mut(&node.parent)
+            && let NodeKind::Dir(children) = &mut parent.kind
+            && children.get(name) == Some(&ino)
+        {
+            children.remove(name);
+        }
+        self.inos.remove(&(node.mount, node.path.clone()));
+        let mut removed = Vec::new();
+        if let NodeKind::Dir(children) = &node.kind {
+            for &child in children.values() {
+                removed.extend(self.remove(child));
+            }
+        }
+        removed.push((ino, node));
+        removed
+    }
+
+    /// Moves `ino` (and everything below it) to `name` in directory `parent`, which must be
+    /// free there; the inodes stay.
+    pub(super) fn rename(&mut self, ino: u64, parent: u64, name: &str) {
+        let (old_parent, old_path) = {
+            let node = &self.nodes[&ino];
+            (node.parent, node.path.clone())
+        };
+        let (_, old_name) = split(&old_path);
+        self.children_mut(old_parent).remove(old_name);
+        self.children_mut(parent).insert(name.to_owned(), ino);
+        let new_path = join(&self.nodes[&parent].path, name);
+        self.nodes.get_mut(&ino).expect("moved").parent = parent;
+        self.repath(ino, &new_path);
+    }
+
+    fn repath(&mut self, ino: u64, path: &str) {
+        let node = self.nodes.get_mut(&ino).expect("exists");
+        let old = std::mem::replace(&mut node.path, path.to_owned());
+        let mount = node.mount;
+        let children: Vec<(String, u64)> = match &node.kind {
+            NodeKind::Dir(c) => c.iter().map(|(n, &i)| (n.clone(), i)).collect(),
+            _ => Vec::new(),
+        };
+        self.inos.remove(&(mount, old));
+        self.inos.insert((mount, path.to_owned()), ino);
+        for (name, child) in children {
+            self.repath(child, &join(path, &name));
+        }
+    }
+
+    /// `ino` and everything below it, as (inode, path, is a directory).
+    pub(super) fn subtree(&self, ino: u64) -> Vec<(u64, String, bool)> {
+        let node = &self.nodes[&ino];
+        let mut out = vec![(
+            ino,
+            node.path.clone(),
+            matches!(node.kind, NodeKind::Dir(_)),
+        )];
+        if let NodeKind::Dir(children) = &node.kind {
+            for &child in children.values() {
+                out.extend(self.subtree(child));
+            }
+        }
+        out
     }
 }
