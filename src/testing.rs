@@ -21,6 +21,13 @@ use tokio_util::sync::CancellationToken;
 /// The part size of [`Setup::default`]: small, so that a file of a few hundred KB has parts.
 pub const PART: u64 = 64 * 1024;
 
+/// Bytes that differ from part to part, so a misplaced part shows.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i / 1000) as u8 ^ (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
 /// Mount "m" of bucket "bkt" under `prefix`.
 pub fn mount(prefix: &str) -> Mount {
     Mount {

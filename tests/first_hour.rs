@@ -266,34 +266,6 @@ async fn a_mount_of_a_missing_bucket_names_the_cause_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_writeable_mount_says_once_in_mount_mode_that_it_is_not_written_back() {
-    let s3 = S3Server::start(&["bkt"]).await;
-    s3.put("bkt", "a.txt", b"a").await;
-    let mounts = r#"[{"id":"study","bucket":"bkt","writeable":true},{"id":"ro","bucket":"bkt"}]"#;
-    let notice = |log: &str| -> Vec<String> {
-        log.lines()
-            .filter(|l| l.contains("uploading to S3 is not supported yet"))
-            .map(str::to_owned)
-            .collect()
-    };
-
-    let root = tempfile::tempdir().unwrap();
-    let mut m = Mounted::start(&s3, root.path(), mounts, &["--download-interval", "1"]);
-    wait_for(30, "a refresh", || m.passes() >= 4);
-    let lines = notice(&m.log());
-    assert_eq!(lines.len(), 1, "{}", m.log());
-    assert!(lines[0].contains("mount=study"), "{}", lines[0]);
-    assert!(lines[0].contains("it is served read-only"), "{}", lines[0]);
-    assert!(m.unmount().success(), "{}", m.log());
-
-    // `sync` uploads a writeable mount's changes: no notice there.
-    let dest = tempfile::tempdir().unwrap();
-    let out = sync_once(&mut s3.tool(), dest.path(), mounts);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(notice(&stderr(&out)), Vec::<String>::new());
-}
-
 #[test]
 fn mount_help_shows_the_flags_of_a_mount() {
     let help = |command: &str| {

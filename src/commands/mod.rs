@@ -1,5 +1,5 @@
 //! The commands, one module each, and what they share: connecting a mount's bucket, the
-//! summary line of a pass, the notice of a writeable mount, the signals that stop them.
+//! summary line of a pass, the signals that stop them.
 
 pub mod mount;
 pub mod signals;
@@ -71,17 +71,4 @@ pub fn log_summary(mount: &str, s: &PassStats) {
         seconds = %seconds(s.list_time + s.download_time),
         "pass complete"
     );
-}
-
-/// Says once, at start, that a mount the mounts JSON calls writeable is not written back by
-/// this command (mount mode: uploads are not supported there yet). `consequence` is what that
-/// means for the command.
-pub fn note_writeable(mount: &Mount, consequence: &str) {
-    if mount.writeable {
-        tracing::warn!(
-            mount = %mount.id,
-            "the mount is writeable in the mounts JSON, but uploading to S3 is not supported \
-             yet in mount mode: {consequence}"
-        );
-    }
 }

@@ -690,6 +690,7 @@ impl Engine {
                 let deletes = match plan::copy_gone(entries, &scanned.found) {
                     true => Vec::new(),
                     false => plan::local_deletions(entries, &scanned.found)
+                        .filter(|(path, _)| !settled_only || !copy.is_writing(path))
                         .map(|(path, e)| plan::RemoteDelete::of(path, e))
                         .collect(),
                 };

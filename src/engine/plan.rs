@@ -210,7 +210,7 @@ pub fn local_deletions<'a>(
 /// Whether the manifest lists files and the walk found none: the local copy is gone as a whole
 /// (a wiped or unmounted disk), which is no reason to delete anything remotely.
 pub fn copy_gone(manifest: &BTreeMap<String, Entry>, scan: &BTreeMap<String, Found>) -> bool {
-    manifest.values().any(|e| !e.dir) && !scan.values().any(|f| matches!(f, Found::File(_)))
+    manifest.values().any(Entry::claims_file) && !scan.values().any(|f| matches!(f, Found::File(_)))
 }
 
 /// [`plan`] for a writeable mount, given a walk of its directory (`scan`). A file is a local
@@ -292,6 +292,7 @@ mod tests {
             mtime: 0,
             dir: false,
             local: None,
+            replaced: false,
         }
     }
 

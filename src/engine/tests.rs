@@ -6,7 +6,7 @@ use crate::local::Root;
 use crate::mounts::STATE_DIR;
 use crate::store::Body;
 use crate::store::memory::{Fault, Faults, Hooked, MemoryStore, Request, StoreHook};
-use crate::testing::{PART, engine_at, mount};
+use crate::testing::{PART, engine_at, mount, pattern};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -51,13 +51,6 @@ fn staging(root: &Path) -> Vec<String> {
     std::fs::read_dir(root.join(STATE_DIR).join("staging"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Bytes that differ from part to part, so a misplaced part shows.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i / 1000) as u8 ^ (i as u8).wrapping_mul(31) ^ seed)
         .collect()
 }
 

@@ -171,7 +171,7 @@ impl MountCopy {
             .manifest
             .lock()
             .get(path)
-            .is_some_and(|e| !e.dir && e.etag == meta.etag && e.size == meta.size);
+            .is_some_and(|e| e.claims_file() && e.etag == meta.etag && e.size == meta.size);
         if !recorded {
             return None;
         }
@@ -311,23 +311,54 @@ impl MountCopy {
         marks.writing.remove(path);
         marks.deleted.insert(path.to_owned());
         drop(marks);
-        if let Some(seen) = seen
-            && manifest.get(path).is_none()
-        {
-            let entry = match is_dir {
-                true => Entry::folder(seen),
-                false => Entry::file(seen),
-            };
-            manifest.put(path, entry)?;
+        if let Some(seen) = seen {
+            Self::note_replaced(&mut manifest, path, seen, is_dir)?;
         }
         Ok(())
     }
 
+    /// Records that the user replaces the version `seen` at `path` (listed, not downloaded),
+    /// if the manifest has another there: the file made in its place is uploaded on the
+    /// condition that the object is still that version.
+    pub fn record_replaced(&self, path: &str, seen: &ObjectMeta) -> Result<(), LocalError> {
+        let mut manifest = self.manifest.lock();
+        Self::note_replaced(&mut manifest, path, seen, false)
+    }
+
+    fn note_replaced(
+        manifest: &mut Manifest,
+        path: &str,
+        seen: &ObjectMeta,
+        is_dir: bool,
+    ) -> Result<(), LocalError> {
+        if manifest.get(path).is_some_and(|e| e.etag == seen.etag) {
+            return Ok(());
+        }
+        let entry = match is_dir {
+            true => Entry::folder(seen),
+            false => Entry::replaced(seen),
+        };
+        Ok(manifest.put(path, entry)?)
+    }
+
     /// Renames `from` (a file or a directory) to `to` as rename(2) does (failing if something is
-    /// there, with `noreplace`); what is open for writing moves along.
-    pub fn rename(&self, from: &str, to: &str, noreplace: bool) -> Result<(), LocalError> {
+    /// there, with `noreplace`); what is open for writing moves along. `replaces` is the version
+    /// listed at `to` when the copy does not hold it: the file moved there replaces it (see
+    /// [`record_replaced`](Self::record_replaced)).
+    pub fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        noreplace: bool,
+        replaces: Option<&ObjectMeta>,
+    ) -> Result<(), LocalError> {
         let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        let mut manifest = self.manifest.lock();
         dirs::rename(&self.dir, from, to, flags)?;
+        if let Some(seen) = replaces {
+            Self::note_replaced(&mut manifest, to, seen, false)?;
+        }
+        drop(manifest);
         let mut marks = self.marks.lock();
         marks.deleted.insert(from.to_owned());
         marks.deleted.remove(to);
@@ -412,6 +443,7 @@ impl MountCopy {
             .lock()
             .entries()
             .values()
+            .filter(|e| !e.replaced)
             .map(Entry::object)
             .collect()
     }

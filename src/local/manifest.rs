@@ -30,6 +30,12 @@ pub struct Entry {
     /// The local file as the tool left it (absent in entries of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<Stamp>,
+    /// The user deleted or replaced this version here without it being downloaded (through
+    /// the file system): no file of it is claimed, and a file there is the user's, made in its
+    /// place. Its object is deleted, or overwritten on the condition that it is still this
+    /// version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
 }
 
 /// What a local file looked like when the tool last wrote or uploaded it. A write, a truncate,
@@ -74,7 +80,23 @@ impl Entry {
             mtime: unix_seconds(meta.last_modified),
             dir: false,
             local: None,
+            replaced: false,
         }
+    }
+
+    /// The entry of the version `meta` the user deleted or replaced without it being
+    /// downloaded.
+    pub fn replaced(meta: &ObjectMeta) -> Self {
+        Self {
+            replaced: true,
+            ..Self::file(meta)
+        }
+    }
+
+    /// Whether the entry claims a file of the tool's: not a folder marker, nor a version the
+    /// user deleted or replaced before it was downloaded.
+    pub fn claims_file(&self) -> bool {
+        !self.dir && !self.replaced
     }
 
     /// This entry, with the local file as the tool left it.
@@ -89,6 +111,9 @@ impl Entry {
     /// earlier version, without a stamp, compares the size and the mtime the tool set (the
     /// object's LastModified, to the second).
     pub fn changed_locally(&self, now: &Stamp) -> bool {
+        if self.replaced {
+            return true;
+        }
         match &self.local {
             Some(then) => then != now,
             None => now.size != self.size || now.mtime_ns.div_euclid(1_000_000_000) != self.mtime,
@@ -421,6 +446,7 @@ mod tests {
             mtime: 1,
             dir: false,
             local: None,
+            replaced: false,
         }
     }
 

@@ -405,15 +405,27 @@ impl Vfs {
     /// The attributes of `ino` as the tree has it (a local file's read from the disk, outside
     /// the tree's lock); `None` for an inode not in the tree.
     fn attr(&self, ino: u64) -> Option<Result<Attr, FsError>> {
-        let (mount, path) = {
+        let (mount, path, listed) = {
             let tree = self.tree.read();
             let node = tree.nodes.get(&ino)?;
             match (&node.kind, node.mount) {
-                (NodeKind::Local, Some(mount)) => (mount, node.path.clone()),
+                (NodeKind::Local, Some(mount)) => (mount, node.path.clone(), None),
+                // A file of a writeable mount shows the mode and times kept locally (`chmod`,
+                // `cp -p`) once it is in the local copy.
+                (NodeKind::File(_), Some(mount)) if self.mounted[mount].replica.mount.writeable => {
+                    (mount, node.path.clone(), Some(self.attr_of(ino, node)))
+                }
                 _ => return Some(Ok(self.attr_of(ino, node))),
             }
         };
-        Some(self.local_attr(ino, mount, &path))
+        let local = self.local_attr(ino, mount, &path);
+        Some(match listed {
+            None => local,
+            Some(listed) => Ok(local
+                .ok()
+                .filter(|l| l.size == listed.size)
+                .unwrap_or(listed)),
+        })
     }
 
     /// The attributes of `ino`, also of a version a refresh has since replaced or removed while

@@ -237,3 +237,5 @@ async fn wait_until_cached(vfs: &Vfs, path: &str) {
     let s = &vfs.mounted()[0];
     crate::testing::wait_until_cached(&s.replica, s.store.as_ref(), path).await;
 }
+
+mod writes;

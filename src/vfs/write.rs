@@ -56,6 +56,12 @@ impl SetTime {
 }
 
 impl Vfs {
+    /// The mount directory `ino` is in (`None` for the top directory).
+    fn mount_of(&self, ino: u64) -> Result<Option<usize>, FsError> {
+        let tree = self.tree.read();
+        Ok(tree.nodes.get(&ino).ok_or(FsError::NotFound)?.mount)
+    }
+
     /// `name` in directory `parent`, which must be in a writeable mount.
     fn place(&self, parent: u64, name: &str) -> Result<Place, FsError> {
         let tree = self.tree.read();
@@ -126,13 +132,21 @@ impl Vfs {
             return Err(FsError::ReadOnly);
         }
         let copy = &served.replica.copy;
-        if let Some(meta) = listed.filter(|m| !truncate && !copy.holds(&path, m)) {
+        let missing = listed.filter(|m| !copy.holds(&path, m));
+        if let Some(meta) = missing.clone().filter(|_| !truncate) {
             let store = served.store.clone();
             self.engine
                 .fetch_now(&served.replica, store, meta, path.clone())
                 .await?;
         }
         copy.begin_write(&path);
+        if let Some(meta) = missing.filter(|_| truncate) {
+            // Emptied without being downloaded: the new bytes replace the version listed.
+            if let Err(e) = copy.record_replaced(&path, &meta) {
+                copy.end_write(&path);
+                return Err(e.into());
+            }
+        }
         let mut tree = self.tree.write();
         if let Some(node) = tree.nodes.get_mut(&ino)
             && node.path == path
@@ -307,14 +321,12 @@ impl Vfs {
         new_name: &str,
         noreplace: bool,
     ) -> Result<(), FsError> {
-        let from = self.place(parent, name)?;
-        let to = match self.place(new_parent, new_name) {
-            Err(FsError::ReadOnly) => return Err(FsError::CrossMount),
-            other => other?,
-        };
-        if from.mount != to.mount {
+        let (a, b) = (self.mount_of(parent)?, self.mount_of(new_parent)?);
+        if a != b {
             return Err(FsError::CrossMount);
         }
+        let from = self.place(parent, name)?;
+        let to = self.place(new_parent, new_name)?;
         let ino = from.ino.ok_or(FsError::NotFound)?;
         if to.ino == Some(ino) {
             return Ok(());
@@ -322,6 +334,7 @@ impl Vfs {
         let mount = from.mount;
         let served = &self.mounted[mount];
         // What moves, and what must be downloaded first.
+        let mut replaces = None;
         let (moving, fetch, is_dir) = {
             let tree = self.tree.read();
             let moving = tree.subtree(ino);
@@ -334,6 +347,9 @@ impl Vfs {
                 .collect();
             let is_dir = matches!(tree.nodes[&ino].kind, NodeKind::Dir(_));
             if let Some(target) = to.ino {
+                if let NodeKind::File(meta) = &tree.nodes[&target].kind {
+                    replaces = Some(meta.clone());
+                }
                 match (&tree.nodes[&target].kind, is_dir) {
                     _ if noreplace => return Err(FsError::Exists),
                     (NodeKind::Dir(c), true) if !c.is_empty() => return Err(FsError::NotEmpty),
@@ -365,7 +381,8 @@ impl Vfs {
                 }
             }
         }
-        copy.rename(&from.path, &to.path, noreplace)?;
+        let replaces = replaces.filter(|m| !copy.holds(&to.path, m));
+        copy.rename(&from.path, &to.path, noreplace, replaces.as_ref())?;
         // The versions recorded at the old paths, which the next upload deletes.
         let old: Vec<(u64, String, bool, Option<String>)> = moving
             .iter()
