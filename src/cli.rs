@@ -48,9 +48,14 @@ pub enum Command {
 /// `status`: which destination, and whether to wait.
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
-    /// The --destination the sync was given.
+    /// The --destination the sync or the mount was given.
     #[arg(long, value_name = "DIR")]
     pub destination: PathBuf,
+
+    /// For a mount: the --cache-dir it was given (default: the one it picks for that
+    /// destination).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 
     /// Wait until every change is uploaded (exit 0), or no sync is left running to upload
     /// them (exit 3).
@@ -277,6 +282,25 @@ fn endpoint_hint(url: &str) -> String {
         String::new()
     } else {
         format!(" (did you mean \"http://{url}\"?)")
+    }
+}
+
+impl StatusArgs {
+    /// The local copy to look at: the destination of a `sync`, or the cache directory of the
+    /// `mount` serving the destination.
+    pub fn local_copy(&self) -> PathBuf {
+        let state = |dir: &std::path::Path| dir.join(crate::mounts::STATE_DIR).is_dir();
+        if state(&self.destination) {
+            return self.destination.clone();
+        }
+        let cache = self
+            .cache_dir
+            .clone()
+            .or_else(|| default_cache_dir(&self.destination));
+        match cache {
+            Some(cache) if state(&cache) => cache,
+            _ => self.destination.clone(),
+        }
     }
 }
 

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 Err(e) => failure(&e),
             }
         }
-        Command::Status(args) => match status::status(&args.destination, args.wait) {
+        Command::Status(args) => match status::status(&args.local_copy(), args.wait) {
             Ok(saved) => ExitCode::from(saved.code()),
             Err(e) => usage_error(e),
         },

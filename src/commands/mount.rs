@@ -12,6 +12,7 @@
 //! like an empty bucket.
 
 use super::signals::{self, Signals};
+use super::status::Recorded;
 use super::{connect, log_summary};
 use crate::cli::MountConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store_label};
@@ -239,6 +240,9 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         }
     }
     let served = listings.iter().map(|l| l.served.clone()).collect();
+    // What `status` reads, in the cache directory: the local copy's root.
+    let recorded = Recorded::starting(&sync.mounts, Some(sync.destination.clone()));
+    record_status(&config.cache_dir, &recorded);
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
@@ -246,6 +250,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         served,
         sync.interval,
         sync.stop_after.map(|after| Instant::now() + after),
+        (config.cache_dir.clone(), recorded),
     ));
 
     // Entries and attributes may be cached by the kernel for at most a second, so a refresh
@@ -344,6 +349,13 @@ async fn flush_writeable(engine: &Engine, vfs: &Vfs, timeout: Duration) {
              uploads them",
             timeout.as_secs()
         );
+    }
+}
+
+/// Writes the status file `status` reads; a failure to is only logged.
+fn record_status(cache_dir: &Path, recorded: &Recorded) {
+    if let Err(e) = super::status::record(cache_dir, recorded) {
+        tracing::debug!("cannot write the status file: {e}");
     }
 }
 
@@ -592,26 +604,36 @@ async fn refresh_loop(
     mut served: Vec<Served>,
     interval: Duration,
     stop: Option<Instant>,
+    (cache_dir, mut recorded): (std::path::PathBuf, Recorded),
 ) {
     loop {
         let passes = vfs.mounted().iter().zip(listings).map(|(m, listing)| {
             let engine = &engine;
             async move {
                 // A mount whose listing failed keeps what it has: nothing is deleted on an error.
-                let Some((listing, list_time)) = listing else {
-                    return;
-                };
+                let (listing, list_time) = listing?;
                 let result = engine.apply(&m.replica, m.store.clone(), listing).await;
                 match result {
                     Ok(stats) => {
-                        log_summary(&m.replica.mount.id, &PassStats { list_time, ..stats })
+                        log_summary(&m.replica.mount.id, &PassStats { list_time, ..stats });
+                        Some((m.replica.mount.id.clone(), stats.conflicts))
                     }
-                    Err(EngineError::Cancelled { .. }) => {}
-                    Err(e) => tracing::error!("{e}"),
+                    Err(EngineError::Cancelled { .. }) => None,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        None
+                    }
                 }
             }
         });
-        futures_util::future::join_all(passes).await;
+        for (id, conflicts) in futures_util::future::join_all(passes)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            recorded.pass_done(&id, conflicts);
+        }
+        record_status(&cache_dir, &recorded);
         if stop.is_some_and(|stop| Instant::now() + interval > stop) {
             tracing::info!("stopping refreshes as configured; serving the cache as it is");
             return;

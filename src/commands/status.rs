@@ -1,5 +1,6 @@
-//! The `status` command: "is my work saved?" for a `sync` destination. It reads, from outside and
-//! without changing anything, what a running (or stopped) `sync` left there: which mounts are
+//! The `status` command: "is my work saved?" for a `sync` destination or a `mount` point (whose
+//! local copy is its cache directory). It reads, from outside and without changing anything,
+//! what a running (or stopped) `sync` or `mount` left there: which mounts are
 //! writeable (the status file a `sync` writes at start and after each pass), each writeable
 //! mount's local changes not uploaded yet (its manifest against a walk of its directory, the
 //! same rules a pass follows), multipart uploads a crash left open, and whether a process
@@ -13,10 +14,40 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// What a `sync` says about itself in its destination.
+/// What a `sync` says about itself in its destination (a `mount`, in its cache directory).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Recorded {
     pub mounts: Vec<RecordedMount>,
+    /// For a `mount`: where it serves the mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_point: Option<PathBuf>,
+}
+
+impl Recorded {
+    /// The record of a run of `mounts` that has not completed a pass yet.
+    pub fn starting(mounts: &[crate::mounts::Mount], mount_point: Option<PathBuf>) -> Self {
+        let mounts = mounts.iter().map(|m| RecordedMount {
+            id: m.id.clone(),
+            writeable: m.writeable,
+            last_pass: None,
+            conflicts: 0,
+        });
+        Self {
+            mounts: mounts.collect(),
+            mount_point,
+        }
+    }
+
+    /// Mount `id` completed a pass now, keeping `conflicts` more local versions.
+    pub fn pass_done(&mut self, id: &str, conflicts: usize) {
+        if let Some(m) = self.mounts.iter_mut().find(|m| m.id == id) {
+            m.last_pass = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+            m.conflicts += conflicts;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,8 +94,9 @@ impl Saved {
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(
-        "{} is not a destination of s3-synchronizer sync (it has no {}); give the --destination \
-         the sync was given",
+        "{} is not a destination of s3-synchronizer sync (it has no {}) nor of a mount whose \
+         cache is found; give the --destination the sync or mount was given (and a mount's \
+         --cache-dir, if it was given one)",
         .0.display(),
         crate::mounts::STATE_DIR
     )]
@@ -156,9 +188,11 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
         }
         pending += changes.len() + deleted.len() + open;
     }
-    let _ = match running {
-        true => writeln!(out, "a sync is running in {}", root.display()),
-        false => writeln!(out, "no sync is running in {}", root.display()),
+    let _ = match (&recorded.mount_point, running) {
+        (None, true) => writeln!(out, "a sync is running in {}", root.display()),
+        (None, false) => writeln!(out, "no sync is running in {}", root.display()),
+        (Some(at), true) => writeln!(out, "a mount is running at {}", at.display()),
+        (Some(at), false) => writeln!(out, "no mount is running at {}", at.display()),
     };
     Ok(match (pending, running) {
         (0, _) => Saved::All,

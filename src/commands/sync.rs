@@ -5,7 +5,7 @@
 //! recurring mode it is connected and tried again on the next pass.
 
 use super::signals::Signals;
-use super::status::{self, Recorded, RecordedMount};
+use super::status::{self, Recorded};
 use super::{connect, log_summary};
 use crate::cli::SyncConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, Replica};
@@ -16,7 +16,6 @@ use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 /// How a `sync` run ended.
@@ -73,18 +72,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         });
     }
 
-    let mut recorded = Recorded {
-        mounts: config
-            .mounts
-            .iter()
-            .map(|m| RecordedMount {
-                id: m.id.clone(),
-                writeable: m.writeable,
-                last_pass: None,
-                conflicts: 0,
-            })
-            .collect(),
-    };
+    let mut recorded = Recorded::starting(&config.mounts, None);
     write_status(&config, &recorded);
     let mut changes = watch_writeable(&config);
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
@@ -256,17 +244,7 @@ async fn run_pass(
             Ok(stats) => {
                 failed |= stats.failed > 0;
                 log_summary(&replica.mount.id, &stats);
-                if let Some(r) = recorded
-                    .mounts
-                    .iter_mut()
-                    .find(|r| r.id == replica.mount.id)
-                {
-                    r.last_pass = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .ok()
-                        .map(|d| d.as_secs());
-                    r.conflicts += stats.conflicts;
-                }
+                recorded.pass_done(&replica.mount.id, stats.conflicts);
             }
             Err(EngineError::Cancelled { .. }) => {}
             Err(e) => {
