@@ -94,6 +94,7 @@ impl Mounted {
 
     /// Polls `cond` every 50 ms for up to `secs` seconds; on giving up, panics saying what it
     /// waited for, with the end of the tool's log.
+    #[track_caller]
     pub fn wait_until(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !cond() {
