@@ -113,6 +113,16 @@ impl S3Server {
             .unwrap();
     }
 
+    /// The bytes of object `key`, or `None` when there is no such object.
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        object_bytes(&self.client, bucket, key).await
+    }
+
+    /// Every key under `prefix`, in order.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        object_keys(&self.client, bucket, prefix).await
+    }
+
     /// The object's LastModified, in seconds since the epoch (as HEAD gives it).
     pub async fn last_modified(&self, bucket: &str, key: &str) -> i64 {
         let head = self
@@ -191,6 +201,39 @@ async fn put_object(client: &Client, bucket: &str, key: &str, data: &[u8]) {
         .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
 }
 
+/// Reads a whole object through the S3 API: `None` when the server answers 404 (no such key);
+/// any other failure panics.
+pub async fn object_bytes(client: &Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(got) => Some(got.body.collect().await.unwrap().into_bytes().to_vec()),
+        Err(aws_sdk_s3::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
+            None
+        }
+        Err(e) => panic!("get {key}: {e:?}"),
+    }
+}
+
+/// Every key under `prefix` through the S3 API (all pages of the listing), in order.
+pub async fn object_keys(client: &Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap_or_else(|e| panic!("list {bucket}/{prefix}: {e:?}"));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+    }
+    keys.sort();
+    keys
+}
+
 /// Starts `rclone serve s3` on `addr` over `data`, logging to `log`, and waits until it listens.
 fn serve(addr: SocketAddr, log: &Path, data: &Path) -> Child {
     let child = Command::new(rclone())
@@ -266,6 +309,16 @@ impl Moto {
 
     pub async fn put(&self, bucket: &str, key: &str, data: &[u8]) {
         put_object(&self.client, bucket, key, data).await;
+    }
+
+    /// The bytes of object `key`, or `None` when there is no such object.
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        object_bytes(&self.client, bucket, key).await
+    }
+
+    /// Every key under `prefix`, in order.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        object_keys(&self.client, bucket, prefix).await
     }
 }
 

@@ -85,6 +85,28 @@ impl Mounted {
         &self.log
     }
 
+    /// The last `lines` lines of the tool's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Polls `cond` every 50 ms for up to `secs` seconds; on giving up, panics saying what it
+    /// waited for, with the end of the tool's log.
+    #[track_caller]
+    pub fn wait_until(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "gave up after {secs} s waiting for {what}; the end of the tool's log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// How many background passes have completed so far (each logs "pass complete").
     pub fn passes(&self) -> usize {
         self.log().matches("pass complete").count()
