@@ -570,14 +570,8 @@ impl Engine {
         let found = tokio::task::spawn_blocking(move || {
             let prefix = walking.mount.prefix.clone();
             walking.copy.plan_writeable(|entries, scanned| {
-                let uploads = plan::local_changes(&prefix, entries, &scanned.found);
-                let deletes = match plan::copy_gone(entries, &scanned.found) {
-                    true => Vec::new(),
-                    false => plan::local_deletions(entries, &scanned.found)
-                        .map(|(path, e)| plan::RemoteDelete::of(path, e))
-                        .collect(),
-                };
-                (uploads, deletes)
+                let writes = plan::local_writes(&prefix, entries, &scanned.found, |_| true);
+                (writes.upload, writes.remote_delete)
             })
         })
         .await;
