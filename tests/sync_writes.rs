@@ -377,3 +377,61 @@ async fn a_stopped_sync_uploads_what_waits_before_it_exits() {
     assert!(log.contains("uploaded before stopping"), "{log}");
     assert_eq!(status(dest.path(), &[]).status.code(), Some(0));
 }
+
+/// `mv` of a file and of a directory in a writeable mount: the objects are copied within the
+/// bucket to the new keys and deleted under the old ones, not uploaded again.
+#[tokio::test(flavor = "multi_thread")]
+async fn renamed_files_and_directories_move_in_the_bucket() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let table = bytes(200_000, 3);
+    s3.put("bkt", "data/a.csv", b"1,2\n").await;
+    s3.put("bkt", "data/run1/table.parquet", &table).await;
+    s3.put("bkt", "data/run1/logs/out.txt", b"done\n").await;
+    s3.put("bkt", "data/keep.txt", b"keep").await;
+    let dest = tempfile::tempdir().unwrap();
+    let dir = dest.path().join("study");
+    sync(&s3.endpoint, dest.path());
+
+    std::fs::rename(dir.join("a.csv"), dir.join("b.csv")).unwrap();
+    std::fs::rename(dir.join("run1"), dir.join("final")).unwrap();
+    let out = sync(&s3.endpoint, dest.path());
+    let log = stderr(&out);
+    assert_eq!(summary(&out, "uploaded"), 3, "{log}");
+    assert_eq!(
+        keys(&s3.client).await,
+        [
+            "data/b.csv",
+            "data/final/logs/out.txt",
+            "data/final/table.parquet",
+            "data/keep.txt",
+        ],
+        "{log}"
+    );
+    assert_eq!(object(&s3.client, "data/b.csv").await.unwrap(), b"1,2\n");
+    assert_eq!(
+        object(&s3.client, "data/final/table.parquet")
+            .await
+            .unwrap(),
+        table
+    );
+    assert_eq!(
+        object(&s3.client, "data/final/logs/out.txt").await.unwrap(),
+        b"done\n"
+    );
+    for (from, to) in [
+        ("data/a.csv", "data/b.csv"),
+        ("data/run1/table.parquet", "data/final/table.parquet"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("renamed: copied") && l.contains(from) && l.contains(to)),
+            "no copy of {from} to {to}: {log}"
+        );
+    }
+    // The local tree is as the user left it, and nothing is left to do.
+    assert_eq!(std::fs::read(dir.join("b.csv")).unwrap(), b"1,2\n");
+    assert!(!dir.join("a.csv").exists() && !dir.join("run1").exists());
+    let out = sync(&s3.endpoint, dest.path());
+    assert_eq!(summary(&out, "uploaded"), 0, "{}", stderr(&out));
+    assert!(!dir.join("a.csv").exists() && !dir.join("run1").exists());
+}

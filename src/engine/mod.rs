@@ -674,7 +674,9 @@ impl Engine {
             copy.plan_writeable(|entries, scanned| {
                 let now = SystemTime::now();
                 let mut settling = 0;
-                let uploads: Vec<_> = plan::local_changes(&prefix, entries, &scanned.found)
+                let writes = plan::local_writes(&prefix, entries, &scanned.found, |_| true);
+                let uploads: Vec<_> = writes
+                    .upload
                     .into_iter()
                     .filter(|up| {
                         let ready = !settled_only
@@ -687,13 +689,11 @@ impl Engine {
                         ready
                     })
                     .collect();
-                let deletes = match plan::copy_gone(entries, &scanned.found) {
-                    true => Vec::new(),
-                    false => plan::local_deletions(entries, &scanned.found)
-                        .filter(|(path, _)| !settled_only || !copy.is_writing(path))
-                        .map(|(path, e)| plan::RemoteDelete::of(path, e))
-                        .collect(),
-                };
+                let deletes = writes
+                    .remote_delete
+                    .into_iter()
+                    .filter(|del| !settled_only || !copy.is_writing(&del.path))
+                    .collect();
                 (uploads, deletes, settling)
             })
         })

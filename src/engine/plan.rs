@@ -125,6 +125,39 @@ pub struct Upload {
     pub base: Option<String>,
     /// The file as found; `None` for an empty directory (its folder marker).
     pub stamp: Option<Stamp>,
+    /// The file was renamed from there (see [`local_writes`]): its object is copied within the
+    /// bucket instead of uploaded, then deleted under the old key.
+    pub from: Option<RenamedFrom>,
+}
+
+/// Where a renamed local file was: its old path, and the object the manifest's entry there was
+/// made from, which holds the file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenamedFrom {
+    pub path: String,
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+impl RenamedFrom {
+    fn of(path: &str, entry: &Entry) -> Self {
+        Self {
+            path: path.to_owned(),
+            key: entry.key.clone(),
+            etag: entry.etag.clone(),
+            size: entry.size,
+        }
+    }
+
+    /// The delete of the old key, once the copy is made.
+    pub fn delete(&self) -> RemoteDelete {
+        RemoteDelete {
+            path: self.path.clone(),
+            key: self.key.clone(),
+            etag: self.etag.clone(),
+        }
+    }
 }
 
 /// An object whose local file was deleted: it is deleted too, if it is still the version `etag`
@@ -191,6 +224,7 @@ pub fn local_changes(
             key,
             base,
             stamp,
+            from: None,
         });
     }
     out
@@ -213,13 +247,98 @@ pub fn copy_gone(manifest: &BTreeMap<String, Entry>, scan: &BTreeMap<String, Fou
     manifest.values().any(Entry::claims_file) && !scan.values().any(|f| matches!(f, Found::File(_)))
 }
 
+/// The local writes of a writeable mount: its changes as uploads and its deletions as remote
+/// deletes, with renamed files paired up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LocalWrites {
+    pub upload: Vec<Upload>,
+    pub remote_delete: Vec<RemoteDelete>,
+}
+
+/// The uploads of [`local_changes`] and the deletes of the [`local_deletions`] that
+/// `deletable` allows, none when the copy is gone ([`copy_gone`]). A new local file (no file
+/// entry at its path, or the entry of another inode) whose inode, size and mtime are those
+/// the stamp of a deleted file's entry recorded is that file, renamed (`mv` keeps all three;
+/// the ctime it changes is not compared): its upload names the old entry (`from`), and the
+/// old key gets no delete of its own, since the copy must be made from it first (see
+/// `Uploader::upload`). A deleted file is paired once, and not at all when two deleted files
+/// share these three (hard links); an entry without a stamp, or whose delete `deletable`
+/// refuses, pairs with nothing. The plan of a pass and the flush of a stopping run both pair
+/// here, so that they cannot disagree.
+pub fn local_writes(
+    prefix: &str,
+    manifest: &BTreeMap<String, Entry>,
+    scan: &BTreeMap<String, Found>,
+    deletable: impl Fn(&Entry) -> bool,
+) -> LocalWrites {
+    let mut upload = local_changes(prefix, manifest, scan);
+    if copy_gone(manifest, scan) {
+        return LocalWrites {
+            upload,
+            remote_delete: Vec::new(),
+        };
+    }
+    let deleted: Vec<(&String, &Entry)> = local_deletions(manifest, scan)
+        .filter(|(_, e)| deletable(e))
+        .collect();
+    pair_renames(manifest, &deleted, &mut upload);
+    let paired: BTreeSet<&str> = upload
+        .iter()
+        .filter_map(|u| u.from.as_ref().map(|f| f.path.as_str()))
+        .collect();
+    let remote_delete = deleted
+        .into_iter()
+        .filter(|(path, _)| !paired.contains(path.as_str()))
+        .map(|(path, e)| RemoteDelete::of(path, e))
+        .collect();
+    LocalWrites {
+        upload,
+        remote_delete,
+    }
+}
+
+/// Sets `from` on each upload of a file renamed from one of `deleted` (see [`local_writes`]).
+fn pair_renames(
+    manifest: &BTreeMap<String, Entry>,
+    deleted: &[(&String, &Entry)],
+    uploads: &mut [Upload],
+) {
+    // What a rename keeps of a file; `None` once taken, or when two deleted files share it.
+    let kept = |s: &Stamp| (s.ino, s.size, s.mtime_ns);
+    let mut sources: BTreeMap<(u64, u64, i64), Option<RenamedFrom>> = BTreeMap::new();
+    for (path, e) in deleted {
+        let Some(stamp) = e.local.filter(|s| !e.dir && s.size == e.size) else {
+            continue;
+        };
+        sources
+            .entry(kept(&stamp))
+            .and_modify(|shared| *shared = None)
+            .or_insert_with(|| Some(RenamedFrom::of(path, e)));
+    }
+    if sources.is_empty() {
+        return;
+    }
+    for up in uploads {
+        let Some(stamp) = up.stamp else { continue };
+        let same_file = manifest
+            .get(&up.path)
+            .and_then(|e| e.local)
+            .is_some_and(|s| s.ino == stamp.ino);
+        if !same_file {
+            up.from = sources.get_mut(&kept(&stamp)).and_then(Option::take);
+        }
+    }
+}
+
 /// [`plan`] for a writeable mount, given a walk of its directory (`scan`). A file is a local
 /// change when the manifest has no file there, or its stamp differs from the entry's; a file
 /// the manifest lists and the walk does not find was deleted locally. A change is uploaded once
 /// `settled` says it has been quiet long enough; until then it is neither uploaded nor touched.
 /// An object whose local file was deleted is deleted only if the listing still shows the version
 /// the file was; a newer version is downloaded instead (a delete that conflicts deletes
-/// nothing).
+/// nothing). A deleted file found under another path was renamed ([`local_writes`]), when
+/// the listing still shows its version: the new path is a copy of its object, which is then
+/// deleted; the old path is neither downloaded again nor deleted while the new file settles.
 pub fn plan_writeable(
     prefix: &str,
     remote: &[ObjectMeta],
@@ -237,11 +356,18 @@ pub fn plan_writeable(
         ..WritePlan::default()
     };
     let listed: BTreeMap<&str, &ObjectMeta> = remote.iter().map(|m| (m.key.as_str(), m)).collect();
+    out.copy_gone = copy_gone(manifest, scan);
+    let listed_as_was = |e: &Entry| listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag);
+    let writes = local_writes(prefix, manifest, scan, listed_as_was);
 
-    // Local changes: kept from the download side, uploaded once settled.
+    // Local changes: kept from the download side, uploaded once settled. The old path of a
+    // rename is neither downloaded again nor deleted on its own: its object goes after the
+    // copy, or waits with the new file while that settles.
     let mut changed: BTreeSet<String> = BTreeSet::new();
-    for change in local_changes(prefix, manifest, scan) {
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    for change in writes.upload {
         changed.insert(change.path.clone());
+        deleted.extend(change.from.as_ref().map(|f| f.path.clone()));
         if change.stamp.as_ref().is_some_and(|s| !settled(s)) {
             out.settling += 1;
             continue;
@@ -250,16 +376,8 @@ pub fn plan_writeable(
     }
 
     // Local deletions: the object goes too, if it is still the version the file was.
-    out.copy_gone = copy_gone(manifest, scan);
-    let mut deleted = BTreeSet::new();
-    if !out.copy_gone {
-        for (path, e) in local_deletions(manifest, scan) {
-            if listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag) {
-                deleted.insert(path.as_str());
-                out.remote_delete.push(RemoteDelete::of(path, e));
-            }
-        }
-    }
+    deleted.extend(writes.remote_delete.iter().map(|d| d.path.clone()));
+    out.remote_delete = writes.remote_delete;
 
     let plan = &mut out.plan;
     plan.fetch
@@ -448,25 +566,29 @@ mod tests {
                         path: "d".into(),
                         key: "p/d/".into(),
                         base: None,
-                        stamp: None
+                        stamp: None,
+                        from: None
                     },
                     Upload {
                         path: "edited".into(),
                         key: "p/edited".into(),
                         base: Some("e1".into()),
-                        stamp: Some(stamp(3, 2))
+                        stamp: Some(stamp(3, 2)),
+                        from: None
                     },
                     Upload {
                         path: "kept".into(),
                         key: "p/kept".into(),
                         base: Some("e1".into()),
-                        stamp: Some(stamp(4, 2))
+                        stamp: Some(stamp(4, 2)),
+                        from: None
                     },
                     Upload {
                         path: "new".into(),
                         key: "p/new".into(),
                         base: None,
-                        stamp: Some(stamp(1, 2))
+                        stamp: Some(stamp(1, 2)),
+                        from: None
                     },
                 ]
             );
@@ -539,6 +661,208 @@ mod tests {
                 ino: 8,
                 ..stamp(3, 1)
             }));
+        }
+
+        /// The stamp of the file of inode `ino` that `written_as` recorded, after a rename: the
+        /// rename moved its ctime only.
+        fn moved(ino: u64, size: u64) -> Stamp {
+            Stamp {
+                ino,
+                ctime_ns: 9_000_000_000,
+                ..stamp(size, 1)
+            }
+        }
+
+        /// The manifest entry of a file of inode `ino` the tool wrote as `stamp(size, 1)`.
+        fn written_as(key: &str, etag: &str, size: u64, ino: u64) -> Entry {
+            entry(key, etag, size).stamped(Stamp {
+                ino,
+                ..stamp(size, 1)
+            })
+        }
+
+        fn renamed_from(path: &str, etag: &str, size: u64) -> Option<RenamedFrom> {
+            Some(RenamedFrom {
+                path: path.into(),
+                key: format!("p/{path}"),
+                etag: etag.into(),
+                size,
+            })
+        }
+
+        fn sources(w: &WritePlan) -> Vec<(&str, Option<&str>)> {
+            w.upload
+                .iter()
+                .map(|u| (u.path.as_str(), u.from.as_ref().map(|f| f.path.as_str())))
+                .collect()
+        }
+
+        #[test]
+        fn a_renamed_file_is_a_copy_of_its_old_object_not_an_upload_and_a_delete() {
+            let remote = [obj("p/a", "e1", 3), obj("p/keep", "e1", 3)];
+            let manifest = BTreeMap::from([
+                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
+                ("keep".to_owned(), written_as("p/keep", "e1", 3, 8)),
+            ]);
+            let scan = BTreeMap::from([
+                ("b".to_owned(), Found::File(moved(7, 3))),
+                (
+                    "keep".to_owned(),
+                    Found::File(Stamp {
+                        ino: 8,
+                        ..stamp(3, 1)
+                    }),
+                ),
+            ]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(
+                w.upload,
+                [Upload {
+                    path: "b".into(),
+                    key: "p/b".into(),
+                    base: None,
+                    stamp: Some(moved(7, 3)),
+                    from: renamed_from("a", "e1", 3),
+                }]
+            );
+            // The old object goes after the copy, not as a delete of its own; nor is it
+            // downloaded again.
+            assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
+            assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
+            assert!(w.plan.delete.is_empty(), "{:?}", w.plan.delete);
+        }
+
+        #[test]
+        fn a_rename_onto_a_file_of_the_tool_replaces_that_version() {
+            let remote = [obj("p/a", "e1", 3), obj("p/b", "e2", 5)];
+            let manifest = BTreeMap::from([
+                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
+                ("b".to_owned(), written_as("p/b", "e2", 5, 8)),
+            ]);
+            let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(w.upload.len(), 1);
+            assert_eq!(w.upload[0].base.as_deref(), Some("e2"));
+            assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
+            assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
+        }
+
+        #[test]
+        fn a_rename_and_an_edit_are_an_upload_and_a_delete() {
+            let remote = [obj("p/a", "e1", 3), obj("p/c", "e1", 3)];
+            let manifest = BTreeMap::from([
+                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
+                ("c".to_owned(), written_as("p/c", "e1", 3, 8)),
+            ]);
+            let scan = BTreeMap::from([
+                // Renamed, then appended to.
+                ("b".to_owned(), Found::File(moved(7, 4))),
+                // Renamed, then rewritten at the same size.
+                (
+                    "d".to_owned(),
+                    Found::File(Stamp {
+                        mtime_ns: 9_000_000_000,
+                        ..moved(8, 3)
+                    }),
+                ),
+            ]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(sources(&w), [("b", None), ("d", None)]);
+            assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a", "c"]);
+        }
+
+        #[test]
+        fn a_renamed_directory_pairs_file_by_file() {
+            let remote = [
+                obj("p/d/x", "ex", 3),
+                obj("p/d/y", "ey", 4),
+                obj("p/d/sub/z", "ez", 5),
+            ];
+            let manifest = BTreeMap::from([
+                ("d/x".to_owned(), written_as("p/d/x", "ex", 3, 7)),
+                ("d/y".to_owned(), written_as("p/d/y", "ey", 4, 8)),
+                ("d/sub/z".to_owned(), written_as("p/d/sub/z", "ez", 5, 9)),
+            ]);
+            let scan = BTreeMap::from([
+                ("e".to_owned(), Found::Dir { empty: false }),
+                ("e/sub".to_owned(), Found::Dir { empty: false }),
+                ("e/sub/z".to_owned(), Found::File(moved(9, 5))),
+                ("e/x".to_owned(), Found::File(moved(7, 3))),
+                ("e/y".to_owned(), Found::File(moved(8, 4))),
+            ]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(
+                sources(&w),
+                [
+                    ("e/sub/z", Some("d/sub/z")),
+                    ("e/x", Some("d/x")),
+                    ("e/y", Some("d/y")),
+                ]
+            );
+            assert_eq!(w.upload[1].from, renamed_from("d/x", "ex", 3));
+            assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
+            assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
+        }
+
+        #[test]
+        fn an_entry_without_a_stamp_pairs_with_nothing() {
+            let remote = [obj("p/a", "e1", 3)];
+            // Written by an earlier version: no inode to recognise the file by.
+            let manifest = BTreeMap::from([("a".to_owned(), entry("p/a", "e1", 3))]);
+            let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(sources(&w), [("b", None)]);
+            assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a"]);
+        }
+
+        #[test]
+        fn a_rename_whose_old_object_changed_is_an_upload_and_a_download() {
+            let remote = [obj("p/a", "e2", 3)];
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            assert_eq!(sources(&w), [("b", None)]);
+            assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
+            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["a"]);
+        }
+
+        #[test]
+        fn a_rename_not_yet_settled_leaves_its_old_object_alone() {
+            let remote = [obj("p/a", "e1", 3)];
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
+            let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.ctime_ns < 5);
+            assert_eq!(w.settling, 1);
+            assert!(w.upload.is_empty() && w.remote_delete.is_empty());
+            assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
+        }
+
+        #[test]
+        fn a_file_linked_twice_is_paired_once() {
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let scan = BTreeMap::from([
+                ("b".to_owned(), Found::File(moved(7, 3))),
+                ("c".to_owned(), Found::File(moved(7, 3))),
+            ]);
+            let w = local_writes("p/", &manifest, &scan, |_| true);
+            let from: Vec<_> = w.upload.iter().map(|u| u.from.is_some()).collect();
+            assert_eq!(from, [true, false]);
+            assert!(w.remote_delete.is_empty());
+        }
+
+        /// Without a listing (a stopping run's flush) every deletion may be tried, so every
+        /// rename pairs; the uploader's conditions guard them.
+        #[test]
+        fn the_flush_pairs_renames_as_the_pass_does() {
+            let manifest = BTreeMap::from([
+                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
+                ("gone".to_owned(), written_as("p/gone", "e1", 3, 8)),
+            ]);
+            let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
+            let w = local_writes("p/", &manifest, &scan, |_| true);
+            assert_eq!(w.upload.len(), 1);
+            assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
+            assert_eq!(paths(&w.remote_delete, |d| &d.path), ["gone"]);
         }
     }
 

@@ -25,7 +25,7 @@ pub mod write_back;
 
 pub use write_back::WriteBack;
 
-use crate::engine::plan::{RemoteDelete, Upload};
+use crate::engine::plan::{RemoteDelete, RenamedFrom, Upload};
 use crate::engine::{Downloader, Replica};
 use crate::local::LocalError;
 use crate::local::manifest::{Multipart, Stamp};
@@ -97,8 +97,83 @@ impl Uploader {
         }
     }
 
-    /// Uploads one local change (see the module's rules).
+    /// Uploads one local change (see the module's rules); a renamed file is copied within the
+    /// bucket when it can be ([`Uploader::rename`]).
     pub async fn upload(&self, up: &Upload) -> Result<Pushed, UploadError> {
+        if let (Some(from), Some(stamp)) = (&up.from, up.stamp)
+            && let Some(pushed) = self.rename(up, from, stamp).await?
+        {
+            return Ok(pushed);
+        }
+        self.upload_bytes(up).await
+    }
+
+    /// A renamed file: its old object, copied to the new key within the bucket (under the
+    /// condition an upload there would have, stored as an upload would be), recorded, then
+    /// deleted under the old key if it is still that version ([`Uploader::delete`]). `None`
+    /// when no copy is made: the new key is not as planned, the old object changed or went
+    /// (checked by a HEAD too, for servers that ignore the copy's condition), or the server
+    /// refused the copy; the file's bytes are uploaded instead, and the old path stays a local
+    /// deletion for the next pass to decide by the usual rules. A crash between the copy and
+    /// the delete leaves just such a local deletion too, the new path recorded.
+    async fn rename(
+        &self,
+        up: &Upload,
+        from: &RenamedFrom,
+        stamp: Stamp,
+    ) -> Result<Option<Pushed>, UploadError> {
+        let mount = &self.replica.mount;
+        let cond = match (self.head(&up.key).await?, &up.base) {
+            (None, _) => Precondition::IfNoneMatch,
+            (Some(c), Some(base)) if &c.etag == base => Precondition::IfMatch(base.clone()),
+            // Another version there: the upload's rules decide whether it is a conflict.
+            (Some(_), _) => return Ok(None),
+        };
+        if self.open(up, &stamp)?.is_none() {
+            return Ok(Some(Pushed::Changed));
+        }
+        let source = match self.head(&from.key).await? {
+            Some(source) if source.etag == from.etag && source.size == stamp.size => source,
+            _ => return Ok(None),
+        };
+        let opts = self.options();
+        let copied = self
+            .write(&up.key, || self.store.copy(&source, &up.key, &cond, &opts))
+            .await;
+        let etag = match copied {
+            Ok(etag) => etag,
+            Err(e) if e.is_transient() => return Err(store_err(&up.key)(e)),
+            Err(e) => {
+                tracing::debug!(
+                    mount = %mount.id,
+                    bucket = %mount.bucket,
+                    from = %from.key,
+                    key = %up.key,
+                    "renamed file not copied within the bucket ({e}); uploading its bytes"
+                );
+                return Ok(None);
+            }
+        };
+        let meta = ObjectMeta {
+            key: up.key.clone(),
+            size: source.size,
+            etag,
+            last_modified: SystemTime::now(),
+        };
+        self.record(up, &meta, stamp)?;
+        tracing::debug!(
+            mount = %mount.id,
+            bucket = %mount.bucket,
+            from = %from.key,
+            key = %up.key,
+            "renamed: copied within the bucket, deleting the old key"
+        );
+        self.delete(&from.delete()).await?;
+        Ok(Some(Pushed::Uploaded { bytes: 0 }))
+    }
+
+    /// Uploads the bytes of one local change.
+    async fn upload_bytes(&self, up: &Upload) -> Result<Pushed, UploadError> {
         let current = self.head(&up.key).await?;
         let Some(stamp) = up.stamp else {
             return self.upload_marker(up, current).await;
@@ -259,6 +334,7 @@ impl Uploader {
             key: kept.clone(),
             base: None,
             stamp: Some(stamp),
+            from: None,
         };
         // A conflict name is new: its upload conflicts with nothing but a writer of the same
         // name in the same second, which is an error rather than a second move.

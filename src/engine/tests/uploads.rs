@@ -257,3 +257,122 @@ async fn a_multipart_upload_left_unfinished_is_aborted_at_the_next_pass() {
         "the interrupted upload was aborted, the new one completed"
     );
 }
+
+/// The copies and PUTs the store has had.
+fn writes(mem: &MemoryStore) -> (u64, u64) {
+    let c = &mem.counters;
+    (
+        c.copies.load(Ordering::Relaxed),
+        c.puts.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test]
+async fn a_renamed_file_and_directory_are_copied_in_the_bucket_not_uploaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a.txt", &b"alpha"[..]);
+    mem.put("p/d/x.csv", &b"x,1\n"[..]);
+    mem.put("p/d/sub/y.bin", &b"y bytes"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let dir = tmp.path().join("m");
+    std::fs::rename(dir.join("a.txt"), dir.join("b.txt")).unwrap();
+    std::fs::rename(dir.join("d"), dir.join("e")).unwrap();
+    let before = writes(&mem);
+    let stats = push(tmp.path(), store.clone()).await;
+    let (copies, puts) = writes(&mem);
+    assert_eq!((copies - before.0, puts - before.1), (3, 0), "{stats:?}");
+    assert_eq!(stats.uploaded, 3, "{stats:?}");
+
+    let mut keys: Vec<String> = mem
+        .answer_list("p/")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["p/b.txt", "p/e/sub/y.bin", "p/e/x.csv"]);
+    assert_eq!(bytes(&mem, "p/b.txt").as_deref(), Some(&b"alpha"[..]));
+    assert_eq!(bytes(&mem, "p/e/x.csv").as_deref(), Some(&b"x,1\n"[..]));
+    assert_eq!(
+        bytes(&mem, "p/e/sub/y.bin").as_deref(),
+        Some(&b"y bytes"[..])
+    );
+    assert_eq!(
+        mem.written_with("p/b.txt"),
+        Some(WriteOptions {
+            bucket_owner_full_control: true,
+            kms_key_id: writeable().kms_key_id,
+        })
+    );
+    // The local files stay as the user left them, and the next pass has nothing to do.
+    assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"alpha");
+    let again = push(tmp.path(), store).await;
+    assert_eq!(
+        (
+            again.uploaded,
+            again.downloaded,
+            again.updated,
+            again.deleted
+        ),
+        (0, 0, 0, 0),
+        "{again:?}"
+    );
+    assert!(!dir.join("a.txt").exists() && !dir.join("d").exists());
+}
+
+#[tokio::test]
+async fn a_rename_whose_old_object_changed_meanwhile_keeps_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a.txt", &b"mine"[..]);
+    let faults = Faults::over(mem.clone());
+    let store: Arc<dyn ObjectStore> = faults.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let dir = tmp.path().join("m");
+    std::fs::rename(dir.join("a.txt"), dir.join("b.txt")).unwrap();
+    // A colleague rewrites the old object after the listing, just before the copy.
+    let mut once = true;
+    faults.set(move |r| match r {
+        Request::Copy { .. } if std::mem::take(&mut once) => {
+            Some(Fault::Before(Box::new(|m: &MemoryStore| {
+                m.put("p/a.txt", &b"theirs"[..]);
+            })))
+        }
+        _ => None,
+    });
+    let stats = push(tmp.path(), store.clone()).await;
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert_eq!(bytes(&mem, "p/b.txt").as_deref(), Some(&b"mine"[..]));
+    assert_eq!(bytes(&mem, "p/a.txt").as_deref(), Some(&b"theirs"[..]));
+
+    // The old path is a local deletion whose object changed: downloaded again, not deleted.
+    let stats = push(tmp.path(), store).await;
+    assert_eq!(stats.remote_deleted, 0, "{stats:?}");
+    assert_eq!(bytes(&mem, "p/a.txt").as_deref(), Some(&b"theirs"[..]));
+    assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"theirs");
+    assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"mine");
+}
+
+#[tokio::test]
+async fn a_stopping_run_copies_a_renamed_file_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a.txt", &b"alpha"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let dir = tmp.path().join("m");
+    std::fs::rename(dir.join("a.txt"), dir.join("b.txt")).unwrap();
+    let engine = engine_at(tmp.path(), 4, CancellationToken::new());
+    let replica = engine.open_mount(writeable()).unwrap();
+    let before = writes(&mem);
+    let stats = engine.flush(&replica, store).await.unwrap();
+    let (copies, puts) = writes(&mem);
+    assert_eq!((copies - before.0, puts - before.1), (1, 0), "{stats:?}");
+    assert_eq!(bytes(&mem, "p/b.txt").as_deref(), Some(&b"alpha"[..]));
+    assert_eq!(bytes(&mem, "p/a.txt"), None);
+}
