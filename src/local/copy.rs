@@ -18,7 +18,7 @@ use super::manifest::{Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -49,9 +49,6 @@ pub struct MountCopy {
 struct Marks {
     /// Paths open for writing, with how many handles each.
     writing: HashMap<String, usize>,
-    /// Paths the user deleted whose objects are not deleted yet: a download of the version
-    /// deleted, planned before, does not bring the file back.
-    deleted: HashSet<String>,
 }
 
 impl MountCopy {
@@ -89,7 +86,7 @@ impl MountCopy {
     /// Whether the download side may replace or remove what is at `path` in a writeable copy:
     /// nothing is there, or the unchanged file the manifest records; not a file open for
     /// writing, changed here, or new here, nor (for a download of `etag`) the place of that
-    /// same version the user deleted.
+    /// same version the user deleted or replaced ([`Entry::replaced`]).
     fn check_replaceable(
         &self,
         manifest: &Manifest,
@@ -97,13 +94,9 @@ impl MountCopy {
         etag: Option<&str>,
     ) -> Result<(), LocalError> {
         let kept = || Err(LocalError::Kept(self.dir.join(path)));
-        let deleted = {
-            let marks = self.marks.lock();
-            if marks.writing.contains_key(path) {
-                return kept();
-            }
-            marks.deleted.contains(path)
-        };
+        if self.marks.lock().writing.contains_key(path) {
+            return kept();
+        }
         let entry = manifest.get(path).filter(|e| !e.dir);
         match dirs::open_file(&self.dir, path) {
             Ok((_, metadata)) => match entry {
@@ -112,7 +105,7 @@ impl MountCopy {
             },
             Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 match entry {
-                    Some(e) if deleted && etag == Some(e.etag.as_str()) => kept(),
+                    Some(e) if e.replaced && etag == Some(e.etag.as_str()) => kept(),
                     _ => Ok(()),
                 }
             }
@@ -214,9 +207,7 @@ impl MountCopy {
     /// Forgets `path` without touching what is there: its object was deleted along with the
     /// local file, or it is no longer the tool's version (a delete or an upload that conflicted).
     pub fn forget(&self, path: &str) -> Result<(), LocalError> {
-        let mut manifest = self.manifest.lock();
-        self.marks.lock().deleted.remove(path);
-        Ok(manifest.remove(path)?)
+        Ok(self.manifest.lock().remove(path)?)
     }
 
     /// Moves the local file at `path` aside to `to` (which must not exist) and forgets `path`:
@@ -307,12 +298,19 @@ impl MountCopy {
     ) -> Result<(), LocalError> {
         let mut manifest = self.manifest.lock();
         dirs::unlink(&self.dir, path, is_dir)?;
-        let mut marks = self.marks.lock();
-        marks.writing.remove(path);
-        marks.deleted.insert(path.to_owned());
-        drop(marks);
-        if let Some(seen) = seen {
-            Self::note_replaced(&mut manifest, path, seen, is_dir)?;
+        self.marks.lock().writing.remove(path);
+        match (seen, manifest.get(path)) {
+            (Some(seen), _) => Self::note_replaced(&mut manifest, path, seen, is_dir)?,
+            // The file was the tool's: it no longer claims one (a copy the user emptied file
+            // by file is not a lost copy).
+            (None, Some(e)) if e.claims_file() => {
+                let entry = Entry {
+                    replaced: true,
+                    ..e.clone()
+                };
+                manifest.put(path, entry)?;
+            }
+            (None, _) => {}
         }
         Ok(())
     }
@@ -331,14 +329,19 @@ impl MountCopy {
         seen: &ObjectMeta,
         is_dir: bool,
     ) -> Result<(), LocalError> {
-        if manifest.get(path).is_some_and(|e| e.etag == seen.etag) {
-            return Ok(());
-        }
-        let entry = match is_dir {
-            true => Entry::folder(seen),
-            false => Entry::replaced(seen),
+        let entry = match (is_dir, manifest.get(path)) {
+            (true, Some(e)) if e.etag == seen.etag => return Ok(()),
+            (true, _) => Entry::folder(seen),
+            (false, Some(e)) if e.etag == seen.etag && !e.dir => Entry {
+                replaced: true,
+                ..e.clone()
+            },
+            (false, _) => Entry::replaced(seen),
         };
-        Ok(manifest.put(path, entry)?)
+        if manifest.get(path) != Some(&entry) {
+            manifest.put(path, entry)?;
+        }
+        Ok(())
     }
 
     /// Renames `from` (a file or a directory) to `to` as rename(2) does (failing if something is
@@ -360,8 +363,6 @@ impl MountCopy {
         }
         drop(manifest);
         let mut marks = self.marks.lock();
-        marks.deleted.insert(from.to_owned());
-        marks.deleted.remove(to);
         let writing = &mut marks.writing;
         // Handles of a file replaced at `to` write into a file no longer there.
         writing.remove(to);

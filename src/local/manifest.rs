@@ -30,10 +30,10 @@ pub struct Entry {
     /// The local file as the tool left it (absent in entries of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<Stamp>,
-    /// The user deleted or replaced this version here without it being downloaded (through
-    /// the file system): no file of it is claimed, and a file there is the user's, made in its
-    /// place. Its object is deleted, or overwritten on the condition that it is still this
-    /// version.
+    /// The user deleted or replaced this version here through the file system (downloaded or
+    /// not): no file of it is claimed, and a file there is the user's, made in its place. Its
+    /// object is deleted, or overwritten on the condition that it is still this version; a
+    /// download of it does not bring it back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replaced: bool,
 }
@@ -84,8 +84,7 @@ impl Entry {
         }
     }
 
-    /// The entry of the version `meta` the user deleted or replaced without it being
-    /// downloaded.
+    /// The entry of the version `meta` the user deleted or replaced through the file system.
     pub fn replaced(meta: &ObjectMeta) -> Self {
         Self {
             replaced: true,

@@ -322,3 +322,29 @@ async fn a_remote_change_while_a_file_is_written_keeps_both_versions() {
         b"local edit"
     );
 }
+
+#[tokio::test]
+async fn a_copy_emptied_file_by_file_through_the_mount_deletes_every_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/a.txt", &b"a"[..]);
+    mem.put("p/b.txt", &b"b"[..]);
+    let (vfs, engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+    let m = &vfs.mounted()[0];
+    engine
+        .sync_mount(&m.replica, m.store.clone())
+        .await
+        .unwrap();
+    let dir = dir_ino(&vfs, "m");
+    vfs.remove(dir, "a.txt", false).unwrap();
+    vfs.remove(dir, "b.txt", false).unwrap();
+    // A pass, as each interval runs one: the emptied copy is not taken for a lost one.
+    let stats = engine
+        .sync_mount(&m.replica, m.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(stats.remote_deleted, 2, "{stats:?}");
+    assert!(mem.answer_list("p/").unwrap().is_empty());
+    refresh(&vfs).await;
+    assert!(matches!(path_ino(&vfs, "m/a.txt"), Err(FsError::NotFound)));
+}
