@@ -41,6 +41,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::task::JoinSet;
 
+/// How many times a multipart upload a 409 ended is started again (see `Uploader::send`).
+const MULTIPART_RESTARTS: usize = 2;
+
 /// S3's smallest part but the last, and its most parts.
 const MIN_PART: u64 = 5 << 20;
 const MAX_PARTS: u64 = 10_000;
@@ -399,11 +402,25 @@ impl Uploader {
         cond: &Precondition,
     ) -> Result<Option<String>, UploadError> {
         if stamp.size <= self.downloader.part_size.max(MIN_PART) {
-            self.put(up, file, stamp, cond)
+            return self
+                .put(up, file, stamp, cond)
                 .await
-                .map_err(store_err(&up.key))
-        } else {
-            self.multipart(up, file, stamp, cond).await
+                .map_err(store_err(&up.key));
+        }
+        // A 409 on the completion (another conditional write to the key was under way) ends
+        // the multipart upload: it is started again, a bounded number of times.
+        let mut restarts = 0;
+        loop {
+            match self.multipart(up, file, stamp, cond).await {
+                Err(UploadError::Store {
+                    source: StoreError::ConditionalConflict { .. },
+                    ..
+                }) if restarts < MULTIPART_RESTARTS => {
+                    restarts += 1;
+                    tracing::info!(key = %up.key, "a concurrent write to the key ended the multipart upload; starting it again");
+                }
+                other => return other,
+            }
         }
     }
 

@@ -258,6 +258,31 @@ async fn a_multipart_upload_left_unfinished_is_aborted_at_the_next_pass() {
     );
 }
 
+#[tokio::test]
+async fn a_409_on_a_multipart_completion_starts_the_upload_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let faults = Faults::over(mem.clone());
+    let store: Arc<dyn ObjectStore> = faults.clone();
+    push(tmp.path(), store.clone()).await;
+    let data = pattern(11 << 20, 6);
+    std::fs::write(tmp.path().join("m/big.bin"), &data).unwrap();
+    let mut conflicts = 1;
+    faults.set(move |r| match r {
+        Request::Complete { .. } if conflicts > 0 => {
+            conflicts -= 1;
+            Some(Fault::Fail(StoreError::ConditionalConflict {
+                key: "p/big.bin".into(),
+            }))
+        }
+        _ => None,
+    });
+    let stats = push(tmp.path(), store).await;
+    assert_eq!((stats.uploaded, stats.failed), (1, 0), "{stats:?}");
+    assert!(mem.bytes_of("p/big.bin").unwrap() == data);
+    assert!(mem.answer_list_multipart("p/").unwrap().is_empty());
+}
+
 /// The copies and PUTs the store has had.
 fn writes(mem: &MemoryStore) -> (u64, u64) {
     let c = &mem.counters;
