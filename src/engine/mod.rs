@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub upload_delay: Duration,
 }
 
+/// How many times [`Engine::upload_now`] reads a file again that was written while it was read.
+const UPLOAD_NOW_TRIES: usize = 5;
+
 /// The GETs the bulk lane starts with under [`EngineConfig::slow_start`] ...
 pub const SLOW_START_GETS: usize = 4;
 /// ... and how often it gains one more.
@@ -165,7 +168,10 @@ pub enum EngineError {
     },
     #[error("mount \"{mount}\": stopped before the pass completed")]
     Cancelled { mount: String },
-    #[error("mount \"{mount}\": {key} is not uploaded (the error before says why)")]
+    #[error(
+        "mount \"{mount}\": {key} is not in the bucket: its upload failed (the error before says \
+         why), or it kept changing while it was read"
+    )]
     Upload { mount: String, key: String },
 }
 
@@ -601,39 +607,46 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         path: &str,
     ) -> Result<(), EngineError> {
-        let up = {
-            let walking = replica.clone();
-            let path = path.to_owned();
-            tokio::task::spawn_blocking(move || {
-                let (entry, found) = walking.copy.at(&path)?;
-                let entries = entry.map(|e| (path.clone(), e)).into_iter().collect();
-                let found = found.map(|f| (path.clone(), f)).into_iter().collect();
-                let prefix = &walking.mount.prefix;
-                Ok(plan::local_changes(prefix, &entries, &found).pop())
-            })
+        let failed = |key: String| EngineError::Upload {
+            mount: replica.mount.id.clone(),
+            key,
         };
-        let up = finished(up.await)
-            .map_err(|_| EngineError::Cancelled {
-                mount: replica.mount.id.clone(),
-            })?
-            .map_err(|source| EngineError::Local {
-                mount: replica.mount.id.clone(),
-                source,
-            })?;
-        let Some(up) = up else { return Ok(()) };
-        let key = up.key.clone();
-        let mut stats = PassStats::default();
-        let refetch = self
-            .push(replica, &store, vec![up], Vec::new(), &mut stats, None)
-            .await?;
-        self.fetch_all(replica, &store, refetch, &mut stats).await;
-        match stats.failed {
-            0 => Ok(()),
-            _ => Err(EngineError::Upload {
-                mount: replica.mount.id.clone(),
-                key,
-            }),
+        // A file written while it was read is read again: a few times, then the fsync fails
+        // rather than return with the file not in the bucket.
+        for _ in 0..UPLOAD_NOW_TRIES {
+            let up = {
+                let walking = replica.clone();
+                let path = path.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let (entry, found) = walking.copy.at(&path)?;
+                    let entries = entry.map(|e| (path.clone(), e)).into_iter().collect();
+                    let found = found.map(|f| (path.clone(), f)).into_iter().collect();
+                    let prefix = &walking.mount.prefix;
+                    Ok(plan::local_changes(prefix, &entries, &found).pop())
+                })
+            };
+            let up = finished(up.await)
+                .map_err(|_| EngineError::Cancelled {
+                    mount: replica.mount.id.clone(),
+                })?
+                .map_err(|source| EngineError::Local {
+                    mount: replica.mount.id.clone(),
+                    source,
+                })?;
+            let Some(up) = up else { return Ok(()) };
+            let key = up.key.clone();
+            let mut stats = PassStats::default();
+            let refetch = self
+                .push(replica, &store, vec![up], Vec::new(), &mut stats, None)
+                .await?;
+            self.fetch_all(replica, &store, refetch, &mut stats).await;
+            match (stats.failed, stats.settling) {
+                (0, 0) => return Ok(()),
+                (0, _) => continue,
+                _ => return Err(failed(key)),
+            }
         }
+        Err(failed(format!("{}{path}", replica.mount.prefix)))
     }
 
     /// Downloads `path` (the version `meta`) whole, ahead of the backlog, or waits for the
