@@ -613,6 +613,11 @@ impl Vfs {
         })
     }
 
+    /// Where inode `ino` is now in its mount (`None` once it is gone from the tree).
+    fn path_of(&self, ino: u64) -> Option<String> {
+        self.tree.read().nodes.get(&ino).map(|n| n.path.clone())
+    }
+
     /// The cache file behind an open handle.
     pub fn handle_file(&self, fh: u64) -> Option<Arc<File>> {
         self.handles.get(&fh).map(|h| h.file.clone())
@@ -659,13 +664,7 @@ impl Vfs {
         if let Some(mount) = handle.writes {
             // Where the file is now (renamed since, perhaps); a file deleted since has nothing
             // left to upload.
-            let path = self
-                .tree
-                .read()
-                .nodes
-                .get(&handle.ino)
-                .map(|n| n.path.clone());
-            if let Some(path) = path {
+            if let Some(path) = self.path_of(handle.ino) {
                 self.mounted[mount].replica.copy.end_write(&path);
             }
             self.write_backs[mount].touch();

@@ -111,19 +111,7 @@ impl Tree {
         if self.nodes.contains_key(&ino) {
             return ino;
         }
-        let (parent, name) = split(path);
-        let parent = self.dir_at(mount, parent);
-        self.children_mut(parent).insert(name.to_owned(), ino);
-        self.nodes.insert(
-            ino,
-            Node {
-                parent,
-                mount: Some(mount),
-                path: path.to_owned(),
-                kind: NodeKind::Dir(BTreeMap::new()),
-            },
-        );
-        ino
+        self.insert(mount, path, NodeKind::Dir(BTreeMap::new()))
     }
 
     /// Puts `kind` at `path` of `mount` (its directories made if missing), replacing what was

@@ -429,13 +429,7 @@ impl Vfs {
         let Some(mount) = handle.writes else {
             return Ok(());
         };
-        let path = self
-            .tree
-            .read()
-            .nodes
-            .get(&handle.ino)
-            .map(|n| n.path.clone());
-        let Some(path) = path else {
+        let Some(path) = self.path_of(handle.ino) else {
             // Deleted since: nothing to keep.
             return Ok(());
         };
