@@ -309,9 +309,12 @@ spawn() {
     register_cleanup_pid "$BG_PID"
 }
 
-# running PID: PID is a process that has not exited (a zombie has).
+# running PID: PID is a process that has not exited: there, and neither a zombie nor dead (the
+# state a reaped process shows for a moment before it is gone).
 running() {
-    [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+    local state
+    state="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" || true
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
 }
 
 # start_mount PREFIX DELAY LOG: a new mount of ours at $mnt, with an empty cache, of
@@ -353,11 +356,11 @@ unmount_fs() {
 stop_mount() {
     local i
     unmount_fs
-    for ((i = 0; i < 6600; i++)); do
+    for ((i = 0; ; i++)); do
         running "$MOUNT_PID" || break
+        [[ $i -lt 6600 ]] || die "s3-synchronizer mount is still running 660 s after its unmount"
         sleep 0.1
     done
-    running "$MOUNT_PID" && die "s3-synchronizer mount is still running 660 s after its unmount"
     MOUNT_PID=""
     "$TOOL" status --destination "$mnt" --cache-dir "$cache" >"$logs/status.txt" 2>&1 || {
         cat "$logs/status.txt" >&2
