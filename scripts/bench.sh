@@ -32,9 +32,9 @@
 #                    into a local directory on the same disk; the unmount then uploads them,
 #                    timed on a line of its own
 #   mnt-write-large  the same with the files of up-large
-# The default is every set: about 9 minutes on 2 cores (after the build), 1 for the downloads,
-# 3 for the uploads, 5 for the mount sets. The mnt-* sets need root and FUSE (/dev/fuse; fuse3
-# is installed with apt-get when missing): without them they are skipped with a message.
+# The default is every set: about 10 minutes on 2 cores (after the build), 1 for the downloads,
+# 3 for the uploads, 5 to 8 for the mount sets. The mnt-* sets need root and FUSE (/dev/fuse;
+# fuse3 is installed with apt-get when missing): without them they are skipped with a message.
 # Tools, downloading each into a new empty destination, `sync` run before each timed copy:
 #   ours    s3-synchronizer sync (defaults: --concurrency 20, --part-size 8MiB)
 #   rclone  rclone copy --transfers 16 --multi-thread-streams 16, 8 MiB chunks above 8 MiB
