@@ -499,7 +499,7 @@ for s in "${set_list[@]}"; do
                 record "$s" write "$round" "$(elapsed "$t0" "$(<"$work/written")")"
             fi
             # The mount is unmounted (it uploads what is left: in mnt-write-*, all of it, timed).
-            if [[ $kind != down && $t == ours ]]; then
+            if [[ ($kind == mnt || $kind == write) && $t == ours ]]; then
                 t0="$(now)"
                 stop_mount
                 t1="$(now)"
