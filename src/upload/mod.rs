@@ -209,12 +209,20 @@ impl Uploader {
                 Ok(Pushed::Uploaded { bytes: stamp.size })
             }
             Ok(None) => Ok(Pushed::Changed),
-            // Changed (or appeared, or went) between the HEAD and the write.
+            // Changed (or appeared, or went) between the HEAD and the write; or the write was
+            // applied and its answer lost, and its retry found the object it had made.
             Err(UploadError::Store {
                 source: StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. },
                 ..
             }) => {
                 let current = self.head(&up.key).await?;
+                if let Some(c) = &current
+                    && c.size == stamp.size
+                    && self.is_ours(&file, &stamp, &c.etag).await
+                {
+                    self.record(up, c, stamp)?;
+                    return Ok(Pushed::Uploaded { bytes: stamp.size });
+                }
                 self.conflict(up, current).await
             }
             Err(e) => Err(e),
@@ -471,10 +479,17 @@ impl Uploader {
         // Recorded before it is asked for: a crash before its id arrives leaves an upload the
         // server started and nobody would know of.
         record(None).map_err(local_err)?;
+        let asked = std::sync::atomic::AtomicUsize::new(0);
         let id = self
-            .write(&up.key, || self.store.create_multipart(&up.key, &opts))
+            .write(&up.key, || {
+                asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.store.create_multipart(&up.key, &opts)
+            })
             .await
             .map_err(store_err)?;
+        // Asked more than once: a try whose answer was lost may have started an upload whose id
+        // never arrived, which nothing would end.
+        let retried = asked.into_inner() > 1;
         let recorded = record(Some(id.clone()));
         let completed = match recorded {
             Err(source) => Err(local_err(source)),
@@ -502,6 +517,9 @@ impl Uploader {
                 }
             },
         };
+        if ended && retried {
+            self.abort_others(&up.key, &id).await;
+        }
         if ended {
             self.replica.copy.end_upload(&up.path).map_err(local_err)?;
         }
@@ -532,6 +550,27 @@ impl Uploader {
                     key = %upload.key,
                     "could not abort the multipart upload an earlier run left unfinished: {e}"
                 ),
+            }
+        }
+    }
+
+    /// Aborts the open uploads of `key` but `ours`: those a lost answer to a retried
+    /// CreateMultipartUpload started. (One another client starts at that moment would be
+    /// aborted too; its writer sees the failure and starts again: no version is lost.)
+    async fn abort_others(&self, key: &str, ours: &str) {
+        let listed = match retry(key, || self.store.list_multipart(key)).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(key, "could not list the open multipart uploads: {e}");
+                return;
+            }
+        };
+        for u in listed
+            .iter()
+            .filter(|u| u.key == key && u.upload_id != ours)
+        {
+            if let Err(e) = retry(key, || self.store.abort_multipart(key, &u.upload_id)).await {
+                tracing::warn!(key, "could not abort multipart upload {}: {e}", u.upload_id);
             }
         }
     }
