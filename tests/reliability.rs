@@ -3,10 +3,16 @@
 //! responses and cuts bodies short; kill -9 at random points; objects overwritten mid-download;
 //! a small tmpfs that fills up. Each scenario must end with a tree byte-equal to the objects, and
 //! no file may ever be seen at a final path with other bytes than its object's.
+//!
+//! The write side too: a writeable mount's uploads and deletes through the same proxy, which
+//! cuts requests while they are sent, answers 500 and 503 without forwarding them, delays them,
+//! or loses the answer to a request the server applied. Reruns must end with a bucket
+//! byte-equal to the local copy, the deleted files' objects gone, no conflict copy of the
+//! tool's own writes, and no multipart upload left open.
 
 mod common;
 
-use common::faults::{Fault, FaultProxy};
+use common::faults::{Fault, FaultProxy, Op, Rule};
 use common::mount::*;
 use common::proxy::SlowProxy;
 use common::*;
@@ -933,4 +939,293 @@ async fn planted_symlinks_in_a_mount_cache_are_never_written_deleted_or_served_t
     );
     assert!(m.unmount().success(), "{}", m.log());
     assert_planted_links_refused(&outside, &precious, &m.log());
+}
+
+/// The writeable mount of the write scenarios: `data/` of bucket `bkt`, as directory `w`.
+const WRITEABLE: &str = r#"[{"id":"w","bucket":"bkt","prefix":"data/","writeable":true}]"#;
+
+/// 5 MiB parts (S3's smallest): the files of 6-12 MiB upload as multipart uploads of 2-3 parts.
+const WRITE_ARGS: [&str; 4] = ["--part-size", "5MiB", "--concurrency", "4"];
+
+fn writeable_sync(endpoint: &str, dest: &Path) -> std::process::Command {
+    let mut cmd = tool_at(endpoint);
+    cmd.args(["sync", "--default-s3-mounts", WRITEABLE, "--destination"])
+        .arg(dest)
+        .args(WRITE_ARGS);
+    cmd
+}
+
+/// A server whose `data/` holds 12 small objects under `old/` and, under `edit/`, two small
+/// ones and one of 7 MiB.
+async fn write_server() -> S3Server {
+    S3Server::start_seeded(&["bkt"], |data| {
+        let d = data.join("bkt/data");
+        std::fs::create_dir_all(d.join("old")).unwrap();
+        std::fs::create_dir_all(d.join("edit")).unwrap();
+        for i in 0..12u64 {
+            let len = 1 + (i as usize * 7919) % (100 << 10);
+            std::fs::write(d.join(format!("old/s{i:02}")), bytes(len, 100 + i)).unwrap();
+        }
+        std::fs::write(d.join("edit/e0.csv"), bytes(3000, 200)).unwrap();
+        std::fs::write(d.join("edit/e1.csv"), bytes(5000, 201)).unwrap();
+        std::fs::write(d.join("edit/big.bin"), bytes(7 << 20, 202)).unwrap();
+    })
+    .await
+}
+
+/// The local changes of the write scenarios, in the copy `dir` of [`write_server`]: 20 new
+/// small files, 3 new ones of 6, 9 and 12 MiB, the three `edit/` files rewritten (the large one
+/// to 8 MiB), and 6 of the 12 `old/` files deleted. Returns the keys of the deleted files.
+fn change_locally(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir.join("new")).unwrap();
+    for i in 0..20u64 {
+        let len = 1 + (i as usize * 104_729) % (200 << 10);
+        std::fs::write(dir.join(format!("new/n{i:02}")), bytes(len, 300 + i)).unwrap();
+    }
+    for (i, mib) in [6usize, 9, 12].into_iter().enumerate() {
+        let data = bytes((mib << 20) + 1000 * i, 400 + i as u64);
+        std::fs::write(dir.join(format!("new/big{i}.bin")), data).unwrap();
+    }
+    std::fs::write(dir.join("edit/e0.csv"), bytes(3000, 500)).unwrap();
+    std::fs::write(dir.join("edit/e1.csv"), bytes(7000, 501)).unwrap();
+    std::fs::write(dir.join("edit/big.bin"), bytes(8 << 20, 502)).unwrap();
+    (0..12)
+        .step_by(2)
+        .map(|i| {
+            let name = format!("old/s{i:02}");
+            std::fs::remove_file(dir.join(&name)).unwrap();
+            format!("data/{name}")
+        })
+        .collect()
+}
+
+/// Runs the writeable sync of `dest` through `endpoint` until a run exits 0, at most `max`
+/// runs; returns how many it took and every run's log.
+fn sync_until_ok(endpoint: &str, dest: &Path, max: usize) -> (usize, String) {
+    let mut logs = String::new();
+    for runs in 1..=max {
+        let out = run(&mut writeable_sync(endpoint, dest));
+        logs.push_str(&format!("--- run {runs}: {}\n{}", out.status, stderr(&out)));
+        if out.status.success() {
+            return (runs, logs);
+        }
+    }
+    panic!("no run of {max} exited 0:\n{logs}");
+}
+
+/// What a user checks after the writes of `local` (the copy's files) and the deletes of
+/// `deleted` (keys): every object is its file byte for byte and there is no other object, the
+/// deleted files' objects are gone, the copy is as the user left it (no conflict copy beside a
+/// file), no multipart upload is left open, and `status` says everything is saved. `logs` are
+/// the runs' logs, for the messages.
+async fn assert_bucket_is_the_copy(
+    client: &aws_sdk_s3::Client,
+    dest: &Path,
+    local: &BTreeMap<String, Vec<u8>>,
+    deleted: &[String],
+    logs: &str,
+) {
+    let dir = dest.join("w");
+    assert!(tree(&dir) == *local, "the local copy changed");
+    for (path, data) in local {
+        let key = format!("data/{path}");
+        let object = object_bytes(client, "bkt", &key).await;
+        assert!(object.as_ref() == Some(data), "{key} differs from its file");
+    }
+    for key in deleted {
+        assert_eq!(
+            object_bytes(client, "bkt", key).await,
+            None,
+            "{key} is back"
+        );
+    }
+    let keys = object_keys(client, "bkt", "").await;
+    let want: Vec<String> = local.keys().map(|p| format!("data/{p}")).collect();
+    assert_eq!(keys, want, "the bucket holds other objects than the files");
+    let open = client
+        .list_multipart_uploads()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    let open: Vec<_> = open.uploads().iter().map(|u| u.key()).collect();
+    assert!(
+        open.is_empty(),
+        "multipart uploads left open: {open:?}\n{logs}"
+    );
+    let status = run(tool_at("http://127.0.0.1:9")
+        .args(["status", "--destination"])
+        .arg(dest));
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}\n{logs}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+/// Every write a writeable sync makes, the aborts of failed multipart uploads included.
+fn every_write() -> Vec<Op> {
+    let mut ops = Op::WRITES.to_vec();
+    ops.push(Op::Abort);
+    ops
+}
+
+/// The write scenario with one of `faults` in turn given to the first two requests of each kind
+/// of write (so that every kind gets faults, whatever the seed: only 4 files are multipart
+/// uploads) and to `percent`% of the others (each try drawn on its own); rerun until a run
+/// exits 0 (at most 8 runs); then the user's checks.
+async fn writes_are_exact_under(faults: &[Fault], percent: u64) {
+    let s3 = write_server().await;
+    let dest = tempfile::tempdir().unwrap();
+    run_ok(&mut writeable_sync(&s3.endpoint, dest.path()));
+    let deleted = change_locally(&dest.path().join("w"));
+    let local = tree(&dest.path().join("w"));
+    let mut rules: Vec<Rule> = Op::WRITES
+        .iter()
+        .map(|op| Rule::new(&[*op], 100, faults).at_most(2))
+        .collect();
+    rules.push(Rule::new(&every_write(), percent, faults));
+    let proxy = FaultProxy::with_rules(&s3.endpoint, seed(), &rules).await;
+    let (runs, logs) = sync_until_ok(&proxy.endpoint, dest.path(), 8);
+    let by_op: BTreeMap<Op, BTreeMap<Fault, usize>> = every_write()
+        .into_iter()
+        .map(|op| (op, proxy.injected_into(op)))
+        .collect();
+    eprintln!(
+        "{runs} runs; faults injected: {:?}; by request: {by_op:?}",
+        proxy.injected()
+    );
+    assert!(
+        proxy.requests(Op::Part) >= 9 && proxy.requests(Op::Complete) >= 4,
+        "no multipart uploads"
+    );
+    for fault in faults {
+        assert!(
+            proxy.injected().contains_key(fault),
+            "{fault:?} never injected"
+        );
+    }
+    assert!(
+        !logs.contains("conflict:"),
+        "a fault made a conflict:\n{logs}"
+    );
+    assert_bucket_is_the_copy(&s3.client, dest.path(), &local, &deleted, &logs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_exact_when_a_third_of_write_requests_are_cut() {
+    writes_are_exact_under(&[Fault::DropRequest], 33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_exact_when_a_third_of_write_requests_get_500_or_503() {
+    writes_are_exact_under(&[Fault::InternalError, Fault::SlowDown], 33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_exact_when_a_third_of_write_requests_are_delayed() {
+    writes_are_exact_under(&[Fault::Delay], 33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_exact_when_a_third_of_write_answers_are_lost() {
+    writes_are_exact_under(&[Fault::LoseResponse], 33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_exact_when_most_write_requests_get_any_fault() {
+    writes_are_exact_under(&Fault::WRITE, 60).await;
+}
+
+/// The ETags S3 gives an object of `data`: one PUT's (its MD5), and a multipart upload's of
+/// 5 MiB parts (the MD5 of the parts' MD5s, `-` and the number of parts).
+fn md5_forms(data: &[u8]) -> [String; 2] {
+    use md5::{Digest, Md5};
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut of_parts = Md5::new();
+    let chunks = data.chunks(5 << 20);
+    let parts = chunks.len();
+    for chunk in chunks {
+        of_parts.update(Md5::digest(chunk));
+    }
+    [
+        hex(&Md5::digest(data)),
+        format!("{}-{parts}", hex(&of_parts.finalize())),
+    ]
+}
+
+/// Writes whose answers are lost after the server applied them: the first two PUTs (a new file
+/// and an edit), the first two CompleteMultipartUploads (a new file of 9 MiB and an edit to
+/// 8 MiB) and the first DELETE. A retry finds the write already made, and a condition of it
+/// failing (on a server that honours conditions) or the upload gone; the tool must recognise
+/// its own bytes (the object's ETag is the MD5 form of the local file) and record them, not
+/// call them a conflict. On the server at `endpoint` (shaped through `client`).
+async fn lost_answers_are_adopted(endpoint: &str, client: &aws_sdk_s3::Client) {
+    let put = |key: &'static str, data: Vec<u8>| {
+        client
+            .put_object()
+            .bucket("bkt")
+            .key(key)
+            .body(data.into())
+            .send()
+    };
+    put("data/a.csv", b"1,2\n".to_vec()).await.unwrap();
+    put("data/b.bin", bytes(7 << 20, 1)).await.unwrap();
+    put("data/gone.txt", b"to delete".to_vec()).await.unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    run_ok(&mut writeable_sync(endpoint, dest.path()));
+    let dir = dest.path().join("w");
+    std::fs::write(dir.join("a.csv"), b"3,4\n").unwrap();
+    std::fs::write(dir.join("new.txt"), b"new").unwrap();
+    std::fs::write(dir.join("b.bin"), bytes(8 << 20, 2)).unwrap();
+    std::fs::write(dir.join("big.bin"), bytes(9 << 20, 3)).unwrap();
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+    let local = tree(&dir);
+
+    let lost = [Fault::LoseResponse];
+    let rules = [
+        Rule::new(&[Op::Put], 100, &lost).at_most(2),
+        Rule::new(&[Op::Complete], 100, &lost).at_most(2),
+        Rule::new(&[Op::Delete], 100, &lost).at_most(1),
+    ];
+    let proxy = FaultProxy::with_rules(endpoint, seed(), &rules).await;
+    let (runs, logs) = sync_until_ok(&proxy.endpoint, dest.path(), 3);
+    let lost = |op| proxy.injected_into(op).values().sum::<usize>();
+    eprintln!(
+        "{runs} runs; answers lost: {} PUT, {} completion, {} DELETE",
+        lost(Op::Put),
+        lost(Op::Complete),
+        lost(Op::Delete)
+    );
+    assert_eq!(
+        [lost(Op::Put), lost(Op::Complete), lost(Op::Delete)],
+        [2, 2, 1]
+    );
+    assert!(
+        !logs.contains("conflict:"),
+        "a lost answer made a conflict:\n{logs}"
+    );
+    let gone = ["data/gone.txt".to_string()];
+    assert_bucket_is_the_copy(client, dest.path(), &local, &gone, &logs).await;
+    for (path, data) in &local {
+        let key = format!("data/{path}");
+        let head = client.head_object().bucket("bkt").key(&key).send().await;
+        let etag = head.unwrap().e_tag().unwrap().trim_matches('"').to_owned();
+        assert!(md5_forms(data).contains(&etag), "{key}: ETag {etag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_answer_to_an_applied_write_is_adopted_not_a_conflict() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    lost_answers_are_adopted(&s3.endpoint, &s3.client).await;
+}
+
+/// The same against moto, which honours `If-None-Match` and `If-Match` on writes as S3 does:
+/// the retry of an applied conditional write fails its condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_answer_to_an_applied_conditional_write_is_adopted_not_a_conflict() {
+    let moto = Moto::start(&["bkt"]).await;
+    lost_answers_are_adopted(&moto.endpoint, &moto.client).await;
 }

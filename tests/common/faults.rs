@@ -1,12 +1,20 @@
-//! An HTTP proxy on loopback between the tool and a test server that injects faults into a
-//! seeded share of object GETs: connections dropped mid-body, 500 and 503 SlowDown answers,
-//! delays, and bodies cut short under a correct-looking status and length. Or one that denies
-//! every request, as S3 does to credentials without the permission.
+//! An HTTP proxy on loopback between the tool and a test server that injects faults: into a
+//! seeded share of object GETs (connections dropped mid-body, 500 and 503 SlowDown answers,
+//! delays, bodies cut short under a correct-looking status and length), and into the writes a
+//! writeable mount makes (PUT, UploadPart, CreateMultipartUpload, CompleteMultipartUpload,
+//! DELETE, abort): the request cut while its body is sent, 500 and 503 answered without
+//! forwarding it, a delay, and the response lost after the server applied the request. Or one
+//! that denies every request, as S3 does to credentials without the permission.
+//!
+//! Which requests get a fault is seeded. [`FaultProxy::start`] draws from one stream in the
+//! order GETs arrive; [`FaultProxy::with_rules`] draws from the request itself (its kind, key,
+//! part number, and how many times the same request came before), so that concurrent requests
+//! get the same faults whatever order they arrive in, and a retry draws again.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,70 +22,227 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {
-    /// The response starts, and the connection drops halfway through the body.
+    /// The response starts, and the connection drops halfway through the body (GETs only).
     DropMidBody,
-    /// 500 InternalError.
+    /// 500 InternalError, without forwarding the request (a body is read first, as S3 does).
     InternalError,
-    /// 503 SlowDown.
+    /// 503 SlowDown, without forwarding the request.
     SlowDown,
-    /// The response comes after a delay.
+    /// The request is forwarded after a delay.
     Delay,
-    /// Half the body, with a status and a Content-Length that look complete.
+    /// Half the body, with a status and a Content-Length that look complete (GETs only).
     Truncate,
+    /// The connection drops while the request is sent: after half its body, or before any
+    /// answer to one without a body. The server never sees it.
+    DropRequest,
+    /// The server gets the request and applies it, and the connection drops before the client
+    /// sees the answer: it happened, and the client cannot know.
+    LoseResponse,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    /// The faults of an object GET's response.
+    pub const GET: [Fault; 5] = [
         Fault::DropMidBody,
         Fault::InternalError,
         Fault::SlowDown,
         Fault::Delay,
         Fault::Truncate,
     ];
+    /// The same as [`Fault::GET`], under the name the read-side tests use.
+    pub const ALL: [Fault; 5] = Fault::GET;
+    /// The faults of a write (a request with a body, or one that changes the bucket).
+    pub const WRITE: [Fault; 5] = [
+        Fault::DropRequest,
+        Fault::InternalError,
+        Fault::SlowDown,
+        Fault::Delay,
+        Fault::LoseResponse,
+    ];
+}
+
+/// The kinds of request a rule can fault (path-style addressing: `/bucket/key?query`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// GetObject (a GET of a key, not of a listing).
+    Get,
+    /// PutObject (a PUT of a key without `partNumber`, not a copy).
+    Put,
+    /// UploadPart (a PUT with `partNumber` and `uploadId`).
+    Part,
+    /// CreateMultipartUpload (a POST with `uploads`).
+    Create,
+    /// CompleteMultipartUpload (a POST with `uploadId`).
+    Complete,
+    /// DeleteObject (a DELETE of a key without `uploadId`).
+    Delete,
+    /// AbortMultipartUpload (a DELETE with `uploadId`).
+    Abort,
+}
+
+impl Op {
+    /// Every write a writeable mount makes but the abort that cleans up after a failed one.
+    pub const WRITES: [Op; 5] = [Op::Put, Op::Part, Op::Create, Op::Complete, Op::Delete];
+
+    /// The kind of `req`, `None` for anything else (listings, HEADs, copies, bucket requests).
+    fn of<B>(req: &Request<B>) -> Option<Op> {
+        let path = req.uri().path().trim_start_matches('/');
+        let (_, key) = path.split_once('/')?;
+        if key.is_empty() {
+            return None;
+        }
+        let query: Vec<&str> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+            .collect();
+        let has = |name: &str| query.contains(&name);
+        let copy = req.headers().contains_key("x-amz-copy-source");
+        match *req.method() {
+            Method::GET => Some(Op::Get),
+            Method::PUT if copy => None,
+            Method::PUT if has("partNumber") && has("uploadId") => Some(Op::Part),
+            Method::PUT => Some(Op::Put),
+            Method::POST if has("uploads") => Some(Op::Create),
+            Method::POST if has("uploadId") => Some(Op::Complete),
+            Method::DELETE if has("uploadId") => Some(Op::Abort),
+            Method::DELETE => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Which requests get faults: `percent`% of the requests of the kinds `ops` (each try of a
+/// request drawn on its own), with the kinds `faults` taking turns, at most `max` in all.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub ops: Vec<Op>,
+    pub percent: u64,
+    pub faults: Vec<Fault>,
+    pub max: Option<usize>,
+}
+
+impl Rule {
+    /// `percent`% of the requests of kinds `ops` get one of `faults`, without a limit.
+    pub fn new(ops: &[Op], percent: u64, faults: &[Fault]) -> Self {
+        Self {
+            ops: ops.to_vec(),
+            percent,
+            faults: faults.to_vec(),
+            max: None,
+        }
+    }
+
+    /// No more than `max` faults from this rule.
+    pub fn at_most(mut self, max: usize) -> Self {
+        self.max = Some(max);
+        self
+    }
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+/// Where the proxy draws whether a request gets a fault.
+enum Draws {
+    /// One xorshift stream, one number per object GET in arrival order.
+    Stream(Mutex<u64>),
+    /// A hash of the seed, the rule, the request and how many times it came before.
+    ByRequest {
+        seed: u64,
+        /// Guards: how many times each request (kind, path, part number) has been seen.
+        seen: Mutex<HashMap<String, u64>>,
+    },
+}
+
 struct State {
     upstream: String,
     client: Client<HttpConnector, Incoming>,
-    faults: Vec<Fault>,
-    percent: u64,
-    rng: Mutex<u64>,
-    injected: Mutex<BTreeMap<Fault, usize>>,
+    rules: Vec<Rule>,
+    draws: Draws,
+    /// Guards: per rule, how many faults it has injected (whose turn is next).
+    turns: Mutex<Vec<usize>>,
+    injected: Mutex<BTreeMap<(Op, Fault), usize>>,
+    requests: Mutex<BTreeMap<Op, usize>>,
     /// Every request is answered 403 AccessDenied.
     deny: bool,
 }
 
 impl State {
-    /// The fault for the next object GET, if it gets one (which GETs: xorshift from the seed).
-    fn draw(&self) -> Option<Fault> {
-        let r = {
-            let mut x = self.rng.lock();
-            *x ^= *x << 13;
-            *x ^= *x >> 7;
-            *x ^= *x << 17;
-            *x
+    /// The fault for the request `req` of kind `op`, if it gets one.
+    fn draw<B>(&self, op: Op, req: &Request<B>) -> Option<Fault> {
+        *self.requests.lock().entry(op).or_default() += 1;
+        let r = match &self.draws {
+            Draws::Stream(x) => {
+                if op != Op::Get {
+                    return None;
+                }
+                let mut x = x.lock();
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                *x
+            }
+            Draws::ByRequest { seed, seen } => {
+                let part = req
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .find(|p| p.starts_with("partNumber="))
+                    .unwrap_or_default();
+                let id = format!("{op:?} {} {part}", req.uri().path());
+                let mut seen = seen.lock();
+                let n = seen.entry(id.clone()).or_default();
+                *n += 1;
+                mix(*seed, &format!("{id} {n}"))
+            }
         };
-        if self.faults.is_empty() || r % 100 >= self.percent {
-            return None;
+        let mut turns = self.turns.lock();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.ops.contains(&op) || rule.faults.is_empty() {
+                continue;
+            }
+            // Each rule of a request's draws has a number of its own; a stream has one rule.
+            let r = match self.draws {
+                Draws::Stream(_) => r,
+                Draws::ByRequest { .. } => mix(r, &i.to_string()),
+            };
+            if r % 100 >= rule.percent || rule.max.is_some_and(|max| turns[i] >= max) {
+                continue;
+            }
+            // The kinds take turns, so that every kind comes up in a short run.
+            let fault = rule.faults[turns[i] % rule.faults.len()];
+            turns[i] += 1;
+            *self.injected.lock().entry((op, fault)).or_default() += 1;
+            return Some(fault);
         }
-        // The kinds take turns, so that every kind comes up in a short run.
-        let mut injected = self.injected.lock();
-        let n: usize = injected.values().sum();
-        let fault = self.faults[n % self.faults.len()];
-        *injected.entry(fault).or_default() += 1;
-        Some(fault)
+        None
     }
+}
+
+/// A 64-bit hash of `seed` and `text` (FNV-1a, then splitmix64's finalizer), the same in every
+/// run and on every platform.
+fn mix(seed: u64, text: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 pub struct FaultProxy {
@@ -91,25 +256,50 @@ impl FaultProxy {
     /// Proxies to `upstream` (`http://host:port`), giving `percent`% of object GETs one of
     /// `faults`, drawn from a generator seeded with `seed`.
     pub async fn start(upstream: &str, seed: u64, percent: u64, faults: &[Fault]) -> Self {
-        Self::serve(upstream, seed, percent, faults, false).await
+        let rules = vec![Rule::new(&[Op::Get], percent, faults)];
+        let stream = Draws::Stream(Mutex::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1));
+        Self::serve(upstream, rules, stream, false).await
+    }
+
+    /// Proxies to `upstream`, giving each request the fault of the first of `rules` that draws
+    /// one for it (seeded with `seed`; see the module's note on draws).
+    ///
+    /// Panics if a rule gives a write a fault of a GET's response body.
+    pub async fn with_rules(upstream: &str, seed: u64, rules: &[Rule]) -> Self {
+        for rule in rules {
+            let body_faults = rule
+                .faults
+                .iter()
+                .any(|f| matches!(f, Fault::DropMidBody | Fault::Truncate));
+            assert!(
+                !body_faults || rule.ops.iter().all(|op| *op == Op::Get),
+                "{rule:?}: a write's answer has no body to cut"
+            );
+        }
+        let draws = Draws::ByRequest {
+            seed,
+            seen: Mutex::default(),
+        };
+        Self::serve(upstream, rules.to_vec(), draws, false).await
     }
 
     /// Answers every request as S3 answers credentials that lack the permission: 403 with the
     /// code `AccessDenied` (a HEAD, whose answer has no body, without it).
     pub async fn denying(upstream: &str) -> Self {
-        Self::serve(upstream, 1, 0, &[], true).await
+        Self::serve(upstream, Vec::new(), Draws::Stream(Mutex::new(1)), true).await
     }
 
-    async fn serve(upstream: &str, seed: u64, percent: u64, faults: &[Fault], deny: bool) -> Self {
+    async fn serve(upstream: &str, rules: Vec<Rule>, draws: Draws, deny: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
-            faults: faults.to_vec(),
-            percent,
-            rng: Mutex::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            turns: Mutex::new(vec![0; rules.len()]),
+            rules,
+            draws,
             injected: Mutex::default(),
+            requests: Mutex::default(),
             deny,
         });
         let shared = state.clone();
@@ -133,9 +323,28 @@ impl FaultProxy {
         }
     }
 
-    /// How many faults of each kind have been injected so far.
+    /// How many faults of each kind have been injected so far, into requests of every kind.
     pub fn injected(&self) -> BTreeMap<Fault, usize> {
-        self.state.injected.lock().clone()
+        let mut sum = BTreeMap::new();
+        for ((_, fault), n) in self.state.injected.lock().iter() {
+            *sum.entry(*fault).or_default() += n;
+        }
+        sum
+    }
+
+    /// How many faults of each kind have been injected so far into requests of kind `op`.
+    pub fn injected_into(&self, op: Op) -> BTreeMap<Fault, usize> {
+        let injected = self.state.injected.lock();
+        injected
+            .iter()
+            .filter(|((o, _), _)| *o == op)
+            .map(|((_, fault), n)| (*fault, *n))
+            .collect()
+    }
+
+    /// How many requests of kind `op` the proxy has seen, faulted or not.
+    pub fn requests(&self, op: Op) -> usize {
+        self.state.requests.lock().get(&op).copied().unwrap_or(0)
     }
 }
 
@@ -143,17 +352,6 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.accept.abort();
     }
-}
-
-/// A GET of an object (`/bucket/key`, path style), not of a listing.
-fn is_object_get(req: &Request<Incoming>) -> bool {
-    req.method() == Method::GET
-        && req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split_once('/')
-            .is_some_and(|(_, key)| !key.is_empty())
 }
 
 fn s3_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
@@ -166,7 +364,27 @@ fn s3_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     response
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// The connection drops: hyper closes it without an answer when the service fails.
+fn dropped() -> std::io::Error {
+    std::io::Error::other("connection dropped by the fault proxy")
+}
+
+/// Reads and discards `body` (at least `limit` bytes of it, or all of it), as a server reads a
+/// request it then refuses.
+async fn read_body(mut body: Incoming, limit: u64) {
+    let mut read = 0u64;
+    while read < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => return,
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
     if state.deny {
         let mut denied = s3_error(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied");
         if req.method() == Method::HEAD {
@@ -174,25 +392,27 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         }
         return Ok(denied);
     }
-    let fault = if is_object_get(&req) {
-        state.draw()
-    } else {
-        None
-    };
+    let fault = Op::of(&req).and_then(|op| state.draw(op, &req));
     match fault {
-        Some(Fault::InternalError) => {
-            return Ok(s3_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "We encountered an internal error. Please try again.",
-            ));
+        Some(fault @ (Fault::InternalError | Fault::SlowDown)) => {
+            read_body(req.into_body(), u64::MAX).await;
+            return Ok(match fault {
+                Fault::InternalError => s3_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "We encountered an internal error. Please try again.",
+                ),
+                _ => s3_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                ),
+            });
         }
-        Some(Fault::SlowDown) => {
-            return Ok(s3_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SlowDown",
-                "Please reduce your request rate.",
-            ));
+        Some(Fault::DropRequest) => {
+            let half = req.body().size_hint().lower() / 2;
+            read_body(req.into_body(), half.max(1)).await;
+            return Err(dropped());
         }
         Some(Fault::Delay) => tokio::time::sleep(Duration::from_millis(300)).await,
         _ => {}
@@ -211,6 +431,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         }
     };
     let (mut parts, body) = response.into_parts();
+    if fault == Some(Fault::LoseResponse) {
+        // The whole answer first: the server has done all it does for the request.
+        let _ = body.collect().await;
+        return Err(dropped());
+    }
     let cut = matches!(fault, Some(Fault::DropMidBody | Fault::Truncate));
     if !cut || !parts.status.is_success() {
         return Ok(Response::from_parts(
@@ -236,12 +461,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Full::new(half).map_err(|e| match e {}).boxed()
     } else {
         // The declared length stays; the body stops halfway and the connection is closed.
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-            Ok(Frame::data(half)),
-            Err(std::io::Error::other(
-                "connection dropped by the fault proxy",
-            )),
-        ];
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Ok(Frame::data(half)), Err(dropped())];
         BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
     };
     Ok(Response::from_parts(parts, body))
