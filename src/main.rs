@@ -17,7 +17,14 @@ fn init_tracing(debug: bool) {
         .unwrap_or_else(|_| EnvFilter::new(default))
         // fuser's session, once `fusermount -u` has unmounted it, unmounts again as it ends and
         // warns that it could not: its only warning, and always a false alarm.
-        .add_directive("fuser::session=error".parse().expect("a valid directive"));
+        .add_directive("fuser::session=error".parse().expect("a valid directive"))
+        // The SDK logs an error when a transient failure came before any connection was made
+        // (nothing to close); the retry that follows is ours to report.
+        .add_directive(
+            "aws_smithy_runtime::client::http::connection_poisoning=off"
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter::stderr())
