@@ -201,18 +201,20 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
     })
 }
 
-/// `status`: one look, or with `wait` looks every second until every change is uploaded (or no
-/// `sync` is left to upload them).
+/// `status`: one look, or with `wait` looks again until every change is uploaded (or no `sync`
+/// or `mount` is left to upload them): every quarter second, or twice as long as a look takes
+/// (each walks the writeable mounts' directories), whichever is longer.
 pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
     let mut stdout = std::io::stdout();
     loop {
         let mut report = Vec::new();
+        let started = std::time::Instant::now();
         let saved = look(root, &mut report)?;
         if !wait || saved != Saved::Pending {
             use std::io::Write;
             let _ = stdout.write_all(&report);
             return Ok(saved);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep((2 * started.elapsed()).max(Duration::from_millis(250)));
     }
 }

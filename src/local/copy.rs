@@ -361,6 +361,24 @@ impl MountCopy {
         if let Some(seen) = replaces {
             Self::note_replaced(&mut manifest, to, seen, false)?;
         }
+        // The files moved away no longer claim their old paths: a download of those versions
+        // planned before does not put them back there.
+        let below = format!("{from}/");
+        let moved: Vec<(String, Entry)> = manifest
+            .entries()
+            .iter()
+            .filter(|(p, e)| e.claims_file() && (*p == from || p.starts_with(&below)))
+            .map(|(p, e)| {
+                let entry = Entry {
+                    replaced: true,
+                    ..e.clone()
+                };
+                (p.clone(), entry)
+            })
+            .collect();
+        for (path, entry) in moved {
+            manifest.put(&path, entry)?;
+        }
         drop(manifest);
         let mut marks = self.marks.lock();
         let writing = &mut marks.writing;
@@ -513,6 +531,30 @@ mod tests {
         assert!(!copy.holds("a/f.txt", &m));
         assert!(copy.cached_listing().is_empty());
         assert!(!tmp.path().join("m/a").exists());
+    }
+
+    #[test]
+    fn a_late_download_does_not_bring_back_a_file_moved_or_deleted_in_a_writeable_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let copy = MountCopy::open(&root, "m", true).unwrap();
+        let (a, b) = (meta("p/d/a", 1, "ea"), meta("p/b", 1, "eb"));
+        copy.commit(staged(&root, b"a"), "d/a", &a).unwrap();
+        copy.commit(staged(&root, b"b"), "b", &b).unwrap();
+        copy.rename("d", "moved", false, None).unwrap();
+        copy.unlink("b", false, None).unwrap();
+        // Downloads of those versions, planned before, end now.
+        let late = copy.commit(staged(&root, b"a"), "d/a", &a);
+        assert!(matches!(late, Err(LocalError::Kept(_))), "{late:?}");
+        let late = copy.commit(staged(&root, b"b"), "b", &b);
+        assert!(matches!(late, Err(LocalError::Kept(_))), "{late:?}");
+        assert!(!tmp.path().join("m/d/a").exists());
+        assert!(!tmp.path().join("m/b").exists());
+        assert_eq!(std::fs::read(tmp.path().join("m/moved/a")).unwrap(), b"a");
+        // A newer version is not what the user moved or deleted: it is downloaded.
+        copy.commit(staged(&root, b"B"), "b", &meta("p/b", 1, "eb2"))
+            .unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("m/b")).unwrap(), b"B");
     }
 
     #[test]

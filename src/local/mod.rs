@@ -51,7 +51,11 @@ pub enum LocalError {
     NotADirectory(PathBuf),
     #[error("refusing to read {}: it is a symbolic link or not a regular file", .0.display())]
     NotAFile(PathBuf),
-    #[error("kept {}: it changed here since it was downloaded, and is uploaded instead", .0.display())]
+    #[error(
+        "kept {} as it is: it was changed, deleted or opened for writing here since its download \
+         was planned",
+        .0.display()
+    )]
     Kept(PathBuf),
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),

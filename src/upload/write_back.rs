@@ -1,8 +1,9 @@
 //! The write-back of mount mode. The file system says when a mount's local copy changed (a
-//! written file closed, a file created, renamed or deleted); once the mount has been quiet for
-//! the upload delay, its changes are uploaded, and a change meanwhile restarts the delay. The
-//! queue knows nothing of files: the engine's walk finds what changed, and what it leaves
-//! (written too recently, or open for writing) is tried again after another delay. The dirty
+//! written file closed, a file created, renamed or deleted); the upload delay later, the
+//! changes quiet that long are uploaded, and so on while changes keep coming: a file written
+//! again meanwhile waits for its own delay anew. The queue knows nothing of files: the
+//! engine's walk finds what changed, and what it leaves (written too recently, or open for
+//! writing) is tried again after another delay. The dirty
 //! state lives in the local copy itself (the files and the manifest), so a restart finds it.
 
 use crate::engine::{Engine, Replica};
@@ -16,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the write-back waits at most between tries while uploads fail (the store down).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The shortest pause between two rounds (each walks the mount's directory).
+const MIN_PAUSE: Duration = Duration::from_millis(200);
 
 /// One mount's write-back queue.
 #[derive(Default)]
@@ -32,7 +36,9 @@ impl WriteBack {
         self.changed.notify_one();
     }
 
-    /// Uploads the mount's changes whenever they have been quiet for `delay`, until `cancel`.
+    /// Uploads the mount's changes until `cancel`: a round `delay` after the first change,
+    /// and one every `delay` while changes keep coming (each uploads the files quiet for
+    /// `delay` by then, so a long copy into the mount uploads as it goes), or while some wait.
     pub async fn run(
         &self,
         engine: Arc<Engine>,
@@ -42,21 +48,21 @@ impl WriteBack {
         cancel: CancellationToken,
     ) {
         let mount = &replica.mount.id;
-        let mut backoff = delay.max(Duration::from_secs(1));
+        let pause = delay.max(MIN_PAUSE);
+        let mut backoff = pause;
         loop {
             tokio::select! {
                 () = self.changed.notified() => {}
                 () = cancel.cancelled() => return,
             }
+            let mut wait = pause;
             loop {
-                let quiet_at = self.last.lock().map_or_else(Instant::now, |at| at + delay);
-                if Instant::now() < quiet_at {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(quiet_at) => continue,
-                        () = cancel.cancelled() => return,
-                    }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.cancelled() => return,
                 }
-                let again = match engine.write_back(&replica, store.clone()).await {
+                let started = Instant::now();
+                let (settling, failed) = match engine.write_back(&replica, store.clone()).await {
                     Ok(stats) => {
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {
                             tracing::info!(
@@ -68,24 +74,26 @@ impl WriteBack {
                                 "write-back"
                             );
                         }
-                        if stats.failed > 0 {
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            Some(backoff)
-                        } else {
-                            backoff = delay.max(Duration::from_secs(1));
-                            (stats.settling > 0).then_some(delay.max(Duration::from_secs(1)))
-                        }
+                        (stats.settling > 0, stats.failed > 0)
                     }
                     Err(e) => {
                         tracing::error!("{e}");
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        Some(backoff)
+                        (false, true)
                     }
                 };
-                let Some(wait) = again else { break };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = cancel.cancelled() => return,
+                let changed_since = self.last.lock().is_some_and(|at| at >= started);
+                wait = match failed {
+                    true => {
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff
+                    }
+                    false => {
+                        backoff = pause;
+                        pause
+                    }
+                };
+                if !failed && !settling && !changed_since {
+                    break;
                 }
             }
         }

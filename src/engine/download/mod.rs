@@ -199,6 +199,11 @@ async fn download(
             }
             // Deleted between the listing and the GET: nothing to copy, nothing failed.
             Err(PartError::Store(StoreError::NoSuchKey { .. })) => return Ok(Outcome::Gone),
+            // A writeable mount's file changed here meanwhile: the change wins, and is uploaded.
+            Err(PartError::Local(e @ LocalError::Kept(_))) => {
+                tracing::debug!(key = %meta.key, "{e}");
+                return Ok(Outcome::Gone);
+            }
             Err(e) => return Err(fail(e, &meta.key)),
         }
     }
