@@ -688,7 +688,7 @@ impl Engine {
                 let now = SystemTime::now();
                 let mut settling = 0;
                 let writes = plan::local_writes(&prefix, entries, &scanned.found, |_| true);
-                let uploads: Vec<_> = writes
+                let mut uploads: Vec<_> = writes
                     .upload
                     .into_iter()
                     .filter(|up| {
@@ -702,6 +702,13 @@ impl Engine {
                         ready
                     })
                     .collect();
+                // An empty directory among changes still settling is likely being filled (a
+                // `git init`, a copy): its folder marker waits until the rest is quiet.
+                if settling > 0 {
+                    let before = uploads.len();
+                    uploads.retain(|up| up.stamp.is_some());
+                    settling += before - uploads.len();
+                }
                 let deletes = writes
                     .remote_delete
                     .into_iter()

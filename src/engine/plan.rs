@@ -230,15 +230,21 @@ pub fn local_changes(
     out
 }
 
-/// The files the manifest lists that a walk did not find: deleted locally.
+/// The files the manifest lists that a walk did not find: deleted locally; and the folder
+/// markers of directories deleted, or of those the tool made markers for that now hold
+/// something ([`Entry::marker_made`]).
 pub fn local_deletions<'a>(
     manifest: &'a BTreeMap<String, Entry>,
     scan: &'a BTreeMap<String, Found>,
 ) -> impl Iterator<Item = (&'a String, &'a Entry)> {
-    manifest.iter().filter(|(path, e)| match e.dir {
-        true => !scan.contains_key(*path),
-        false => !matches!(scan.get(*path), Some(Found::File(_))),
-    })
+    manifest
+        .iter()
+        .filter(|(path, e)| match (e.dir, scan.get(*path)) {
+            (true, None) => true,
+            (true, Some(Found::Dir { empty })) => e.marker_made && !empty,
+            (true, Some(Found::File(_))) => false,
+            (false, found) => !matches!(found, Some(Found::File(_))),
+        })
 }
 
 /// Whether the manifest lists files and the walk found none: the local copy is gone as a whole
@@ -411,6 +417,7 @@ mod tests {
             dir: false,
             local: None,
             replaced: false,
+            marker_made: false,
         }
     }
 
@@ -419,6 +426,33 @@ mod tests {
             .iter()
             .map(|f| (f.path.as_str(), f.update))
             .collect()
+    }
+
+    #[test]
+    fn a_folder_marker_the_tool_made_goes_once_its_directory_holds_something() {
+        let folder = |made| Entry {
+            dir: true,
+            marker_made: made,
+            ..entry("p/d/", "m", 0)
+        };
+        let scan = |empty| BTreeMap::from([("d".to_string(), Found::Dir { empty })]);
+        let deleted = |e: Entry, empty| {
+            let manifest = BTreeMap::from([("d".to_string(), e)]);
+            local_deletions(&manifest, &scan(empty)).count()
+        };
+        assert_eq!(
+            deleted(folder(true), false),
+            1,
+            "made here, now holding files"
+        );
+        assert_eq!(deleted(folder(true), true), 0, "made here, still empty");
+        assert_eq!(
+            deleted(folder(false), false),
+            0,
+            "someone else's marker stays"
+        );
+        let manifest = BTreeMap::from([("d".to_string(), folder(false))]);
+        assert_eq!(local_deletions(&manifest, &BTreeMap::new()).count(), 1);
     }
 
     #[test]

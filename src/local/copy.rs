@@ -199,7 +199,10 @@ impl MountCopy {
     ) -> Result<(), LocalError> {
         let entry = match stamp {
             Some(stamp) => Entry::file(meta).stamped(stamp),
-            None => Entry::folder(meta),
+            None => Entry {
+                marker_made: true,
+                ..Entry::folder(meta)
+            },
         };
         Ok(self.manifest.lock().put(path, entry)?)
     }

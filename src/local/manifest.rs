@@ -36,6 +36,11 @@ pub struct Entry {
     /// download of it does not bring it back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replaced: bool,
+    /// A folder marker this tool uploaded to keep an empty local directory: deleted once the
+    /// directory holds something (it is not needed then, and servers that keep directories, as
+    /// `rclone serve s3` does, store it as an empty file that refuses objects below it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub marker_made: bool,
 }
 
 /// What a local file looked like when the tool last wrote or uploaded it. A write, a truncate,
@@ -81,6 +86,7 @@ impl Entry {
             dir: false,
             local: None,
             replaced: false,
+            marker_made: false,
         }
     }
 
@@ -446,6 +452,7 @@ mod tests {
             dir: false,
             local: None,
             replaced: false,
+            marker_made: false,
         }
     }
 
