@@ -99,6 +99,18 @@ enum Target {
     Local(usize, String),
 }
 
+/// The attributes of local file `ino` whose metadata is `m`.
+fn file_attr(ino: u64, m: &std::fs::Metadata) -> Result<Attr, FsError> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(Attr {
+        ino,
+        kind: Kind::File,
+        size: m.len(),
+        mtime: m.modified()?,
+        perm: (m.permissions().mode() & 0o7777) as u16,
+    })
+}
+
 /// The changes of a writeable mount's local copy not uploaded yet (left by an earlier run), as
 /// the tree marks them: the refreshes serve them until the listings show them uploaded.
 fn changes_left(replica: &Replica) -> Vec<(String, Override)> {
@@ -391,15 +403,8 @@ impl Vfs {
 
     /// The attributes of local file `path` of mount `mount`: its own size, time and mode.
     fn local_attr(&self, ino: u64, mount: usize, path: &str) -> Result<Attr, FsError> {
-        use std::os::unix::fs::PermissionsExt;
         let m = self.mounted[mount].replica.copy.stat(path)?;
-        Ok(Attr {
-            ino,
-            kind: Kind::File,
-            size: m.len(),
-            mtime: m.modified()?,
-            perm: (m.permissions().mode() & 0o7777) as u16,
-        })
+        file_attr(ino, &m)
     }
 
     /// The attributes of `ino` as the tree has it (a local file's read from the disk, outside

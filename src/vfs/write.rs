@@ -108,10 +108,12 @@ impl Vfs {
             tree.insert(place.mount, &place.path, NodeKind::Local)
         };
         self.known.insert(ino);
+        // The new file's attributes as it was opened: no second walk to it.
+        let attr = super::file_attr(ino, &metadata)?;
         let content = Content::Cached(file, metadata);
         let opened = self.opened(ino, place.mount, &place.path, content, Some(Access::Write))?;
         self.write_backs[place.mount].touch();
-        Ok((self.local_attr(ino, place.mount, &place.path)?, opened))
+        Ok((attr, opened))
     }
 
     /// Makes file `ino` a local file of its writeable mount, marked open for writing (the
