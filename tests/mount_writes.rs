@@ -1335,3 +1335,53 @@ print(len(pd.read_csv(f"{d}/out/table.csv")))
     }
     unmount_ok(&mut m);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_wait_has_the_mount_upload_at_once_and_returns_once_saved() {
+    let s3 = server().await;
+    let root = tempfile::tempdir().unwrap();
+    // A write-back ten minutes away: what reaches the bucket sooner, status --wait asked for.
+    let args = [
+        "--part-size",
+        "64KiB",
+        "--upload-delay",
+        "600",
+        "--download-interval",
+        "1",
+    ];
+    let mut m = Mounted::start(&s3, root.path(), MOUNTS, &args);
+    let study = m.dest.join("study");
+    let data = bytes(300_000, 12);
+    must(
+        "write study/saved.bin",
+        std::fs::write(study.join("saved.bin"), &data),
+    );
+    let status = |wait: bool| {
+        let mut cmd = s3.tool();
+        cmd.arg("status")
+            .arg("--destination")
+            .arg(&m.dest)
+            .arg("--cache-dir")
+            .arg(root.path().join("cache"));
+        if wait {
+            cmd.arg("--wait");
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd.output().unwrap()
+    };
+    let before = status(false);
+    assert_eq!(before.status.code(), Some(1), "{before:?}");
+    let said = String::from_utf8_lossy(&before.stdout);
+    assert!(said.contains("not uploaded: saved.bin"), "{said}");
+    assert!(said.contains("a mount is running at"), "{said}");
+
+    let waited = status(true);
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "{waited:?}\n{}",
+        m.log_tail(20)
+    );
+    assert!(object(&s3.client, "study/saved.bin").unwrap() == data);
+    unmount_ok(&mut m);
+}

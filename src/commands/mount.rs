@@ -239,6 +239,25 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             vfs.write_back(mount).touch();
         }
     }
+    // `status --wait` asks for every closed file to be uploaded now.
+    {
+        let vfs = vfs.clone();
+        let _in = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(mut flush) => {
+                runtime.spawn(async move {
+                    while flush.recv().await.is_some() {
+                        for (mount, m) in vfs.mounted().iter().enumerate() {
+                            if m.replica.mount.writeable {
+                                vfs.write_back(mount).flush_now();
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGUSR1 (status --wait's flush): {e}"),
+        }
+    }
     let served = listings.iter().map(|l| l.served.clone()).collect();
     // What `status` reads, in the cache directory: the local copy's root.
     let recorded = Recorded::starting(&sync.mounts, Some(sync.destination.clone()));

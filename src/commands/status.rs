@@ -21,6 +21,9 @@ pub struct Recorded {
     /// For a `mount`: where it serves the mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_point: Option<PathBuf>,
+    /// For a `mount`: its process, which `status --wait` asks to upload at once (SIGUSR1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl Recorded {
@@ -32,9 +35,11 @@ impl Recorded {
             last_pass: None,
             conflicts: 0,
         });
+        let pid = mount_point.as_ref().map(|_| std::process::id());
         Self {
             mounts: mounts.collect(),
             mount_point,
+            pid,
         }
     }
 
@@ -201,11 +206,32 @@ pub fn look(root: &Path, out: &mut impl std::io::Write) -> Result<Saved, StatusE
     })
 }
 
+/// Asks the `mount` whose local copy is `root` to upload every closed file now (SIGUSR1; a
+/// `sync` uploads at its next pass).
+fn ask_to_flush(root: &Path) {
+    let recorded: Option<Recorded> = std::fs::read(status_file(root))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(pid) = recorded.and_then(|r| r.pid) else {
+        return;
+    };
+    // Only the process that holds the copy: a pid left by a stopped mount may be reused.
+    if Root::in_use(root)
+        && let Ok(pid) = libc::pid_t::try_from(pid)
+    {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGUSR1);
+        }
+    }
+}
+
 /// `status`: one look, or with `wait` looks again until every change is uploaded (or no `sync`
 /// or `mount` is left to upload them): every quarter second, or twice as long as a look takes
 /// (each walks the writeable mounts' directories), whichever is longer.
 pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
     let mut stdout = std::io::stdout();
+    let mut asked = false;
     loop {
         let mut report = Vec::new();
         let started = std::time::Instant::now();
@@ -214,6 +240,10 @@ pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
             use std::io::Write;
             let _ = stdout.write_all(&report);
             return Ok(saved);
+        }
+        if !asked {
+            asked = true;
+            ask_to_flush(root);
         }
         std::thread::sleep((2 * started.elapsed()).max(Duration::from_millis(250)));
     }

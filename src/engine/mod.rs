@@ -582,19 +582,21 @@ impl Engine {
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
     ) -> Result<PassStats, EngineError> {
-        let (stats, _) = self.push_local(replica, &store, false).await?;
+        let (stats, _) = self.push_local(replica, &store, Take::All).await?;
         Ok(stats)
     }
 
-    /// The write-back of mount mode: uploads the local changes that have been quiet for the
-    /// upload delay and are not open for writing (counted as `settling` otherwise), without a
-    /// listing, and downloads the remote versions a conflict keeps.
+    /// The write-back of mount mode: uploads the local changes that are not open for writing
+    /// and (unless `now`: a flush asked for) have been quiet for the upload delay, counting the
+    /// others as `settling`, without a listing; downloads the remote versions a conflict keeps.
     pub async fn write_back(
         &self,
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
+        now: bool,
     ) -> Result<PassStats, EngineError> {
-        let (mut stats, refetch) = self.push_local(replica, &store, true).await?;
+        let take = if now { Take::Closed } else { Take::Settled };
+        let (mut stats, refetch) = self.push_local(replica, &store, take).await?;
         self.fetch_all(replica, &store, refetch, &mut stats).await;
         Ok(stats)
     }
@@ -669,14 +671,13 @@ impl Engine {
         fetch.await.map(drop)
     }
 
-    /// The local changes of a writeable mount, found by a walk, uploaded: all of them, or with
-    /// `settled_only` those quiet for the upload delay and not open for writing. Returns the
-    /// remote versions a conflict keeps.
+    /// The local changes of a writeable mount, found by a walk, uploaded: those `take` says.
+    /// Returns the remote versions a conflict keeps.
     async fn push_local(
         &self,
         replica: &Arc<Replica>,
         store: &Arc<dyn ObjectStore>,
-        settled_only: bool,
+        take: Take,
     ) -> Result<(PassStats, Vec<plan::Fetch>), EngineError> {
         let mount = &replica.mount;
         let walking = replica.clone();
@@ -692,12 +693,17 @@ impl Engine {
                     .upload
                     .into_iter()
                     .filter(|up| {
-                        let ready = !settled_only
-                            || (!copy.is_writing(&up.path)
-                                && up.stamp.as_ref().is_none_or(|s| {
-                                    now.duration_since(s.changed_at())
-                                        .is_ok_and(|quiet| quiet >= delay)
-                                }));
+                        let quiet = || {
+                            up.stamp.as_ref().is_none_or(|s| {
+                                now.duration_since(s.changed_at())
+                                    .is_ok_and(|quiet| quiet >= delay)
+                            })
+                        };
+                        let ready = match take {
+                            Take::All => true,
+                            Take::Closed => !copy.is_writing(&up.path),
+                            Take::Settled => !copy.is_writing(&up.path) && quiet(),
+                        };
                         settling += usize::from(!ready);
                         ready
                     })
@@ -712,7 +718,7 @@ impl Engine {
                 let deletes = writes
                     .remote_delete
                     .into_iter()
-                    .filter(|del| !settled_only || !copy.is_writing(&del.path))
+                    .filter(|del| take == Take::All || !copy.is_writing(&del.path))
                     .collect();
                 (uploads, deletes, settling)
             })
@@ -767,6 +773,17 @@ impl Engine {
             }
         }
     }
+}
+
+/// Which local changes [`Engine::push_local`] uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// Every one (a stop's flush).
+    All,
+    /// Those not open for writing (a flush asked for while the mount runs).
+    Closed,
+    /// Those not open for writing that have been quiet for the upload delay (the write-back).
+    Settled,
 }
 
 /// An upload or a remote delete, as one task set runs them.

@@ -10,6 +10,7 @@ use crate::engine::{Engine, Replica};
 use crate::store::ObjectStore;
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,12 +28,23 @@ pub struct WriteBack {
     changed: Notify,
     /// When the file system last changed the copy. Guarded by its own lock, taken alone.
     last: Mutex<Option<Instant>>,
+    /// A flush was asked for (`status --wait`): the next round comes at once and takes every
+    /// closed file, quiet or not.
+    hurry: AtomicBool,
+    hurried: Notify,
 }
 
 impl WriteBack {
     /// The copy changed now: upload once it has been quiet for the delay.
     pub fn touch(&self) {
         *self.last.lock() = Some(Instant::now());
+        self.changed.notify_one();
+    }
+
+    /// Uploads every closed file now, without waiting for the delay: what `status --wait` asks.
+    pub fn flush_now(&self) {
+        self.hurry.store(true, Ordering::Relaxed);
+        self.hurried.notify_one();
         self.changed.notify_one();
     }
 
@@ -57,12 +69,17 @@ impl WriteBack {
             }
             let mut wait = pause;
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = cancel.cancelled() => return,
+                if !self.hurry.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.hurried.notified() => {}
+                        () = cancel.cancelled() => return,
+                    }
                 }
+                let now = self.hurry.swap(false, Ordering::Relaxed);
                 let started = Instant::now();
-                let (settling, failed) = match engine.write_back(&replica, store.clone()).await {
+                let round = engine.write_back(&replica, store.clone(), now).await;
+                let (settling, failed) = match round {
                     Ok(stats) => {
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {
                             tracing::info!(

@@ -39,7 +39,7 @@ async fn refresh(vfs: &Vfs) {
 async fn write_back(vfs: &Vfs, engine: &Engine) -> crate::engine::PassStats {
     let m = &vfs.mounted()[0];
     engine
-        .write_back(&m.replica, m.store.clone())
+        .write_back(&m.replica, m.store.clone(), false)
         .await
         .unwrap()
 }
