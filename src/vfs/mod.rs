@@ -293,6 +293,24 @@ impl Vfs {
             if *m != mount {
                 continue;
             }
+            // What was made here shows with its directories, listed or not (a folder marker
+            // deleted once the directory held files, a listing from before the uploads).
+            if matches!(o, Override::File { .. } | Override::Dir) {
+                let mut dir = split(path).0;
+                while !dir.is_empty() {
+                    want.insert(dir.to_owned(), Want::Dir);
+                    dir = split(dir).0;
+                }
+            }
+            // What was made here shows with its directories, listed or not (a folder marker
+            // deleted once the directory held files, a listing from before the uploads).
+            if matches!(o, Override::File { .. } | Override::Dir) {
+                let mut dir = split(path).0;
+                while !dir.is_empty() {
+                    want.insert(dir.to_owned(), Want::Dir);
+                    dir = split(dir).0;
+                }
+            }
             match o {
                 Override::File { .. } => {
                     want.insert(path.clone(), Want::Local);

@@ -348,3 +348,18 @@ async fn a_copy_emptied_file_by_file_through_the_mount_deletes_every_object() {
     refresh(&vfs).await;
     assert!(matches!(path_ino(&vfs, "m/a.txt"), Err(FsError::NotFound)));
 }
+
+#[tokio::test]
+async fn a_new_file_stays_shown_when_a_listing_stops_showing_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let (vfs, _engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+    vfs.mkdir(dir_ino(&vfs, "m"), "out", 0o755).unwrap();
+    create(&vfs, "m/out", "table.csv", b"x\n1\n");
+    // A listing with the directory's marker (the directory override ends), then one without
+    // it (the marker deleted once the directory held a file), before the file is uploaded.
+    let marker = mem.put("p/out/", &b""[..]);
+    vfs.update(0, std::slice::from_ref(&marker));
+    vfs.update(0, &[]);
+    assert_eq!(read_all(&vfs, "m/out/table.csv").await.unwrap(), b"x\n1\n");
+}
