@@ -151,26 +151,6 @@ _bench_on_exit() {
 }
 trap _bench_on_exit EXIT
 
-# spawn LOG CMD...: runs CMD with the local server's credentials in the background, in a session
-# of its own, its output into LOG; sets BG_PID (stopped on exit if still running).
-BG_PID=""
-spawn() {
-    local logfile="$1" pidfile="$work/pid.$RANDOM" i
-    shift
-    rm -f -- "$pidfile"
-    # shellcheck disable=SC2016  # expanded by the inner shell
-    s3_env setsid bash -c 'echo "$$" >"$0.tmp" && mv -- "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
-        </dev/null >"$logfile" 2>&1 &
-    for ((i = 0; i < 500; i++)); do
-        [[ -s "$pidfile" ]] && break
-        sleep 0.01
-    done
-    [[ -s "$pidfile" ]] || die "could not start $1"
-    BG_PID="$(<"$pidfile")"
-    rm -f -- "$pidfile"
-    register_cleanup_pid "$BG_PID"
-}
-
 # wait_mounted MNT ENTRY LOG: waits until MNT is a mount point that lists ENTRY.
 wait_mounted() {
     local mnt="$1" entry="$2" logfile="$3" pid="${MOUNT_PIDS[$1]}" i

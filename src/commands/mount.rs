@@ -261,7 +261,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     let served = listings.iter().map(|l| l.served.clone()).collect();
     // What `status` reads, in the cache directory: the local copy's root.
     let recorded = Recorded::starting(&sync.mounts, Some(sync.destination.clone()));
-    record_status(&config.cache_dir, &recorded);
+    super::status::record(&config.cache_dir, &recorded);
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
@@ -368,13 +368,6 @@ async fn flush_writeable(engine: &Engine, vfs: &Vfs, timeout: Duration) {
              uploads them",
             timeout.as_secs()
         );
-    }
-}
-
-/// Writes the status file `status` reads; a failure to is only logged.
-fn record_status(cache_dir: &Path, recorded: &Recorded) {
-    if let Err(e) = super::status::record(cache_dir, recorded) {
-        tracing::debug!("cannot write the status file: {e}");
     }
 }
 
@@ -652,7 +645,7 @@ async fn refresh_loop(
         {
             recorded.pass_done(&id, conflicts);
         }
-        record_status(&cache_dir, &recorded);
+        super::status::record(&cache_dir, &recorded);
         if stop.is_some_and(|stop| Instant::now() + interval > stop) {
             tracing::info!("stopping refreshes as configured; serving the cache as it is");
             return;

@@ -67,12 +67,16 @@ pub struct RecordedMount {
     pub conflicts: usize,
 }
 
-/// Writes the status file of the destination `root` (replaced atomically).
-pub fn record(root: &Path, recorded: &Recorded) -> std::io::Result<()> {
+/// Writes the status file of the destination `root` (replaced atomically); a failure is only
+/// logged: the run goes on, and `status` says less.
+pub fn record(root: &Path, recorded: &Recorded) {
     let path = status_file(root);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(recorded).expect("serializes"))?;
-    std::fs::rename(tmp, path)
+    let written = std::fs::write(&tmp, serde_json::to_vec(recorded).expect("serializes"))
+        .and_then(|()| std::fs::rename(tmp, path));
+    if let Err(e) = written {
+        tracing::debug!("cannot write the status file: {e}");
+    }
 }
 
 /// How `status` ends, as an exit code.

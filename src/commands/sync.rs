@@ -73,7 +73,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
     }
 
     let mut recorded = Recorded::starting(&config.mounts, None);
-    write_status(&config, &recorded);
+    status::record(&config.destination, &recorded);
     let mut changes = watch_writeable(&config);
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
     let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
@@ -91,7 +91,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             )
             .await
         };
-        write_status(&config, &recorded);
+        status::record(&config.destination, &recorded);
         engine.clear_staging();
         if cancel.is_cancelled() {
             break if config.recurring || !signalled.is_cancelled() {
@@ -177,13 +177,6 @@ async fn flush(
             }
             Err(e) => tracing::warn!(mount = %id, "cannot tell what is left to upload: {e}"),
         }
-    }
-}
-
-/// Says in the destination what this run is doing, for `status`; a failure to is only logged.
-fn write_status(config: &SyncConfig, recorded: &Recorded) {
-    if let Err(e) = status::record(&config.destination, recorded) {
-        tracing::debug!("cannot write the status file: {e}");
     }
 }
 
