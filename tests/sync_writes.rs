@@ -185,15 +185,7 @@ async fn a_settled_change_is_uploaded_before_the_next_interval() {
     wait_for(30, "the first pass", || first.exists());
 
     std::fs::write(dest.path().join("study/new.txt"), b"written after the pass").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut uploaded = None;
-    while std::time::Instant::now() < deadline {
-        uploaded = object(&s3.client, "data/new.txt").await;
-        if uploaded.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let uploaded = object_within(30, &s3.client, "data/new.txt").await;
     // SAFETY: signalling a child process this test spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -204,6 +196,55 @@ async fn a_settled_change_is_uploaded_before_the_next_interval() {
         "not uploaded within 30 s of an interval of an hour: {log}"
     );
     assert!(out.status.success(), "{log}");
+}
+
+/// Changes made before a recurring sync starts get no watch event: the pass that finds them
+/// still settling looks again after the delay. A modification time ahead of the clock (`touch
+/// -d`, an archive from a machine whose clock ran ahead) does not hold a file back.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_made_before_the_start_are_uploaded_once_settled() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "data/a.csv", b"1,2\n").await;
+    let dest = tempfile::tempdir().unwrap();
+    sync(&s3.endpoint, dest.path());
+    std::fs::write(dest.path().join("study/early.csv"), b"early").unwrap();
+    let ahead = std::fs::File::create(dest.path().join("study/ahead.csv")).unwrap();
+    std::io::Write::write_all(&mut &ahead, b"ahead").unwrap();
+    let year_2100 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(4_102_444_800);
+    ahead
+        .set_times(std::fs::FileTimes::new().set_modified(year_2100))
+        .unwrap();
+    drop(ahead);
+
+    let child = tool_at(&s3.endpoint)
+        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
+        .arg(dest.path())
+        .args(["--recurring-downloads", "--download-interval", "3600"])
+        .args(["--upload-delay", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let early = object_within(30, &s3.client, "data/early.csv").await;
+    let ahead = object_within(10, &s3.client, "data/ahead.csv").await;
+    // SAFETY: signalling a child process this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(early.as_deref(), Some(&b"early"[..]), "{log}");
+    assert_eq!(ahead.as_deref(), Some(&b"ahead"[..]), "{log}");
+}
+
+/// The object `key` once it is in the bucket, looking for at most `secs` seconds.
+async fn object_within(secs: u64, client: &Client, key: &str) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let found = object(client, key).await;
+        if found.is_some() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// kill -9 twenty times (seeded) while a writeable mount uploads, then one run to the end: every

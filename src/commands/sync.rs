@@ -78,7 +78,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
     let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
     let outcome = loop {
-        let failed = {
+        let PassEnd { failed, settling } = {
             let _report = progress.report();
             progress.reset();
             run_pass(
@@ -113,8 +113,14 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
                 None => std::future::pending().await,
             }
         };
+        // A change still settling gets no event of its own when it was made before the watch
+        // began (or the watch is off): the pass after the delay looks at it again.
+        let next = match settling {
+            true => config.interval.min(config.upload_delay),
+            false => config.interval,
+        };
         tokio::select! {
-            () = tokio::time::sleep(config.interval) => {}
+            () = tokio::time::sleep(next) => {}
             () = changed => tracing::debug!("local changes settled: the next pass starts now"),
             () = cancel.cancelled() => break SyncOutcome::Complete,
         }
@@ -205,7 +211,15 @@ fn watch_writeable(config: &SyncConfig) -> Option<Changes> {
     }
 }
 
-/// One pass over every mount; returns whether anything failed.
+/// How a pass over every mount ended.
+struct PassEnd {
+    /// Something failed (the run exits non-zero when it is not recurring).
+    failed: bool,
+    /// A writeable mount has local changes that were too recent to upload.
+    settling: bool,
+}
+
+/// One pass over every mount.
 async fn run_pass(
     engine: &Engine,
     config: &SyncConfig,
@@ -213,8 +227,9 @@ async fn run_pass(
     stores: &mut [Option<Arc<dyn ObjectStore>>],
     connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
     recorded: &mut Recorded,
-) -> bool {
+) -> PassEnd {
     let mut failed = false;
+    let mut settling = false;
     for (replica, slot) in mounts.iter().zip(stores.iter_mut()) {
         if slot.is_some() {
             continue;
@@ -236,6 +251,7 @@ async fn run_pass(
         match result {
             Ok(stats) => {
                 failed |= stats.failed > 0;
+                settling |= stats.settling > 0;
                 log_summary(&replica.mount.id, &stats);
                 recorded.pass_done(&replica.mount.id, stats.conflicts);
             }
@@ -246,7 +262,7 @@ async fn run_pass(
             }
         }
     }
-    failed
+    PassEnd { failed, settling }
 }
 
 /// Cancels on SIGINT or SIGTERM; the first token returned tells whether a signal arrived, the

@@ -359,10 +359,7 @@ impl Engine {
                 true => copy.plan_writeable(|entries, scanned| {
                     report_passed_over(&planning.mount, &scanned.passed_over);
                     let now = SystemTime::now();
-                    let settled = |s: &Stamp| {
-                        now.duration_since(s.changed_at())
-                            .is_ok_and(|quiet| quiet >= delay)
-                    };
+                    let settled = |s: &Stamp| s.quiet_for(delay, now);
                     plan::plan_writeable(prefix, &remote, entries, &scanned.found, settled)
                 }),
             };
@@ -693,12 +690,7 @@ impl Engine {
                     .upload
                     .into_iter()
                     .filter(|up| {
-                        let quiet = || {
-                            up.stamp.as_ref().is_none_or(|s| {
-                                now.duration_since(s.changed_at())
-                                    .is_ok_and(|quiet| quiet >= delay)
-                            })
-                        };
+                        let quiet = || up.stamp.as_ref().is_none_or(|s| s.quiet_for(delay, now));
                         let ready = match take {
                             Take::All => true,
                             Take::Closed => !copy.is_writing(&up.path),

@@ -65,13 +65,17 @@ impl Stamp {
         }
     }
 
-    /// The later of the modification and status-change times.
-    pub fn changed_at(&self) -> SystemTime {
-        let ns = self.mtime_ns.max(self.ctime_ns);
-        match u64::try_from(ns) {
+    /// Whether the file has been left alone for `delay` at `now`. The status-change time says
+    /// when it was last changed here (the kernel sets it at every write, truncate, rename or
+    /// change of metadata); the modification time may be anything (`touch -d`, `cp -p`,
+    /// `tar x`), and a time ahead of the clock would hold the file back forever.
+    pub fn quiet_for(&self, delay: Duration, now: SystemTime) -> bool {
+        let changed = match u64::try_from(self.ctime_ns) {
             Ok(ns) => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
             Err(_) => SystemTime::UNIX_EPOCH,
-        }
+        };
+        now.duration_since(changed)
+            .is_ok_and(|quiet| quiet >= delay)
     }
 }
 
