@@ -617,6 +617,11 @@ impl Uploader {
                 let start = next * part;
                 let end = (start + part).min(stamp.size);
                 running.spawn(async move {
+                    // A file written since the walk is not read on: its upload is given up
+                    // at once, and the next one starts after the new write settles.
+                    if !unchanged(&file, &stamp).await {
+                        return Ok(None);
+                    }
                     let Some(body) = read_range(&file, start, end).await else {
                         return Ok(None);
                     };

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::store::WriteOptions;
+use bytes::Bytes;
+use std::path::PathBuf;
 
 /// A writeable mount of prefix `p/`, with a KMS key.
 fn writeable() -> crate::mounts::Mount {
@@ -400,4 +402,68 @@ async fn a_stopping_run_copies_a_renamed_file_too() {
     assert_eq!((copies - before.0, puts - before.1), (1, 0), "{stats:?}");
     assert_eq!(bytes(&mem, "p/b.txt").as_deref(), Some(&b"alpha"[..]));
     assert_eq!(bytes(&mem, "p/a.txt"), None);
+}
+
+/// Edits the local file when part 1 of its upload arrives, and holds every other part until
+/// then.
+struct EditAtPartOne {
+    path: PathBuf,
+    edited: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl StoreHook for EditAtPartOne {
+    async fn upload_part(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        if part_number == 1 {
+            let mut f = std::fs::File::options()
+                .append(true)
+                .open(&self.path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"more").unwrap();
+            self.edited.send_replace(true);
+        } else {
+            let mut edited = self.edited.subscribe();
+            edited.wait_for(|e| *e).await.unwrap();
+        }
+        inner.answer_upload_part(key, upload_id, part_number, body)
+    }
+}
+
+/// A file written while its multipart upload runs: the parts not sent yet are not sent (the
+/// upload is given up at once, not finished and thrown away), nothing is completed, and the
+/// next pass uploads the new bytes.
+#[tokio::test]
+async fn a_file_written_during_its_multipart_upload_stops_that_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m/big.bin");
+    let mem = MemoryStore::new("bkt");
+    let hook = EditAtPartOne {
+        path: path.clone(),
+        edited: tokio::sync::watch::channel(false).0,
+    };
+    let store: Arc<dyn ObjectStore> = Hooked::new(mem.clone(), hook);
+    push(tmp.path(), store.clone()).await;
+    // Eight parts, four at once: parts 5 to 8 start after the edit.
+    let data = pattern(40 << 20, 7);
+    std::fs::write(&path, &data).unwrap();
+    let stats = push(tmp.path(), store).await;
+    let parts = mem.counters.parts.load(Ordering::Relaxed);
+    assert_eq!((stats.uploaded, stats.settling), (0, 1), "{stats:?}");
+    assert!(
+        parts <= 4,
+        "{parts} parts sent of a file changed at the first"
+    );
+    assert!(mem.bytes_of("p/big.bin").is_none());
+    assert!(mem.answer_list_multipart("p/").unwrap().is_empty());
+
+    let stats = push(tmp.path(), mem.clone()).await;
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert!(mem.bytes_of("p/big.bin").unwrap() == std::fs::read(&path).unwrap());
 }
