@@ -11,6 +11,7 @@
 #   scripts/bench.sh --sets mnt-small,mnt-write-small --runs 1   # writes into a mount
 #   scripts/bench.sh --tools rclone,s5cmd         # only some of the tools
 #   scripts/bench.sh --logs /tmp/bench-logs       # keep each run's output there
+#   scripts/bench.sh --sets up-large --versus /tmp/old/s3-synchronizer   # two builds side by side
 #   scripts/bench.sh --mount [ARGS...]            # mount mode: runs scripts/bench_mount.sh ARGS
 #
 # Mount mode (`s3-synchronizer mount`: cached reads, first byte and tail reads under a download
@@ -50,6 +51,8 @@
 # started before the timing and unmounted after it: `cp -r` into it, then `s3-synchronizer
 # status --wait` (which looks once a second) until every file is in S3; so the time holds the
 # write, the upload delay and the upload. `sync` (with ours) is the upload sets' ours.
+# With --versus BUILD, that build of s3-synchronizer runs wherever ours does (sync, mount), in
+# turn with it, on a row of its own; its ratio is its time / ours (above 1: ours is faster).
 # Within each round the order of the tools rotates, so noise hits all of them alike. Each tool's
 # first copy of a set is checked byte for byte against the source (an upload, or what a mount
 # uploaded, by downloading its prefix again); a wrong copy fails the script.
@@ -66,7 +69,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,63s/^# \{0,1\}//p' "$0"
+    sed -n '2,67s/^# \{0,1\}//p' "$0"
 }
 
 all_sets="small,large,up-small,up-large,mnt-small,mnt-large,mnt-write-small,mnt-write-large"
@@ -74,6 +77,7 @@ sets=""
 runs=3
 tools="ours,rclone,s5cmd"
 logs=""
+versus=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --mount)
@@ -85,12 +89,16 @@ while [[ $# -gt 0 ]]; do
         exit 0
         ;;
     *)
-        value_option "sets runs tools logs" "$@" || die "unknown argument: $1 (try --help)"
+        value_option "sets runs tools logs versus" "$@" || die "unknown argument: $1 (try --help)"
         shift "$OPT_SHIFT"
         ;;
     esac
 done
 
+if [[ -n "$versus" ]]; then
+    [[ -x "$versus" ]] || die "--versus $versus is not an executable"
+    versus="$(realpath -- "$versus")"
+fi
 declare -a set_list tool_list down_list=() up_list=() mnt_list=() wanted=() skipped=()
 comma_list wanted --sets "${sets:-$all_sets}"
 comma_list tool_list --tools "$tools"
@@ -140,7 +148,17 @@ if [[ ${#mnt_list[@]} -gt 0 ]]; then
 fi
 if [[ $have_ours -eq 1 ]]; then
     build_tool
+elif [[ -n "$versus" ]]; then
+    die "--versus compares a build with ours: add ours to --tools"
 fi
+
+# build_of TOOL: the binary that runs as TOOL (ours, sync: this build; versus: the other one).
+build_of() {
+    case "$1" in
+    versus) echo "$versus" ;;
+    *) echo "$TOOL" ;;
+    esac
+}
 
 # files_of SET: the set whose local files SET uploads (the mount sets write those of up-*).
 files_of() {
@@ -198,8 +216,8 @@ start_bench_server "$data" "${down_list[@]/%//}"
 run_tool() {
     local tool="$1" set="$2"
     case "$tool" in
-    ours)
-        s3_env "$TOOL" sync \
+    ours | versus)
+        s3_env "$(build_of "$tool")" sync \
             --default-s3-mounts "[{\"id\":\"$set\",\"bucket\":\"bench\",\"prefix\":\"$set/\"}]" \
             --destination "$dest" --endpoint-url "$S3_ENDPOINT" --region "$S3_REGION"
         ;;
@@ -223,8 +241,8 @@ run_upload() {
     local tool="$1" set="$2" prefix="$3" files
     files="$local_data/$(files_of "$set")"
     case "$tool" in
-    ours | sync)
-        s3_env "$TOOL" sync --default-s3-mounts \
+    ours | sync | versus)
+        s3_env "$(build_of "$tool")" sync --default-s3-mounts \
             "[{\"id\":\"$set\",\"bucket\":\"bench\",\"prefix\":\"$prefix\",\"writeable\":true}]" \
             --destination "$dest" --endpoint-url "$S3_ENDPOINT" --region "$S3_REGION"
         ;;
@@ -297,14 +315,14 @@ running() {
     [[ -n "$state" && "$state" != Z && "$state" != X ]]
 }
 
-# start_mount PREFIX DELAY LOG: a new mount of ours at $mnt, with an empty cache, of
+# start_mount BUILD PREFIX DELAY LOG: a new mount of BUILD at $mnt, with an empty cache, of
 # s3://bench/PREFIX as the writeable mount $MOUNT_ID, uploading what is written once it has been
 # quiet for DELAY seconds; returns once $mnt/$MOUNT_ID is there.
 start_mount() {
-    local prefix="$1" delay="$2" logfile="$3" i
+    local build="$1" prefix="$2" delay="$3" logfile="$4" i
     rm -rf -- "$cache"
     mkdir -p -- "$mnt" "$cache"
-    spawn "$logfile" "$TOOL" mount --default-s3-mounts \
+    spawn "$logfile" "$build" mount --default-s3-mounts \
         "[{\"id\":\"$MOUNT_ID\",\"bucket\":\"bench\",\"prefix\":\"$prefix\",\"writeable\":true}]" \
         --destination "$mnt" --cache-dir "$cache" --upload-delay "$delay" --flush-timeout 600 \
         --endpoint-url "$S3_ENDPOINT" --region "$S3_REGION"
@@ -376,6 +394,7 @@ set_tools() {
         ;;
     *) SET_TOOLS=("${tool_list[@]}") ;;
     esac
+    if [[ -n "$versus" ]]; then SET_TOOLS+=(versus); fi
 }
 
 # table_rows SET: sets ROWS to the rows of SET in the table: its tools, and in the mount sets
@@ -404,6 +423,7 @@ tool_label() {
     mnt-*:write) echo "of which the cp -r into the mount" ;;
     mnt-*:sync) echo "s3-synchronizer sync" ;;
     *:ours) echo "s3-synchronizer" ;;
+    *:versus) echo "the --versus build ($(basename -- "$versus"))" ;;
     *) echo "$2" ;;
     esac
 }
@@ -443,12 +463,12 @@ for s in "${set_list[@]}"; do
             out="$logs/$s-$t-$((round + 1)).log"
             case "$kind:$t" in
             down:*) run=(run_tool "$t" "$s") ;;
-            mnt:ours)
-                start_mount "$prefix" 1 "$logs/$s-mount-$((round + 1)).log"
+            mnt:ours | mnt:versus)
+                start_mount "$(build_of "$t")" "$prefix" 1 "$logs/$s-$t-mount-$((round + 1)).log"
                 run=(mount_upload "$s")
                 ;;
-            write:ours)
-                start_mount "$prefix" 600 "$logs/$s-mount-$((round + 1)).log"
+            write:ours | write:versus)
+                start_mount "$(build_of "$t")" "$prefix" 600 "$logs/$s-$t-mount-$((round + 1)).log"
                 run=(mount_write "$s")
                 ;;
             write:local)
@@ -457,7 +477,7 @@ for s in "${set_list[@]}"; do
                 ;;
             *)
                 run=(run_upload "$t" "$s" "$prefix")
-                if [[ "$t" == ours || "$t" == sync ]]; then
+                if [[ "$t" == ours || "$t" == sync || "$t" == versus ]]; then
                     cp -al -- "$local_data/$(files_of "$s")" "$dest/$s"
                 fi
                 ;;
@@ -479,11 +499,11 @@ for s in "${set_list[@]}"; do
                 record "$s" write "$round" "$(elapsed "$t0" "$(<"$work/written")")"
             fi
             # The mount is unmounted (it uploads what is left: in mnt-write-*, all of it, timed).
-            if [[ ($kind == mnt || $kind == write) && $t == ours ]]; then
+            if [[ ($kind == mnt || $kind == write) && ($t == ours || $t == versus) ]]; then
                 t0="$(now)"
                 stop_mount
                 t1="$(now)"
-                if [[ $kind == write ]]; then
+                if [[ $kind == write && $t == ours ]]; then
                     record "$s" flush "$round" "$(elapsed "$t0" "$t1")"
                 fi
                 rm -rf -- "$cache"

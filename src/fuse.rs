@@ -105,6 +105,28 @@ fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node 0 is how FUSE says "no such name".
+fn missing() -> FileAttr {
+    let at = std::time::UNIX_EPOCH;
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: at,
+        mtime: at,
+        ctime: at,
+        crtime: at,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 0,
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -223,6 +245,10 @@ impl Filesystem for FuseFs {
         };
         match self.vfs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
+            // A negative entry: the kernel remembers the name is missing for as long as it
+            // trusts an entry, so `cp`'s stat of each new file's name and its open(O_CREAT)
+            // cost one lookup, not two, and a search path probed again costs none.
+            Err(FsError::NotFound) => reply.entry(&self.ttl, &missing(), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }

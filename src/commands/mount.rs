@@ -141,6 +141,16 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         .enable_all()
         .build()
         .context("cannot start the background download's runtime")?;
+    // Uploads (the write-back, fsync, the flush at unmount) run at the user's priority, as any
+    // program saving a file does: at the passes' lower one, the server they send to (on this
+    // machine, or the TLS and network stack) would starve them. Readers still go first: an
+    // upload starts no request while a reader waits (the lanes).
+    let uploads = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("upload")
+        .enable_all()
+        .build()
+        .context("cannot start the uploads' runtime")?;
     let concurrency = local_server_concurrency(
         sync.concurrency,
         sync.s3.endpoint_url.as_deref(),
@@ -232,7 +242,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             let write_back = vfs.write_back(mount).clone();
             let (engine, replica, store) = (engine.clone(), m.replica.clone(), m.store.clone());
             let (delay, cancel) = (sync.upload_delay, cancel.clone());
-            runtime.spawn(async move {
+            uploads.spawn(async move {
                 write_back.run(engine, replica, store, delay, cancel).await;
             });
             // Changes an earlier run left are uploaded too.
@@ -333,7 +343,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         Ok::<_, anyhow::Error>(())
     })?;
     cancel.cancel();
-    runtime.block_on(flush_writeable(&engine, &vfs, sync.flush_timeout));
+    uploads.block_on(flush_writeable(&engine, &vfs, sync.flush_timeout));
     engine.clear_staging();
     // Reads under way were answered or failed by the unmount; do not wait for their tasks.
     readers.shutdown_background();

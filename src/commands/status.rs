@@ -231,7 +231,7 @@ fn ask_to_flush(root: &Path) {
 }
 
 /// `status`: one look, or with `wait` looks again until every change is uploaded (or no `sync`
-/// or `mount` is left to upload them): every quarter second, or twice as long as a look takes
+/// or `mount` is left to upload them): every 50 ms, or twice as long as a look takes
 /// (each walks the writeable mounts' directories), whichever is longer.
 pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
     let mut stdout = std::io::stdout();
@@ -249,6 +249,6 @@ pub fn status(root: &Path, wait: bool) -> Result<Saved, StatusError> {
             asked = true;
             ask_to_flush(root);
         }
-        std::thread::sleep((2 * started.elapsed()).max(Duration::from_millis(250)));
+        std::thread::sleep((2 * started.elapsed()).max(Duration::from_millis(50)));
     }
 }
