@@ -25,6 +25,13 @@ pub struct Mount {
     pub role_arn: Option<String>,
 }
 
+impl Mount {
+    /// What the mount copies, as `s3://bucket/prefix`.
+    pub fn source(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MountsError {
     #[error("mounts JSON is malformed: {0}")]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::faults::FaultProxy;
 use common::mount::*;
 use common::proxy::SlowProxy;
 use common::*;
@@ -236,6 +237,38 @@ async fn a_remount_serves_the_cache_without_downloading_again() {
     let mut m = Mounted::start(&s3, root.path(), &mounts, &args);
     assert_same_tree(&m.dest.join("all"), &s3.bucket_dir("bkt"));
     assert_eq!(s3.gets(), gets, "unchanged objects were downloaded again");
+    assert!(m.unmount().success(), "{}", m.log());
+}
+
+/// A remount over a cache that a pass completed serves it at once, while the bucket is listed
+/// again (a big bucket takes long to list), and then shows what changed meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remount_serves_its_cache_before_listing_and_then_shows_the_changes() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "kept.txt", b"kept").await;
+    s3.put("bkt", "gone.txt", b"gone").await;
+    let proxy = FaultProxy::with_rules(&s3.endpoint, 1, &[]).await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &[]);
+    m.wait_until(30, "the first pass", || m.passes() > 0);
+    assert!(m.unmount().success(), "{}", m.log());
+
+    s3.delete("bkt", "gone.txt").await;
+    s3.put("bkt", "new.txt", b"new").await;
+    proxy.hold_listings(true);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &[]);
+    let dir = m.dest.join("m");
+    assert_eq!(std::fs::read(dir.join("kept.txt")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(dir.join("gone.txt")).unwrap(), b"gone");
+    assert!(!dir.join("new.txt").exists());
+
+    proxy.hold_listings(false);
+    wait_for(30, "the listing after the remount", || {
+        std::fs::read(dir.join("new.txt")).is_ok_and(|d| d == b"new")
+            && !dir.join("gone.txt").exists()
+    });
+    assert_eq!(std::fs::read(dir.join("kept.txt")).unwrap(), b"kept");
     assert!(m.unmount().success(), "{}", m.log());
 }
 

@@ -188,38 +188,14 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         for mount in &sync.mounts {
             let replica = engine.open_mount(mount.clone())?;
             let store = connect(mount, sync, &mut connectors).await?;
-            // Listed, or what earlier runs cached when the store cannot be reached now.
-            let started = Instant::now();
-            let listing = match engine.list(&replica, &store).await {
-                Ok(listing) => FirstListing {
-                    served: Served::listed_now(&listing),
-                    objects: listing,
-                    took: Some(started.elapsed()),
-                },
-                // Down or unreachable: served from the cache, and listed again each interval;
-                // with nothing cached, there is nothing to serve. (A bucket that does not
-                // exist or is denied stays an error.)
-                Err(EngineError::Store { source, .. }) if source.is_transient() => {
-                    let cached = replica.copy.cached_listing();
-                    let listed_at = replica.copy.listed_at();
-                    if cached.is_empty() && listed_at.is_none() {
-                        bail!(
-                            "{}; nothing of it is cached yet, so there is nothing to serve",
-                            unreachable(&replica, store.as_ref(), &source)
-                        );
-                    }
-                    let served = Served {
-                        files: cached.len(),
-                        listed_at,
-                    };
-                    warn_serving(&replica, store.as_ref(), &source, &served);
-                    FirstListing {
-                        served,
-                        objects: cached,
-                        took: None,
-                    }
-                }
-                Err(e) => return Err(e.into()),
+            // A copy of this bucket and prefix that a pass completed is served at once, and
+            // listed right after, in the background (its files and their metadata are local;
+            // a big bucket takes long to list). Else listed first, or what earlier runs cached
+            // when the store cannot be reached now.
+            let listing = if replica.copy.listed_from() == Some(mount.source()) {
+                FirstListing::cached(&replica, true)
+            } else {
+                first_listing(&engine, &replica, &store).await?
             };
             listings.push(listing);
             mounted.push(Mounted { replica, store });
@@ -268,15 +244,13 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             Err(e) => tracing::warn!("cannot listen for SIGUSR1 (status --wait's flush): {e}"),
         }
     }
-    let served = listings.iter().map(|l| l.served.clone()).collect();
     // What `status` reads, in the cache directory: the local copy's root.
     let recorded = Recorded::starting(&sync.mounts, Some(sync.destination.clone()));
     super::status::record(&config.cache_dir, &recorded);
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
-        listings.into_iter().map(FirstListing::listed).collect(),
-        served,
+        listings,
         sync.interval,
         sync.stop_after.map(|after| Instant::now() + after),
         (config.cache_dir.clone(), recorded),
@@ -474,9 +448,58 @@ struct FirstListing {
     served: Served,
     /// How long listing the bucket took; `None` for the cache's listing.
     took: Option<Duration>,
+    /// The cache's listing, served while the bucket is listed at once in the background.
+    owed: bool,
+}
+
+/// A mount's first listing, before it is mounted: listed, or what earlier runs cached when the
+/// store cannot be reached now.
+async fn first_listing(
+    engine: &Engine,
+    replica: &Arc<Replica>,
+    store: &Arc<dyn ObjectStore>,
+) -> anyhow::Result<FirstListing> {
+    let started = Instant::now();
+    Ok(match engine.list(replica, store).await {
+        Ok(listing) => FirstListing {
+            served: Served::listed_now(&listing),
+            objects: listing,
+            took: Some(started.elapsed()),
+            owed: false,
+        },
+        // Down or unreachable: served from the cache, and listed again each interval; with
+        // nothing cached, there is nothing to serve. (A bucket that does not exist or is denied
+        // stays an error.)
+        Err(EngineError::Store { source, .. }) if source.is_transient() => {
+            let cached = FirstListing::cached(replica, false);
+            if cached.objects.is_empty() && cached.served.listed_at.is_none() {
+                bail!(
+                    "{}; nothing of it is cached yet, so there is nothing to serve",
+                    unreachable(replica, store.as_ref(), &source)
+                );
+            }
+            warn_serving(replica, store.as_ref(), &source, &cached.served);
+            cached
+        }
+        Err(e) => return Err(e.into()),
+    })
 }
 
 impl FirstListing {
+    /// What earlier runs cached of the mount; `owed`: to be listed at once in the background.
+    fn cached(replica: &Replica, owed: bool) -> Self {
+        let objects = replica.copy.cached_listing();
+        Self {
+            served: Served {
+                files: objects.len(),
+                listed_at: replica.copy.listed_at(),
+            },
+            objects,
+            took: None,
+            owed,
+        }
+    }
+
     /// A listing the background download may act on (with the time it took): never the
     /// cache's own.
     fn listed(self) -> Option<(Vec<ObjectMeta>, Duration)> {
@@ -617,18 +640,27 @@ fn detach(dest: &Path) -> anyhow::Result<()> {
 
 /// Downloads everything in the background, then every interval lists again, updates the file
 /// system and downloads what changed; after `stop` (`--stop-recurring-downloads-after`), the
-/// file system keeps serving what it has without refreshing. `listings` are the first listings
-/// (none for a mount served from its cache), `served` what the file system shows of each mount.
+/// file system keeps serving what it has without refreshing. `first` are the listings the file
+/// system started with: a mount served from its cache is listed at once when it is `owed`
+/// (a pass completed it), else at the next interval.
 async fn refresh_loop(
     engine: Arc<Engine>,
     vfs: Arc<Vfs>,
-    mut listings: Vec<Option<(Vec<ObjectMeta>, Duration)>>,
-    mut served: Vec<Served>,
+    first: Vec<FirstListing>,
     interval: Duration,
     stop: Option<Instant>,
     (cache_dir, mut recorded): (std::path::PathBuf, Recorded),
 ) {
+    // What the file system shows of each mount.
+    let mut served: Vec<Served> = first.iter().map(|l| l.served.clone()).collect();
+    let mut owed: Vec<bool> = first.iter().map(|l| l.owed).collect();
+    let mut listings: Vec<_> = first.into_iter().map(FirstListing::listed).collect();
     loop {
+        for (mount, m) in vfs.mounted().iter().enumerate() {
+            if owed[mount] {
+                listings[mount] = relist(&engine, &vfs, mount, m, &mut served[mount]).await;
+            }
+        }
         let passes = vfs.mounted().iter().zip(listings).map(|(m, listing)| {
             let engine = &engine;
             async move {
@@ -661,25 +693,35 @@ async fn refresh_loop(
             return;
         }
         tokio::time::sleep(interval).await;
-        listings = Vec::new();
-        for (mount, m) in vfs.mounted().iter().enumerate() {
-            let started = Instant::now();
-            match engine.list(&m.replica, &m.store).await {
-                Ok(listing) => {
-                    vfs.update(mount, &listing);
-                    served[mount] = Served::listed_now(&listing);
-                    listings.push(Some((listing, started.elapsed())));
-                }
-                // Keep serving what we have; try again next interval.
-                Err(EngineError::Store { source: e, .. }) if e.is_transient() => {
-                    warn_serving(&m.replica, m.store.as_ref(), &e, &served[mount]);
-                    listings.push(None);
-                }
-                Err(e) => {
-                    tracing::error!("{e}");
-                    listings.push(None);
-                }
-            }
+        listings = vec![None; owed.len()];
+        owed = vec![true; owed.len()];
+    }
+}
+
+/// Lists mount `mount` again and shows the listing; `None` (and the file system keeps serving
+/// what it has, `served`) when it cannot be listed now.
+async fn relist(
+    engine: &Engine,
+    vfs: &Vfs,
+    mount: usize,
+    m: &Mounted,
+    served: &mut Served,
+) -> Option<(Vec<ObjectMeta>, Duration)> {
+    let started = Instant::now();
+    match engine.list(&m.replica, &m.store).await {
+        Ok(listing) => {
+            vfs.update(mount, &listing);
+            *served = Served::listed_now(&listing);
+            Some((listing, started.elapsed()))
+        }
+        // Keep serving what we have; try again next interval.
+        Err(EngineError::Store { source: e, .. }) if e.is_transient() => {
+            warn_serving(&m.replica, m.store.as_ref(), &e, served);
+            None
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            None
         }
     }
 }

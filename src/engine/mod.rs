@@ -470,7 +470,9 @@ impl Engine {
             if clear {
                 downloader.root.clear_partials(&finishing.mount.id);
             }
-            finishing.copy.finish_pass(listed_at)
+            finishing
+                .copy
+                .finish_pass(listed_at, &finishing.mount.source())
         })
         .await;
         finished(compacted)

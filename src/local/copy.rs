@@ -475,11 +475,16 @@ impl MountCopy {
         self.manifest.lock().listed_at()
     }
 
-    /// Ends a pass over a listing made at `listed_at`: records that time and folds the journal
-    /// into a new snapshot.
-    pub fn finish_pass(&self, listed_at: SystemTime) -> Result<(), LocalError> {
+    /// What the last pass that completed listed (`s3://bucket/prefix`).
+    pub fn listed_from(&self) -> Option<String> {
+        self.manifest.lock().listed_from().map(str::to_owned)
+    }
+
+    /// Ends a pass over a listing of `from` (`s3://bucket/prefix`) made at `listed_at`:
+    /// records both and folds the journal into a new snapshot.
+    pub fn finish_pass(&self, listed_at: SystemTime, from: &str) -> Result<(), LocalError> {
         let mut manifest = self.manifest.lock();
-        manifest.set_listed_at(listed_at);
+        manifest.set_listed(listed_at, from);
         Ok(manifest.compact()?)
     }
 }

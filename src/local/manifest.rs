@@ -169,6 +169,9 @@ struct Snapshot {
     /// epoch (absent in snapshots of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     listed_at: Option<u64>,
+    /// What was listed then (`s3://bucket/prefix`; absent in snapshots of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listed_from: Option<String>,
     entries: BTreeMap<String, Entry>,
     /// Multipart uploads started and not yet completed or aborted, by local path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -212,6 +215,7 @@ pub struct Read {
     pub entries: BTreeMap<String, Entry>,
     pub uploads: BTreeMap<String, Multipart>,
     pub listed_at: Option<u64>,
+    pub listed_from: Option<String>,
 }
 
 /// Replays the journal in `dir` over its snapshot.
@@ -230,6 +234,7 @@ fn read(dir: &Path) -> Result<Read, ManifestError> {
                 entries: snapshot.entries,
                 uploads: snapshot.uploads,
                 listed_at: snapshot.listed_at,
+                listed_from: snapshot.listed_from,
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Read::default(),
@@ -277,6 +282,7 @@ pub struct Manifest {
     entries: BTreeMap<String, Entry>,
     uploads: BTreeMap<String, Multipart>,
     listed_at: Option<u64>,
+    listed_from: Option<String>,
     journal: File,
 }
 
@@ -294,6 +300,7 @@ impl Manifest {
             entries,
             uploads,
             listed_at,
+            listed_from,
         } = read(dir)?;
         let journal_path = dir.join(JOURNAL);
         let mut manifest = Self {
@@ -301,6 +308,7 @@ impl Manifest {
             entries,
             uploads,
             listed_at,
+            listed_from,
             journal: OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -344,13 +352,19 @@ impl Manifest {
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
-    /// Records when the listing the entries now reflect was made; kept by the next
-    /// [`Manifest::compact`].
-    pub fn set_listed_at(&mut self, at: SystemTime) {
+    /// What the last pass that completed listed (`s3://bucket/prefix`).
+    pub fn listed_from(&self) -> Option<&str> {
+        self.listed_from.as_deref()
+    }
+
+    /// Records when the listing the entries now reflect was made, and of what; kept by the
+    /// next [`Manifest::compact`].
+    pub fn set_listed(&mut self, at: SystemTime, from: &str) {
         self.listed_at = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_secs());
+        self.listed_from = Some(from.to_owned());
     }
 
     /// Records that `path` now holds `entry`.
@@ -423,6 +437,7 @@ impl Manifest {
         let data = serde_json::to_vec(&Snapshot {
             version: 1,
             listed_at: self.listed_at,
+            listed_from: self.listed_from.clone(),
             entries: self.entries.clone(),
             uploads: self.uploads.clone(),
         })
@@ -476,17 +491,19 @@ mod tests {
     }
 
     #[test]
-    fn the_listing_time_is_kept_by_compaction_and_old_snapshots_still_read() {
+    fn the_listing_time_and_source_are_kept_by_compaction_and_old_snapshots_still_read() {
         let tmp = tempfile::tempdir().unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         {
             let mut m = Manifest::open(tmp.path()).unwrap();
             assert_eq!(m.listed_at(), None);
             m.put("a", entry("1")).unwrap();
-            m.set_listed_at(at);
+            m.set_listed(at, "s3://bkt/p/");
             m.compact().unwrap();
         }
-        assert_eq!(Manifest::open(tmp.path()).unwrap().listed_at(), Some(at));
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.listed_at(), Some(at));
+        assert_eq!(m.listed_from(), Some("s3://bkt/p/"));
         // A snapshot written before the listing time was recorded.
         fs::write(
             tmp.path().join(SNAPSHOT),

@@ -4,7 +4,8 @@
 //! writeable mount makes (PUT, UploadPart, CreateMultipartUpload, CompleteMultipartUpload,
 //! DELETE, abort): the request cut while its body is sent, 500 and 503 answered without
 //! forwarding it, a delay, and the response lost after the server applied the request. Or one
-//! that denies every request, as S3 does to credentials without the permission.
+//! that denies every request, as S3 does to credentials without the permission. Listings of
+//! objects can be held back until a test lets them go ([`FaultProxy::hold_listings`]).
 //!
 //! Which requests get a fault is seeded. [`FaultProxy::start`] draws from one stream in the
 //! order GETs arrive; [`FaultProxy::with_rules`] draws from the request itself (its kind, key,
@@ -175,6 +176,8 @@ struct State {
     requests: Mutex<BTreeMap<Op, usize>>,
     /// Every request is answered 403 AccessDenied.
     deny: bool,
+    /// While true, listings of objects wait.
+    hold: tokio::sync::watch::Sender<bool>,
 }
 
 impl State {
@@ -301,6 +304,7 @@ impl FaultProxy {
             injected: Mutex::default(),
             requests: Mutex::default(),
             deny,
+            hold: tokio::sync::watch::channel(false).0,
         });
         let shared = state.clone();
         let accept = tokio::spawn(async move {
@@ -342,6 +346,12 @@ impl FaultProxy {
             .collect()
     }
 
+    /// Holds back every listing of objects (ListObjects, V1 or V2) from now on, while `hold`;
+    /// those held are sent on once it is false again.
+    pub fn hold_listings(&self, hold: bool) {
+        self.state.hold.send_replace(hold);
+    }
+
     /// How many requests of kind `op` the proxy has seen, faulted or not.
     pub fn requests(&self, op: Op) -> usize {
         self.state.requests.lock().get(&op).copied().unwrap_or(0)
@@ -381,6 +391,22 @@ async fn read_body(mut body: Incoming, limit: u64) {
     }
 }
 
+/// Whether `req` lists objects: a GET of a bucket (path-style) that asks for nothing else of it
+/// (its location, its multipart uploads, ...).
+fn is_listing<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path().trim_start_matches('/');
+    let bucket_only = !path.trim_end_matches('/').contains('/');
+    let query = req.uri().query().unwrap_or_default();
+    let other = ["location", "uploads", "versioning", "acl", "policy"]
+        .iter()
+        .any(|q| {
+            query
+                .split('&')
+                .any(|p| p == *q || p.starts_with(&format!("{q}=")))
+        });
+    req.method() == Method::GET && !path.is_empty() && bucket_only && !other
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -391,6 +417,10 @@ async fn handle(
             *denied.body_mut() = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
         }
         return Ok(denied);
+    }
+    if is_listing(&req) {
+        let mut held = state.hold.subscribe();
+        let _ = held.wait_for(|hold| !hold).await;
     }
     let fault = Op::of(&req).and_then(|op| state.draw(op, &req));
     match fault {
