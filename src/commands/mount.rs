@@ -20,7 +20,7 @@ use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
-use crate::vfs::{Mounted, Vfs};
+use crate::vfs::{Mounted, Stale, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -103,6 +103,9 @@ pub fn daemonize(config: &MountConfig) -> anyhow::Result<Daemonized> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// How long the kernel may keep an entry or attributes it was given (see `forget_stale`).
+const KERNEL_TTL: Duration = Duration::from_secs(3600);
 
 pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let sync = &config.sync;
@@ -247,18 +250,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     // What `status` reads, in the cache directory: the local copy's root.
     let recorded = Recorded::starting(&sync.mounts, Some(sync.destination.clone()));
     super::status::record(&config.cache_dir, &recorded);
-    runtime.spawn(refresh_loop(
-        engine.clone(),
-        vfs.clone(),
-        listings,
-        sync.interval,
-        sync.stop_after.map(|after| Instant::now() + after),
-        (config.cache_dir.clone(), recorded),
-    ));
 
-    // Entries and attributes may be cached by the kernel for at most a second, so a refresh
-    // shows promptly without a round trip per stat.
-    let ttl = Duration::from_secs(1).min(sync.interval);
+    // Between refreshes the tree changes only through the file system itself, which the kernel
+    // sees: it may keep entries and attributes for long, and a refresh tells it what changed
+    // (`forget_stale`).
+    let ttl = KERNEL_TTL;
     let fs = FuseFs::new(
         vfs.clone(),
         readers.handle().clone(),
@@ -291,6 +287,17 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             sync.destination.display()
         )
     })?;
+    // Started once the file system is mounted, so that a refresh can tell the kernel what
+    // changed.
+    runtime.spawn(refresh_loop(
+        engine.clone(),
+        vfs.clone(),
+        session.notifier(),
+        listings,
+        sync.interval,
+        sync.stop_after.map(|after| Instant::now() + after),
+        (config.cache_dir.clone(), recorded),
+    ));
     // The session runs on its own thread until the kernel ends it: at an unmount, or once the
     // last file open under a detached mount is closed.
     let background = std::thread::Builder::new()
@@ -646,6 +653,7 @@ fn detach(dest: &Path) -> anyhow::Result<()> {
 async fn refresh_loop(
     engine: Arc<Engine>,
     vfs: Arc<Vfs>,
+    kernel: fuser::Notifier,
     first: Vec<FirstListing>,
     interval: Duration,
     stop: Option<Instant>,
@@ -658,7 +666,8 @@ async fn refresh_loop(
     loop {
         for (mount, m) in vfs.mounted().iter().enumerate() {
             if owed[mount] {
-                listings[mount] = relist(&engine, &vfs, mount, m, &mut served[mount]).await;
+                let relisted = relist(&engine, &vfs, &kernel, mount, m, &mut served[mount]);
+                listings[mount] = relisted.await;
             }
         }
         let passes = vfs.mounted().iter().zip(listings).map(|(m, listing)| {
@@ -698,11 +707,32 @@ async fn refresh_loop(
     }
 }
 
+/// Tells the kernel to forget the entries a refresh changed (see `Vfs::update`), off the
+/// runtime's threads: the kernel takes the directory's lock first, which an operation under
+/// way there (a rename of a directory waits for its downloads) may hold for a while.
+async fn forget_stale(kernel: fuser::Notifier, stale: Stale) {
+    if stale.entries.is_empty() && stale.inodes.is_empty() {
+        return;
+    }
+    // An error is an entry or inode the kernel does not hold (or no kernel any more): nothing
+    // to forget.
+    let _ = tokio::task::spawn_blocking(move || {
+        for (parent, name) in stale.entries {
+            let _ = kernel.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+        }
+        for ino in stale.inodes {
+            let _ = kernel.inval_inode(fuser::INodeNo(ino), 0, 0);
+        }
+    })
+    .await;
+}
+
 /// Lists mount `mount` again and shows the listing; `None` (and the file system keeps serving
 /// what it has, `served`) when it cannot be listed now.
 async fn relist(
     engine: &Engine,
     vfs: &Vfs,
+    kernel: &fuser::Notifier,
     mount: usize,
     m: &Mounted,
     served: &mut Served,
@@ -710,7 +740,8 @@ async fn relist(
     let started = Instant::now();
     match engine.list(&m.replica, &m.store).await {
         Ok(listing) => {
-            vfs.update(mount, &listing);
+            let stale = vfs.update(mount, &listing);
+            forget_stale(kernel.clone(), stale).await;
             *served = Served::listed_now(&listing);
             Some((listing, started.elapsed()))
         }

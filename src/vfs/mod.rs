@@ -50,6 +50,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 use tree::{Node, NodeKind, Override, Tree, split};
 
+/// What the kernel must forget after a refresh: it keeps entries and attributes between
+/// refreshes, and the tree changed under them.
+#[derive(Debug, Default)]
+pub struct Stale {
+    /// Names that lead elsewhere or nowhere now, or are new (the kernel may remember them as
+    /// missing): (parent directory's inode, name).
+    pub entries: Vec<(u64, String)>,
+    /// Inodes whose attributes and bytes are another version's now.
+    pub inodes: Vec<u64>,
+}
+
 /// How an open stands after what it can do without waiting.
 enum Opening {
     Done(Result<Opened, FsError>),
@@ -221,8 +232,9 @@ impl Vfs {
     }
 
     /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes, and
-    /// (in a writeable mount) the changes made here that it does not show yet.
-    pub fn update(&self, mount: usize, remote: &[ObjectMeta]) {
+    /// (in a writeable mount) the changes made here that it does not show yet. Returns what
+    /// the kernel must forget of what it was told before (see [`Stale`]).
+    pub fn update(&self, mount: usize, remote: &[ObjectMeta]) -> Stale {
         let replica = &self.mounted[mount].replica;
         // What the local copy records of each change made here, read before the tree's lock
         // (it reads the disk).
@@ -348,6 +360,7 @@ impl Vfs {
             .filter(|(ino, n)| n.mount == Some(mount) && **ino != mount_ino)
             .map(|(&ino, _)| ino)
             .collect();
+        let mut stale = Stale::default();
         for ino in old {
             let node = tree.nodes.remove(&ino).expect("listed above");
             let same = match (&node.kind, want.get(&node.path)) {
@@ -355,14 +368,22 @@ impl Vfs {
                 (NodeKind::File(old), Some(Want::File(new))) => {
                     new.etag == old.etag && new.size == old.size
                 }
-                // Written here, and still, or now listed as the version uploaded from it.
-                (NodeKind::Local, Some(Want::Local | Want::File(_))) => true,
+                // Written here, and still, or now listed as the version uploaded from it (or
+                // the remote one a conflict kept: the inode stays, its bytes are another's).
+                (NodeKind::Local, Some(Want::Local)) => true,
+                (NodeKind::Local, Some(Want::File(_))) => {
+                    stale.inodes.push(ino);
+                    true
+                }
                 _ => false,
             };
             if !same {
                 if self.known.contains(&ino) {
                     self.retired.insert(ino, self.attr_of(ino, &node));
                 }
+                stale
+                    .entries
+                    .push((node.parent, split(&node.path).1.to_owned()));
                 tree.inos.remove(&(Some(mount), node.path));
                 self.versions.remove(&ino);
             }
@@ -377,19 +398,25 @@ impl Vfs {
             if !parent.is_empty() && !placed_dirs.contains(parent) {
                 continue;
             }
-            match w {
+            let new = !tree.inos.contains_key(&(Some(mount), path.clone()));
+            let ino = match w {
                 Want::Dir => {
-                    tree.insert(mount, &path, NodeKind::Dir(BTreeMap::new()));
-                    placed_dirs.insert(path);
+                    let ino = tree.insert(mount, &path, NodeKind::Dir(BTreeMap::new()));
+                    placed_dirs.insert(path.clone());
+                    ino
                 }
-                Want::File(meta) => {
-                    tree.insert(mount, &path, NodeKind::File(meta.clone()));
-                }
-                Want::Local => {
-                    tree.insert(mount, &path, NodeKind::Local);
-                }
+                Want::File(meta) => tree.insert(mount, &path, NodeKind::File(meta.clone())),
+                Want::Local => tree.insert(mount, &path, NodeKind::Local),
+            };
+            if new {
+                let parent = tree.nodes[&ino].parent;
+                stale.entries.push((parent, split(&path).1.to_owned()));
             }
         }
+        // A changed version is both a name gone and a name new.
+        stale.entries.sort();
+        stale.entries.dedup();
+        stale
     }
 
     /// The attributes of a directory or a listed file; those of a local file are its own

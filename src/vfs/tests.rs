@@ -85,7 +85,16 @@ async fn a_changed_object_gets_a_new_inode_and_open_handles_keep_their_version()
     store.put("p/f", &b"two!"[..]);
     store.delete("p/gone");
     store.put("p/new", &b"new"[..]);
-    vfs.update(0, &store_list(&vfs).await);
+    let stale = vfs.update(0, &store_list(&vfs).await);
+    // The kernel is told to forget exactly the names that changed, new ones included (it may
+    // remember them as missing).
+    let top = path_ino(&vfs, "m").unwrap();
+    let names: Vec<_> = stale
+        .entries
+        .iter()
+        .map(|(p, n)| (*p, n.as_str()))
+        .collect();
+    assert_eq!(names, [(top, "f"), (top, "gone"), (top, "new")]);
 
     assert_eq!(path_ino(&vfs, "m/same").unwrap(), same, "inode is stable");
     let changed = path_ino(&vfs, "m/f").unwrap();

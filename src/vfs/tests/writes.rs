@@ -28,11 +28,15 @@ async fn writeable_vfs(store: Arc<MemoryStore>, dir: &std::path::Path) -> (Arc<V
 }
 
 /// Lists both mounts again and updates the tree, as each interval does.
-async fn refresh(vfs: &Vfs) {
+async fn refresh(vfs: &Vfs) -> Stale {
+    let mut stale = Stale::default();
     for (i, m) in vfs.mounted().iter().enumerate() {
         let listing = m.store.list(&m.replica.mount.prefix).await.unwrap();
-        vfs.update(i, &listing);
+        let s = vfs.update(i, &listing);
+        stale.entries.extend(s.entries);
+        stale.inodes.extend(s.inodes);
     }
+    stale
 }
 
 /// Uploads mount "m"'s changes, as its write-back does once they are quiet.
@@ -310,8 +314,11 @@ async fn a_remote_change_while_a_file_is_written_keeps_both_versions() {
     let kept = listing.iter().find(|o| o.key != "p/report.csv").unwrap();
     assert!(kept.key.starts_with("p/report.conflict-") && kept.key.ends_with(".csv"));
     assert_eq!(object(&mem, &kept.key).unwrap(), b"local edit");
-    // Both show in the mount after the next listing.
-    refresh(&vfs).await;
+    // Both show in the mount after the next listing. The inode of the file written here now
+    // holds the remote version: the kernel is told to forget what it kept of it.
+    let stale = refresh(&vfs).await;
+    assert_eq!(path_ino(&vfs, "m/report.csv").unwrap(), ino);
+    assert_eq!(stale.inodes, [ino]);
     assert_eq!(
         read_all(&vfs, "m/report.csv").await.unwrap(),
         b"remote edit"
