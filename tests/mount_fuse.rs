@@ -170,35 +170,47 @@ async fn an_open_jumps_ahead_of_the_backlog() {
     assert!(backlog_before < backlog_gets, "{backlog_before} GETs first");
 }
 
+/// The names in directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_shows_added_changed_and_deleted_objects() {
     let s3 = S3Server::start(&["bkt"]).await;
     s3.put("bkt", "same.txt", b"same").await;
     s3.put("bkt", "change.txt", b"before").await;
     s3.put("bkt", "gone/deleted.txt", b"bye").await;
+    s3.put("bkt", "sub/one.txt", b"one").await;
     let root = tempfile::tempdir().unwrap();
     let args = ["--download-interval", "1"];
     let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &args);
     let dir = m.dest.join("m");
     assert_eq!(std::fs::read(dir.join("change.txt")).unwrap(), b"before");
     let mut opened_before = File::open(dir.join("change.txt")).unwrap();
-    // The kernel remembers a missing name for a moment (a negative entry): not past a refresh.
+    // The kernel remembers a missing name (a negative entry) and what it read of a directory:
+    // not past a refresh.
     assert!(!dir.join("added").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+    assert_eq!(names_in(&dir.join("sub")), ["one.txt"]);
 
     s3.put("bkt", "change.txt", b"after the change").await;
     s3.put("bkt", "added/new.txt", b"new").await;
+    s3.put("bkt", "sub/fresh.txt", b"fresh").await;
     s3.delete("bkt", "gone/deleted.txt").await;
     wait_for(30, "the refresh", || {
         std::fs::read(dir.join("change.txt")).is_ok_and(|d| d == b"after the change")
             && std::fs::read(dir.join("added/new.txt")).is_ok_and(|d| d == b"new")
             && !dir.join("gone/deleted.txt").exists()
     });
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["added", "change.txt", "same.txt"]);
+    assert_eq!(names_in(&dir), ["added", "change.txt", "same.txt", "sub"]);
+    // A name never looked up, in a directory the kernel had read.
+    assert_eq!(names_in(&dir.join("sub")), ["fresh.txt", "one.txt"]);
     // A handle opened before the change still stats and reads the version it opened.
     assert_eq!(opened_before.metadata().unwrap().len(), 6);
     let mut old = Vec::new();

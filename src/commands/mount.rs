@@ -717,10 +717,13 @@ async fn forget_stale(kernel: fuser::Notifier, stale: Stale) {
     // An error is an entry or inode the kernel does not hold (or no kernel any more): nothing
     // to forget.
     let _ = tokio::task::spawn_blocking(move || {
+        let mut dirs = std::collections::BTreeSet::new();
         for (parent, name) in stale.entries {
             let _ = kernel.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+            dirs.insert(parent);
         }
-        for ino in stale.inodes {
+        // What the kernel read of those directories, and the files' attributes and bytes.
+        for ino in dirs.into_iter().chain(stale.inodes) {
             let _ = kernel.inval_inode(fuser::INodeNo(ino), 0, 0);
         }
     })
