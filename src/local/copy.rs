@@ -481,11 +481,12 @@ impl MountCopy {
     }
 
     /// Ends a pass over a listing of `from` (`s3://bucket/prefix`) made at `listed_at`:
-    /// records both and folds the journal into a new snapshot.
+    /// records both, and folds the journal into a new snapshot if it has grown (a pass that
+    /// changed nothing rewrites nothing).
     pub fn finish_pass(&self, listed_at: SystemTime, from: &str) -> Result<(), LocalError> {
         let mut manifest = self.manifest.lock();
-        manifest.set_listed(listed_at, from);
-        Ok(manifest.compact()?)
+        manifest.set_listed(listed_at, from)?;
+        Ok(manifest.compact_if_grown()?)
     }
 }
 

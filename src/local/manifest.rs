@@ -198,6 +198,11 @@ enum JournalLine {
     Del {
         path: String,
     },
+    /// A pass listed `from` (`s3://bucket/prefix`) at `at` (seconds since the Unix epoch).
+    Lst {
+        at: u64,
+        from: String,
+    },
     /// A multipart upload of `path` started...
     Upl {
         path: String,
@@ -216,6 +221,11 @@ pub struct Read {
     pub uploads: BTreeMap<String, Multipart>,
     pub listed_at: Option<u64>,
     pub listed_from: Option<String>,
+    /// The bytes of the snapshot, and of the journal's whole lines.
+    pub snapshot_bytes: u64,
+    pub journal_bytes: u64,
+    /// The journal ends in a torn line (a crash mid-append).
+    pub torn: bool,
 }
 
 /// Replays the journal in `dir` over its snapshot.
@@ -235,6 +245,8 @@ fn read(dir: &Path) -> Result<Read, ManifestError> {
                 uploads: snapshot.uploads,
                 listed_at: snapshot.listed_at,
                 listed_from: snapshot.listed_from,
+                snapshot_bytes: bytes.len() as u64,
+                ..Read::default()
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Read::default(),
@@ -246,7 +258,11 @@ fn read(dir: &Path) -> Result<Read, ManifestError> {
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(err(&journal_path))?;
                 // A torn last line (crash mid-append) carries nothing that was promised.
-                match serde_json::from_str::<JournalLine>(&line) {
+                let parsed = serde_json::from_str::<JournalLine>(&line);
+                if parsed.is_ok() {
+                    out.journal_bytes += line.len() as u64 + 1;
+                }
+                match parsed {
                     Ok(JournalLine::Put { path, entry }) => {
                         out.entries.insert(path, entry);
                     }
@@ -259,7 +275,14 @@ fn read(dir: &Path) -> Result<Read, ManifestError> {
                     Ok(JournalLine::Upd { path }) => {
                         out.uploads.remove(&path);
                     }
-                    Err(_) => break,
+                    Ok(JournalLine::Lst { at, from }) => {
+                        out.listed_at = Some(at);
+                        out.listed_from = Some(from);
+                    }
+                    Err(_) => {
+                        out.torn = true;
+                        break;
+                    }
                 }
             }
         }
@@ -284,6 +307,10 @@ pub struct Manifest {
     listed_at: Option<u64>,
     listed_from: Option<String>,
     journal: File,
+    /// The bytes of the snapshot and of the journal: the journal is folded into a new
+    /// snapshot once it has grown past a quarter of it ([`Manifest::compact_if_grown`]).
+    snapshot_bytes: u64,
+    journal_bytes: u64,
 }
 
 const SNAPSHOT: &str = "manifest.json";
@@ -301,6 +328,9 @@ impl Manifest {
             uploads,
             listed_at,
             listed_from,
+            snapshot_bytes,
+            journal_bytes,
+            torn,
         } = read(dir)?;
         let journal_path = dir.join(JOURNAL);
         let mut manifest = Self {
@@ -317,9 +347,15 @@ impl Manifest {
                     path: journal_path,
                     source,
                 })?,
+            snapshot_bytes,
+            journal_bytes,
         };
-        // Start every run from a fresh snapshot and an empty journal.
-        manifest.compact()?;
+        // A torn line would swallow the next one appended after it.
+        if torn || !manifest.dir.join(SNAPSHOT).exists() {
+            manifest.compact()?;
+        } else {
+            manifest.compact_if_grown()?;
+        }
         Ok(manifest)
     }
 
@@ -357,14 +393,29 @@ impl Manifest {
         self.listed_from.as_deref()
     }
 
-    /// Records when the listing the entries now reflect was made, and of what; kept by the
-    /// next [`Manifest::compact`].
-    pub fn set_listed(&mut self, at: SystemTime, from: &str) {
-        self.listed_at = at
+    /// Records when the listing the entries now reflect was made, and of what (one journal
+    /// line).
+    pub fn set_listed(&mut self, at: SystemTime, from: &str) -> Result<(), ManifestError> {
+        let at = at
             .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_secs());
+            .map_or(0, |d| d.as_secs());
+        self.append(&JournalLine::Lst {
+            at,
+            from: from.to_owned(),
+        })?;
+        self.listed_at = Some(at);
         self.listed_from = Some(from.to_owned());
+        Ok(())
+    }
+
+    /// Folds the journal into a new snapshot once it has grown past a quarter of the snapshot
+    /// (at least 64 KiB): a pass that changed little writes little, and the journal a start
+    /// replays stays short next to the snapshot.
+    pub fn compact_if_grown(&mut self) -> Result<(), ManifestError> {
+        if self.journal_bytes > (self.snapshot_bytes / 4).max(64 << 10) {
+            self.compact()?;
+        }
+        Ok(())
     }
 
     /// Records that `path` now holds `entry`.
@@ -418,6 +469,7 @@ impl Manifest {
         let mut buf = serde_json::to_vec(line).expect("journal lines serialize");
         buf.push(b'\n');
         // One write call per line, so a crash leaves at most one torn line at the end.
+        self.journal_bytes += buf.len() as u64;
         self.journal
             .write_all(&buf)
             .map_err(|source| ManifestError {
@@ -448,6 +500,8 @@ impl Manifest {
             f.sync_all().map_err(err)?;
         }
         fs::rename(&tmp, &snapshot_path).map_err(err)?;
+        self.snapshot_bytes = data.len() as u64;
+        self.journal_bytes = 0;
         self.journal = OpenOptions::new()
             .create(true)
             .write(true)
@@ -490,6 +544,41 @@ mod tests {
         assert_eq!(m.get("b"), Some(&entry("2")));
     }
 
+    /// A pass that changed nothing appends one line and rewrites no snapshot; the journal is
+    /// folded into one once it has grown past a quarter of it.
+    #[test]
+    fn an_unchanged_pass_rewrites_no_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snapshot = || fs::metadata(tmp.path().join(SNAPSHOT)).unwrap().ino();
+        let mut m = Manifest::open(tmp.path()).unwrap();
+        for i in 0..2000 {
+            m.put(&format!("dir/file-{i}.csv"), entry("1")).unwrap();
+        }
+        m.compact().unwrap();
+        let first = snapshot();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for pass in 0..100 {
+            m.set_listed(at + Duration::from_secs(pass), "s3://bkt/p/")
+                .unwrap();
+            m.compact_if_grown().unwrap();
+        }
+        assert_eq!(snapshot(), first, "the snapshot was rewritten");
+        drop(m);
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(snapshot(), first, "reopening rewrote the snapshot");
+        assert_eq!(m.listed_at(), Some(at + Duration::from_secs(99)));
+        assert_eq!(m.entries().len(), 2000);
+
+        // Changes past a quarter of the snapshot: folded in.
+        let mut m = m;
+        for i in 0..2000 {
+            m.put(&format!("dir/file-{i}.csv"), entry("2")).unwrap();
+        }
+        m.compact_if_grown().unwrap();
+        assert_ne!(snapshot(), first);
+        assert_eq!(fs::metadata(tmp.path().join(JOURNAL)).unwrap().len(), 0);
+    }
+
     #[test]
     fn the_listing_time_and_source_are_kept_by_compaction_and_old_snapshots_still_read() {
         let tmp = tempfile::tempdir().unwrap();
@@ -498,7 +587,7 @@ mod tests {
             let mut m = Manifest::open(tmp.path()).unwrap();
             assert_eq!(m.listed_at(), None);
             m.put("a", entry("1")).unwrap();
-            m.set_listed(at, "s3://bkt/p/");
+            m.set_listed(at, "s3://bkt/p/").unwrap();
             m.compact().unwrap();
         }
         let m = Manifest::open(tmp.path()).unwrap();
