@@ -15,8 +15,8 @@ use crate::vfs::{Attr, FsError, Kind, Opened, SetAttr, SetTime, Vfs};
 use fuser::{
     BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -235,6 +235,11 @@ impl Filesystem for FuseFs {
         self.passthrough = self.allow_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
+        // Directory listings carry each entry's attributes, so a first walk costs one request
+        // per directory rather than one per file (the kernel picks plain listings where no
+        // lookups follow).
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        let _ = config.add_capabilities(plus);
         tracing::debug!(passthrough = self.passthrough, "FUSE session ready");
         Ok(())
     }
@@ -552,6 +557,42 @@ impl Filesystem for FuseFs {
                     };
                     if reply.add(INodeNo(*child), (i + 1) as u64, kind, name) {
                         break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => {
+                for (i, (child, _, name)) in entries.iter().enumerate().skip(offset as usize) {
+                    // Gone since the listing was taken: the next read of the directory says.
+                    let Ok(attr) = self.vfs.getattr(*child) else {
+                        continue;
+                    };
+                    if reply.add(
+                        INodeNo(*child),
+                        (i + 1) as u64,
+                        name,
+                        &self.ttl,
+                        &self.file_attr(&attr),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    // The kernel now holds the entry as if looked up (but "." and "..").
+                    if i >= 2 {
+                        self.vfs.looked_up(*child);
                     }
                 }
                 reply.ok();

@@ -498,8 +498,14 @@ impl Vfs {
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let ino = self.child(parent, name)?.ok_or(FsError::NotFound)?;
-        self.known.insert(ino);
+        self.looked_up(ino);
         self.attr(ino).unwrap_or(Err(FsError::NotFound))
+    }
+
+    /// The kernel was given `ino` (a lookup, an entry of a listing with attributes): it may
+    /// ask for it until it forgets it.
+    pub fn looked_up(&self, ino: u64) {
+        self.known.insert(ino);
     }
 
     /// The inode named `name` in directory `parent`, if any.
