@@ -162,12 +162,13 @@ async fn local_changes_reach_rclone() {
 
 /// A recurring sync whose next pass would come in an hour: only the watch of its writeable
 /// mount starts one sooner (a change settles in 1 s).
-fn recurring(endpoint: &str, dest: &Path) -> std::process::Child {
+/// A recurring sync (an interval of an hour) whose changes settle after `upload_delay` seconds.
+fn recurring(endpoint: &str, dest: &Path, upload_delay: &str) -> std::process::Child {
     tool_at(endpoint)
         .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
         .arg(dest)
         .args(["--recurring-downloads", "--download-interval", "3600"])
-        .args(["--upload-delay", "1"])
+        .args(["--upload-delay", upload_delay])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -180,7 +181,7 @@ async fn a_settled_change_is_uploaded_before_the_next_interval() {
     let s3 = S3Server::start(&["bkt"]).await;
     s3.put("bkt", "data/a.csv", b"1,2\n").await;
     let dest = tempfile::tempdir().unwrap();
-    let child = recurring(&s3.endpoint, dest.path());
+    let child = recurring(&s3.endpoint, dest.path(), "1");
     let first = dest.path().join("study/a.csv");
     wait_for(30, "the first pass", || first.exists());
 
@@ -216,15 +217,7 @@ async fn changes_made_before_the_start_are_uploaded_once_settled() {
         .unwrap();
     drop(ahead);
 
-    let child = tool_at(&s3.endpoint)
-        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
-        .arg(dest.path())
-        .args(["--recurring-downloads", "--download-interval", "3600"])
-        .args(["--upload-delay", "3"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = recurring(&s3.endpoint, dest.path(), "3");
     let early = object_within(30, &s3.client, "data/early.csv").await;
     let ahead = object_within(10, &s3.client, "data/ahead.csv").await;
     // SAFETY: signalling a child process this test spawned.
@@ -350,7 +343,7 @@ async fn status_says_whether_the_work_is_saved() {
     assert!(said.contains("no sync is running"), "{said}");
 
     // A running sync uploads it; `status --wait` returns then.
-    let child = recurring(&s3.endpoint, dest.path());
+    let child = recurring(&s3.endpoint, dest.path(), "1");
     wait_for(30, "the sync to hold the destination", || {
         status(dest.path(), &[]).status.code() != Some(3)
     });
@@ -391,15 +384,7 @@ async fn a_stopped_sync_uploads_what_waits_before_it_exits() {
     s3.put("bkt", "data/a.csv", b"1,2\n").await;
     let dest = tempfile::tempdir().unwrap();
     // A change would wait a minute to settle: only the stop uploads it.
-    let child = tool_at(&s3.endpoint)
-        .args(["sync", "--default-s3-mounts", MOUNTS, "--destination"])
-        .arg(dest.path())
-        .args(["--recurring-downloads", "--download-interval", "3600"])
-        .args(["--upload-delay", "60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = recurring(&s3.endpoint, dest.path(), "60");
     wait_for(30, "the first pass", || {
         status(dest.path(), &[]).status.code() == Some(0)
     });
