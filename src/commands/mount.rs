@@ -144,10 +144,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         .enable_all()
         .build()
         .context("cannot start the background download's runtime")?;
-    // Uploads (the write-back, fsync, the flush at unmount) run at the user's priority, as any
-    // program saving a file does: at the passes' lower one, the server they send to (on this
-    // machine, or the TLS and network stack) would starve them. Readers still go first: an
-    // upload starts no request while a reader waits (the lanes).
+    // Uploads (the write-back, the flush at unmount; an fsync's runs on the readers' runtime)
+    // run at the user's priority, as any program saving a file does: at the passes' lower one,
+    // the server they send to (on this machine, or the TLS and network stack) would starve
+    // them. Readers still go first: an upload starts no request while a reader waits (the
+    // lanes).
     let uploads = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("upload")

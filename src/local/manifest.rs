@@ -350,8 +350,9 @@ impl Manifest {
             snapshot_bytes,
             journal_bytes,
         };
-        // A torn line would swallow the next one appended after it.
-        if torn || !manifest.dir.join(SNAPSHOT).exists() {
+        // A torn line would swallow the next one appended after it; no snapshot (a new
+        // manifest): one is written.
+        if torn || snapshot_bytes == 0 {
             manifest.compact()?;
         } else {
             manifest.compact_if_grown()?;

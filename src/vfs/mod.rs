@@ -398,7 +398,8 @@ impl Vfs {
             if !parent.is_empty() && !placed_dirs.contains(parent) {
                 continue;
             }
-            let new = !tree.inos.contains_key(&(Some(mount), path.clone()));
+            // A path given an inode now (numbers only grow) is new to the kernel.
+            let last = tree.next;
             let ino = match w {
                 Want::Dir => {
                     let ino = tree.insert(mount, &path, NodeKind::Dir(BTreeMap::new()));
@@ -408,7 +409,7 @@ impl Vfs {
                 Want::File(meta) => tree.insert(mount, &path, NodeKind::File(meta.clone())),
                 Want::Local => tree.insert(mount, &path, NodeKind::Local),
             };
-            if new {
+            if ino > last {
                 let parent = tree.nodes[&ino].parent;
                 stale.entries.push((parent, split(&path).1.to_owned()));
             }
