@@ -280,6 +280,15 @@ fn set_times(path: &Path, secs: i64) -> std::io::Result<()> {
     }
 }
 
+/// The errno of getxattr(2) of `name` on `path` (`None`: it has that attribute).
+fn xattr_errno(path: &Path, name: &str) -> Option<i32> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name; a size of 0 asks for the length and writes nothing.
+    let rc = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    (rc < 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o777
 }
@@ -710,8 +719,19 @@ async fn chmod_utimes_and_cp_p_are_accepted_and_shown_by_stat() {
     assert!(std::fs::read(&copied).unwrap() == data);
     assert_eq!(mode(&copied), 0o640);
     assert_eq!(std::fs::metadata(&copied).unwrap().mtime(), 1_200_000_000);
+    // No extended attributes are kept: "not supported", which `cp -a` passes over quietly.
+    let archived = study.join("archived.bin");
+    let out = run(Command::new("cp").arg("-a").arg(&source).arg(&archived));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "cp -a: {}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&archived).unwrap() == data);
+    assert_eq!(xattr_errno(&archived, "user.note"), Some(libc::EOPNOTSUPP));
 
     wait_object(&m, &s3.client, "study/copied.bin", Some(&data));
+    wait_object(&m, &s3.client, "study/archived.bin", Some(&data));
     wait_object(&m, &s3.client, "study/script.sh", Some(b"echo hi\n"));
     // Metadata changes leave the objects' bytes alone.
     wait_object(&m, &s3.client, "study/notes.txt", Some(b"first notes\n"));
