@@ -15,6 +15,7 @@
 mod common;
 
 use aws_sdk_s3::Client;
+use common::faults::{Fault, FaultProxy, Op, Rule};
 use common::mount::*;
 use common::*;
 use std::collections::BTreeMap;
@@ -1403,6 +1404,148 @@ async fn status_wait_has_the_mount_upload_at_once_and_returns_once_saved() {
         "{waited:?}\n{}",
         m.log_tail(20)
     );
+    assert!(object(&s3.client, "study/saved.bin").unwrap() == data);
+    unmount_ok(&mut m);
+}
+
+/// Every write of the write-back through a proxy that faults them: the first two requests of
+/// each kind of write get a fault (so every kind gets some, whatever the seed), then a third
+/// of all writes, aborts included; the faults cut the request while it is sent, answer 500 or
+/// 503 without forwarding it, delay it, or lose the answer after the server applied it. Once
+/// `status --wait` says all is saved, the bucket holds the mount's files byte for byte (the
+/// multipart upload of a 12 MiB file among them), the deleted and renamed-away objects are
+/// gone, no conflict copy was made of the tool's own writes, and no multipart upload is open.
+#[tokio::test(flavor = "multi_thread")]
+async fn write_back_through_faulty_writes_leaves_the_bucket_as_the_mount() {
+    let s3 = server().await;
+    let mut rules: Vec<Rule> = Op::WRITES
+        .iter()
+        .map(|op| Rule::new(&[*op], 100, &Fault::WRITE).at_most(2))
+        .collect();
+    let mut writes = Op::WRITES.to_vec();
+    writes.push(Op::Abort);
+    rules.push(Rule::new(&writes, 33, &Fault::WRITE));
+    let seed = std::env::var("S3SYNC_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let proxy = FaultProxy::with_rules(&s3.endpoint, seed, &rules).await;
+    let root = tempfile::tempdir().unwrap();
+    // A write-back ten minutes away: `status --wait` has it upload everything at once.
+    let args = [
+        "--part-size",
+        "64KiB",
+        "--upload-delay",
+        "600",
+        "--download-interval",
+        "3600",
+    ];
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), MOUNTS, &args);
+    let study = m.dest.join("study");
+    for i in 0..12u64 {
+        let dir = study.join(format!("runs/{}", i % 3));
+        must("mkdir -p", std::fs::create_dir_all(&dir));
+        let path = dir.join(format!("out-{i}.bin"));
+        must(
+            "write",
+            std::fs::write(&path, bytes(1 + i as usize * 7919, 40 + i)),
+        );
+    }
+    let large = bytes((12 << 20) + 555, 60);
+    must(
+        "write study/model.bin",
+        std::fs::write(study.join("model.bin"), &large),
+    );
+    must(
+        "overwrite study/notes.txt",
+        std::fs::write(study.join("notes.txt"), b"notes, edited\n"),
+    );
+    must(
+        "rm study/log.txt",
+        std::fs::remove_file(study.join("log.txt")),
+    );
+    must(
+        "mv study/report.csv study/report-v1.csv",
+        std::fs::rename(study.join("report.csv"), study.join("report-v1.csv")),
+    );
+    let want = tree(&study);
+
+    let waited = status_wait(&m, root.path(), 120);
+    let injected: BTreeMap<Op, BTreeMap<Fault, usize>> = writes
+        .iter()
+        .map(|op| (*op, proxy.injected_into(*op)))
+        .collect();
+    eprintln!("faults injected: {injected:?}");
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "status --wait: {}\n{}",
+        String::from_utf8_lossy(&waited.stdout),
+        m.log_tail(40)
+    );
+    for op in [Op::Put, Op::Part, Op::Create, Op::Complete, Op::Delete] {
+        assert!(
+            !injected[&op].is_empty(),
+            "no fault was injected into {op:?}"
+        );
+    }
+    assert_files("the bucket", &bucket_files(&s3.client, "study/"), &want);
+    assert_eq!(object(&s3.client, "study/log.txt"), None);
+    assert_eq!(object(&s3.client, "study/report.csv"), None);
+    assert_files("the mount", &tree(&study), &want);
+    let log = m.log();
+    let conflicts = log.lines().filter(|l| {
+        l.contains("conflict:") || l.contains("conflicts=") && !l.contains("conflicts=0")
+    });
+    assert_eq!(conflicts.count(), 0, "a fault made a conflict:\n{log}");
+    let open = block(s3.client.list_multipart_uploads().bucket("bkt").send()).unwrap();
+    let open: Vec<_> = open.uploads().iter().map(|u| u.key()).collect();
+    assert!(open.is_empty(), "multipart uploads left open: {open:?}");
+    unmount_ok(&mut m);
+}
+
+/// `status --wait` of the mount `m` (its cache in `root/cache`), given up after `secs`
+/// (`timeout`'s exit code 124 then).
+fn status_wait(m: &Mounted, root: &Path, secs: u32) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(env!("CARGO_BIN_EXE_s3-synchronizer"))
+        .arg("status")
+        .arg("--destination")
+        .arg(&m.dest)
+        .arg("--cache-dir")
+        .arg(root.join("cache"))
+        .arg("--wait")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A flush that `status --wait` asked for holds until the upload succeeds: the only PUT fails
+/// every try of the first round (six 500s), and the round after it, a second later, still
+/// takes the file although it has not been quiet for the ten minutes of --upload-delay.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_wait_outlasts_a_failed_upload_and_returns_once_it_is_saved() {
+    let s3 = server().await;
+    let rules = [Rule::new(&[Op::Put], 100, &[Fault::InternalError]).at_most(6)];
+    let proxy = FaultProxy::with_rules(&s3.endpoint, 1, &rules).await;
+    let root = tempfile::tempdir().unwrap();
+    let args = ["--upload-delay", "600", "--download-interval", "3600"];
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), MOUNTS, &args);
+    let data = bytes(100_000, 70);
+    must(
+        "write study/saved.bin",
+        std::fs::write(m.dest.join("study/saved.bin"), &data),
+    );
+    let waited = status_wait(&m, root.path(), 60);
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "status --wait: {}\n{}",
+        String::from_utf8_lossy(&waited.stdout),
+        m.log_tail(20)
+    );
+    assert_eq!(proxy.injected_into(Op::Put).values().sum::<usize>(), 6);
     assert!(object(&s3.client, "study/saved.bin").unwrap() == data);
     unmount_ok(&mut m);
 }

@@ -214,19 +214,43 @@ impl Uploader {
             Err(UploadError::Store {
                 source: StoreError::PreconditionFailed { .. } | StoreError::NoSuchKey { .. },
                 ..
-            }) => {
-                let current = self.head(&up.key).await?;
-                if let Some(c) = &current
-                    && c.size == stamp.size
-                    && self.is_ours(&file, &stamp, &c.etag).await
-                {
-                    self.record(up, c, stamp)?;
-                    return Ok(Pushed::Uploaded { bytes: stamp.size });
-                }
-                self.conflict(up, current).await
-            }
+            }) => match self.adopt(up, &file, &stamp).await? {
+                Ok(pushed) => Ok(pushed),
+                Err(current) => self.conflict(up, current).await,
+            },
+            // The completion was applied and its answer lost, and its retry found the upload
+            // ended; else the upload is started again at the next pass.
+            Err(
+                gone @ UploadError::Store {
+                    source: StoreError::NoSuchUpload { .. },
+                    ..
+                },
+            ) => match self.adopt(up, &file, &stamp).await? {
+                Ok(pushed) => Ok(pushed),
+                Err(_) => Err(gone),
+            },
             Err(e) => Err(e),
         }
+    }
+
+    /// After a write whose retry found the object already made: the object, when it holds the
+    /// file's bytes (the tool's own write, its answer lost), is recorded as the file's upload;
+    /// else `Err` with the object's version now.
+    async fn adopt(
+        &self,
+        up: &Upload,
+        file: &Arc<File>,
+        stamp: &Stamp,
+    ) -> Result<Result<Pushed, Option<ObjectMeta>>, UploadError> {
+        let current = self.head(&up.key).await?;
+        if let Some(c) = &current
+            && c.size == stamp.size
+            && self.is_ours(file, stamp, &c.etag).await
+        {
+            self.record(up, c, *stamp)?;
+            return Ok(Ok(Pushed::Uploaded { bytes: stamp.size }));
+        }
+        Ok(Err(current))
     }
 
     /// The object's current version (with retries), `None` when there is none.

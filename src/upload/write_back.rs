@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long the write-back waits at most between tries while uploads fail (the store down).
+/// How long the write-back waits after a round in which uploads failed (the store down),
+/// twice as long after each such round in a row, up to the most.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The shortest pause between two rounds (each walks the mount's directory).
@@ -29,7 +31,8 @@ pub struct WriteBack {
     /// When the file system last changed the copy. Guarded by its own lock, taken alone.
     last: Mutex<Option<Instant>>,
     /// A flush was asked for (`status --wait`): the next round comes at once and takes every
-    /// closed file, quiet or not.
+    /// closed file, quiet or not; so do the rounds after it until one leaves nothing failed or
+    /// changed while read (the asker waits for all of it).
     hurry: AtomicBool,
     hurried: Notify,
 }
@@ -61,7 +64,8 @@ impl WriteBack {
     ) {
         let mount = &replica.mount.id;
         let pause = delay.max(MIN_PAUSE);
-        let mut backoff = pause;
+        let mut backoff = FIRST_BACKOFF;
+        let mut flushing = false;
         loop {
             tokio::select! {
                 () = self.changed.notified() => {}
@@ -76,7 +80,7 @@ impl WriteBack {
                         () = cancel.cancelled() => return,
                     }
                 }
-                let now = self.hurry.swap(false, Ordering::Relaxed);
+                let now = self.hurry.swap(false, Ordering::Relaxed) || flushing;
                 let started = Instant::now();
                 let round = engine.write_back(&replica, store.clone(), now).await;
                 let (settling, failed) = match round {
@@ -99,13 +103,15 @@ impl WriteBack {
                     }
                 };
                 let changed_since = self.last.lock().is_some_and(|at| at >= started);
+                flushing = now && (failed || settling);
                 wait = match failed {
                     true => {
+                        let wait = backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
-                        backoff
+                        wait
                     }
                     false => {
-                        backoff = pause;
+                        backoff = FIRST_BACKOFF;
                         pause
                     }
                 };
