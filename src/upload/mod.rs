@@ -532,8 +532,9 @@ impl Uploader {
         let ended = match completed {
             Ok(Some(_)) => true,
             // A leftover upload costs storage, not data: when it cannot be aborted now, its
-            // record stays for the next pass to try again.
-            _ => match self.store.abort_multipart(&up.key, &id).await {
+            // record stays for the next pass to try again. (An abort whose answer was lost is
+            // retried: an upload already gone is not an error.)
+            _ => match retry(&up.key, || self.store.abort_multipart(&up.key, &id)).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(key = %up.key, "could not abort multipart upload {id}: {e}");
@@ -541,7 +542,7 @@ impl Uploader {
                 }
             },
         };
-        if ended && retried {
+        if retried {
             self.abort_others(&up.key, &id).await;
         }
         if ended {
