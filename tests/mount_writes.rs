@@ -219,14 +219,14 @@ fn wait_bucket(m: &Mounted, client: &Client, prefix: &str, want: &BTreeMap<Strin
     }
 }
 
-/// Waits (bounded) until the tool has applied `n` more listings of the bucket: the server has
-/// answered `n + 1` more rounds of LISTs, one for each of the two mounts (a round is requested
-/// only once the one before has been applied).
+/// Waits (bounded) until the tool has applied `n` more listings of the bucket: `n + 1` more
+/// passes of each of the two mounts have completed (the first may have listed before the call;
+/// a pass lists only once the one before has been applied).
 #[track_caller]
-fn wait_listings(m: &Mounted, s3: &S3Server, n: usize) {
-    let before = s3.lists();
+fn wait_listings(m: &Mounted, n: usize) {
+    let before = m.passes();
     m.wait_until(SETTLE, &format!("{n} more listings"), || {
-        s3.lists() >= before + 2 * (n + 1)
+        m.passes() >= before + 2 * (n + 1)
     });
 }
 
@@ -611,7 +611,7 @@ async fn unlinking_a_file_deletes_its_object_and_it_does_not_come_back() {
         wait_object(&m, &s3.client, &format!("study/{rel}"), None);
     }
     // The next listings do not bring them back.
-    wait_listings(&m, &s3, 2);
+    wait_listings(&m, 2);
     for rel in [
         "report.csv",
         "big.bin",
@@ -670,7 +670,7 @@ async fn renames_of_files_and_directories_move_their_objects_and_an_editor_save_
     assert_eq!(object(&s3.client, "study/notes.txt.tmp"), None);
 
     // The next listings show the same.
-    wait_listings(&m, &s3, 2);
+    wait_listings(&m, 2);
     assert_files("MNT/study after two listings", &tree(&study), &want);
     assert!(!study.join("results").exists());
     unmount_ok(&mut m);
@@ -857,7 +857,7 @@ async fn after_a_session_of_writes_the_mount_and_the_bucket_hold_the_same_files(
     wait_bucket(&m, &s3.client, "study/", &want);
     // After the next listings the mount still shows what the bucket holds, and `diff -r` of the
     // mount against the server's own files finds nothing.
-    wait_listings(&m, &s3, 2);
+    wait_listings(&m, 2);
     assert_files("MNT/study after two listings", &tree(&study), &want);
     assert_files(
         "the bucket under study/",
@@ -1032,7 +1032,7 @@ async fn written_files_survive_a_restart_on_the_same_cache_and_it_changes_nothin
     let mut m = Mounted::start(&s3, root.path(), MOUNTS, &ARGS);
     let study = m.dest.join("study");
     assert_files("MNT/study after the restart", &tree(&study), &want);
-    wait_listings(&m, &s3, 2);
+    wait_listings(&m, 2);
     assert_files("MNT/study after two listings", &tree(&study), &want);
     assert_files(
         "the bucket under study/ after the restart",

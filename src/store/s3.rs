@@ -1,4 +1,5 @@
-//! The only module that knows the AWS SDK: paginated ListObjectsV2, HeadObject, ranged
+//! The only module that knows the AWS SDK: ListObjectsV2 (split into parallel listings,
+//! [`listing`]), HeadObject, ranged
 //! GetObject with `If-Match`, and the writes (conditional PutObject, multipart uploads,
 //! CopyObject and UploadPartCopy, conditional DeleteObject), with SDK errors classified into
 //! [`StoreError`].
@@ -7,6 +8,7 @@
 //! Answers of S3-compatible servers that the SDK would refuse are put right first ([`compat`]).
 
 mod compat;
+mod listing;
 
 use super::{
     Body, CompletedPart, MultipartUpload, ObjectMeta, ObjectStore, Precondition, StoreError,
@@ -385,43 +387,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            // Keys may hold characters XML 1.0 cannot carry (control characters): ask for them
-            // URL-encoded, as the AWS SDKs do for their high-level listings.
-            .encoding_type(EncodingType::Url)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.classify(&e, None))?;
-            // Servers that ignore the request send keys as they are, and say nothing.
-            let encoded = page.encoding_type() == Some(&EncodingType::Url);
-            for obj in page.contents() {
-                let Some(key) = obj.key() else { continue };
-                let key = if encoded {
-                    match url_decode(key) {
-                        Some(key) => key,
-                        None => {
-                            tracing::warn!(bucket = %self.bucket, key, "skipping a key that is not UTF-8 once decoded");
-                            continue;
-                        }
-                    }
-                } else {
-                    key.to_owned()
-                };
-                out.push(ObjectMeta {
-                    key,
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    etag: unquote(obj.e_tag().unwrap_or_default()),
-                    last_modified: to_system_time(obj.last_modified()),
-                });
-            }
-        }
-        Ok(out)
+        self.list_split(prefix).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

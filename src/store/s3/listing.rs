@@ -1,0 +1,165 @@
+//! A listing of a prefix, split into sub-prefixes that are listed in parallel.
+//!
+//! One paginated ListObjectsV2 asks for its pages one after another: a listing of a million
+//! keys is a thousand round trips in a row. Where the keys fall into directories (a listing
+//! with the delimiter `/` shows them as common prefixes) the listing is split: the first page
+//! of a delimiter listing of a prefix gives the objects directly in it and its sub-prefixes,
+//! whose keys are then listed, each whole, several at once. Every key under the prefix is in
+//! exactly one part: directly in a prefix whose delimiter listing fit in one page, or under one
+//! of the sub-prefixes listed whole. A prefix with more than a page of entries is not split
+//! (listed whole: one page asked for twice), nor are levels that would make more parts than a
+//! listing saves requests; so a flat prefix costs one request more than a plain listing, and a
+//! small one none.
+
+use super::{S3Store, url_decode};
+use crate::store::{ObjectMeta, StoreError};
+use aws_sdk_s3::types::EncodingType;
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+/// Listings (pages of one, or parts) asked for at once.
+const LISTS_AT_ONCE: usize = 16;
+
+/// A listing is split until it has this many parts, ...
+const ENOUGH_PARTS: usize = 16;
+/// ... going at most this many levels down, ...
+const MAX_LEVELS: usize = 3;
+/// ... and never into more parts than this (each costs a request, however few keys it holds).
+const MAX_PARTS: usize = 256;
+
+/// The first page of a delimiter listing of a prefix.
+struct Level {
+    /// Objects directly in the prefix.
+    objects: Vec<ObjectMeta>,
+    /// Its sub-prefixes (common prefixes), each ending in the delimiter.
+    prefixes: Vec<String>,
+    /// More pages follow: the prefix holds more than a page of entries.
+    truncated: bool,
+}
+
+impl S3Store {
+    /// Every object under `prefix`, in key order: split into parts listed in parallel (see the
+    /// module's note).
+    pub(super) async fn list_split(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out = Vec::new();
+        // Parts listed whole, and parts that may be split further.
+        let mut whole = Vec::new();
+        let mut open = vec![prefix.to_owned()];
+        for _ in 0..MAX_LEVELS {
+            if open.is_empty() || whole.len() + open.len() >= ENOUGH_PARTS {
+                break;
+            }
+            // Futures made first: a stream of a borrowing closure is not `Send` enough for
+            // `async_trait`.
+            let asked: Vec<_> = open.iter().map(|p| self.level(p)).collect();
+            let levels: Vec<Level> = stream::iter(asked)
+                .buffered(LISTS_AT_ONCE)
+                .try_collect()
+                .await?;
+            let (mut objects, mut truncated, mut below) = (Vec::new(), Vec::new(), Vec::new());
+            for (p, level) in open.iter().zip(levels) {
+                if level.truncated {
+                    truncated.push(p.clone());
+                } else {
+                    objects.extend(level.objects);
+                    below.extend(level.prefixes);
+                }
+            }
+            // Too many parts: the open ones are listed whole instead.
+            if whole.len() + truncated.len() + below.len() > MAX_PARTS {
+                break;
+            }
+            out.extend(objects);
+            whole.extend(truncated);
+            open = below;
+        }
+        whole.extend(open);
+        let asked: Vec<_> = whole.iter().map(|p| self.list_whole(p)).collect();
+        let parts: Vec<Vec<ObjectMeta>> = stream::iter(asked)
+            .buffer_unordered(LISTS_AT_ONCE)
+            .try_collect()
+            .await?;
+        out.extend(parts.into_iter().flatten());
+        // Sorted runs, one per part: a stable sort merges them in about linear time.
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// The first page of the delimiter listing of `prefix`.
+    async fn level(&self, prefix: &str) -> Result<Level, StoreError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(|e| self.classify(&e, None))?;
+        let encoded = page.encoding_type() == Some(&EncodingType::Url);
+        let objects = page
+            .contents()
+            .iter()
+            .filter_map(|obj| self.object_meta(obj, encoded))
+            .collect();
+        let prefixes = page
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| self.decoded(p.prefix()?, encoded))
+            .collect();
+        Ok(Level {
+            objects,
+            prefixes,
+            truncated: page.is_truncated() == Some(true),
+        })
+    }
+
+    /// Every object under `prefix`, in key order, by one paginated listing.
+    pub(super) async fn list_whole(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            // Keys may hold characters XML 1.0 cannot carry (control characters): ask for them
+            // URL-encoded, as the AWS SDKs do for their high-level listings.
+            .encoding_type(EncodingType::Url)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify(&e, None))?;
+            // Servers that ignore the request send keys as they are, and say nothing.
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|obj| self.object_meta(obj, encoded)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// A listed object, its key decoded; `None` (with a warning) for a key that is not UTF-8.
+    fn object_meta(&self, obj: &aws_sdk_s3::types::Object, encoded: bool) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            key: self.decoded(obj.key()?, encoded)?,
+            size: obj.size().unwrap_or(0).max(0) as u64,
+            etag: super::unquote(obj.e_tag().unwrap_or_default()),
+            last_modified: super::to_system_time(obj.last_modified()),
+        })
+    }
+
+    /// A key or prefix of a listing, decoded when the server encoded it; `None` (with a
+    /// warning) when it is not UTF-8: such keys cannot be files.
+    fn decoded(&self, key: &str, encoded: bool) -> Option<String> {
+        if !encoded {
+            return Some(key.to_owned());
+        }
+        let decoded = url_decode(key);
+        if decoded.is_none() {
+            tracing::warn!(bucket = %self.bucket, key, "skipping a key that is not UTF-8 once decoded");
+        }
+        decoded
+    }
+}
