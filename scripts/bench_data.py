@@ -20,6 +20,7 @@ cases: what the mount cases of bench_mount.sh read (see its --help):
     cpu-share    the backlog: bl/backlog/obj-000.bin ... obj-127.bin, 32 MiB each, sparse on disk
                  (the server still sends every byte)
     walk-stat    ws/d-000/f-000.bin ... ws/d-099/f-099.bin: 10,000 random files of 1 KiB
+    listing      ls/d-000/f-0000 ... ls/d-099/f-0999: 100,000 files of 1 byte
     parquet      pq/data-2GiB.parquet: 64 row groups of 4 random int64 columns, 32 MiB each,
                  uncompressed (needs pyarrow)
 """
@@ -31,7 +32,7 @@ MiB = 1 << 20
 
 SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
 SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
-CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "parquet")
+CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "listing", "parquet")
 
 
 def random_file(path, size):
@@ -89,6 +90,12 @@ def write_cases(root, cases):
             for i in range(100):
                 with open(os.path.join(root, "ws/d-%03d/f-%03d.bin" % (d, i)), "wb") as f:
                     f.write(os.urandom(1024))
+    if "listing" in cases:
+        for d in range(100):
+            os.makedirs(os.path.join(root, "ls/d-%03d" % d))
+            for i in range(1000):
+                with open(os.path.join(root, "ls/d-%03d/f-%04d" % (d, i)), "wb") as f:
+                    f.write(b"x")
     if "parquet" in cases:
         write_parquet(os.path.join(root, "pq/data-2GiB.parquet"))
 

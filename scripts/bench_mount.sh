@@ -33,6 +33,10 @@
 #   walk-stat    os.walk + os.stat of 10,000 files of 1 KiB in 100 directories: through our
 #                mount, on our complete cache directory (local disk), through rclone mount; each
 #                walked once before timing.
+#   listing      a new mount (empty cache) of 100,000 keys in 100 directories, until it is mounted
+#                (it lists the bucket first, split by directory and in parallel), vs one
+#                paginated listing of the same keys: `rclone lsf -R --fast-list` and `s5cmd ls`
+#                (whole processes, as ours is). With --versus, the other build's mount too.
 #   cpu-share    a CPU-bound Python loop (5 million additions, about 0.3 s) run 1 s into a new
 #                mount of ours while its background download of the 4 GiB backlog is under way;
 #                vs the same loop while s5cmd cp downloads that backlog, and on an idle machine:
@@ -59,10 +63,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,56s/^# \{0,1\}//p' "$0"
+    sed -n '2,60s/^# \{0,1\}//p' "$0"
 }
 
-all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,parquet"
+all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,parquet"
 cases="$all_cases"
 runs=2
 logs=""
@@ -90,6 +94,7 @@ for c in "${case_list[@]}"; do
     tail-read | tail) want[tail-read]=1 ;;
     cpu-share | cpu) want[cpu-share]=1 ;;
     walk-stat | walk) want[walk-stat]=1 ;;
+    listing | list) want[listing]=1 ;;
     parquet) want[parquet]=1 ;;
     *) die "unknown case '$c' ($all_cases)" ;;
     esac
@@ -99,8 +104,8 @@ has() { [[ -n "${want[$1]:-}" ]]; }
 versus="${versus:-}"
 if [[ -n "$versus" ]]; then
     [[ -x "$versus" ]] || die "--versus $versus is not an executable"
-    has first-byte || has tail-read ||
-        die "--versus compares builds in the first-byte and tail-read cases: ask for one of them"
+    has first-byte || has tail-read || has listing ||
+        die "--versus compares builds in the first-byte, tail-read and listing cases: ask for one of them"
 fi
 
 ensure_python_tools
@@ -531,6 +536,48 @@ case_walk_stat() {
 }
 
 # ---------------------------------------------------------------------------------------------
+case_listing() {
+    local mnt="$work/mnt-ls" cache="$work/cache-ls" round t t0 n builds=(ours) versus_row=()
+    if [[ -n "$versus" ]]; then
+        builds+=(versus)
+        versus_row=(versus "the --versus build ($(basename -- "$versus")): a new mount, until mounted")
+    fi
+    measure listing - "listing: 100,000 keys in 100 directories" \
+        ours "s3-synchronizer mount, new: until mounted (it lists first)" "${versus_row[@]}" \
+        rclone "rclone lsf -R --fast-list (one paginated listing)" \
+        s5cmd "s5cmd ls (one paginated listing)"
+    log "listing: each run, a new mount with an empty cache, and the peers' listings"
+    for ((round = 0; round < runs; round++)); do
+        in_turn "$round" "${builds[@]}" rclone s5cmd
+        for t in "${TURN[@]}"; do
+            rm -rf -- "$cache"
+            t0="$(now)"
+            case "$t" in
+            ours | versus)
+                MOUNT_TOOL="$TOOL"
+                [[ "$t" == versus ]] && MOUNT_TOOL="$versus"
+                start_ours ls ls/ "$mnt" "$cache" "$logs/$t-listing-$((round + 1)).log"
+                record listing "$t" "$round" "$(elapsed "$t0" "$(now)")"
+                unset MOUNT_TOOL
+                n="$(find "$mnt/ls" -mindepth 2 -type f | wc -l)"
+                unmount "$mnt"
+                ;;
+            rclone)
+                n="$(s3_env rclone lsf -R --fast-list --files-only bench:bench/ls | wc -l)"
+                record listing "$t" "$round" "$(elapsed "$t0" "$(now)")"
+                ;;
+            s5cmd)
+                n="$(s3_env s5cmd --endpoint-url "$S3_ENDPOINT" ls 's3://bench/ls/*' | wc -l)"
+                record listing "$t" "$round" "$(elapsed "$t0" "$(now)")"
+                ;;
+            esac
+            [[ "$n" -eq 100000 ]] || die "listing: $t saw $n keys, not 100,000"
+        done
+    done
+    rm -rf -- "$cache"
+}
+
+# ---------------------------------------------------------------------------------------------
 case_parquet() {
     local rel=data-2GiB.parquet rg=32 mnt="$work/mnt-pq" cache="$work/cache-pq" round t out
     local path what secs
@@ -579,6 +626,7 @@ has cached-read && case_cached_read
 if has first-byte || has tail-read; then case_backlog; fi
 has cpu-share && case_cpu_share
 has walk-stat && case_walk_stat
+has listing && case_listing
 has parquet && case_parquet
 
 # ---------------------------------------------------------------------------------------------
