@@ -40,6 +40,8 @@
 #   ours    s3-synchronizer sync (defaults: --concurrency 20, --part-size 8MiB)
 #   rclone  rclone copy --transfers 16 --multi-thread-streams 16, 8 MiB chunks above 8 MiB
 #   s5cmd   s5cmd --numworkers 16 cp (its default part size and per-file concurrency)
+#   mount   (with ours, given root and FUSE) s3-synchronizer mount of the set with an empty
+#           cache, from its start until its background download has completed a pass
 # and uploading each into a new empty prefix (no tool sees another's objects):
 #   ours    s3-synchronizer sync of a writeable mount (fresh state) whose directory holds hard
 #           links to the files: it lists the empty prefix, walks the directory, HEADs each key
@@ -69,7 +71,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,67s/^# \{0,1\}//p' "$0"
+    sed -n '2,68s/^# \{0,1\}//p' "$0"
 }
 
 all_sets="small,large,up-small,up-large,mnt-small,mnt-large,mnt-write-small,mnt-write-large"
@@ -143,7 +145,8 @@ fi
 need_positive_int --runs "$runs"
 
 ensure_python_tools
-if [[ ${#mnt_list[@]} -gt 0 ]]; then
+# The mount sets, and the download sets' mount of ours.
+if [[ ${#mnt_list[@]} -gt 0 || (-z "$no_fuse" && $have_ours -eq 1 && ${#down_list[@]} -gt 0) ]]; then
     ensure_fuse
 fi
 if [[ $have_ours -eq 1 ]]; then
@@ -375,6 +378,21 @@ mount_upload() {
     now >"$work/written"
     "$TOOL" status --destination "$mnt" --cache-dir "$cache" --wait
 }
+# mount_download SET LOG: a new mount of ours (empty cache) of SET, until its background
+# download has completed a pass without failures.
+mount_download() {
+    local i line
+    start_mount "$TOOL" "$1/" 600 "$2"
+    for ((i = 0; i < 6000; i++)); do
+        line="$(grep -m 1 'pass complete' "$2" || true)"
+        if [[ -n "$line" ]]; then
+            [[ "$line" == *" failed=0 "* ]] || die "the mount's download of set '$1' failed: $line"
+            return 0
+        fi
+        sleep 0.05
+    done
+    die "the mount's download of set '$1' did not complete within 300 s (see $2)"
+}
 # local_write SET: `cp -r` of SET's files into the empty local directory $copy.
 local_write() { cp -r -- "$local_data/$(files_of "$1")/." "$copy/"; }
 
@@ -392,7 +410,12 @@ set_tools() {
             if [[ "$t" == ours ]]; then SET_TOOLS+=(sync); fi
         done
         ;;
-    *) SET_TOOLS=("${tool_list[@]}") ;;
+    *)
+        for t in "${tool_list[@]}"; do
+            SET_TOOLS+=("$t")
+            if [[ "$t" == ours && -z "$no_fuse" ]]; then SET_TOOLS+=(mount); fi
+        done
+        ;;
     esac
     if [[ -n "$versus" ]]; then SET_TOOLS+=(versus); fi
 }
@@ -422,6 +445,7 @@ tool_label() {
     mnt-*:ours) echo "s3-synchronizer mount: cp -r + status --wait (--upload-delay 1)" ;;
     mnt-*:write) echo "of which the cp -r into the mount" ;;
     mnt-*:sync) echo "s3-synchronizer sync" ;;
+    *:mount) echo "s3-synchronizer mount: its background download" ;;
     *:ours) echo "s3-synchronizer" ;;
     *:versus) echo "the --versus build ($(basename -- "$versus"))" ;;
     *) echo "$2" ;;
@@ -462,6 +486,7 @@ for s in "${set_list[@]}"; do
             prefix="up/$s/$t-$((round + 1))/"
             out="$logs/$s-$t-$((round + 1)).log"
             case "$kind:$t" in
+            down:mount) run=(mount_download "$s" "$logs/$s-mount-$((round + 1)).log") ;;
             down:*) run=(run_tool "$t" "$s") ;;
             mnt:ours | mnt:versus)
                 start_mount "$(build_of "$t")" "$prefix" 1 "$logs/$s-$t-mount-$((round + 1)).log"
@@ -508,7 +533,14 @@ for s in "${set_list[@]}"; do
                 fi
                 rm -rf -- "$cache"
             fi
-            if [[ $round -eq 0 && $kind == down ]]; then
+            if [[ $kind == down && $t == mount ]]; then
+                if [[ $round -eq 0 ]] && ! diff -r -q "$data/bench/$s" "$mnt/$MOUNT_ID" >"$logs/diff-$s-mount.txt" 2>&1; then
+                    head -n 20 "$logs/diff-$s-mount.txt" >&2
+                    die "WRONG COPY: the mount's copy of set '$s' differs from the source (see above)"
+                fi
+                stop_mount
+                rm -rf -- "$cache"
+            elif [[ $round -eq 0 && $kind == down ]]; then
                 verify "$s" "$t"
             elif [[ $round -eq 0 && $t != local ]]; then
                 verify_upload "$s" "$t" "$prefix"
