@@ -259,6 +259,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         opts: &WriteOptions,
     ) -> Result<String, StoreError>;
 
+    /// Whether [`copy`](Self::copy) of an object of `size` bytes is made in parts: a multipart
+    /// upload, which a crash during the copy may leave open.
+    fn copies_in_parts(&self, size: u64) -> bool {
+        let _ = size;
+        false
+    }
+
     /// Deletes `key` if `cond` holds. A key that does not exist is not an error (as on S3), with
     /// or without a condition: the version the caller wanted gone is gone. S3 has no
     /// `If-None-Match` on a delete: [`Precondition::IfNoneMatch`] is a permanent error.

@@ -80,6 +80,9 @@ pub struct MemoryStore {
     next_upload: AtomicU64,
     missing: bool,
     clock: AtomicU64,
+    /// Copies of objects larger than this say they are made in parts (see
+    /// [`MemoryStore::copy_in_parts_above`]).
+    copy_limit: AtomicU64,
     pub counters: Counters,
 }
 
@@ -101,8 +104,15 @@ impl MemoryStore {
             next_upload: AtomicU64::new(1),
             missing: false,
             clock: AtomicU64::new(1_700_000_000),
+            copy_limit: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
         })
+    }
+
+    /// Copies of objects larger than `limit` bytes say they are made in parts, as S3's above
+    /// 5 GiB (each is still one step here).
+    pub fn copy_in_parts_above(&self, limit: u64) {
+        self.copy_limit.store(limit, Ordering::Relaxed);
     }
 
     /// A store whose bucket does not exist.
@@ -189,6 +199,10 @@ fn check(key: &str, current: Option<&Object>, cond: &Precondition) -> Result<(),
 impl ObjectStore for MemoryStore {
     fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    fn copies_in_parts(&self, size: u64) -> bool {
+        size > self.copy_limit.load(Ordering::Relaxed)
     }
 
     fn endpoint(&self) -> &str {
@@ -641,6 +655,9 @@ impl<H> std::ops::Deref for Hooked<H> {
 impl<H: StoreHook> ObjectStore for Hooked<H> {
     fn bucket(&self) -> &str {
         self.inner.bucket()
+    }
+    fn copies_in_parts(&self, size: u64) -> bool {
+        self.inner.copies_in_parts(size)
     }
     fn endpoint(&self) -> &str {
         self.inner.endpoint()

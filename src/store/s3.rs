@@ -617,6 +617,10 @@ impl ObjectStore for S3Store {
         answered_etag(etag, "a copy", dest_key)
     }
 
+    fn copies_in_parts(&self, size: u64) -> bool {
+        size > self.copy_limit
+    }
+
     async fn delete(&self, key: &str, cond: &Precondition) -> Result<(), StoreError> {
         let mut request = self.client.delete_object().bucket(&self.bucket).key(key);
         match cond {

@@ -140,9 +140,30 @@ impl Uploader {
             _ => return Ok(None),
         };
         let opts = self.options();
+        // A copy in parts is a multipart upload: recorded as one before it starts, so that one
+        // a crash interrupts is aborted at the next pass ([`Uploader::abort_unfinished`]),
+        // whose id the store keeps to itself; every open upload of the key is.
+        let in_parts = self.store.copies_in_parts(source.size);
+        if in_parts {
+            let upload = Multipart {
+                key: up.key.clone(),
+                upload_id: None,
+            };
+            let copy = &self.replica.copy;
+            copy.begin_upload(&up.path, upload)
+                .map_err(local_err(&up.key))?;
+        }
         let copied = self
             .write(&up.key, || self.store.copy(&source, &up.key, &cond, &opts))
             .await;
+        // The store aborts the upload of a copy that failed; one cut off may still be open.
+        let open = matches!(&copied, Err(e) if e.is_transient());
+        if in_parts && !open {
+            self.replica
+                .copy
+                .end_upload(&up.path)
+                .map_err(local_err(&up.key))?;
+        }
         let etag = match copied {
             Ok(etag) => etag,
             Err(e) if e.is_transient() => return Err(store_err(&up.key)(e)),

@@ -384,6 +384,52 @@ async fn a_rename_whose_old_object_changed_meanwhile_keeps_both_versions() {
     assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"mine");
 }
 
+/// A rename copied in parts (a multipart upload, as S3 copies objects above 5 GiB) is
+/// recorded in the manifest before the copy starts: one cut off stays recorded, and the next
+/// pass aborts the key's open uploads, then copies, and ends the record.
+#[tokio::test]
+async fn a_copy_in_parts_is_recorded_until_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/big.bin", &b"a large object"[..]);
+    mem.copy_in_parts_above(4);
+    let faults = Faults::over(mem.clone());
+    let store: Arc<dyn ObjectStore> = faults.clone();
+    push(tmp.path(), store.clone()).await;
+
+    let dir = tmp.path().join("m");
+    std::fs::rename(dir.join("big.bin"), dir.join("moved.bin")).unwrap();
+    // Every try of the copy is cut off, as a crash or an outage would.
+    faults.set(|r| match r {
+        Request::Copy { .. } => Some(Fault::Fail(StoreError::Transient("cut".into()))),
+        _ => None,
+    });
+    let engine = engine_at(tmp.path(), 4, CancellationToken::new());
+    let replica = engine.open_mount(writeable()).unwrap();
+    let stats = engine.sync_mount(&replica, store.clone()).await.unwrap();
+    assert_eq!(stats.failed, 1, "{stats:?}");
+    let unfinished: Vec<String> = replica
+        .copy
+        .unfinished_uploads()
+        .into_iter()
+        .map(|(_, u)| u.key)
+        .collect();
+    assert_eq!(unfinished, ["p/moved.bin"]);
+    drop((replica, engine));
+
+    faults.set(|_| None);
+    let engine = engine_at(tmp.path(), 4, CancellationToken::new());
+    let replica = engine.open_mount(writeable()).unwrap();
+    let stats = engine.sync_mount(&replica, store).await.unwrap();
+    assert_eq!((stats.failed, stats.uploaded), (0, 1), "{stats:?}");
+    assert!(replica.copy.unfinished_uploads().is_empty());
+    assert_eq!(
+        bytes(&mem, "p/moved.bin").as_deref(),
+        Some(&b"a large object"[..])
+    );
+    assert_eq!(bytes(&mem, "p/big.bin"), None);
+}
+
 #[tokio::test]
 async fn a_stopping_run_copies_a_renamed_file_too() {
     let tmp = tempfile::tempdir().unwrap();
