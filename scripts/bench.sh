@@ -381,17 +381,8 @@ mount_upload() {
 # mount_download SET LOG: a new mount of ours (empty cache) of SET, until its background
 # download has completed a pass without failures.
 mount_download() {
-    local i line
     start_mount "$TOOL" "$1/" 600 "$2"
-    for ((i = 0; i < 6000; i++)); do
-        line="$(grep -m 1 'pass complete' "$2" || true)"
-        if [[ -n "$line" ]]; then
-            [[ "$line" == *" failed=0 "* ]] || die "the mount's download of set '$1' failed: $line"
-            return 0
-        fi
-        sleep 0.05
-    done
-    die "the mount's download of set '$1' did not complete within 300 s (see $2)"
+    wait_pass "$2" "$MOUNT_ID"
 }
 # local_write SET: `cp -r` of SET's files into the empty local directory $copy.
 local_write() { cp -r -- "$local_data/$(files_of "$1")/." "$copy/"; }

@@ -220,21 +220,6 @@ unmount() {
     unset "MOUNT_PIDS[$mnt]"
 }
 
-# wait_pass LOG ID: waits until our mount logged a complete first pass of mount ID, without
-# failures.
-wait_pass() {
-    local logfile="$1" id="$2" i line
-    for ((i = 0; i < 6000; i++)); do
-        line="$(grep -m 1 "pass complete mount=\"$id\"" "$logfile" || true)"
-        if [[ -n "$line" ]]; then
-            [[ "$line" == *" failed=0 "* ]] || die "the download of mount '$id' failed: $line"
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "mount '$id' did not finish downloading within 600 s (see $logfile)"
-}
-
 # ---------------------------------------------------------------------------------------------
 # Data, and the Python side of the measurements: scripts/bench_data.py writes the data,
 # scripts/bench_mount_timing.py times the reads (--help there).

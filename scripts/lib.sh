@@ -459,3 +459,18 @@ median() {
     mapfile -t sorted < <(tr ' ' '\n' <<<"$1" | sort -g)
     echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
 }
+
+# wait_pass LOG ID: waits until our mount logged a complete first pass of mount ID, without
+# failures.
+wait_pass() {
+    local logfile="$1" id="$2" i line
+    for ((i = 0; i < 12000; i++)); do
+        line="$(grep -m 1 "pass complete mount=\"$id\"" "$logfile" || true)"
+        if [[ -n "$line" ]]; then
+            [[ "$line" == *" failed=0 "* ]] || die "the download of mount '$id' failed: $line"
+            return 0
+        fi
+        sleep 0.05
+    done
+    die "mount '$id' did not finish downloading within 600 s (see $logfile)"
+}

@@ -15,7 +15,7 @@
 mod common;
 
 use aws_sdk_s3::Client;
-use common::faults::{Fault, FaultProxy, Op, Rule};
+use common::faults::{self, Fault, FaultProxy, Op, Rule};
 use common::mount::*;
 use common::*;
 use std::collections::BTreeMap;
@@ -1418,18 +1418,8 @@ async fn status_wait_has_the_mount_upload_at_once_and_returns_once_saved() {
 #[tokio::test(flavor = "multi_thread")]
 async fn write_back_through_faulty_writes_leaves_the_bucket_as_the_mount() {
     let s3 = server().await;
-    let mut rules: Vec<Rule> = Op::WRITES
-        .iter()
-        .map(|op| Rule::new(&[*op], 100, &Fault::WRITE).at_most(2))
-        .collect();
-    let mut writes = Op::WRITES.to_vec();
-    writes.push(Op::Abort);
-    rules.push(Rule::new(&writes, 33, &Fault::WRITE));
-    let seed = std::env::var("S3SYNC_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
-    let proxy = FaultProxy::with_rules(&s3.endpoint, seed, &rules).await;
+    let rules = Rule::writes(&Fault::WRITE, 33);
+    let proxy = FaultProxy::with_rules(&s3.endpoint, faults::seed(), &rules).await;
     let root = tempfile::tempdir().unwrap();
     // A write-back ten minutes away: `status --wait` has it upload everything at once.
     let args = [
@@ -1471,7 +1461,7 @@ async fn write_back_through_faulty_writes_leaves_the_bucket_as_the_mount() {
     let want = tree(&study);
 
     let waited = status_wait(&m, root.path(), 120);
-    let injected: BTreeMap<Op, BTreeMap<Fault, usize>> = writes
+    let injected: BTreeMap<Op, BTreeMap<Fault, usize>> = Op::WRITES_AND_ABORT
         .iter()
         .map(|op| (*op, proxy.injected_into(*op)))
         .collect();

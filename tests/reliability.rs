@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::faults::{Fault, FaultProxy, Op, Rule};
+use common::faults::{Fault, FaultProxy, Op, Rule, seed};
 use common::mount::*;
 use common::proxy::SlowProxy;
 use common::*;
@@ -44,13 +44,6 @@ async fn seeded() -> S3Server {
 }
 
 const ARGS: [&str; 4] = ["--part-size", "256KiB", "--concurrency", "8"];
-/// The seed of the faults and kill points (`S3SYNC_SEED` to try others).
-fn seed() -> u64 {
-    std::env::var("S3SYNC_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7)
-}
 
 /// Watches a directory while the tool fills it: every file seen at its final path must have
 /// exactly its object's bytes.
@@ -1063,13 +1056,6 @@ async fn assert_bucket_is_the_copy(
     );
 }
 
-/// Every write a writeable sync makes, the aborts of failed multipart uploads included.
-fn every_write() -> Vec<Op> {
-    let mut ops = Op::WRITES.to_vec();
-    ops.push(Op::Abort);
-    ops
-}
-
 /// The write scenario with one of `faults` in turn given to the first two requests of each kind
 /// of write (so that every kind gets faults, whatever the seed: only 4 files are multipart
 /// uploads) and to `percent`% of the others (each try drawn on its own); rerun until a run
@@ -1080,14 +1066,10 @@ async fn writes_are_exact_under(faults: &[Fault], percent: u64) {
     run_ok(&mut writeable_sync(&s3.endpoint, dest.path()));
     let deleted = change_locally(&dest.path().join("w"));
     let local = tree(&dest.path().join("w"));
-    let mut rules: Vec<Rule> = Op::WRITES
-        .iter()
-        .map(|op| Rule::new(&[*op], 100, faults).at_most(2))
-        .collect();
-    rules.push(Rule::new(&every_write(), percent, faults));
+    let rules = Rule::writes(faults, percent);
     let proxy = FaultProxy::with_rules(&s3.endpoint, seed(), &rules).await;
     let (runs, logs) = sync_until_ok(&proxy.endpoint, dest.path(), 8);
-    let by_op: BTreeMap<Op, BTreeMap<Fault, usize>> = every_write()
+    let by_op: BTreeMap<Op, BTreeMap<Fault, usize>> = Op::WRITES_AND_ABORT
         .into_iter()
         .map(|op| (op, proxy.injected_into(op)))
         .collect();

@@ -260,11 +260,7 @@ async fn twenty_kill_9s_while_uploading_lose_nothing_and_leave_nothing_behind() 
     let args = ["--concurrency", "2"];
     // 1 MiB/s a connection: uploading it all takes over 10 s, so kills land mid-way.
     let proxy = SlowProxy::start(&moto.endpoint, 1 << 20).await;
-    let mut rng = std::env::var("S3SYNC_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7u64)
-        | 1;
+    let mut rng = common::faults::seed() | 1;
     let mut midway = 0;
     for _ in 0..20 {
         if keys(&moto.client).await.len() < expected.len() {

@@ -92,6 +92,15 @@ pub enum Op {
 impl Op {
     /// Every write a writeable mount makes but the abort that cleans up after a failed one.
     pub const WRITES: [Op; 5] = [Op::Put, Op::Part, Op::Create, Op::Complete, Op::Delete];
+    /// [`Op::WRITES`] and the abort.
+    pub const WRITES_AND_ABORT: [Op; 6] = [
+        Op::Put,
+        Op::Part,
+        Op::Create,
+        Op::Complete,
+        Op::Delete,
+        Op::Abort,
+    ];
 
     /// The kind of `req`, `None` for anything else (listings, HEADs, copies, bucket requests).
     fn of<B>(req: &Request<B>) -> Option<Op> {
@@ -149,6 +158,25 @@ impl Rule {
         self.max = Some(max);
         self
     }
+
+    /// `faults` in turn for the first two requests of each kind of write (so that every kind
+    /// gets some, whatever the seed), then for `percent`% of every write, aborts included.
+    pub fn writes(faults: &[Fault], percent: u64) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = Op::WRITES
+            .iter()
+            .map(|op| Rule::new(&[*op], 100, faults).at_most(2))
+            .collect();
+        rules.push(Rule::new(&Op::WRITES_AND_ABORT, percent, faults));
+        rules
+    }
+}
+
+/// The seed of the faults, kill points and the like: `S3SYNC_SEED` to try others, else 7.
+pub fn seed() -> u64 {
+    std::env::var("S3SYNC_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
