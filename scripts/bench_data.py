@@ -21,6 +21,8 @@ cases: what the mount cases of bench_mount.sh read (see its --help):
                  (the server still sends every byte)
     walk-stat    ws/d-000/f-000.bin ... ws/d-099/f-099.bin: 10,000 random files of 1 KiB
     listing      ls/d-000/f-0000 ... ls/d-099/f-0999: 100,000 files of 1 byte
+    discovery    ds/year=2020/month=1/part-00.parquet ... ds/year=2024/month=10/part-39.parquet:
+                 2,000 small Parquet files of 1,000 rows in 50 hive partitions (needs pyarrow)
     parquet      pq/data-2GiB.parquet: 64 row groups of 4 random int64 columns, 32 MiB each,
                  uncompressed (needs pyarrow)
 """
@@ -32,7 +34,7 @@ MiB = 1 << 20
 
 SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
 SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
-CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "listing", "parquet")
+CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "listing", "discovery", "parquet")
 
 
 def random_file(path, size):
@@ -70,6 +72,22 @@ def write_parquet(path):
             w.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=rows)
 
 
+def write_partitions(top):
+    """2,000 Parquet files of 1,000 rows (an id and a value) in 50 hive partitions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for year in range(2020, 2025):
+        for month in range(1, 11):
+            part = os.path.join(top, "year=%d" % year, "month=%d" % month)
+            os.makedirs(part)
+            for i in range(40):
+                ids = pa.array(range(i * 1000, (i + 1) * 1000), pa.int64())
+                values = pa.array([float(year * 100 + month)] * 1000, pa.float64())
+                table = pa.table({"id": ids, "value": values})
+                pq.write_table(table, os.path.join(part, "part-%02d.parquet" % i))
+
+
 def write_cases(root, cases):
     if "cached-read" in cases:
         random_file(os.path.join(root, "cr/big-1GiB.bin"), 1024 * MiB)
@@ -96,6 +114,8 @@ def write_cases(root, cases):
             for i in range(1000):
                 with open(os.path.join(root, "ls/d-%03d/f-%04d" % (d, i)), "wb") as f:
                     f.write(b"x")
+    if "discovery" in cases:
+        write_partitions(os.path.join(root, "ds"))
     if "parquet" in cases:
         write_parquet(os.path.join(root, "pq/data-2GiB.parquet"))
 

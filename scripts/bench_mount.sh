@@ -37,6 +37,10 @@
 #                (it lists the bucket first, split by directory and in parallel), vs one
 #                paginated listing of the same keys: `rclone lsf -R --fast-list` and `s5cmd ls`
 #                (whole processes, as ours is). With --versus, the other build's mount too.
+#   discovery    pyarrow.dataset discovery of 2,000 small Parquet files in 50 hive partitions
+#                (year=/month=), then a query of one partition: through our mount once its
+#                cache is complete, on that cache directory (local disk), through rclone mount;
+#                each done once before timing.
 #   cpu-share    a CPU-bound Python loop (5 million additions, about 0.3 s) run 1 s into a new
 #                mount of ours while its background download of the 4 GiB backlog is under way;
 #                vs the same loop while s5cmd cp downloads that backlog, and on an idle machine:
@@ -63,10 +67,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,60s/^# \{0,1\}//p' "$0"
+    sed -n '2,64s/^# \{0,1\}//p' "$0"
 }
 
-all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,parquet"
+all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,discovery,parquet"
 cases="$all_cases"
 runs=2
 logs=""
@@ -95,6 +99,7 @@ for c in "${case_list[@]}"; do
     cpu-share | cpu) want[cpu-share]=1 ;;
     walk-stat | walk) want[walk-stat]=1 ;;
     listing | list) want[listing]=1 ;;
+    discovery) want[discovery]=1 ;;
     parquet) want[parquet]=1 ;;
     *) die "unknown case '$c' ($all_cases)" ;;
     esac
@@ -111,7 +116,7 @@ fi
 ensure_python_tools
 ensure_fuse
 command -v curl >/dev/null 2>&1 || _apt_install curl || die "curl is needed (apt-get install curl)"
-if has parquet && ! python3 -c 'import pyarrow.parquet' >/dev/null 2>&1; then
+if { has parquet || has discovery; } && ! python3 -c 'import pyarrow.parquet' >/dev/null 2>&1; then
     pip_install pyarrow
     python3 -c 'import pyarrow.parquet' || die "pyarrow is installed but cannot be imported"
 fi
@@ -521,6 +526,40 @@ case_walk_stat() {
 }
 
 # ---------------------------------------------------------------------------------------------
+case_discovery() {
+    local mnt="$work/mnt-ds" cache="$work/cache-ds" rc="$work/mnt-ds-rclone"
+    local crc="$work/cache-ds-rclone" round t out
+    log "discovery: our mount (downloading 2,000 Parquet files), rclone mount"
+    measure discovery - "pyarrow.dataset discovery, 2,000 Parquet files in 50 partitions" \
+        ours "s3-synchronizer mount (cache complete)" \
+        local "our cache directory (local disk)" \
+        rclone "rclone mount --vfs-cache-mode full"
+    measure discovery-query - "then a query of one partition (40 files)" \
+        ours "s3-synchronizer mount (cache complete)" \
+        local "our cache directory (local disk)" \
+        rclone "rclone mount --vfs-cache-mode full"
+    start_ours ds ds/ "$mnt" "$cache" "$logs/ours-discovery.log"
+    start_rclone "$rc" ds "$crc" "$logs/rclone-discovery.log" year=2020
+    wait_pass "$logs/ours-discovery.log" ds
+    declare -A dir=([ours]="$mnt/ds" [local]="$cache/ds" [rclone]="$rc")
+    local order=(ours local rclone)
+    for t in "${order[@]}"; do
+        py dataset "${dir[$t]}" >/dev/null
+    done
+    for ((round = 0; round < runs; round++)); do
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
+            out="$(py dataset "${dir[$t]}")"
+            record discovery "$t" "$round" "$(awk '$1 == "discover" { print $2 }' <<<"$out")"
+            record discovery-query "$t" "$round" "$(awk '$1 == "query" { print $2 }' <<<"$out")"
+        done
+    done
+    unmount "$mnt"
+    unmount "$rc"
+    rm -rf -- "$cache" "$crc"
+}
+
+# ---------------------------------------------------------------------------------------------
 case_listing() {
     local mnt="$work/mnt-ls" cache="$work/cache-ls" round t t0 n builds=(ours) versus_row=()
     if [[ -n "$versus" ]]; then
@@ -612,6 +651,7 @@ if has first-byte || has tail-read; then case_backlog; fi
 has cpu-share && case_cpu_share
 has walk-stat && case_walk_stat
 has listing && case_listing
+has discovery && case_discovery
 has parquet && case_parquet
 
 # ---------------------------------------------------------------------------------------------

@@ -192,6 +192,25 @@ def parquet(path, source, rg):
     print("bytes %d" % sum(g.column(i).total_compressed_size for i in range(g.num_columns)))
 
 
+def dataset(top):
+    """pyarrow.dataset discovery of the hive-partitioned Parquet files under TOP, then a
+    query of one partition (year=2022, month=3); prints "discover SECONDS" and "query SECONDS"."""
+    import pyarrow.dataset as ds
+
+    t0 = time.perf_counter()
+    found = ds.dataset(top, format="parquet", partitioning="hive")
+    files = found.files
+    t1 = time.perf_counter()
+    table = found.to_table(filter=(ds.field("year") == 2022) & (ds.field("month") == 3))
+    t2 = time.perf_counter()
+    if len(files) != 2000:
+        wrong("%s: %d Parquet files discovered, not 2,000" % (top, len(files)))
+    if table.num_rows != 40_000 or set(table.column("value").to_pylist()) != {202203.0}:
+        wrong("%s: the query of year=2022/month=3 read %d rows, or others" % (top, table.num_rows))
+    print("discover %.6f" % (t1 - t0))
+    print("query %.6f" % (t2 - t1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +232,10 @@ def main():
     p.add_argument("top")
     p.add_argument("srcdir")
     p.set_defaults(run=lambda a: walk(a.top, a.srcdir))
+
+    p = sub.add_parser("dataset", help="pyarrow.dataset discovery and a partition query")
+    p.add_argument("top")
+    p.set_defaults(run=lambda a: dataset(a.top))
 
     p = sub.add_parser("cpu", help="a CPU-bound loop")
     p.set_defaults(run=lambda a: cpu())
