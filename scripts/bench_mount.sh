@@ -37,6 +37,9 @@
 #                (it lists the bucket first, split by directory and in parallel), vs one
 #                paginated listing of the same keys: `rclone lsf -R --fast-list` and `s5cmd ls`
 #                (whole processes, as ours is). With --versus, the other build's mount too.
+#   ls-l         `ls -l` of one directory of 100,000 files: through our mount once its cache is
+#                complete, on that cache directory (local disk), through rclone mount; each
+#                listed once before timing (timed inside Python, the ls process included).
 #   discovery    pyarrow.dataset discovery of 2,000 small Parquet files in 50 hive partitions
 #                (year=/month=), then a query of one partition: through our mount once its
 #                cache is complete, on that cache directory (local disk), through rclone mount;
@@ -67,10 +70,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,64s/^# \{0,1\}//p' "$0"
+    sed -n '2,67s/^# \{0,1\}//p' "$0"
 }
 
-all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,discovery,parquet"
+all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,ls-l,discovery,parquet"
 cases="$all_cases"
 runs=2
 logs=""
@@ -100,6 +103,7 @@ for c in "${case_list[@]}"; do
     walk-stat | walk) want[walk-stat]=1 ;;
     listing | list) want[listing]=1 ;;
     discovery) want[discovery]=1 ;;
+    ls-l | ls) want[ls-l]=1 ;;
     parquet) want[parquet]=1 ;;
     *) die "unknown case '$c' ($all_cases)" ;;
     esac
@@ -161,10 +165,11 @@ _bench_on_exit() {
 }
 trap _bench_on_exit EXIT
 
-# wait_mounted MNT ENTRY LOG: waits until MNT is a mount point that lists ENTRY.
+# wait_mounted MNT ENTRY LOG: waits until MNT is a mount point that lists ENTRY, for at most
+# MOUNT_WAIT seconds (60 unless set).
 wait_mounted() {
     local mnt="$1" entry="$2" logfile="$3" pid="${MOUNT_PIDS[$1]}" i
-    for ((i = 0; i < 1200; i++)); do
+    for ((i = 0; i < ${MOUNT_WAIT:-60} * 20; i++)); do
         if mountpoint -q "$mnt" && [[ -e "$mnt/$entry" ]]; then
             return 0
         fi
@@ -175,7 +180,7 @@ wait_mounted() {
         sleep 0.05
     done
     tail -n 20 "$logfile" >&2
-    die "$mnt did not list $entry within 60 s (the log is above)"
+    die "$mnt did not list $entry within ${MOUNT_WAIT:-60} s (the log is above)"
 }
 
 # start_ours ID PREFIX MNT CACHE LOG [FLAGS...]: our mount of s3://bench/PREFIX at MNT/ID, its
@@ -526,6 +531,35 @@ case_walk_stat() {
 }
 
 # ---------------------------------------------------------------------------------------------
+case_ls_l() {
+    local mnt="$work/mnt-lsl" cache="$work/cache-lsl" rc="$work/mnt-lsl-rclone"
+    local crc="$work/cache-lsl-rclone" round t
+    log "ls-l: our mount (listing and downloading 100,000 files), rclone mount"
+    measure ls-l - "ls -l of a directory of 100,000 files" \
+        ours "s3-synchronizer mount (cache complete)" \
+        local "our cache directory (local disk)" \
+        rclone "rclone mount --vfs-cache-mode full"
+    # One directory of 100,000 keys: listed page after page, slowly by this server.
+    MOUNT_WAIT=600 start_ours lsl lsl/ "$mnt" "$cache" "$logs/ours-ls-l.log"
+    MOUNT_WAIT=600 start_rclone "$rc" lsl "$crc" "$logs/rclone-ls-l.log" all
+    wait_pass "$logs/ours-ls-l.log" lsl
+    declare -A dir=([ours]="$mnt/lsl/all" [local]="$cache/lsl/all" [rclone]="$rc/all")
+    local order=(ours local rclone)
+    for t in "${order[@]}"; do
+        py ls-l "${dir[$t]}" 100000 >/dev/null
+    done
+    for ((round = 0; round < runs; round++)); do
+        in_turn "$round" "${order[@]}"
+        for t in "${TURN[@]}"; do
+            record ls-l "$t" "$round" "$(py ls-l "${dir[$t]}" 100000)"
+        done
+    done
+    unmount "$mnt"
+    unmount "$rc"
+    rm -rf -- "$cache" "$crc"
+}
+
+# ---------------------------------------------------------------------------------------------
 case_discovery() {
     local mnt="$work/mnt-ds" cache="$work/cache-ds" rc="$work/mnt-ds-rclone"
     local crc="$work/cache-ds-rclone" round t out
@@ -651,6 +685,7 @@ if has first-byte || has tail-read; then case_backlog; fi
 has cpu-share && case_cpu_share
 has walk-stat && case_walk_stat
 has listing && case_listing
+has ls-l && case_ls_l
 has discovery && case_discovery
 has parquet && case_parquet
 

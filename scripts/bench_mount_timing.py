@@ -192,6 +192,19 @@ def parquet(path, source, rg):
     print("bytes %d" % sum(g.column(i).total_compressed_size for i in range(g.num_columns)))
 
 
+def ls_l(top, entries):
+    """`ls -l TOP` (its output discarded); checks it listed ENTRIES entries."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    out = subprocess.run(["ls", "-l", top], check=True, capture_output=True).stdout
+    t = time.perf_counter() - t0
+    lines = out.count(b"\n") - 1  # the "total" line
+    if lines != entries:
+        wrong("ls -l %s listed %d entries, not %d" % (top, lines, entries))
+    print("%.6f" % t)
+
+
 def dataset(top):
     """pyarrow.dataset discovery of the hive-partitioned Parquet files under TOP, then a
     query of one partition (year=2022, month=3); prints "discover SECONDS" and "query SECONDS"."""
@@ -232,6 +245,11 @@ def main():
     p.add_argument("top")
     p.add_argument("srcdir")
     p.set_defaults(run=lambda a: walk(a.top, a.srcdir))
+
+    p = sub.add_parser("ls-l", help="ls -l of a directory")
+    p.add_argument("top")
+    p.add_argument("entries", type=int)
+    p.set_defaults(run=lambda a: ls_l(a.top, a.entries))
 
     p = sub.add_parser("dataset", help="pyarrow.dataset discovery and a partition query")
     p.add_argument("top")
