@@ -502,67 +502,91 @@ case_cpu_share() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# A tree read three ways once our cache holds all of it: through our mount, on the cache
+# directory (local disk), and through rclone mount.
+declare -A reader_dir=() # reader (ours, local, rclone) -> the tree's top there
+
+# start_readers CASE ID ENTRY: our mount of s3://bench/ID/ at $work/mnt-ID (its cache in
+# $work/cache-ID, its log $logs/ours-CASE.log) and rclone mount of it at $work/mnt-ID-rclone,
+# once it lists ENTRY; sets reader_dir. Our cache is complete only after wait_pass.
+start_readers() {
+    local case="$1" id="$2" entry="$3"
+    start_ours "$id" "$id/" "$work/mnt-$id" "$work/cache-$id" "$logs/ours-$case.log"
+    start_rclone "$work/mnt-$id-rclone" "$id" "$work/cache-$id-rclone" \
+        "$logs/rclone-$case.log" "$entry"
+    reader_dir=([ours]="$work/mnt-$id/$id" [local]="$work/cache-$id/$id"
+        [rclone]="$work/mnt-$id-rclone")
+}
+
+# stop_readers ID: unmounts what start_readers ID mounted and removes both caches.
+stop_readers() {
+    unmount "$work/mnt-$1"
+    unmount "$work/mnt-$1-rclone"
+    rm -rf -- "$work/cache-$1" "$work/cache-$1-rclone"
+}
+
+# time_readers READ: READ DIR on each reader's tree once (a warm-up, and a check), then $runs
+# rounds with the readers in turn. READ prints lines "KEY SECONDS": each is recorded as the
+# reader's time in measurement KEY.
+time_readers() {
+    local read_fn="$1" round t out key secs
+    for t in ours local rclone; do
+        "$read_fn" "${reader_dir[$t]}" >/dev/null
+    done
+    for ((round = 0; round < runs; round++)); do
+        in_turn "$round" ours local rclone
+        for t in "${TURN[@]}"; do
+            out="$("$read_fn" "${reader_dir[$t]}")"
+            while read -r key secs; do
+                record "$key" "$t" "$round" "$secs"
+            done <<<"$out"
+        done
+    done
+}
+
+walk_ws() {
+    local secs
+    secs="$(py walk "$1" "$src/ws")" || return
+    echo "walk-stat $secs"
+}
+
 case_walk_stat() {
-    local mnt="$work/mnt-ws" cache="$work/cache-ws" rc="$work/mnt-ws-rclone"
-    local crc="$work/cache-ws-rclone" round t
     log "walk-stat: our mount (downloading 10,000 files), rclone mount"
     measure walk-stat - "walk-stat: os.walk + os.stat, 10,000 files in 100 dirs" \
         ours "s3-synchronizer mount" \
         local "our cache directory (local disk)" \
         rclone "rclone mount --vfs-cache-mode full"
-    start_ours ws ws/ "$mnt" "$cache" "$logs/ours-walk-stat.log"
-    start_rclone "$rc" ws "$crc" "$logs/rclone-walk-stat.log" d-000
-    declare -A dir=([ours]="$mnt/ws" [local]="$cache/ws" [rclone]="$rc")
-    py walk "${dir[ours]}" "$src/ws" >/dev/null # before the download completes: stat needs no data
+    start_readers walk-stat ws d-000
+    py walk "${reader_dir[ours]}" "$src/ws" >/dev/null # before the download completes: stat needs no data
     wait_pass "$logs/ours-walk-stat.log" ws
-    local order=(ours local rclone)
-    for t in "${order[@]}"; do
-        py walk "${dir[$t]}" "$src/ws" >/dev/null
-    done
-    for ((round = 0; round < runs; round++)); do
-        in_turn "$round" "${order[@]}"
-        for t in "${TURN[@]}"; do
-            record walk-stat "$t" "$round" "$(py walk "${dir[$t]}" "$src/ws")"
-        done
-    done
-    unmount "$mnt"
-    unmount "$rc"
-    rm -rf -- "$cache" "$crc"
+    time_readers walk_ws
+    stop_readers ws
 }
 
 # ---------------------------------------------------------------------------------------------
+ls_l_lsl() {
+    local secs
+    secs="$(py ls-l "$1/all" 100000)" || return
+    echo "ls-l $secs"
+}
+
 case_ls_l() {
-    local mnt="$work/mnt-lsl" cache="$work/cache-lsl" rc="$work/mnt-lsl-rclone"
-    local crc="$work/cache-lsl-rclone" round t
     log "ls-l: our mount (listing and downloading 100,000 files), rclone mount"
     measure ls-l - "ls -l of a directory of 100,000 files" \
         ours "s3-synchronizer mount (cache complete)" \
         local "our cache directory (local disk)" \
         rclone "rclone mount --vfs-cache-mode full"
     # One directory of 100,000 keys: listed page after page, slowly by this server.
-    MOUNT_WAIT=600 start_ours lsl lsl/ "$mnt" "$cache" "$logs/ours-ls-l.log"
-    MOUNT_WAIT=600 start_rclone "$rc" lsl "$crc" "$logs/rclone-ls-l.log" all
+    MOUNT_WAIT=600 start_readers ls-l lsl all
     wait_pass "$logs/ours-ls-l.log" lsl
-    declare -A dir=([ours]="$mnt/lsl/all" [local]="$cache/lsl/all" [rclone]="$rc/all")
-    local order=(ours local rclone)
-    for t in "${order[@]}"; do
-        py ls-l "${dir[$t]}" 100000 >/dev/null
-    done
-    for ((round = 0; round < runs; round++)); do
-        in_turn "$round" "${order[@]}"
-        for t in "${TURN[@]}"; do
-            record ls-l "$t" "$round" "$(py ls-l "${dir[$t]}" 100000)"
-        done
-    done
-    unmount "$mnt"
-    unmount "$rc"
-    rm -rf -- "$cache" "$crc"
+    time_readers ls_l_lsl
+    stop_readers lsl
 }
 
 # ---------------------------------------------------------------------------------------------
+dataset_ds() { py dataset "$1"; }
+
 case_discovery() {
-    local mnt="$work/mnt-ds" cache="$work/cache-ds" rc="$work/mnt-ds-rclone"
-    local crc="$work/cache-ds-rclone" round t out
     log "discovery: our mount (downloading 2,000 Parquet files), rclone mount"
     measure discovery - "pyarrow.dataset discovery, 2,000 Parquet files in 50 partitions" \
         ours "s3-synchronizer mount (cache complete)" \
@@ -572,25 +596,10 @@ case_discovery() {
         ours "s3-synchronizer mount (cache complete)" \
         local "our cache directory (local disk)" \
         rclone "rclone mount --vfs-cache-mode full"
-    start_ours ds ds/ "$mnt" "$cache" "$logs/ours-discovery.log"
-    start_rclone "$rc" ds "$crc" "$logs/rclone-discovery.log" year=2020
+    start_readers discovery ds year=2020
     wait_pass "$logs/ours-discovery.log" ds
-    declare -A dir=([ours]="$mnt/ds" [local]="$cache/ds" [rclone]="$rc")
-    local order=(ours local rclone)
-    for t in "${order[@]}"; do
-        py dataset "${dir[$t]}" >/dev/null
-    done
-    for ((round = 0; round < runs; round++)); do
-        in_turn "$round" "${order[@]}"
-        for t in "${TURN[@]}"; do
-            out="$(py dataset "${dir[$t]}")"
-            record discovery "$t" "$round" "$(awk '$1 == "discover" { print $2 }' <<<"$out")"
-            record discovery-query "$t" "$round" "$(awk '$1 == "query" { print $2 }' <<<"$out")"
-        done
-    done
-    unmount "$mnt"
-    unmount "$rc"
-    rm -rf -- "$cache" "$crc"
+    time_readers dataset_ds
+    stop_readers ds
 }
 
 # ---------------------------------------------------------------------------------------------

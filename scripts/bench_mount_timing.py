@@ -207,7 +207,8 @@ def ls_l(top, entries):
 
 def dataset(top):
     """pyarrow.dataset discovery of the hive-partitioned Parquet files under TOP, then a
-    query of one partition (year=2022, month=3); prints "discover SECONDS" and "query SECONDS"."""
+    query of one partition (year=2022, month=3); prints "discovery SECONDS" and
+    "discovery-query SECONDS"."""
     import pyarrow.dataset as ds
 
     t0 = time.perf_counter()
@@ -220,8 +221,8 @@ def dataset(top):
         wrong("%s: %d Parquet files discovered, not 2,000" % (top, len(files)))
     if table.num_rows != 40_000 or set(table.column("value").to_pylist()) != {202203.0}:
         wrong("%s: the query of year=2022/month=3 read %d rows, or others" % (top, table.num_rows))
-    print("discover %.6f" % (t1 - t0))
-    print("query %.6f" % (t2 - t1))
+    print("discovery %.6f" % (t1 - t0))
+    print("discovery-query %.6f" % (t2 - t1))
 
 
 def main():
