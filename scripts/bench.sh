@@ -388,7 +388,8 @@ mount_download() {
 local_write() { cp -r -- "$local_data/$(files_of "$1")/." "$copy/"; }
 
 # set_tools SET: sets SET_TOOLS to what is timed in SET (in the order of the first round). In
-# the mount sets ours is the mount, and `sync` (the upload sets' ours) runs beside the peers.
+# the mount sets ours is the mount, and `sync` (the upload sets' ours) runs beside the peers; the
+# download sets time ours in mount mode too.
 SET_TOOLS=()
 set_tools() {
     local t
@@ -401,6 +402,7 @@ set_tools() {
             if [[ "$t" == ours ]]; then SET_TOOLS+=(sync); fi
         done
         ;;
+    up-*) SET_TOOLS=("${tool_list[@]}") ;;
     *)
         for t in "${tool_list[@]}"; do
             SET_TOOLS+=("$t")
