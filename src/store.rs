@@ -33,6 +33,38 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
+/// What a delimiter listing (`/`) of one directory shows: the objects directly in it and its
+/// sub-directories, without what lies below them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirListing {
+    /// Objects whose key is the prefix and a name without `/` (and the prefix's own folder
+    /// marker, if any), in key order.
+    pub objects: Vec<ObjectMeta>,
+    /// The sub-prefixes (S3's common prefixes), each the prefix, a name and `/`, in order.
+    pub prefixes: Vec<String>,
+}
+
+impl DirListing {
+    /// The directory `prefix` as a full listing `under` (every object whose key starts with
+    /// `prefix`) shows it: what a store without delimiter listings answers.
+    pub fn of(prefix: &str, under: Vec<ObjectMeta>) -> Self {
+        let mut out = Self::default();
+        for meta in under {
+            let rest = &meta.key[prefix.len()..];
+            match rest.find('/') {
+                Some(i) => {
+                    let sub = &meta.key[..prefix.len() + i + 1];
+                    if out.prefixes.last().map(String::as_str) != Some(sub) {
+                        out.prefixes.push(sub.to_owned());
+                    }
+                }
+                None => out.objects.push(meta),
+            }
+        }
+        out
+    }
+}
+
 /// What must be true of the object a write replaces for the write to happen. A condition that
 /// does not hold fails the write with [`StoreError::PreconditionFailed`]; an `IfMatch` on a key
 /// that no longer exists fails it with [`StoreError::NoSuchKey`], as on S3.
@@ -175,6 +207,13 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// One directory of the bucket: the objects directly under `prefix` (which is empty or
+    /// ends in `/`) and its sub-prefixes, for a reader who needs it before the listing of the
+    /// whole mount ends.
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        Ok(DirListing::of(prefix, self.list(prefix).await?))
+    }
 
     /// The current metadata of one object, `None` when it no longer exists.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;

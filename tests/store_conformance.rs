@@ -11,7 +11,7 @@ use common::*;
 use s3_synchronizer::store::memory::MemoryStore;
 use s3_synchronizer::store::s3::{S3Connector, S3Options};
 use s3_synchronizer::store::{
-    CompletedPart, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
+    CompletedPart, DirListing, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -93,6 +93,23 @@ where
     want.extend((0..1005).map(|i| format!("many/{i:04}")));
     want.sort();
     assert_eq!(keys_of(store.list("").await.unwrap()), want);
+
+    // One directory: its own objects and its sub-prefixes, nothing below them; a directory
+    // of more than a page; the bucket's top.
+    let dir = store.list_dir("tree/").await.unwrap();
+    assert_eq!(keys_of(dir.objects), ["tree/a.txt", "tree/a0"]);
+    assert_eq!(dir.prefixes, ["tree/a-b/", "tree/a/", "tree/z/"]);
+    let dir = store.list_dir("tree/a/c/").await.unwrap();
+    assert!(dir.objects.is_empty());
+    assert_eq!(dir.prefixes, ["tree/a/c/d/"]);
+    assert_eq!(store.list_dir("many/").await.unwrap().objects.len(), 1005);
+    let top = store.list_dir("").await.unwrap();
+    assert!(top.objects.is_empty(), "{:?}", top.objects);
+    assert_eq!(top.prefixes, ["dir/", "dirt/", "many/", "tree/"]);
+    assert_eq!(
+        store.list_dir("nothing/").await.unwrap(),
+        DirListing::default()
+    );
 
     let head = store
         .head("dir/obj.bin")

@@ -20,8 +20,8 @@
 //! (`ObjectStore::put(&*store, ...)`) are the requests of the code under test.
 
 use super::{
-    Body, CompletedPart, MultipartUpload, ObjectMeta, ObjectStore, Precondition, StoreError,
-    WriteOptions,
+    Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
+    StoreError, WriteOptions,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,6 +42,8 @@ const MIN_PART: usize = 5 * 1024 * 1024;
 #[derive(Default)]
 pub struct Counters {
     pub lists: AtomicU64,
+    /// Listings of one directory ([`ObjectStore::list_dir`]).
+    pub dir_lists: AtomicU64,
     pub heads: AtomicU64,
     pub gets: AtomicU64,
     /// Bytes the GETs sent.
@@ -214,6 +216,11 @@ impl ObjectStore for MemoryStore {
         self.answer_list(prefix)
     }
 
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        self.counters.dir_lists.fetch_add(1, Ordering::Relaxed);
+        self.answer_list_dir(prefix)
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.counters.heads.fetch_add(1, Ordering::Relaxed);
         self.answer_head(key)
@@ -309,6 +316,10 @@ impl MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, o)| o.meta.clone())
             .collect())
+    }
+
+    pub fn answer_list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        Ok(DirListing::of(prefix, self.answer_list(prefix)?))
     }
 
     pub fn answer_head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
@@ -532,6 +543,10 @@ pub trait StoreHook: Send + Sync + 'static {
         inner.answer_list(prefix)
     }
 
+    async fn list_dir(&self, inner: &MemoryStore, prefix: &str) -> Result<DirListing, StoreError> {
+        inner.answer_list_dir(prefix)
+    }
+
     async fn head(&self, inner: &MemoryStore, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         inner.answer_head(key)
     }
@@ -666,6 +681,13 @@ impl<H: StoreHook> ObjectStore for Hooked<H> {
         self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.hook.list(&self.inner, prefix).await
     }
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        self.inner
+            .counters
+            .dir_lists
+            .fetch_add(1, Ordering::Relaxed);
+        self.hook.list_dir(&self.inner, prefix).await
+    }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.inner.counters.heads.fetch_add(1, Ordering::Relaxed);
         self.hook.head(&self.inner, key).await
@@ -762,6 +784,9 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy)]
 pub enum Request<'a> {
     List {
+        prefix: &'a str,
+    },
+    ListDir {
         prefix: &'a str,
     },
     Head {
@@ -877,6 +902,12 @@ impl StoreHook for Faults {
     async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.around(inner, Request::List { prefix }, || {
             inner.answer_list(prefix)
+        })
+    }
+
+    async fn list_dir(&self, inner: &MemoryStore, prefix: &str) -> Result<DirListing, StoreError> {
+        self.around(inner, Request::ListDir { prefix }, || {
+            inner.answer_list_dir(prefix)
         })
     }
 

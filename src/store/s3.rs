@@ -11,8 +11,8 @@ mod compat;
 mod listing;
 
 use super::{
-    Body, CompletedPart, MultipartUpload, ObjectMeta, ObjectStore, Precondition, StoreError,
-    WriteOptions, local_http,
+    Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
+    StoreError, WriteOptions, local_http,
 };
 use crate::errors;
 use async_trait::async_trait;
@@ -388,6 +388,10 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.list_split(prefix).await
+    }
+
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        self.list_dir_pages(prefix).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

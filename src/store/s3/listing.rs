@@ -12,7 +12,8 @@
 //! small one none.
 
 use super::{S3Store, url_decode};
-use crate::store::{ObjectMeta, StoreError};
+use crate::store::{DirListing, ObjectMeta, StoreError};
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::types::EncodingType;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
@@ -28,10 +29,8 @@ const MAX_PARTS: usize = 256;
 
 /// The first page of a delimiter listing of a prefix.
 struct Level {
-    /// Objects directly in the prefix.
-    objects: Vec<ObjectMeta>,
-    /// Its sub-prefixes (common prefixes), each ending in the delimiter.
-    prefixes: Vec<String>,
+    /// Objects directly in the prefix, and its sub-prefixes.
+    dir: DirListing,
     /// More pages follow: the prefix holds more than a page of entries.
     truncated: bool,
 }
@@ -60,8 +59,8 @@ impl S3Store {
                 if level.truncated {
                     truncated.push(p.clone());
                 } else {
-                    objects.extend(level.objects);
-                    below.extend(level.prefixes);
+                    objects.extend(level.dir.objects);
+                    below.extend(level.dir.prefixes);
                 }
             }
             // Too many parts: the open ones are listed whole instead.
@@ -96,22 +95,46 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.classify(&e, None))?;
-        let encoded = page.encoding_type() == Some(&EncodingType::Url);
-        let objects = page
-            .contents()
-            .iter()
-            .filter_map(|obj| self.object_meta(obj, encoded))
-            .collect();
-        let prefixes = page
-            .common_prefixes()
-            .iter()
-            .filter_map(|p| self.decoded(p.prefix()?, encoded))
-            .collect();
+        let mut dir = DirListing::default();
+        self.add_page(&page, &mut dir);
         Ok(Level {
-            objects,
-            prefixes,
+            dir,
             truncated: page.is_truncated() == Some(true),
         })
+    }
+
+    /// The whole delimiter listing of `prefix`: one directory.
+    pub(super) async fn list_dir_pages(&self, prefix: &str) -> Result<DirListing, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .encoding_type(EncodingType::Url)
+            .into_paginator()
+            .send();
+        let mut dir = DirListing::default();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify(&e, None))?;
+            self.add_page(&page, &mut dir);
+        }
+        Ok(dir)
+    }
+
+    /// Adds the objects and sub-prefixes of one page of a delimiter listing to `dir`.
+    fn add_page(&self, page: &ListObjectsV2Output, dir: &mut DirListing) {
+        let encoded = page.encoding_type() == Some(&EncodingType::Url);
+        dir.objects.extend(
+            page.contents()
+                .iter()
+                .filter_map(|obj| self.object_meta(obj, encoded)),
+        );
+        dir.prefixes.extend(
+            page.common_prefixes()
+                .iter()
+                .filter_map(|p| self.decoded(p.prefix()?, encoded)),
+        );
     }
 
     /// Every object under `prefix`, in key order, by one paginated listing.
