@@ -33,10 +33,12 @@
 #   walk-stat    os.walk + os.stat of 10,000 files of 1 KiB in 100 directories: through our
 #                mount, on our complete cache directory (local disk), through rclone mount; each
 #                walked once before timing.
-#   listing      a new mount (empty cache) of 100,000 keys in 100 directories, until it is mounted
-#                (it lists the bucket first, split by directory and in parallel), vs one
-#                paginated listing of the same keys: `rclone lsf -R --fast-list` and `s5cmd ls`
-#                (whole processes, as ours is). With --versus, the other build's mount too.
+#   listing      a new mount (empty cache) of 100,000 keys in 100 directories: until the first
+#                read of a file in its last directory (mounted, the directory looked for in the
+#                bucket), and until its full listing is in (split by directory, in parallel), vs
+#                one paginated listing of the same keys: `rclone lsf -R --fast-list` and
+#                `s5cmd ls` (whole processes, as ours is). With --versus, the other build's
+#                mount too (until the same first read).
 #   ls-l         `ls -l` of one directory of 100,000 files: through our mount once its cache is
 #                complete, on that cache directory (local disk), through rclone mount; each
 #                listed once before timing (timed inside Python, the ls process included).
@@ -604,13 +606,15 @@ case_discovery() {
 
 # ---------------------------------------------------------------------------------------------
 case_listing() {
-    local mnt="$work/mnt-ls" cache="$work/cache-ls" round t t0 n builds=(ours) versus_row=()
+    local mnt="$work/mnt-ls" cache="$work/cache-ls" round t t0 n out builds=(ours) versus_row=()
     if [[ -n "$versus" ]]; then
         builds+=(versus)
-        versus_row=(versus "the --versus build ($(basename -- "$versus")): a new mount, until mounted")
+        versus_row=(versus "the --versus build ($(basename -- "$versus")): a new mount, until the same read")
     fi
     measure listing - "listing: 100,000 keys in 100 directories" \
-        ours "s3-synchronizer mount, new: until mounted (it lists first)" "${versus_row[@]}" \
+        ours "s3-synchronizer mount, new: until its full listing is in" \
+        ours-read "s3-synchronizer mount, new: until a file of its last directory is read" \
+        "${versus_row[@]}" \
         rclone "rclone lsf -R --fast-list (one paginated listing)" \
         s5cmd "s5cmd ls (one paginated listing)"
     log "listing: each run, a new mount with an empty cache, and the peers' listings"
@@ -623,7 +627,14 @@ case_listing() {
             ours | versus)
                 MOUNT_TOOL="$TOOL"
                 [[ "$t" == versus ]] && MOUNT_TOOL="$versus"
-                start_ours ls ls/ "$mnt" "$cache" "$logs/$t-listing-$((round + 1)).log"
+                out="$logs/$t-listing-$((round + 1)).log"
+                start_ours ls ls/ "$mnt" "$cache" "$out"
+                [[ "$(cat -- "$mnt/ls/d-099/f-0999")" == "$(cat -- "$src/ls/d-099/f-0999")" ]] ||
+                    die "listing: $t read d-099/f-0999 wrong"
+                if [[ "$t" == ours ]]; then
+                    record listing ours-read "$round" "$(elapsed "$t0" "$(now)")"
+                    wait_log "$out" "listed in full"
+                fi
                 record listing "$t" "$round" "$(elapsed "$t0" "$(now)")"
                 unset MOUNT_TOOL
                 n="$(find "$mnt/ls" -mindepth 2 -type f | wc -l)"

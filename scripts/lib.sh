@@ -460,6 +460,16 @@ median() {
     echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
 }
 
+# wait_log LOG TEXT: waits (at most 600 s) until LOG holds a line with TEXT.
+wait_log() {
+    local logfile="$1" text="$2" i
+    for ((i = 0; i < 12000; i++)); do
+        grep -q -F -- "$text" "$logfile" && return 0
+        sleep 0.05
+    done
+    die "no line with '$text' in $logfile within 600 s"
+}
+
 # wait_pass LOG ID: waits until our mount logged a complete first pass of mount ID, without
 # failures.
 wait_pass() {

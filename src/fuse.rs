@@ -175,6 +175,25 @@ fn log_failure(e: &FsError) {
     }
 }
 
+/// Answers a lookup. A name that does not exist gets a negative entry: the kernel remembers it
+/// as missing for as long as it trusts an entry, so `cp`'s stat of each new file's name and its
+/// open(O_CREAT) cost one lookup, not two, and a search path probed again costs none.
+fn reply_entry(
+    found: Result<Attr, FsError>,
+    ttl: &Duration,
+    attr: &impl Fn(&Attr) -> FileAttr,
+    reply: ReplyEntry,
+) {
+    match found {
+        Ok(a) => reply.entry(ttl, &attr(&a), Generation(0)),
+        Err(FsError::NotFound) => reply.entry(ttl, &missing(), Generation(0)),
+        Err(e) => {
+            log_failure(&e);
+            reply.error(errno(&e))
+        }
+    }
+}
+
 fn reply_empty(result: Result<(), FsError>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
@@ -182,6 +201,20 @@ fn reply_empty(result: Result<(), FsError>, reply: ReplyEmpty) {
             log_failure(&e);
             reply.error(errno(&e))
         }
+    }
+}
+
+/// Opens directory `ino`, whose entries the tree now holds. The kernel may keep what it reads
+/// of it: a change through the file system drops that, and a refresh tells it which
+/// directories changed.
+fn reply_opendir(vfs: &Vfs, ino: u64, reply: ReplyOpen) {
+    match vfs.getattr(ino) {
+        Ok(a) if a.kind == Kind::Dir => reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        ),
+        Ok(_) => reply.error(Errno::ENOTDIR),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -248,13 +281,17 @@ impl Filesystem for FuseFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.vfs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
-            // A negative entry: the kernel remembers the name is missing for as long as it
-            // trusts an entry, so `cp`'s stat of each new file's name and its open(O_CREAT)
-            // cost one lookup, not two, and a search path probed again costs none.
-            Err(FsError::NotFound) => reply.entry(&self.ttl, &missing(), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+        let (ttl, attr) = (self.ttl, self.attr_maker());
+        match self.vfs.lookup_now(parent.0, name) {
+            Some(found) => reply_entry(found, &ttl, &attr, reply),
+            // Not listed yet: looked for in the bucket, off the FUSE threads.
+            None => {
+                let (vfs, name) = (self.vfs.clone(), name.to_owned());
+                self.runtime.spawn(async move {
+                    let found = vfs.lookup(parent.0, &name).await;
+                    reply_entry(found, &ttl, &attr, reply);
+                });
+            }
         }
     }
 
@@ -483,7 +520,18 @@ impl Filesystem for FuseFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        reply_empty(self.vfs.remove(parent.0, name, true), reply);
+        let Some(ino) = self.vfs.unlisted_child(parent.0, name) else {
+            return reply_empty(self.vfs.remove(parent.0, name, true), reply);
+        };
+        // Empty in the tree only once listed: listed first, off the FUSE threads.
+        let (vfs, name) = (self.vfs.clone(), name.to_owned());
+        self.runtime.spawn(async move {
+            let removed = match vfs.list_dir(ino).await {
+                Ok(()) => vfs.remove(parent.0, &name, true),
+                Err(e) => Err(e),
+            };
+            reply_empty(removed, reply);
+        });
     }
 
     fn rename(
@@ -528,16 +576,20 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.getattr(ino.0) {
-            // The kernel may keep what it read of a directory: a change through the file
-            // system drops it, and a refresh tells it which directories changed.
-            Ok(a) if a.kind == Kind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(&e)),
+        if self.vfs.dir_ready(ino.0) {
+            return reply_opendir(&self.vfs, ino.0, reply);
         }
+        // Not listed yet: listed first, off the FUSE threads.
+        let vfs = self.vfs.clone();
+        self.runtime.spawn(async move {
+            match vfs.list_dir(ino.0).await {
+                Ok(()) => reply_opendir(&vfs, ino.0, reply),
+                Err(e) => {
+                    log_failure(&e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn readdir(

@@ -109,6 +109,20 @@ impl Setup {
         vfs.update(0, &listing);
         (vfs, engine)
     }
+
+    /// [`Setup::vfs`] as a first mount serves it before its full listing ends: only the top
+    /// directory listed.
+    pub async fn vfs_top(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        dir: &Path,
+    ) -> (Arc<Vfs>, Arc<Engine>) {
+        let (engine, replica) = self.open(dir);
+        let top = store.list_dir(&replica.mount.prefix).await.unwrap();
+        let vfs = Arc::new(Vfs::new(engine.clone(), vec![Mounted { replica, store }]));
+        vfs.show_dir(0, "", &top);
+        (vfs, engine)
+    }
 }
 
 /// [`Setup::engine`] with `concurrency` GETs and `cancel`, the rest as by default.

@@ -284,6 +284,56 @@ async fn a_remount_serves_its_cache_before_listing_and_then_shows_the_changes() 
     assert!(m.unmount().success(), "{}", m.log());
 }
 
+/// A first mount is served before its full listing ends: a reader finds what it asks for by
+/// requests of its own (a HEAD of a key, a listing of a directory), and a name the bucket does
+/// not have is missing; once the listing ends, everything is there and the background download
+/// runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_mount_serves_readers_before_its_full_listing_ends() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "top.txt", b"top").await;
+    // Deeper than a listing splits: the full listing needs a listing of a whole prefix.
+    s3.put("bkt", "runs/2024/06/01/metrics.csv", b"a,b\n1,2\n")
+        .await;
+    s3.put("bkt", "runs/2024/06/01/model.bin", &[7u8; 3000])
+        .await;
+    s3.put("bkt", "runs/2024/06/02/metrics.csv", b"a,b\n3,4\n")
+        .await;
+    let proxy = FaultProxy::with_rules(&s3.endpoint, 1, &[]).await;
+    proxy.hold_whole_listings(true);
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(tool_at(&proxy.endpoint), root.path(), &mounts, &[]);
+    let dir = m.dest.join("m");
+
+    assert_eq!(names_in(&dir), ["runs", "top.txt"]);
+    // A path straight to a file: each directory on the way looked for in the bucket.
+    let csv = dir.join("runs/2024/06/01/metrics.csv");
+    assert_eq!(std::fs::read(&csv).unwrap(), b"a,b\n1,2\n");
+    assert_eq!(
+        names_in(&dir.join("runs/2024/06/01")),
+        ["metrics.csv", "model.bin"]
+    );
+    assert_eq!(names_in(&dir.join("runs/2024/06")), ["01", "02"]);
+    let missing = std::fs::metadata(dir.join("runs/2024/06/03"));
+    assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(m.passes(), 0, "the full listing was held back: {}", m.log());
+
+    // A key added now shows once the full listing is in, as do the rest.
+    s3.put("bkt", "runs/2024/06/03/metrics.csv", b"late").await;
+    proxy.hold_whole_listings(false);
+    m.wait_until(30, "the first pass", || m.passes() > 0);
+    let late = dir.join("runs/2024/06/03/metrics.csv");
+    wait_for(30, "the key added during the listing", || {
+        std::fs::read(&late).is_ok_and(|d| d == b"late")
+    });
+    assert_eq!(
+        std::fs::read(dir.join("runs/2024/06/01/model.bin")).unwrap(),
+        [7u8; 3000]
+    );
+    assert!(m.unmount().success(), "{}", m.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_unmounts_and_exits_zero() {
     let s3 = S3Server::start(&["bkt"]).await;

@@ -6,10 +6,14 @@
 //! After a signal, files still open under the mount keep being served until they are closed
 //! (at most `--open-files-timeout`; a second signal stops at once).
 //!
-//! Start: every mount is connected and listed before the file system is mounted. A store that
-//! cannot be reached is served from the cache with a warning (repeated at each failed refresh);
-//! with nothing cached for that mount the command fails instead: an empty directory would look
-//! like an empty bucket.
+//! Start: every mount is connected, and its top directory listed, before the file system is
+//! mounted (a mistake fails the command there; it never looks like an empty bucket); its full
+//! listing follows in the background, readers meanwhile getting what they ask for by
+//! requests of their own (see `vfs::partial`). A mount whose cache a pass completed is served
+//! from it at once instead, and listed again right after. A store that cannot be reached is
+//! served from the cache with a warning (repeated at each failed refresh); with nothing cached
+//! for that mount the command fails instead: an empty directory would look like an empty
+//! bucket.
 
 use super::signals::{self, Signals};
 use super::status::Recorded;
@@ -19,7 +23,7 @@ use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store
 use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{DirListing, ObjectMeta, ObjectStore, StoreError};
 use crate::vfs::{Mounted, Stale, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -211,7 +215,10 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         }
         let vfs = Arc::new(Vfs::new(engine.clone(), mounted));
         for (mount, listing) in listings.iter().enumerate() {
-            vfs.update(mount, &listing.objects);
+            match &listing.top {
+                Some(top) => vfs.show_dir(mount, "", top),
+                None => drop(vfs.update(mount, &listing.objects)),
+            }
         }
         Ok::<_, anyhow::Error>((vfs, listings))
     })?;
@@ -449,31 +456,37 @@ async fn serve_open_files(
     }
 }
 
-/// What the file system shows of a mount at first: the bucket's listing, or while the store
-/// cannot be reached the cache's.
+/// What the file system shows of a mount at first: the mount's top directory while its first
+/// full listing runs, or what earlier runs cached.
 struct FirstListing {
+    /// The cache's listing (empty with `top`).
     objects: Vec<ObjectMeta>,
+    /// The mount's top directory, listed just now: the mount is served before its first full
+    /// listing ends, which follows at once.
+    top: Option<DirListing>,
     served: Served,
-    /// How long listing the bucket took; `None` for the cache's listing.
-    took: Option<Duration>,
     /// The cache's listing, served while the bucket is listed at once in the background.
     owed: bool,
 }
 
-/// A mount's first listing, before it is mounted: listed, or what earlier runs cached when the
-/// store cannot be reached now.
+/// What a mount shows when it is mounted, if no pass of an earlier run completed its cache:
+/// its top directory, listed now (a bucket that does not exist, denied access or wrong
+/// credentials fail here, before anything is mounted), its full listing following in the
+/// background; or what earlier runs cached when the store cannot be reached now.
 async fn first_listing(
     engine: &Engine,
     replica: &Arc<Replica>,
     store: &Arc<dyn ObjectStore>,
 ) -> anyhow::Result<FirstListing> {
-    let started = Instant::now();
-    Ok(match engine.list(replica, store).await {
-        Ok(listing) => FirstListing {
-            served: Served::listed_now(&listing),
-            objects: listing,
-            took: Some(started.elapsed()),
-            owed: false,
+    Ok(match engine.list_top(replica, store).await {
+        Ok(top) => FirstListing {
+            served: Served {
+                files: top.objects.len(),
+                listed_at: Some(SystemTime::now()),
+            },
+            objects: Vec::new(),
+            top: Some(top),
+            owed: true,
         },
         // Down or unreachable: served from the cache, and listed again each interval; with
         // nothing cached, there is nothing to serve. (A bucket that does not exist or is denied
@@ -503,15 +516,9 @@ impl FirstListing {
                 listed_at: replica.copy.listed_at(),
             },
             objects,
-            took: None,
+            top: None,
             owed,
         }
-    }
-
-    /// A listing the background download may act on (with the time it took): never the
-    /// cache's own.
-    fn listed(self) -> Option<(Vec<ObjectMeta>, Duration)> {
-        Some((self.objects, self.took?))
     }
 }
 
@@ -663,7 +670,8 @@ async fn refresh_loop(
     // What the file system shows of each mount.
     let mut served: Vec<Served> = first.iter().map(|l| l.served.clone()).collect();
     let mut owed: Vec<bool> = first.iter().map(|l| l.owed).collect();
-    let mut listings: Vec<_> = first.into_iter().map(FirstListing::listed).collect();
+    // The background download acts only on listings made by this run.
+    let mut listings = vec![None; first.len()];
     loop {
         for (mount, m) in vfs.mounted().iter().enumerate() {
             if owed[mount] {
@@ -744,7 +752,16 @@ async fn relist(
     let started = Instant::now();
     match engine.list(&m.replica, &m.store).await {
         Ok(listing) => {
+            let first = !vfs.listed_whole(mount);
             let stale = vfs.update(mount, &listing);
+            if first {
+                tracing::info!(
+                    mount = %m.replica.mount.id,
+                    objects = listing.len(),
+                    seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    "listed in full: the tree shows every file"
+                );
+            }
             forget_stale(kernel.clone(), stale).await;
             *served = Served::listed_now(&listing);
             Some((listing, started.elapsed()))

@@ -31,7 +31,7 @@ use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::retry::retry;
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{DirListing, ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
@@ -330,6 +330,24 @@ impl Engine {
             );
         }
         Ok(listed)
+    }
+
+    /// The mount's top directory (with retries): what the file system shows of a mount while
+    /// its first full listing runs.
+    pub async fn list_top(
+        &self,
+        replica: &Replica,
+        store: &Arc<dyn ObjectStore>,
+    ) -> Result<DirListing, EngineError> {
+        let mount = &replica.mount;
+        tokio::select! {
+            listed = retry("list", || store.list_dir(&mount.prefix)) => {
+                listed.map_err(|source| EngineError::store(mount, source))
+            }
+            () = self.downloader.cancel.cancelled() => Err(EngineError::Cancelled {
+                mount: mount.id.clone(),
+            }),
+        }
     }
 
     /// Brings the mount directory in line with `remote`, a listing of the mount.

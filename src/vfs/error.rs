@@ -28,6 +28,9 @@ pub enum FsError {
     Upload(#[from] crate::engine::EngineError),
     #[error("download failed: {0}")]
     Download(#[from] FetchError),
+    /// The bucket could not be asked for an entry of a mount not listed whole yet.
+    #[error("cannot look in the bucket: {0}")]
+    Store(crate::store::StoreError),
     #[error(transparent)]
     Local(#[from] LocalError),
     #[error(transparent)]
@@ -60,6 +63,7 @@ impl FsError {
             FsError::Unsupported => libc::EINVAL,
             // An fsync whose upload failed; the log line names the key.
             FsError::Upload(_) => libc::EIO,
+            FsError::Store(_) => libc::EIO,
             FsError::Download(e) => match e.kind {
                 FetchKind::Changed | FetchKind::Store | FetchKind::Cancelled => libc::EIO,
                 FetchKind::Gone => libc::ENOENT,

@@ -26,6 +26,7 @@
 
 mod error;
 mod handle;
+mod partial;
 mod tree;
 mod write;
 
@@ -100,6 +101,11 @@ pub struct Vfs {
     started: SystemTime,
     /// Each mount's write-back queue (idle for a read-only mount).
     write_backs: Vec<Arc<WriteBack>>,
+    /// Whether each mount's tree holds a full listing yet ([`partial`]).
+    listings: Vec<partial::Listing>,
+    /// Directories listed on their own while their mount's full listing was under way, by
+    /// inode.
+    dir_listings: DashMap<u64, partial::DirOnce>,
 }
 
 /// What an open of a file reaches.
@@ -210,6 +216,8 @@ impl Vfs {
         tree.local = local.collect();
         Self {
             write_backs,
+            listings: mounted.iter().map(|_| partial::Listing::new()).collect(),
+            dir_listings: DashMap::new(),
             tree: RwLock::new(tree),
             mounted,
             engine,
@@ -314,15 +322,6 @@ impl Vfs {
                     dir = split(dir).0;
                 }
             }
-            // What was made here shows with its directories, listed or not (a folder marker
-            // deleted once the directory held files, a listing from before the uploads).
-            if matches!(o, Override::File { .. } | Override::Dir) {
-                let mut dir = split(path).0;
-                while !dir.is_empty() {
-                    want.insert(dir.to_owned(), Want::Dir);
-                    dir = split(dir).0;
-                }
-            }
             match o {
                 Override::File { .. } => {
                     want.insert(path.clone(), Want::Local);
@@ -409,14 +408,16 @@ impl Vfs {
                 Want::File(meta) => tree.insert(mount, &path, NodeKind::File(meta.clone())),
                 Want::Local => tree.insert(mount, &path, NodeKind::Local),
             };
-            if ino > last {
-                let parent = tree.nodes[&ino].parent;
+            // (Only where the kernel holds the directory: elsewhere it remembers no name.)
+            let parent = tree.nodes[&ino].parent;
+            if ino > last && self.known.contains(&parent) {
                 stale.entries.push((parent, split(&path).1.to_owned()));
             }
         }
         // A changed version is both a name gone and a name new.
         stale.entries.sort();
         stale.entries.dedup();
+        self.listings[mount].set_complete();
         stale
     }
 
@@ -497,26 +498,10 @@ impl Vfs {
         self.retired.remove(&ino);
     }
 
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let ino = self.child(parent, name)?.ok_or(FsError::NotFound)?;
-        self.looked_up(ino);
-        self.attr(ino).unwrap_or(Err(FsError::NotFound))
-    }
-
     /// The kernel was given `ino` (a lookup, an entry of a listing with attributes): it may
     /// ask for it until it forgets it.
     pub fn looked_up(&self, ino: u64) {
         self.known.insert(ino);
-    }
-
-    /// The inode named `name` in directory `parent`, if any.
-    fn child(&self, parent: u64, name: &str) -> Result<Option<u64>, FsError> {
-        let tree = self.tree.read();
-        let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
-        let NodeKind::Dir(children) = &node.kind else {
-            return Err(FsError::NotADirectory);
-        };
-        Ok(children.get(name).copied())
     }
 
     /// The entries of a directory, `.` and `..` first.

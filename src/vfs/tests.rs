@@ -6,6 +6,7 @@ use super::*;
 use crate::store::StoreError;
 use crate::store::memory::{Fault, Faults, MemoryStore};
 use crate::testing::{Held, PART, Setup, named_runtime, occupy};
+use std::sync::atomic::Ordering;
 
 /// A file system over mount "m" (prefix `p/`) of `store`, its local copy in `dir`, listed once.
 async fn vfs_over(store: Arc<dyn ObjectStore>, dir: &std::path::Path) -> (Arc<Vfs>, Arc<Engine>) {
@@ -20,7 +21,7 @@ async fn store_list(vfs: &Vfs) -> Vec<ObjectMeta> {
 fn path_ino(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
     let mut ino = ROOT;
     for name in path.split('/') {
-        ino = vfs.lookup(ino, name)?.ino;
+        ino = vfs.lookup_now(ino, name).expect("listed whole")?.ino;
     }
     Ok(ino)
 }
@@ -239,6 +240,102 @@ async fn a_read_of_an_object_deleted_since_the_open_fails_with_enoent() {
     assert_eq!(vfs.read(opened.fh, here, 10).await.unwrap(), vec![1; 10]);
     held.gate.add_permits(1000);
     vfs.release(opened.fh);
+}
+
+/// The inode at `path`, each name looked for in the bucket where the tree cannot tell.
+async fn lookup_path(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
+    let mut ino = ROOT;
+    for name in path.split('/') {
+        ino = vfs.lookup(ino, name).await?.ino;
+    }
+    Ok(ino)
+}
+
+fn names(vfs: &Vfs, ino: u64) -> Vec<String> {
+    vfs.readdir(ino).unwrap().into_iter().map(|e| e.2).collect()
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_mount_not_listed_whole_yet_finds_what_readers_ask_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    store.put("p/top.txt", &b"top"[..]);
+    store.put("p/a/x.txt", &b"x"[..]);
+    store.put("p/a/b/c.txt", &b"deep"[..]);
+    let gone = store.put("p/a/b/gone.txt", &b"gone"[..]);
+    store.put("other/y", &b"not mine"[..]);
+    let (vfs, _engine) = Setup::default().vfs_top(store.clone(), tmp.path()).await;
+    let c = &store.counters;
+
+    // The top directory was listed before mounting.
+    let m = path_ino(&vfs, "m").unwrap();
+    assert_eq!(names(&vfs, m), [".", "..", "a", "top.txt"]);
+    let a = vfs.lookup_now(m, "a").unwrap().unwrap();
+    assert_eq!(a.kind, Kind::Dir);
+    let a = a.ino;
+    assert!(!vfs.dir_ready(a));
+    assert!(
+        vfs.lookup_now(a, "x.txt").is_none(),
+        "a directory not listed yet cannot say what it holds"
+    );
+
+    // A file: found by one HEAD, its directory still not listed.
+    assert_eq!(vfs.lookup(a, "x.txt").await.unwrap().size, 1);
+    assert_eq!((count(&c.heads), count(&c.dir_lists)), (1, 1));
+    assert!(!vfs.dir_ready(a));
+    // A name the bucket does not have: its directory listed, which then answers alone.
+    assert!(matches!(
+        vfs.lookup(a, "nope").await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!((count(&c.heads), count(&c.dir_lists)), (2, 2));
+    assert!(vfs.dir_ready(a));
+    assert!(matches!(
+        vfs.lookup_now(a, "nope"),
+        Some(Err(FsError::NotFound))
+    ));
+    assert_eq!(names(&vfs, a), [".", "..", "b", "x.txt"]);
+    // Opening a directory lists it once, however many ask.
+    let b = vfs.lookup_now(a, "b").unwrap().unwrap().ino;
+    let (one, two) = tokio::join!(vfs.list_dir(b), vfs.list_dir(b));
+    one.unwrap();
+    two.unwrap();
+    assert_eq!(count(&c.dir_lists), 3);
+    assert_eq!(names(&vfs, b), [".", "..", "c.txt", "gone.txt"]);
+    // Read before the full listing.
+    let fh = vfs.open(lookup_path(&vfs, "m/a/b/c.txt").await.unwrap());
+    let fh = fh.await.unwrap().fh;
+    assert_eq!(vfs.read(fh, 0, 100).await.unwrap(), b"deep");
+    vfs.release(fh);
+    assert_eq!(count(&c.lists), 0, "nothing was listed whole");
+
+    // The full listing replaces what was asked for: an object deleted meanwhile goes, every
+    // directory answers from the tree, and the inodes of what stayed are the same.
+    store.delete("p/a/b/gone.txt");
+    store.put("p/z/new.txt", &b"new"[..]);
+    let full = store.list("p/").await.unwrap();
+    vfs.update(0, &full);
+    assert_eq!(names(&vfs, b), [".", "..", "c.txt"]);
+    assert_eq!(path_ino(&vfs, "m/a/b").unwrap(), b);
+    assert!(path_ino(&vfs, "m/z/new.txt").is_ok());
+    assert!(matches!(
+        vfs.lookup_now(m, "nothing"),
+        Some(Err(FsError::NotFound))
+    ));
+    // A directory listing that ends after the full listing adds nothing.
+    let late = crate::store::DirListing {
+        objects: vec![gone],
+        prefixes: Vec::new(),
+    };
+    vfs.show_dir(0, "a/b", &late);
+    assert!(matches!(
+        path_ino(&vfs, "m/a/b/gone.txt"),
+        Err(FsError::NotFound)
+    ));
 }
 
 /// Waits (bounded) until file `path` of the mount is complete in the local copy.

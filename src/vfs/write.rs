@@ -327,6 +327,7 @@ impl Vfs {
         if a != b {
             return Err(FsError::CrossMount);
         }
+        self.listed_below(parent, name).await;
         let from = self.place(parent, name)?;
         let to = self.place(new_parent, new_name)?;
         let ino = from.ino.ok_or(FsError::NotFound)?;

@@ -206,6 +206,9 @@ struct State {
     deny: bool,
     /// While true, listings of objects wait.
     hold: tokio::sync::watch::Sender<bool>,
+    /// While true, listings of objects without a delimiter (of a whole prefix, not of one
+    /// directory) wait.
+    hold_whole: tokio::sync::watch::Sender<bool>,
 }
 
 impl State {
@@ -333,6 +336,7 @@ impl FaultProxy {
             requests: Mutex::default(),
             deny,
             hold: tokio::sync::watch::channel(false).0,
+            hold_whole: tokio::sync::watch::channel(false).0,
         });
         let shared = state.clone();
         let accept = tokio::spawn(async move {
@@ -378,6 +382,13 @@ impl FaultProxy {
     /// those held are sent on once it is false again.
     pub fn hold_listings(&self, hold: bool) {
         self.state.hold.send_replace(hold);
+    }
+
+    /// Holds back every listing of a whole prefix (without a delimiter) from now on, while
+    /// `hold`, and lets listings of one directory through; those held are sent on once it is
+    /// false again. A mount's full listing then cannot end.
+    pub fn hold_whole_listings(&self, hold: bool) {
+        self.state.hold_whole.send_replace(hold);
     }
 
     /// How many requests of kind `op` the proxy has seen, faulted or not.
@@ -449,6 +460,11 @@ async fn handle(
     if is_listing(&req) {
         let mut held = state.hold.subscribe();
         let _ = held.wait_for(|hold| !hold).await;
+        let query = req.uri().query().unwrap_or_default();
+        if !query.split('&').any(|p| p.starts_with("delimiter=")) {
+            let mut held = state.hold_whole.subscribe();
+            let _ = held.wait_for(|hold| !hold).await;
+        }
     }
     let fault = Op::of(&req).and_then(|op| state.draw(op, &req));
     match fault {

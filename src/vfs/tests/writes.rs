@@ -7,6 +7,17 @@ use crate::vfs::SetAttr;
 /// A file system over two mounts of `store`: "m" (prefix `p/`, writeable) and "ro" (prefix
 /// `r/`, read-only), their local copies in `dir`, listed once.
 async fn writeable_vfs(store: Arc<MemoryStore>, dir: &std::path::Path) -> (Arc<Vfs>, Arc<Engine>) {
+    let (vfs, engine) = writeable_vfs_top(store, dir).await;
+    refresh(&vfs).await;
+    (vfs, engine)
+}
+
+/// [`writeable_vfs`] as the first mount serves it before the full listings end: the mounts'
+/// top directories listed.
+async fn writeable_vfs_top(
+    store: Arc<MemoryStore>,
+    dir: &std::path::Path,
+) -> (Arc<Vfs>, Arc<Engine>) {
     let engine = Arc::new(Setup::default().engine(dir));
     let mounts = [("m", "p/", true), ("ro", "r/", false)];
     let mut mounted = Vec::new();
@@ -23,7 +34,10 @@ async fn writeable_vfs(store: Arc<MemoryStore>, dir: &std::path::Path) -> (Arc<V
         mounted.push(Mounted { replica, store });
     }
     let vfs = Arc::new(Vfs::new(engine.clone(), mounted));
-    refresh(&vfs).await;
+    for (i, m) in vfs.mounted().iter().enumerate() {
+        let top = m.store.list_dir(&m.replica.mount.prefix).await.unwrap();
+        vfs.show_dir(i, "", &top);
+    }
     (vfs, engine)
 }
 
@@ -215,6 +229,46 @@ async fn a_directory_rename_moves_every_object_under_it() {
         .collect();
     assert_eq!(keys, ["p/archive/a.txt", "p/archive/sub/b.txt"]);
     assert_eq!(object(&mem, "p/archive/sub/b.txt").unwrap(), b"b");
+}
+
+#[tokio::test]
+async fn a_directory_rename_before_the_full_listing_waits_for_it_and_moves_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/runs/a.txt", &b"a"[..]);
+    mem.put("p/runs/sub/deep/b.txt", &b"b"[..]);
+    let (vfs, engine) = writeable_vfs_top(mem.clone(), tmp.path()).await;
+    let m = dir_ino(&vfs, "m");
+    // `rmdir` of a directory not listed yet: not empty in the bucket, so not empty here.
+    let runs = vfs.unlisted_child(m, "runs").expect("not listed yet");
+    vfs.list_dir(runs).await.unwrap();
+    assert!(matches!(
+        vfs.remove(m, "runs", true),
+        Err(FsError::NotEmpty)
+    ));
+
+    // Only `runs` is listed: the move waits until all below it is known.
+    let rename = {
+        let vfs = vfs.clone();
+        tokio::spawn(async move { vfs.rename(m, "runs", m, "archive", false).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!rename.is_finished(), "moved before the listing ended");
+    refresh(&vfs).await;
+    rename.await.unwrap().unwrap();
+    assert_eq!(
+        read_all(&vfs, "m/archive/sub/deep/b.txt").await.unwrap(),
+        b"b"
+    );
+
+    write_back(&vfs, &engine).await;
+    let keys: Vec<String> = mem
+        .answer_list("p/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["p/archive/a.txt", "p/archive/sub/deep/b.txt"]);
 }
 
 #[tokio::test]
