@@ -6,12 +6,13 @@
 //! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`, `status`).
 //! Shared by all:
 //! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
-//! [`errors`] (an error as one line).
+//! [`errors`] (an error as one line), [`etag`] (ETags kept compactly).
 
 pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod errors;
+pub mod etag;
 pub mod fuse;
 pub mod local;
 pub mod mounts;

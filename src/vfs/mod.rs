@@ -49,7 +49,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-use tree::{Node, NodeKind, Override, Tree, split};
+use tree::{Listed, Node, NodeKind, Override, Tree, split};
 
 /// What the kernel must forget after a refresh: it keeps entries and attributes between
 /// refreshes, and the tree changed under them.
@@ -364,9 +364,7 @@ impl Vfs {
             let node = tree.nodes.remove(&ino).expect("listed above");
             let same = match (&node.kind, want.get(&node.path)) {
                 (NodeKind::Dir(_), Some(Want::Dir)) => true,
-                (NodeKind::File(old), Some(Want::File(new))) => {
-                    new.etag == old.etag && new.size == old.size
-                }
+                (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
                 // Written here, and still, or now listed as the version uploaded from it (or
                 // the remote one a conflict kept: the inode stays, its bytes are another's).
                 (NodeKind::Local, Some(Want::Local)) => true,
@@ -405,7 +403,7 @@ impl Vfs {
                     placed_dirs.insert(path.clone());
                     ino
                 }
-                Want::File(meta) => tree.insert(mount, &path, NodeKind::File(meta.clone())),
+                Want::File(meta) => tree.insert(mount, &path, NodeKind::File(Listed::of(meta))),
                 Want::Local => tree.insert(mount, &path, NodeKind::Local),
             };
             // (Only where the kernel holds the directory: elsewhere it remembers no name.)
@@ -429,7 +427,7 @@ impl Vfs {
             .is_some_and(|m| self.mounted[m].replica.mount.writeable);
         let (kind, size, mtime) = match &node.kind {
             NodeKind::Dir(_) => (Kind::Dir, 0, self.started),
-            NodeKind::File(meta) => (Kind::File, meta.size, meta.last_modified),
+            NodeKind::File(l) => (Kind::File, l.size, l.last_modified),
             // Not stat'ed under the tree's lock: what an inode a refresh retired shows.
             NodeKind::Local => (Kind::File, 0, self.started),
         };
@@ -600,8 +598,9 @@ impl Vfs {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         match (&node.kind, node.mount) {
-            (NodeKind::File(meta), Some(mount)) => {
-                Ok(Target::Remote(mount, node.path.clone(), meta.clone()))
+            (NodeKind::File(l), Some(mount)) => {
+                let meta = l.meta(self.key_of(mount, &node.path));
+                Ok(Target::Remote(mount, node.path.clone(), meta))
             }
             (NodeKind::Local, Some(mount)) => Ok(Target::Local(mount, node.path.clone())),
             _ => Err(FsError::IsADirectory),
@@ -653,6 +652,11 @@ impl Vfs {
             keep_cache,
             partial,
         })
+    }
+
+    /// The key of path `path` of mount `mount`.
+    fn key_of(&self, mount: usize, path: &str) -> String {
+        format!("{}{path}", self.mounted[mount].replica.mount.prefix)
     }
 
     /// Where inode `ino` is now in its mount (`None` once it is gone from the tree).

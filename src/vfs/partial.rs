@@ -17,7 +17,7 @@
 //! the full listing; an `rmdir` lists its directory first (empty there means empty in the
 //! bucket).
 
-use super::tree::{NodeKind, Override};
+use super::tree::{Listed, NodeKind, Override};
 use super::{Attr, FsError, Vfs};
 use crate::paths::{ancestors, layout};
 use crate::retry::retry;
@@ -247,7 +247,7 @@ impl Vfs {
                 continue;
             }
             let kind = match meta {
-                Some(meta) => NodeKind::File(meta.clone()),
+                Some(meta) => NodeKind::File(Listed::of(meta)),
                 None => NodeKind::Dir(BTreeMap::new()),
             };
             tree.insert(mount, path, kind);

@@ -2,6 +2,7 @@
 //! writeable mount, from what was changed through the file system and not yet listed
 //! ([`Override`]).
 
+use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -30,8 +31,43 @@ pub struct Attr {
 /// listed as uploaded).
 pub(super) enum NodeKind {
     Dir(BTreeMap<String, u64>),
-    File(ObjectMeta),
+    File(Listed),
     Local,
+}
+
+/// A version in the bucket as a file node keeps it: a tree holds one per object for as long as
+/// the mount runs, so without the key (the mount's prefix and the node's path make it) and with
+/// the ETag compact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub(super) size: u64,
+    pub(super) etag: Etag,
+    pub(super) last_modified: SystemTime,
+}
+
+impl Listed {
+    pub(super) fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            size: meta.size,
+            etag: Etag::new(&meta.etag),
+            last_modified: meta.last_modified,
+        }
+    }
+
+    /// Whether `meta` is this version.
+    pub(super) fn is(&self, meta: &ObjectMeta) -> bool {
+        self.size == meta.size && self.etag.is(&meta.etag)
+    }
+
+    /// The version as the store names it: under `key`.
+    pub(super) fn meta(&self, key: String) -> ObjectMeta {
+        ObjectMeta {
+            key,
+            size: self.size,
+            etag: self.etag.to_string(),
+            last_modified: self.last_modified,
+        }
+    }
 }
 
 pub(super) struct Node {

@@ -125,7 +125,10 @@ impl Vfs {
             let mount = node.mount.ok_or(FsError::ReadOnly)?;
             match &node.kind {
                 NodeKind::Dir(_) => return Err(FsError::IsADirectory),
-                NodeKind::File(meta) => (mount, node.path.clone(), Some(meta.clone())),
+                NodeKind::File(l) => {
+                    let meta = l.meta(self.key_of(mount, &node.path));
+                    (mount, node.path.clone(), Some(meta))
+                }
                 NodeKind::Local => (mount, node.path.clone(), None),
             }
         };
@@ -282,7 +285,7 @@ impl Vfs {
                 NodeKind::Dir(_) if dir => None,
                 NodeKind::Dir(_) => return Err(FsError::IsADirectory),
                 _ if dir => return Err(FsError::NotADirectory),
-                NodeKind::File(meta) => Some(meta.clone()),
+                NodeKind::File(l) => Some(l.meta(self.key_of(place.mount, &place.path))),
                 NodeKind::Local => None,
             }
         };
@@ -344,14 +347,14 @@ impl Vfs {
             let fetch: Vec<(String, ObjectMeta)> = moving
                 .iter()
                 .filter_map(|(i, p, _)| match &tree.nodes[i].kind {
-                    NodeKind::File(meta) => Some((p.clone(), meta.clone())),
+                    NodeKind::File(l) => Some((p.clone(), l.meta(self.key_of(mount, p)))),
                     _ => None,
                 })
                 .collect();
             let is_dir = matches!(tree.nodes[&ino].kind, NodeKind::Dir(_));
             if let Some(target) = to.ino {
-                if let NodeKind::File(meta) = &tree.nodes[&target].kind {
-                    replaces = Some(meta.clone());
+                if let NodeKind::File(l) = &tree.nodes[&target].kind {
+                    replaces = Some(l.meta(self.key_of(mount, &to.path)));
                 }
                 match (&tree.nodes[&target].kind, is_dir) {
                     _ if noreplace => return Err(FsError::Exists),
