@@ -120,7 +120,7 @@ impl Setup {
         let (engine, replica) = self.open(dir);
         let top = store.list_dir(&replica.mount.prefix).await.unwrap();
         let vfs = Arc::new(Vfs::new(engine.clone(), vec![Mounted { replica, store }]));
-        vfs.show_dir(0, "", &top);
+        vfs.show_top(0, &top);
         (vfs, engine)
     }
 }

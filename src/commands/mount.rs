@@ -216,7 +216,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         let vfs = Arc::new(Vfs::new(engine.clone(), mounted));
         for (mount, listing) in listings.iter().enumerate() {
             match &listing.top {
-                Some(top) => vfs.show_dir(mount, "", top),
+                Some(top) => vfs.show_top(mount, top),
                 None => drop(vfs.update(mount, &listing.objects)),
             }
         }

@@ -179,17 +179,17 @@ impl Vfs {
             next: ROOT,
             ..Tree::default()
         };
-        tree.inos.insert((None, String::new()), ROOT);
         let mut root = BTreeMap::new();
         for (mount, served) in mounted.iter().enumerate() {
-            let ino = tree.ino_for(Some(mount), "");
+            let ino = tree.new_ino();
             root.insert(served.replica.mount.id.clone(), ino);
+            tree.mount_dirs.push(ino);
             tree.nodes.insert(
                 ino,
                 Node {
                     parent: ROOT,
+                    name: "".into(),
                     mount: Some(mount),
-                    path: String::new(),
                     kind: NodeKind::Dir(BTreeMap::new()),
                 },
             );
@@ -198,8 +198,8 @@ impl Vfs {
             ROOT,
             Node {
                 parent: ROOT,
+                name: "".into(),
                 mount: None,
-                path: String::new(),
                 kind: NodeKind::Dir(root),
             },
         );
@@ -350,66 +350,82 @@ impl Vfs {
             }
         }
 
-        let mount_ino = tree.ino_for(Some(mount), "");
-        // Drop the mount's old nodes; their paths keep their inode numbers if they come back
-        // unchanged.
-        let old: Vec<u64> = tree
-            .nodes
-            .iter()
-            .filter(|(ino, n)| n.mount == Some(mount) && **ino != mount_ino)
-            .map(|(&ino, _)| ino)
-            .collect();
+        let mount_ino = tree.mount_dirs[mount];
         let mut stale = Stale::default();
-        for ino in old {
-            let node = tree.nodes.remove(&ino).expect("listed above");
-            let same = match (&node.kind, want.get(&node.path)) {
-                (NodeKind::Dir(_), Some(Want::Dir)) => true,
-                (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
-                // Written here, and still, or now listed as the version uploaded from it (or
-                // the remote one a conflict kept: the inode stays, its bytes are another's).
-                (NodeKind::Local, Some(Want::Local)) => true,
-                (NodeKind::Local, Some(Want::File(_))) => {
-                    stale.inodes.push(ino);
-                    true
-                }
-                _ => false,
+        // What the listing changed or removed goes, with everything below it; what stays keeps
+        // its inode.
+        let mut gone = Vec::new();
+        let mut walk = vec![(mount_ino, String::new())];
+        while let Some((dir, path)) = walk.pop() {
+            let NodeKind::Dir(children) = &tree.nodes[&dir].kind else {
+                continue;
             };
-            if !same {
+            for (name, &ino) in children {
+                let path = tree::join(&path, name);
+                let same = match (&tree.nodes[&ino].kind, want.get(&path)) {
+                    (NodeKind::Dir(_), Some(Want::Dir)) => true,
+                    (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
+                    // Written here, and still, or now listed as the version uploaded from it
+                    // (or the remote one a conflict kept: the inode stays, its bytes are
+                    // another's).
+                    (NodeKind::Local, Some(Want::Local)) => true,
+                    (NodeKind::Local, Some(Want::File(_))) => {
+                        stale.inodes.push(ino);
+                        true
+                    }
+                    _ => false,
+                };
+                match same {
+                    true => walk.push((ino, path)),
+                    false => gone.push(ino),
+                }
+            }
+        }
+        for ino in gone {
+            for (ino, node) in tree.remove(ino) {
                 if self.known.contains(&ino) {
                     self.retired.insert(ino, self.attr_of(ino, &node));
                 }
-                stale
-                    .entries
-                    .push((node.parent, split(&node.path).1.to_owned()));
-                tree.inos.remove(&(Some(mount), node.path));
+                // (Only where the kernel holds the directory: elsewhere it remembers no name.)
+                if self.known.contains(&node.parent) {
+                    stale.entries.push((node.parent, node.name.into()));
+                }
                 self.versions.remove(&ino);
             }
         }
-        tree.children_mut(mount_ino).clear();
 
         // Parents come before their children in path order; an entry whose parent is not a
         // directory (a file here and a directory in the listing) is left out.
-        let mut placed_dirs: HashSet<String> = HashSet::new();
+        let mut placed_dirs: HashMap<String, u64> = HashMap::from([(String::new(), mount_ino)]);
         for (path, w) in want {
-            let (parent, _) = split(&path);
-            if !parent.is_empty() && !placed_dirs.contains(parent) {
+            let (parent, name) = split(&path);
+            let Some(&parent) = placed_dirs.get(parent) else {
                 continue;
-            }
-            // A path given an inode now (numbers only grow) is new to the kernel.
-            let last = tree.next;
-            let ino = match w {
-                Want::Dir => {
-                    let ino = tree.insert(mount, &path, NodeKind::Dir(BTreeMap::new()));
-                    placed_dirs.insert(path.clone());
+            };
+            let kind = match w {
+                Want::Dir => NodeKind::Dir(BTreeMap::new()),
+                Want::File(meta) => NodeKind::File(Listed::of(meta)),
+                Want::Local => NodeKind::Local,
+            };
+            let ino = match tree.children_mut(parent).get(name) {
+                // Kept above: the same directory (with its entries), or file.
+                Some(&ino) => {
+                    let node = tree.nodes.get_mut(&ino).expect("a child exists");
+                    if !matches!(node.kind, NodeKind::Dir(_)) {
+                        node.kind = kind;
+                    }
                     ino
                 }
-                Want::File(meta) => tree.insert(mount, &path, NodeKind::File(Listed::of(meta))),
-                Want::Local => tree.insert(mount, &path, NodeKind::Local),
+                None => {
+                    // New to the kernel, which may remember the name as missing.
+                    if self.known.contains(&parent) {
+                        stale.entries.push((parent, name.to_owned()));
+                    }
+                    tree.insert_in(mount, parent, name, kind)
+                }
             };
-            // (Only where the kernel holds the directory: elsewhere it remembers no name.)
-            let parent = tree.nodes[&ino].parent;
-            if ino > last && self.known.contains(&parent) {
-                stale.entries.push((parent, split(&path).1.to_owned()));
+            if matches!(tree.nodes[&ino].kind, NodeKind::Dir(_)) {
+                placed_dirs.insert(path, ino);
             }
         }
         // A changed version is both a name gone and a name new.
@@ -459,11 +475,11 @@ impl Vfs {
             let tree = self.tree.read();
             let node = tree.nodes.get(&ino)?;
             match (&node.kind, node.mount) {
-                (NodeKind::Local, Some(mount)) => (mount, node.path.clone(), None),
+                (NodeKind::Local, Some(mount)) => (mount, tree.path(ino), None),
                 // A file of a writeable mount shows the mode and times kept locally (`chmod`,
                 // `cp -p`) once it is in the local copy.
                 (NodeKind::File(_), Some(mount)) if self.mounted[mount].replica.mount.writeable => {
-                    (mount, node.path.clone(), Some(self.attr_of(ino, node)))
+                    (mount, tree.path(ino), Some(self.attr_of(ino, node)))
                 }
                 _ => return Some(Ok(self.attr_of(ino, node))),
             }
@@ -599,10 +615,11 @@ impl Vfs {
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         match (&node.kind, node.mount) {
             (NodeKind::File(l), Some(mount)) => {
-                let meta = l.meta(self.key_of(mount, &node.path));
-                Ok(Target::Remote(mount, node.path.clone(), meta))
+                let path = tree.path(ino);
+                let meta = l.meta(self.key_of(mount, &path));
+                Ok(Target::Remote(mount, path, meta))
             }
-            (NodeKind::Local, Some(mount)) => Ok(Target::Local(mount, node.path.clone())),
+            (NodeKind::Local, Some(mount)) => Ok(Target::Local(mount, tree.path(ino))),
             _ => Err(FsError::IsADirectory),
         }
     }
@@ -661,7 +678,8 @@ impl Vfs {
 
     /// Where inode `ino` is now in its mount (`None` once it is gone from the tree).
     fn path_of(&self, ino: u64) -> Option<String> {
-        self.tree.read().nodes.get(&ino).map(|n| n.path.clone())
+        let tree = self.tree.read();
+        tree.nodes.contains_key(&ino).then(|| tree.path(ino))
     }
 
     /// The cache file behind an open handle.

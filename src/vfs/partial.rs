@@ -69,7 +69,7 @@ impl Vfs {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         match node.kind {
-            NodeKind::Dir(_) => Ok((node.mount, node.path.clone())),
+            NodeKind::Dir(_) => Ok((node.mount, tree.path(ino))),
             _ => Err(FsError::NotADirectory),
         }
     }
@@ -164,11 +164,47 @@ impl Vfs {
         Ok(())
     }
 
+    /// What a mount shows before its full listing: `top`, the listing of its top directory, as
+    /// that directory's own, and the changes made here that an earlier run left (written files
+    /// and made directories not uploaded yet: the full listing does not show them either).
+    pub fn show_top(&self, mount: usize, top: &DirListing) {
+        {
+            let mut tree = self.tree.write();
+            let made: Vec<(String, bool)> = tree
+                .local
+                .iter()
+                .filter(|((m, _), _)| *m == mount)
+                .filter_map(|((_, path), o)| match o {
+                    Override::File { .. } => Some((path.clone(), false)),
+                    Override::Dir => Some((path.clone(), true)),
+                    Override::Gone { .. } => None,
+                })
+                .collect();
+            for (path, dir) in made {
+                let blocked = ancestors(&path).any(|p| {
+                    let node = tree.find(mount, p).and_then(|i| tree.nodes.get(&i));
+                    node.is_some_and(|n| !matches!(n.kind, NodeKind::Dir(_)))
+                });
+                if blocked || tree.find(mount, &path).is_some() {
+                    continue;
+                }
+                let kind = match dir {
+                    true => NodeKind::Dir(BTreeMap::new()),
+                    false => NodeKind::Local,
+                };
+                tree.insert(mount, &path, kind);
+            }
+        }
+        self.show_dir(mount, "", top);
+    }
+
     /// Shows `listed`, the listing of directory `path` of mount `mount`, as that directory's
-    /// own: what the file system shows of a mount before its full listing (its top directory).
-    pub fn show_dir(&self, mount: usize, path: &str, listed: &DirListing) {
+    /// own.
+    pub(super) fn show_dir(&self, mount: usize, path: &str, listed: &DirListing) {
         self.add(mount, listed);
-        let ino = self.tree.write().ino_for(Some(mount), path);
+        let Some(ino) = self.tree.read().find(mount, path) else {
+            return;
+        };
         let once = tokio::sync::OnceCell::new_with(Some(()));
         self.dir_listings.insert(ino, Arc::new(once));
     }
@@ -232,10 +268,7 @@ impl Vfs {
             return;
         }
         for (path, meta) in want {
-            let node = |p: &str| {
-                let ino = tree.inos.get(&(Some(mount), p.to_owned()))?;
-                tree.nodes.get(ino)
-            };
+            let node = |p: &str| tree.nodes.get(&tree.find(mount, p)?);
             // A file where the path needs a directory: the full listing decides.
             let blocked = ancestors(path)
                 .any(|p| node(p).is_some_and(|n| !matches!(n.kind, NodeKind::Dir(_))));

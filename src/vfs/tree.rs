@@ -70,12 +70,14 @@ impl Listed {
     }
 }
 
+/// An inode. Its path is not kept: the names up the parent chain make it ([`Tree::path`]),
+/// so a tree of a million files holds each name once, and a directory rename changes one node.
 pub(super) struct Node {
     pub(super) parent: u64,
+    /// Its name in its parent; empty for a mount's own directory and the root.
+    pub(super) name: Box<str>,
     /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
     pub(super) mount: Option<usize>,
-    /// Path under the mount directory; empty for a mount's own directory.
-    pub(super) path: String,
     pub(super) kind: NodeKind,
 }
 
@@ -97,7 +99,8 @@ pub(super) enum Override {
 #[derive(Default)]
 pub(super) struct Tree {
     pub(super) nodes: HashMap<u64, Node>,
-    pub(super) inos: HashMap<(Option<usize>, String), u64>,
+    /// Each mount's directory, by mount.
+    pub(super) mount_dirs: Vec<u64>,
     pub(super) next: u64,
     /// Changes of writeable mounts the listings do not show yet, by mount and path.
     pub(super) local: HashMap<(usize, String), Override>,
@@ -119,13 +122,40 @@ pub(super) fn split(path: &str) -> (&str, &str) {
 }
 
 impl Tree {
-    pub(super) fn ino_for(&mut self, mount: Option<usize>, path: &str) -> u64 {
-        if let Some(&ino) = self.inos.get(&(mount, path.to_owned())) {
-            return ino;
-        }
+    /// A new inode number.
+    pub(super) fn new_ino(&mut self) -> u64 {
         self.next += 1;
-        self.inos.insert((mount, path.to_owned()), self.next);
         self.next
+    }
+
+    /// The path of `ino` under its mount's directory ("" for that directory and the root).
+    pub(super) fn path(&self, ino: u64) -> String {
+        let mut names = Vec::new();
+        let mut at = ino;
+        while let Some(node) = self.nodes.get(&at)
+            && node.parent != ROOT
+            && at != ROOT
+        {
+            names.push(&*node.name);
+            at = node.parent;
+        }
+        names.reverse();
+        names.join("/")
+    }
+
+    /// The inode at `path` of `mount`, if any.
+    pub(super) fn find(&self, mount: usize, path: &str) -> Option<u64> {
+        let mut at = self.mount_dirs[mount];
+        if path.is_empty() {
+            return Some(at);
+        }
+        for name in path.split('/') {
+            let NodeKind::Dir(children) = &self.nodes.get(&at)?.kind else {
+                return None;
+            };
+            at = *children.get(name)?;
+        }
+        Some(at)
     }
 
     pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
@@ -143,26 +173,40 @@ impl Tree {
 
     /// The directory at `path` of `mount`, made (with its parents) if missing.
     pub(super) fn dir_at(&mut self, mount: usize, path: &str) -> u64 {
-        let ino = self.ino_for(Some(mount), path);
-        if self.nodes.contains_key(&ino) {
-            return ino;
+        match self.find(mount, path) {
+            Some(ino) => ino,
+            None => self.insert(mount, path, NodeKind::Dir(BTreeMap::new())),
         }
-        self.insert(mount, path, NodeKind::Dir(BTreeMap::new()))
     }
 
-    /// Puts `kind` at `path` of `mount` (its directories made if missing), replacing what was
-    /// there; returns its inode.
+    /// Puts `kind` at `path` of `mount` (its directories made if missing): in the node there,
+    /// which keeps its inode, or in a new one; returns its inode.
     pub(super) fn insert(&mut self, mount: usize, path: &str, kind: NodeKind) -> u64 {
         let (parent, name) = split(path);
         let parent = self.dir_at(mount, parent);
-        let ino = self.ino_for(Some(mount), path);
+        self.insert_in(mount, parent, name, kind)
+    }
+
+    /// [`Tree::insert`] into directory `parent`, as `name`.
+    pub(super) fn insert_in(
+        &mut self,
+        mount: usize,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+    ) -> u64 {
+        if let Some(&ino) = self.children_mut(parent).get(name) {
+            self.nodes.get_mut(&ino).expect("a child exists").kind = kind;
+            return ino;
+        }
+        let ino = self.new_ino();
         self.children_mut(parent).insert(name.to_owned(), ino);
         self.nodes.insert(
             ino,
             Node {
                 parent,
+                name: name.into(),
                 mount: Some(mount),
-                path: path.to_owned(),
                 kind,
             },
         );
@@ -174,14 +218,12 @@ impl Tree {
         let Some(node) = self.nodes.remove(&ino) else {
             return Vec::new();
         };
-        let (_, name) = split(&node.path);
         if let Some(parent) = self.nodes.get_mut(&node.parent)
             && let NodeKind::Dir(children) = &mut parent.kind
-            && children.get(name) == Some(&ino)
+            && children.get(&*node.name) == Some(&ino)
         {
-            children.remove(name);
+            children.remove(&*node.name);
         }
-        self.inos.remove(&(node.mount, node.path.clone()));
         let mut removed = Vec::new();
         if let NodeKind::Dir(children) = &node.kind {
             for &child in children.values() {
@@ -195,45 +237,30 @@ impl Tree {
     /// Moves `ino` (and everything below it) to `name` in directory `parent`, which must be
     /// free there; the inodes stay.
     pub(super) fn rename(&mut self, ino: u64, parent: u64, name: &str) {
-        let (old_parent, old_path) = {
+        let (old_parent, old_name) = {
             let node = &self.nodes[&ino];
-            (node.parent, node.path.clone())
+            (node.parent, node.name.clone())
         };
-        let (_, old_name) = split(&old_path);
-        self.children_mut(old_parent).remove(old_name);
+        self.children_mut(old_parent).remove(&*old_name);
         self.children_mut(parent).insert(name.to_owned(), ino);
-        let new_path = join(&self.nodes[&parent].path, name);
-        self.nodes.get_mut(&ino).expect("moved").parent = parent;
-        self.repath(ino, &new_path);
-    }
-
-    fn repath(&mut self, ino: u64, path: &str) {
-        let node = self.nodes.get_mut(&ino).expect("exists");
-        let old = std::mem::replace(&mut node.path, path.to_owned());
-        let mount = node.mount;
-        let children: Vec<(String, u64)> = match &node.kind {
-            NodeKind::Dir(c) => c.iter().map(|(n, &i)| (n.clone(), i)).collect(),
-            _ => Vec::new(),
-        };
-        self.inos.remove(&(mount, old));
-        self.inos.insert((mount, path.to_owned()), ino);
-        for (name, child) in children {
-            self.repath(child, &join(path, &name));
-        }
+        let node = self.nodes.get_mut(&ino).expect("moved");
+        node.parent = parent;
+        node.name = name.into();
     }
 
     /// `ino` and everything below it, as (inode, path, is a directory).
     pub(super) fn subtree(&self, ino: u64) -> Vec<(u64, String, bool)> {
-        let node = &self.nodes[&ino];
-        let mut out = vec![(
-            ino,
-            node.path.clone(),
-            matches!(node.kind, NodeKind::Dir(_)),
-        )];
-        if let NodeKind::Dir(children) = &node.kind {
-            for &child in children.values() {
-                out.extend(self.subtree(child));
+        let mut out = Vec::new();
+        let mut stack = vec![(ino, self.path(ino))];
+        while let Some((ino, path)) = stack.pop() {
+            let node = &self.nodes[&ino];
+            let dir = matches!(node.kind, NodeKind::Dir(_));
+            if let NodeKind::Dir(children) = &node.kind {
+                for (name, &child) in children {
+                    stack.push((child, join(&path, name)));
+                }
             }
+            out.push((ino, path, dir));
         }
         out
     }

@@ -75,7 +75,7 @@ impl Vfs {
         }
         Ok(Place {
             mount,
-            path: join(&node.path, name),
+            path: join(&tree.path(parent), name),
             ino: children.get(name).copied(),
         })
     }
@@ -126,10 +126,11 @@ impl Vfs {
             match &node.kind {
                 NodeKind::Dir(_) => return Err(FsError::IsADirectory),
                 NodeKind::File(l) => {
-                    let meta = l.meta(self.key_of(mount, &node.path));
-                    (mount, node.path.clone(), Some(meta))
+                    let path = tree.path(ino);
+                    let meta = l.meta(self.key_of(mount, &path));
+                    (mount, path, Some(meta))
                 }
-                NodeKind::Local => (mount, node.path.clone(), None),
+                NodeKind::Local => (mount, tree.path(ino), None),
             }
         };
         let served = &self.mounted[mount];
@@ -153,8 +154,9 @@ impl Vfs {
             }
         }
         let mut tree = self.tree.write();
+        let still_there = tree.nodes.contains_key(&ino) && tree.path(ino) == path;
         if let Some(node) = tree.nodes.get_mut(&ino)
-            && node.path == path
+            && still_there
             && !matches!(node.kind, NodeKind::Dir(_))
         {
             node.kind = NodeKind::Local;
@@ -406,8 +408,8 @@ impl Vfs {
         for (i, old_path, dir, etag) in old {
             let gone = Override::Gone { etag, dir };
             Self::mark(&mut tree, mount, &old_path, gone);
+            let new_path = tree.path(i);
             let node = tree.nodes.get_mut(&i).expect("moved");
-            let new_path = node.path.clone();
             let o = match dir {
                 true => Override::Dir,
                 false => {

@@ -36,7 +36,7 @@ async fn writeable_vfs_top(
     let vfs = Arc::new(Vfs::new(engine.clone(), mounted));
     for (i, m) in vfs.mounted().iter().enumerate() {
         let top = m.store.list_dir(&m.replica.mount.prefix).await.unwrap();
-        vfs.show_dir(i, "", &top);
+        vfs.show_top(i, &top);
     }
     (vfs, engine)
 }
@@ -269,6 +269,28 @@ async fn a_directory_rename_before_the_full_listing_waits_for_it_and_moves_every
         .map(|o| o.key)
         .collect();
     assert_eq!(keys, ["p/archive/a.txt", "p/archive/sub/deep/b.txt"]);
+}
+
+#[tokio::test]
+async fn changes_an_earlier_run_left_show_before_the_full_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/study/old.txt", &b"old"[..]);
+    mem.put("p/gone.txt", &b"gone"[..]);
+    {
+        let (vfs, _engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+        create(&vfs, "m/study", "new.txt", b"new");
+        vfs.remove(dir_ino(&vfs, "m"), "gone.txt", false).unwrap();
+        // The run ends before its write-back.
+    }
+    let (vfs, _engine) = writeable_vfs_top(mem.clone(), tmp.path()).await;
+    let m = dir_ino(&vfs, "m");
+    let names: Vec<String> = vfs.readdir(m).unwrap().into_iter().map(|e| e.2).collect();
+    assert_eq!(names, [".", "..", "study"], "a file deleted here came back");
+    let study = vfs.lookup_now(m, "study").unwrap().unwrap().ino;
+    assert!(vfs.lookup_now(study, "new.txt").is_some_and(|a| a.is_ok()));
+    assert_eq!(read_all(&vfs, "m/study/new.txt").await.unwrap(), b"new");
+    assert_eq!(vfs.lookup(study, "old.txt").await.unwrap().size, 3);
 }
 
 #[tokio::test]
