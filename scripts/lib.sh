@@ -470,11 +470,11 @@ wait_log() {
     die "no line with '$text' in $logfile within 600 s"
 }
 
-# wait_pass LOG ID: waits until our mount logged a complete first pass of mount ID, without
-# failures.
+# wait_pass LOG ID [SECONDS]: waits (at most SECONDS, 600 unless given) until our mount logged
+# a complete first pass of mount ID, without failures.
 wait_pass() {
-    local logfile="$1" id="$2" i line
-    for ((i = 0; i < 12000; i++)); do
+    local logfile="$1" id="$2" seconds="${3:-600}" i line
+    for ((i = 0; i < seconds * 20; i++)); do
         line="$(grep -m 1 "pass complete mount=\"$id\"" "$logfile" || true)"
         if [[ -n "$line" ]]; then
             [[ "$line" == *" failed=0 "* ]] || die "the download of mount '$id' failed: $line"
@@ -482,5 +482,5 @@ wait_pass() {
         fi
         sleep 0.05
     done
-    die "mount '$id' did not finish downloading within 600 s (see $logfile)"
+    die "mount '$id' did not finish downloading within $seconds s (see $logfile)"
 }
