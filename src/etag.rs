@@ -81,6 +81,20 @@ impl fmt::Display for Etag {
     }
 }
 
+/// Written as the string it reads as.
+impl serde::Serialize for Etag {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Etag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Etag::new(&s))
+    }
+}
+
 impl fmt::Debug for Etag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.to_string())
@@ -116,6 +130,15 @@ mod tests {
         assert!(matches!(Etag::new(cases[0]), Etag::Md5(_)));
         assert!(matches!(Etag::new(cases[1]), Etag::Multipart(_, 12)));
         assert!(matches!(Etag::new(cases[3]), Etag::Other(_)));
+    }
+
+    #[test]
+    fn an_etag_is_written_as_its_string() {
+        for etag in ["d41d8cd98f00b204e9800998ecf8427e", "ab-3", "with \"quote"] {
+            let json = serde_json::to_string(&Etag::new(etag)).unwrap();
+            assert_eq!(json, serde_json::to_string(etag).unwrap());
+            assert_eq!(serde_json::from_str::<Etag>(&json).unwrap().to_string(), etag);
+        }
     }
 
     #[test]

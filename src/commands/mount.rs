@@ -705,6 +705,7 @@ async fn refresh_loop(
         {
             recorded.pass_done(&id, conflicts);
         }
+        super::release_freed_memory();
         super::status::record(&cache_dir, &recorded);
         if stop.is_some_and(|stop| Instant::now() + interval > stop) {
             tracing::info!("stopping refreshes as configured; serving the cache as it is");

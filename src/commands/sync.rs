@@ -262,6 +262,7 @@ async fn run_pass(
             }
         }
     }
+    super::release_freed_memory();
     PassEnd { failed, settling }
 }
 
