@@ -47,6 +47,24 @@ impl Etag {
     }
 }
 
+impl From<&str> for Etag {
+    fn from(etag: &str) -> Self {
+        Etag::new(etag)
+    }
+}
+
+impl PartialEq<String> for Etag {
+    fn eq(&self, other: &String) -> bool {
+        self.is(other)
+    }
+}
+
+impl PartialEq<Etag> for String {
+    fn eq(&self, other: &Etag) -> bool {
+        other.is(self)
+    }
+}
+
 /// The 16 bytes of 32 lowercase hex digits (uppercase ones would not read back the same).
 fn decode_hex(hex: &str) -> Option<[u8; 16]> {
     let bytes = hex.as_bytes();

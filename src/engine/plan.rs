@@ -145,7 +145,7 @@ impl RenamedFrom {
         Self {
             path: path.to_owned(),
             key: entry.key.clone(),
-            etag: entry.etag.clone(),
+            etag: entry.etag.to_string(),
             size: entry.size,
         }
     }
@@ -175,7 +175,7 @@ impl RemoteDelete {
         Self {
             path: path.to_owned(),
             key: entry.key.clone(),
-            etag: entry.etag.clone(),
+            etag: entry.etag.to_string(),
         }
     }
 }
@@ -209,7 +209,7 @@ pub fn local_changes(
                 if !e.changed_locally(stamp) {
                     continue;
                 }
-                (Some(e.etag.clone()), Some(*stamp))
+                (Some(e.etag.to_string()), Some(*stamp))
             }
             (Found::File(stamp), _) => (None, Some(*stamp)),
             (Found::Dir { empty: true }, None) => (None, None),

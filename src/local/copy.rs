@@ -105,7 +105,7 @@ impl MountCopy {
             },
             Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 match entry {
-                    Some(e) if e.replaced && etag == Some(e.etag.as_str()) => kept(),
+                    Some(e) if e.replaced && etag.is_some_and(|t| e.etag.is(t)) => kept(),
                     _ => Ok(()),
                 }
             }
@@ -419,7 +419,7 @@ impl MountCopy {
     pub fn folders(&self) -> HashMap<String, String> {
         let manifest = self.manifest.lock();
         let folders = manifest.entries().iter().filter(|(_, e)| e.dir);
-        folders.map(|(p, e)| (p.clone(), e.etag.clone())).collect()
+        folders.map(|(p, e)| (p.clone(), e.etag.to_string())).collect()
     }
 
     /// The metadata of the file at `path` (no link followed).
@@ -438,7 +438,7 @@ impl MountCopy {
                     .is_ok_and(|(_, m)| !e.changed_locally(&Stamp::of(&m)))
         });
         Recorded {
-            etag: entry.map(|e| e.etag),
+            etag: entry.map(|e| e.etag.to_string()),
             uploaded,
         }
     }

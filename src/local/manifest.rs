@@ -7,6 +7,7 @@
 //! claims a file that is not there. Loading replays the journal over the snapshot and ignores a
 //! torn last line; [`Manifest::compact`] folds the journal into a new snapshot.
 
+use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,7 +21,8 @@ use std::time::{Duration, SystemTime};
 pub struct Entry {
     /// The S3 key the path came from.
     pub key: String,
-    pub etag: String,
+    /// Kept compactly: a manifest holds one per object for as long as its mount runs.
+    pub etag: Etag,
     pub size: u64,
     /// LastModified as seconds since the Unix epoch.
     pub mtime: i64,
@@ -84,7 +86,7 @@ impl Entry {
     pub fn file(meta: &ObjectMeta) -> Self {
         Self {
             key: meta.key.clone(),
-            etag: meta.etag.clone(),
+            etag: Etag::new(&meta.etag),
             size: meta.size,
             mtime: unix_seconds(meta.last_modified),
             dir: false,
@@ -148,7 +150,7 @@ impl Entry {
         ObjectMeta {
             key: self.key.clone(),
             size: self.size,
-            etag: self.etag.clone(),
+            etag: self.etag.to_string(),
             last_modified,
         }
     }

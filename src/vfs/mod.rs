@@ -143,7 +143,7 @@ fn changes_left(replica: &Replica) -> Vec<(String, Override)> {
         if !plan::copy_gone(entries, &scanned.found) {
             let deleted = plan::local_deletions(entries, &scanned.found).map(|(path, e)| {
                 let gone = Override::Gone {
-                    etag: Some(e.etag.clone()),
+                    etag: Some(e.etag.to_string()),
                     dir: e.dir,
                 };
                 (path.clone(), gone)
