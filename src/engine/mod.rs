@@ -443,6 +443,7 @@ impl Engine {
                     store.clone(),
                     job.meta,
                     job.path,
+                    job.base,
                     false,
                 );
                 running.spawn(async move { (update, task.await) }.instrument(span));
@@ -568,6 +569,7 @@ impl Engine {
                 path: job.path().to_owned(),
                 meta: remote,
                 update: false,
+                base: replica.copy.version_at(job.path()),
             };
             match pushed {
                 Ok(Pushed::Uploaded { bytes }) => {
@@ -677,12 +679,14 @@ impl Engine {
         meta: ObjectMeta,
         path: String,
     ) -> Result<(), FetchError> {
+        let base = replica.copy.version_at(&path);
         let fetch = download::fetch(
             self.downloader.clone(),
             replica.clone(),
             store,
             meta,
             path,
+            base,
             true,
         );
         fetch.await.map(drop)
@@ -769,6 +773,7 @@ impl Engine {
                 store.clone(),
                 f.meta,
                 f.path,
+                f.base,
                 false,
             );
             match fetched.await {

@@ -6,6 +6,7 @@
 //! - every path in `fetch` or `dirs` comes from [`crate::paths::map_key`], so it stays inside the mount;
 //! - no path is both a file and a directory: such keys go to `skipped`.
 
+use crate::etag::Etag;
 use crate::local::Local;
 use crate::local::dirs::Found;
 use crate::local::manifest::{Entry, Stamp};
@@ -19,6 +20,9 @@ pub struct Fetch {
     pub meta: ObjectMeta,
     /// The path already holds an older version the tool downloaded.
     pub update: bool,
+    /// The version the manifest records at the path as this is planned: the download is
+    /// kept out of a writeable copy where anything else is recorded by the time it ends.
+    pub base: Option<Etag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +106,13 @@ pub fn plan(
                 out.unchanged += 1;
             }
             (Some(_), Local::File { .. }) => out.fetch.push(Fetch {
+                base: manifest.get(&path).map(|e| e.etag.clone()),
                 path,
                 meta: meta.clone(),
                 update: true,
             }),
             _ => out.fetch.push(Fetch {
+                base: manifest.get(&path).map(|e| e.etag.clone()),
                 path,
                 meta: meta.clone(),
                 update: false,

@@ -8,14 +8,16 @@
 //! open for writing through the file system ([`MountCopy::begin_write`]); the check and the
 //! rename happen under the manifest's lock, so a change cannot slip in between.
 //!
-//! Lock order: `manifest`, then `writing`; either may be taken alone. `manifest` is held for
+//! Lock order: `manifest`, then `marks`; either may be taken alone. `manifest` is held for
 //! in-memory updates, one journal append, a snapshot write at [`MountCopy::finish_pass`], the
-//! probes of a plan, and (for a writeable copy) the check and rename of a commit; neither is
-//! held across an `.await`.
+//! probes of a plan, and (for a writeable copy) the check and rename of a commit, which
+//! `marks` is held for too (a file is marked open for writing before it is opened); neither
+//! is held across an `.await`.
 
 use super::dirs::{self, Found, Local, Scanned};
 use super::manifest::{Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
+use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -68,7 +70,17 @@ impl MountCopy {
     /// Moves a complete download of `meta` into place at `path`, then records it (in that
     /// order: the manifest never claims a file that is not there). In a writeable copy, a local
     /// change at `path` is kept instead ([`LocalError::Kept`]).
-    pub fn commit(&self, staged: Staged, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
+    ///
+    /// `base` is the version the manifest recorded at `path` when the download was decided
+    /// ([`MountCopy::version_at`]): in a writeable copy, a path the manifest has recorded
+    /// anything else at since (an upload of the user's file, another download) is kept.
+    pub fn commit(
+        &self,
+        staged: Staged,
+        path: &str,
+        meta: &ObjectMeta,
+        base: Option<&Etag>,
+    ) -> Result<(), LocalError> {
         if !self.writeable {
             let placed = staged.commit(&self.dir, path, meta.last_modified)?;
             let entry = Entry::file(meta).stamped(Stamp::of(&placed));
@@ -76,11 +88,26 @@ impl MountCopy {
             return Ok(());
         }
         let mut manifest = self.manifest.lock();
-        self.check_replaceable(&manifest, path, Some(&meta.etag))?;
+        // The marks stay locked until the file is in place: a file opened for writing meanwhile
+        // is either seen open here (and kept), or opened after the rename (the new version).
+        // Were they let go between the check and the rename, a write could go to the file the
+        // rename then unlinks.
+        let marks = self.marks.lock();
+        if manifest.get(path).map(|e| &e.etag) != base {
+            return Err(LocalError::Kept(self.dir.join(path)));
+        }
+        self.check_replaceable(&manifest, &marks, path, Some(&meta.etag))?;
         let placed = staged.commit(&self.dir, path, meta.last_modified)?;
+        drop(marks);
         let entry = Entry::file(meta).stamped(Stamp::of(&placed));
         manifest.put(path, entry)?;
         Ok(())
+    }
+
+    /// The version the manifest records at `path`, if any: what a download decided now is
+    /// decided over (see [`MountCopy::commit`]).
+    pub fn version_at(&self, path: &str) -> Option<Etag> {
+        self.manifest.lock().get(path).map(|e| e.etag.clone())
     }
 
     /// Whether the download side may replace or remove what is at `path` in a writeable copy:
@@ -90,11 +117,12 @@ impl MountCopy {
     fn check_replaceable(
         &self,
         manifest: &Manifest,
+        marks: &Marks,
         path: &str,
         etag: Option<&str>,
     ) -> Result<(), LocalError> {
         let kept = || Err(LocalError::Kept(self.dir.join(path)));
-        if self.marks.lock().writing.contains_key(path) {
+        if marks.writing.contains_key(path) {
             return kept();
         }
         let entry = manifest.get(path).filter(|e| !e.dir);
@@ -120,10 +148,13 @@ impl MountCopy {
     pub fn remove_file(&self, path: &str) -> Result<bool, LocalError> {
         if self.writeable {
             let mut manifest = self.manifest.lock();
+            // Locked until the file is gone, as in `commit`.
+            let marks = self.marks.lock();
             if manifest.get(path).is_some() {
-                self.check_replaceable(&manifest, path, None)?;
+                self.check_replaceable(&manifest, &marks, path, None)?;
             }
             let removed = dirs::remove_file(&self.dir, path)?;
+            drop(marks);
             manifest.remove(path)?;
             return Ok(removed);
         }
@@ -419,7 +450,9 @@ impl MountCopy {
     pub fn folders(&self) -> HashMap<String, String> {
         let manifest = self.manifest.lock();
         let folders = manifest.entries().iter().filter(|(_, e)| e.dir);
-        folders.map(|(p, e)| (p.clone(), e.etag.to_string())).collect()
+        folders
+            .map(|(p, e)| (p.clone(), e.etag.to_string()))
+            .collect()
     }
 
     /// The metadata of the file at `path` (no link followed).
@@ -517,7 +550,8 @@ mod tests {
         let copy = MountCopy::open(&root, "m", false).unwrap();
         let m = meta("p/a/f.txt", 3, "e1");
         assert!(!copy.holds("a/f.txt", &m));
-        copy.commit(staged(&root, b"abc"), "a/f.txt", &m).unwrap();
+        copy.commit(staged(&root, b"abc"), "a/f.txt", &m, None)
+            .unwrap();
         assert!(copy.holds("a/f.txt", &m));
         assert!(
             !copy.holds("a/f.txt", &meta("p/a/f.txt", 3, "e2")),
@@ -548,22 +582,50 @@ mod tests {
         let root = Root::open(tmp.path()).unwrap();
         let copy = MountCopy::open(&root, "m", true).unwrap();
         let (a, b) = (meta("p/d/a", 1, "ea"), meta("p/b", 1, "eb"));
-        copy.commit(staged(&root, b"a"), "d/a", &a).unwrap();
-        copy.commit(staged(&root, b"b"), "b", &b).unwrap();
+        copy.commit(staged(&root, b"a"), "d/a", &a, None).unwrap();
+        copy.commit(staged(&root, b"b"), "b", &b, None).unwrap();
+        let (planned_a, planned_b) = (copy.version_at("d/a"), copy.version_at("b"));
         copy.rename("d", "moved", false, None).unwrap();
         copy.unlink("b", false, None).unwrap();
         // Downloads of those versions, planned before, end now.
-        let late = copy.commit(staged(&root, b"a"), "d/a", &a);
+        let late = copy.commit(staged(&root, b"a"), "d/a", &a, planned_a.as_ref());
         assert!(matches!(late, Err(LocalError::Kept(_))), "{late:?}");
-        let late = copy.commit(staged(&root, b"b"), "b", &b);
+        let late = copy.commit(staged(&root, b"b"), "b", &b, planned_b.as_ref());
         assert!(matches!(late, Err(LocalError::Kept(_))), "{late:?}");
         assert!(!tmp.path().join("m/d/a").exists());
         assert!(!tmp.path().join("m/b").exists());
         assert_eq!(std::fs::read(tmp.path().join("m/moved/a")).unwrap(), b"a");
         // A newer version is not what the user moved or deleted: it is downloaded.
-        copy.commit(staged(&root, b"B"), "b", &meta("p/b", 1, "eb2"))
-            .unwrap();
+        let now = copy.version_at("b");
+        copy.commit(
+            staged(&root, b"B"),
+            "b",
+            &meta("p/b", 1, "eb2"),
+            now.as_ref(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(tmp.path().join("m/b")).unwrap(), b"B");
+    }
+
+    #[test]
+    fn a_download_planned_before_the_file_was_saved_does_not_replace_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let copy = MountCopy::open(&root, "m", true).unwrap();
+        let old = meta("p/n", 3, "e1");
+        copy.commit(staged(&root, b"old"), "n", &old, None).unwrap();
+        // A download of the same version is planned (a pass's, before the file was written).
+        let planned = copy.version_at("n");
+        // The file is written here and uploaded, its upload recorded.
+        let file = tmp.path().join("m/n");
+        std::fs::write(&file, b"new!").unwrap();
+        let stamp = Stamp::of(&std::fs::metadata(&file).unwrap());
+        copy.record_upload("n", &meta("p/n", 4, "e2"), Some(stamp))
+            .unwrap();
+        // The planned download ends now.
+        let late = copy.commit(staged(&root, b"old"), "n", &old, planned.as_ref());
+        assert!(matches!(late, Err(LocalError::Kept(_))), "{late:?}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"new!");
     }
 
     #[test]
@@ -574,7 +636,8 @@ mod tests {
         let root = Root::open(tmp.path()).unwrap();
         let copy = MountCopy::open(&root, "m", false).unwrap();
         let m = meta("f", 8, "e1");
-        copy.commit(staged(&root, b"12345678"), "f", &m).unwrap();
+        copy.commit(staged(&root, b"12345678"), "f", &m, None)
+            .unwrap();
         std::fs::remove_file(tmp.path().join("m/f")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), tmp.path().join("m/f")).unwrap();
         assert!(!copy.holds("f", &m));

@@ -41,6 +41,7 @@ use get::{download_part, write_all_vectored_at};
 use lanes::{is_urgent, permit};
 
 use super::{Downloader, Replica};
+use crate::etag::Etag;
 use crate::local::LocalError;
 use crate::retry::{Transient, retry};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
@@ -137,15 +138,24 @@ struct Job {
     replica: Arc<Replica>,
     store: Arc<dyn ObjectStore>,
     flight: Arc<Flight>,
+    /// The version the manifest recorded at the path when the download was decided (see
+    /// `MountCopy::commit`).
+    base: Option<Etag>,
 }
 
 impl Job {
-    fn new(guard: &FlightGuard, replica: Arc<Replica>, store: Arc<dyn ObjectStore>) -> Arc<Self> {
+    fn new(
+        guard: &FlightGuard,
+        replica: Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+        base: Option<Etag>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             downloader: guard.downloader.clone(),
             replica,
             store,
             flight: guard.flight.clone(),
+            base,
         })
     }
 }
@@ -159,12 +169,13 @@ pub(crate) async fn fetch(
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     path: String,
+    base: Option<Etag>,
     urgent: bool,
 ) -> Result<Outcome, FetchError> {
     match register(&downloader, &replica, &path, urgent) {
         Registered::Joined(flight) => flight.wait().await,
         Registered::New(guard) => {
-            let job = Job::new(&guard, replica, store);
+            let job = Job::new(&guard, replica, store, base);
             run(guard, job, meta, path, None).await
         }
     }
@@ -236,7 +247,10 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
     joined(tokio::task::spawn_blocking(move || {
         let staged = job.downloader.root.stage(0)?;
         write_all_vectored_at(&staged.file(), &data, 0)?;
-        Ok(job.replica.copy.commit(staged, &path, &meta)?)
+        Ok(job
+            .replica
+            .copy
+            .commit(staged, &path, &meta, job.base.as_ref())?)
     }))
     .await?
 }
@@ -318,7 +332,10 @@ async fn fetch_large(
     }
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
     joined(tokio::task::spawn_blocking(move || {
-        Ok(job.replica.copy.commit(staged, &path, &meta)?)
+        Ok(job
+            .replica
+            .copy
+            .commit(staged, &path, &meta, job.base.as_ref())?)
     }))
     .await?
 }

@@ -27,7 +27,8 @@ pub(crate) async fn reader(
     path: String,
 ) -> Result<Reader, FetchError> {
     if is_small(&downloader, &meta) {
-        return fetch(downloader, replica, store, meta, path, true)
+        let base = replica.copy.version_at(&path);
+        return fetch(downloader, replica, store, meta, path, base, true)
             .await
             .map(|_| Reader::Complete);
     }
@@ -97,7 +98,8 @@ fn start_reader(
             }
         }
         Registered::New(mut guard) => {
-            let job = Job::new(&guard, replica, store);
+            let base = replica.copy.version_at(&path);
+            let job = Job::new(&guard, replica, store, base);
             match prepare(&job, &meta) {
                 Ok(download) => {
                     let id = &job.replica.mount.id;
