@@ -155,7 +155,10 @@ mod tests {
         for etag in ["d41d8cd98f00b204e9800998ecf8427e", "ab-3", "with \"quote"] {
             let json = serde_json::to_string(&Etag::new(etag)).unwrap();
             assert_eq!(json, serde_json::to_string(etag).unwrap());
-            assert_eq!(serde_json::from_str::<Etag>(&json).unwrap().to_string(), etag);
+            assert_eq!(
+                serde_json::from_str::<Etag>(&json).unwrap().to_string(),
+                etag
+            );
         }
     }
 

@@ -607,7 +607,7 @@ impl Filesystem for FuseFs {
                         Kind::Dir => FileType::Directory,
                         Kind::File => FileType::RegularFile,
                     };
-                    if reply.add(INodeNo(*child), (i + 1) as u64, kind, name) {
+                    if reply.add(INodeNo(*child), (i + 1) as u64, kind, &**name) {
                         break;
                     }
                 }
@@ -635,7 +635,7 @@ impl Filesystem for FuseFs {
                     if reply.add(
                         INodeNo(*child),
                         (i + 1) as u64,
-                        name,
+                        &**name,
                         &self.ttl,
                         &self.file_attr(&attr),
                         Generation(0),

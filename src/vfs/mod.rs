@@ -32,7 +32,7 @@ mod write;
 
 pub use error::FsError;
 pub use handle::Opened;
-pub use tree::{Attr, Kind, ROOT};
+pub use tree::{Attr, Kind, Name, ROOT};
 pub use write::{SetAttr, SetTime};
 
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
@@ -182,7 +182,7 @@ impl Vfs {
         let mut root = BTreeMap::new();
         for (mount, served) in mounted.iter().enumerate() {
             let ino = tree.new_ino();
-            root.insert(served.replica.mount.id.clone(), ino);
+            root.insert(served.replica.mount.id.as_str().into(), ino);
             tree.mount_dirs.push(ino);
             tree.nodes.insert(
                 ino,
@@ -388,7 +388,7 @@ impl Vfs {
                 }
                 // (Only where the kernel holds the directory: elsewhere it remembers no name.)
                 if self.known.contains(&node.parent) {
-                    stale.entries.push((node.parent, node.name.into()));
+                    stale.entries.push((node.parent, node.name.to_string()));
                 }
                 self.versions.remove(&ino);
             }
@@ -443,7 +443,7 @@ impl Vfs {
             .is_some_and(|m| self.mounted[m].replica.mount.writeable);
         let (kind, size, mtime) = match &node.kind {
             NodeKind::Dir(_) => (Kind::Dir, 0, self.started),
-            NodeKind::File(l) => (Kind::File, l.size, l.last_modified),
+            NodeKind::File(l) => (Kind::File, l.size, l.last_modified()),
             // Not stat'ed under the tree's lock: what an inode a refresh retired shows.
             NodeKind::Local => (Kind::File, 0, self.started),
         };
@@ -519,15 +519,15 @@ impl Vfs {
     }
 
     /// The entries of a directory, `.` and `..` first.
-    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, String)>, FsError> {
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, Name)>, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         let NodeKind::Dir(children) = &node.kind else {
             return Err(FsError::NotADirectory);
         };
         let mut out = vec![
-            (ino, Kind::Dir, ".".to_owned()),
-            (node.parent, Kind::Dir, "..".to_owned()),
+            (ino, Kind::Dir, ".".into()),
+            (node.parent, Kind::Dir, "..".into()),
         ];
         for (name, &child) in children {
             let kind = match tree.nodes[&child].kind {

@@ -46,7 +46,7 @@ async fn lists_before_downloading_and_reads_on_demand() {
         .readdir(path_ino(&vfs, "m").unwrap())
         .unwrap()
         .into_iter()
-        .map(|e| e.2)
+        .map(|e| e.2.to_string())
         .collect();
     assert_eq!(names, [".", "..", "a", "big"]);
     assert_eq!(
@@ -252,7 +252,11 @@ async fn lookup_path(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
 }
 
 fn names(vfs: &Vfs, ino: u64) -> Vec<String> {
-    vfs.readdir(ino).unwrap().into_iter().map(|e| e.2).collect()
+    vfs.readdir(ino)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2.to_string())
+        .collect()
 }
 
 fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {

@@ -5,7 +5,9 @@
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
+use std::time::{Duration, UNIX_EPOCH};
 
 pub const ROOT: u64 = 1;
 
@@ -30,7 +32,7 @@ pub struct Attr {
 /// bucket, or a file of the local copy whose bytes are the truth (written here, and not yet
 /// listed as uploaded).
 pub(super) enum NodeKind {
-    Dir(BTreeMap<String, u64>),
+    Dir(BTreeMap<Name, u64>),
     File(Listed),
     Local,
 }
@@ -42,7 +44,8 @@ pub(super) enum NodeKind {
 pub(super) struct Listed {
     pub(super) size: u64,
     pub(super) etag: Etag,
-    pub(super) last_modified: SystemTime,
+    /// LastModified, in nanoseconds since the Unix epoch.
+    modified_ns: i64,
 }
 
 impl Listed {
@@ -50,7 +53,19 @@ impl Listed {
         Self {
             size: meta.size,
             etag: Etag::new(&meta.etag),
-            last_modified: meta.last_modified,
+            modified_ns: match meta.last_modified.duration_since(UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+                Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+            },
+        }
+    }
+
+    /// LastModified.
+    pub(super) fn last_modified(&self) -> SystemTime {
+        let ns = Duration::from_nanos(self.modified_ns.unsigned_abs());
+        match self.modified_ns >= 0 {
+            true => UNIX_EPOCH + ns,
+            false => UNIX_EPOCH - ns,
         }
     }
 
@@ -65,7 +80,7 @@ impl Listed {
             key,
             size: self.size,
             etag: self.etag.to_string(),
-            last_modified: self.last_modified,
+            last_modified: self.last_modified(),
         }
     }
 }
@@ -74,12 +89,16 @@ impl Listed {
 /// so a tree of a million files holds each name once, and a directory rename changes one node.
 pub(super) struct Node {
     pub(super) parent: u64,
-    /// Its name in its parent; empty for a mount's own directory and the root.
-    pub(super) name: Box<str>,
+    /// Its name in its parent (shared with the parent's entry); empty for a mount's own
+    /// directory and the root.
+    pub(super) name: Name,
     /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
     pub(super) mount: Option<usize>,
     pub(super) kind: NodeKind,
 }
+
+/// A name in a directory.
+pub type Name = Arc<str>;
 
 /// A change made through the file system that the listings do not show yet; a refresh applies
 /// it over the listing until the listing catches up.
@@ -158,7 +177,7 @@ impl Tree {
         Some(at)
     }
 
-    pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
+    pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<Name, u64> {
         match &mut self.nodes.get_mut(&ino).expect("parent exists").kind {
             NodeKind::Dir(children) => children,
             NodeKind::File(_) | NodeKind::Local => unreachable!("parents are directories"),
@@ -200,12 +219,13 @@ impl Tree {
             return ino;
         }
         let ino = self.new_ino();
-        self.children_mut(parent).insert(name.to_owned(), ino);
+        let name = Name::from(name);
+        self.children_mut(parent).insert(name.clone(), ino);
         self.nodes.insert(
             ino,
             Node {
                 parent,
-                name: name.into(),
+                name,
                 mount: Some(mount),
                 kind,
             },
@@ -242,10 +262,11 @@ impl Tree {
             (node.parent, node.name.clone())
         };
         self.children_mut(old_parent).remove(&*old_name);
-        self.children_mut(parent).insert(name.to_owned(), ino);
+        let name = Name::from(name);
+        self.children_mut(parent).insert(name.clone(), ino);
         let node = self.nodes.get_mut(&ino).expect("moved");
         node.parent = parent;
-        node.name = name.into();
+        node.name = name;
     }
 
     /// `ino` and everything below it, as (inode, path, is a directory).

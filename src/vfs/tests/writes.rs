@@ -285,7 +285,12 @@ async fn changes_an_earlier_run_left_show_before_the_full_listing() {
     }
     let (vfs, _engine) = writeable_vfs_top(mem.clone(), tmp.path()).await;
     let m = dir_ino(&vfs, "m");
-    let names: Vec<String> = vfs.readdir(m).unwrap().into_iter().map(|e| e.2).collect();
+    let names: Vec<String> = vfs
+        .readdir(m)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2.to_string())
+        .collect();
     assert_eq!(names, [".", "..", "study"], "a file deleted here came back");
     let study = vfs.lookup_now(m, "study").unwrap().unwrap().ino;
     assert!(vfs.lookup_now(study, "new.txt").is_some_and(|a| a.is_ok()));
