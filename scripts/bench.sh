@@ -310,14 +310,6 @@ _bench_on_exit() {
 }
 trap _bench_on_exit EXIT
 
-# running PID: PID is a process that has not exited: there, and neither a zombie nor dead (the
-# state a reaped process shows for a moment before it is gone).
-running() {
-    local state
-    state="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" || true
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
 # start_mount BUILD PREFIX DELAY LOG: a new mount of BUILD at $mnt, with an empty cache, of
 # s3://bench/PREFIX as the writeable mount $MOUNT_ID, uploading what is written once it has been
 # quiet for DELAY seconds; returns once $mnt/$MOUNT_ID is there.

@@ -96,13 +96,6 @@ _bench_on_exit() {
 }
 trap _bench_on_exit EXIT
 
-# running PID: PID is a process that has not exited (neither a zombie nor dead).
-running() {
-    local state
-    state="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" || true
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
 # start_mount ID PREFIX LOG: a new mount of s3://bench/PREFIX as mount ID at $mnt, with an empty
 # cache, logging at the tool's default level; returns once $mnt/ID is there.
 start_mount() {

@@ -460,6 +460,14 @@ median() {
     echo "${sorted[$(((${#sorted[@]} - 1) / 2))]}"
 }
 
+# running PID: PID is a process that has not exited: there, and neither a zombie nor dead (the
+# state a reaped process shows for a moment before it is gone).
+running() {
+    local state
+    state="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" || true
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 # wait_log LOG TEXT: waits (at most 600 s) until LOG holds a line with TEXT.
 wait_log() {
     local logfile="$1" text="$2" i

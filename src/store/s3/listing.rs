@@ -14,6 +14,7 @@
 use super::{S3Store, url_decode};
 use crate::store::{DirListing, ObjectMeta, StoreError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
+use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder;
 use aws_sdk_s3::types::EncodingType;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
@@ -86,12 +87,7 @@ impl S3Store {
     /// The first page of the delimiter listing of `prefix`.
     async fn level(&self, prefix: &str) -> Result<Level, StoreError> {
         let page = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .delimiter("/")
-            .encoding_type(EncodingType::Url)
+            .dir_request(prefix)
             .send()
             .await
             .map_err(|e| self.classify(&e, None))?;
@@ -105,21 +101,23 @@ impl S3Store {
 
     /// The whole delimiter listing of `prefix`: one directory.
     pub(super) async fn list_dir_pages(&self, prefix: &str) -> Result<DirListing, StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .delimiter("/")
-            .encoding_type(EncodingType::Url)
-            .into_paginator()
-            .send();
+        let mut pages = self.dir_request(prefix).into_paginator().send();
         let mut dir = DirListing::default();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.classify(&e, None))?;
             self.add_page(&page, &mut dir);
         }
         Ok(dir)
+    }
+
+    /// The delimiter listing (`/`) of `prefix`, its keys URL-encoded.
+    fn dir_request(&self, prefix: &str) -> ListObjectsV2FluentBuilder {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .encoding_type(EncodingType::Url)
     }
 
     /// Adds the objects and sub-prefixes of one page of a delimiter listing to `dir`.

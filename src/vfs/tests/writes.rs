@@ -74,6 +74,12 @@ fn create(vfs: &Vfs, dir: &str, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
+/// The keys under `prefix`, in order.
+fn keys_in(mem: &MemoryStore, prefix: &str) -> Vec<String> {
+    let listed = mem.answer_list(prefix).unwrap();
+    listed.into_iter().map(|o| o.key).collect()
+}
+
 fn object(mem: &MemoryStore, key: &str) -> Option<Vec<u8>> {
     mem.bytes_of(key).map(|b| b.to_vec())
 }
@@ -221,12 +227,7 @@ async fn a_directory_rename_moves_every_object_under_it() {
     assert_eq!(read_all(&vfs, "m/archive/sub/b.txt").await.unwrap(), b"b");
 
     write_back(&vfs, &engine).await;
-    let keys: Vec<String> = mem
-        .answer_list("p/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = keys_in(&mem, "p/");
     assert_eq!(keys, ["p/archive/a.txt", "p/archive/sub/b.txt"]);
     assert_eq!(object(&mem, "p/archive/sub/b.txt").unwrap(), b"b");
 }
@@ -262,12 +263,7 @@ async fn a_directory_rename_before_the_full_listing_waits_for_it_and_moves_every
     );
 
     write_back(&vfs, &engine).await;
-    let keys: Vec<String> = mem
-        .answer_list("p/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = keys_in(&mem, "p/");
     assert_eq!(keys, ["p/archive/a.txt", "p/archive/sub/deep/b.txt"]);
 }
 
@@ -310,12 +306,7 @@ async fn the_editor_pattern_replaces_the_file_and_leaves_no_temporary_object() {
         .await
         .unwrap();
     write_back(&vfs, &engine).await;
-    let keys: Vec<String> = mem
-        .answer_list("p/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = keys_in(&mem, "p/");
     assert_eq!(keys, ["p/notes.txt"]);
     assert_eq!(object(&mem, "p/notes.txt").unwrap(), b"v2, edited");
 }
