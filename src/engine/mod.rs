@@ -303,6 +303,7 @@ impl Engine {
         store: &Arc<dyn ObjectStore>,
     ) -> Result<Vec<ObjectMeta>, EngineError> {
         let mount = &replica.mount;
+        replica.copy.listing_begins();
         let listed = tokio::select! {
             listed = retry("list", || store.list(&mount.prefix)) => {
                 listed.map_err(|source| EngineError::store(mount, source))?
@@ -382,6 +383,14 @@ impl Engine {
                 }),
             };
             write.map(|mut write| {
+                // What was uploaded (or deleted) since the listing was asked for is judged by
+                // the next listing, not by this one, which may not show it yet.
+                let fresh = copy.recorded_since_listing();
+                if !fresh.is_empty() {
+                    let plan = &mut write.plan;
+                    plan.fetch.retain(|f| !fresh.contains(&f.path));
+                    plan.delete.retain(|d| !fresh.contains(&d.path));
+                }
                 // A file open for writing through the file system waits until it is closed.
                 let before = write.upload.len();
                 write.upload.retain(|up| !copy.is_writing(&up.path));

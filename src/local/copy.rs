@@ -20,7 +20,7 @@ use super::{LocalError, Root, Staged};
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -51,6 +51,12 @@ pub struct MountCopy {
 struct Marks {
     /// Paths open for writing, with how many handles each.
     writing: HashMap<String, usize>,
+    /// Paths the upload side recorded (an upload, a delete, a conflict's move) since the
+    /// listing of the pass under way was asked for: that listing may not show them yet.
+    recorded: HashSet<String>,
+    /// Whether a listing was asked for since the pass before was planned (see
+    /// [`MountCopy::listing_begins`]).
+    listing: bool,
 }
 
 impl MountCopy {
@@ -235,13 +241,44 @@ impl MountCopy {
                 ..Entry::folder(meta)
             },
         };
-        Ok(self.manifest.lock().put(path, entry)?)
+        let mut manifest = self.manifest.lock();
+        manifest.put(path, entry)?;
+        self.note_recorded(&[path]);
+        Ok(())
+    }
+
+    /// Notes that the upload side changed the manifest at `paths` (see [`Marks::recorded`]).
+    fn note_recorded(&self, paths: &[&str]) {
+        let mut marks = self.marks.lock();
+        if marks.listing {
+            marks.recorded.extend(paths.iter().map(|p| (*p).to_owned()));
+        }
+    }
+
+    /// A pass's listing is asked for now: what the upload side records from now on may be
+    /// missing from it, or older there ([`MountCopy::recorded_since_listing`]).
+    pub fn listing_begins(&self) {
+        let mut marks = self.marks.lock();
+        marks.recorded.clear();
+        marks.listing = true;
+    }
+
+    /// The paths the upload side recorded since the listing a pass is about to plan with was
+    /// asked for: the listing judges none of them (an object it does not show yet was just
+    /// uploaded, not deleted; a version it shows may be the one just replaced).
+    pub fn recorded_since_listing(&self) -> HashSet<String> {
+        let mut marks = self.marks.lock();
+        marks.listing = false;
+        std::mem::take(&mut marks.recorded)
     }
 
     /// Forgets `path` without touching what is there: its object was deleted along with the
     /// local file, or it is no longer the tool's version (a delete or an upload that conflicted).
     pub fn forget(&self, path: &str) -> Result<(), LocalError> {
-        Ok(self.manifest.lock().remove(path)?)
+        let mut manifest = self.manifest.lock();
+        manifest.remove(path)?;
+        self.note_recorded(&[path]);
+        Ok(())
     }
 
     /// Moves the local file at `path` aside to `to` (which must not exist) and forgets `path`:
@@ -250,6 +287,7 @@ impl MountCopy {
         let mut manifest = self.manifest.lock();
         dirs::rename_file(&self.dir, path, to)?;
         manifest.remove(path)?;
+        self.note_recorded(&[path, to]);
         drop(manifest);
         let (_, metadata) = dirs::open_file(&self.dir, to)?;
         Ok(Stamp::of(&metadata))

@@ -513,3 +513,40 @@ async fn a_file_written_during_its_multipart_upload_stops_that_upload() {
     assert_eq!(stats.uploaded, 1, "{stats:?}");
     assert!(mem.bytes_of("p/big.bin").unwrap() == std::fs::read(&path).unwrap());
 }
+
+/// A pass lists the bucket, files are uploaded meanwhile (the write-back of a mount), and the
+/// pass goes on with its listing: what was uploaded after the listing was asked for is judged
+/// by the next listing, so a new file is not taken for one deleted in the bucket, nor an
+/// edited one replaced by the version the listing still shows.
+#[tokio::test]
+async fn a_listing_from_before_an_upload_neither_deletes_nor_replaces_what_was_uploaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/notes.txt", &b"first notes\n"[..]);
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    let engine = engine_at(tmp.path(), 4, CancellationToken::new());
+    let replica = engine.open_mount(writeable()).unwrap();
+    engine.sync_mount(&replica, store.clone()).await.unwrap();
+
+    let listing = engine.list(&replica, &store).await.unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::write(dir.join("new.txt"), b"new").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"edited\n").unwrap();
+    let flushed = engine.flush(&replica, store.clone()).await.unwrap();
+    assert_eq!(flushed.uploaded, 2);
+    engine
+        .apply(&replica, store.clone(), listing)
+        .await
+        .unwrap();
+
+    assert_eq!(std::fs::read(dir.join("new.txt")).unwrap(), b"new");
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"edited\n");
+    // The next pass, with a listing that shows both, changes nothing.
+    engine.sync_mount(&replica, store).await.unwrap();
+    assert_eq!(std::fs::read(dir.join("new.txt")).unwrap(), b"new");
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"edited\n");
+    assert_eq!(
+        bytes(&mem, "p/notes.txt").as_deref(),
+        Some(&b"edited\n"[..])
+    );
+}
