@@ -288,6 +288,12 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         fuser::SessionACL::Owner
     };
     fuse_config.n_threads = Some(4);
+    // Listening before the file system is mounted: a SIGTERM sent the moment a file under it
+    // can be opened is a stop asked for, not the default end of the process.
+    let mut signals = {
+        let _in = runtime.enter();
+        Signals::listen()
+    };
     let session = fuser::Session::new(fs, &sync.destination, &fuse_config).with_context(|| {
         format!(
             "cannot mount {} (FUSE needs /dev/fuse and, for non-root users, fusermount3: \
@@ -314,7 +320,6 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
 
     runtime.block_on(async {
-        let mut signals = Signals::listen();
         let mut ended = tokio::task::spawn_blocking(move || background.join());
         tokio::select! {
             result = &mut ended => {
