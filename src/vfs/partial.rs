@@ -181,11 +181,7 @@ impl Vfs {
                 })
                 .collect();
             for (path, dir) in made {
-                let blocked = ancestors(&path).any(|p| {
-                    let node = tree.find(mount, p).and_then(|i| tree.nodes.get(&i));
-                    node.is_some_and(|n| !matches!(n.kind, NodeKind::Dir(_)))
-                });
-                if blocked || tree.find(mount, &path).is_some() {
+                if !tree.free_for(mount, &path) {
                     continue;
                 }
                 let kind = match dir {
@@ -268,15 +264,12 @@ impl Vfs {
             return;
         }
         for (path, meta) in want {
-            let node = |p: &str| tree.nodes.get(&tree.find(mount, p)?);
-            // A file where the path needs a directory: the full listing decides.
-            let blocked = ancestors(path)
-                .any(|p| node(p).is_some_and(|n| !matches!(n.kind, NodeKind::Dir(_))));
             let removed_here = std::iter::once(path).chain(ancestors(path)).any(|p| {
                 let local = tree.local.get(&(mount, p.to_owned()));
                 matches!(local, Some(Override::Gone { .. }))
             });
-            if node(path).is_some() || blocked || removed_here {
+            // (A file where the path needs a directory: the full listing decides.)
+            if removed_here || !tree.free_for(mount, path) {
                 continue;
             }
             let kind = match meta {

@@ -177,6 +177,15 @@ impl Tree {
         Some(at)
     }
 
+    /// Whether a node may be put at `path` of `mount`: nothing is there, and no file stands
+    /// where it needs a directory.
+    pub(super) fn free_for(&self, mount: usize, path: &str) -> bool {
+        let node = |p: &str| self.nodes.get(&self.find(mount, p)?);
+        let blocked = crate::paths::ancestors(path)
+            .any(|p| node(p).is_some_and(|n| !matches!(n.kind, NodeKind::Dir(_))));
+        !blocked && node(path).is_none()
+    }
+
     pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<Name, u64> {
         match &mut self.nodes.get_mut(&ino).expect("parent exists").kind {
             NodeKind::Dir(children) => children,
