@@ -299,16 +299,10 @@ copy="$work/copy"
 MOUNT_ID=w
 MOUNT_PID=""
 
-_bench_exit_status() { return "$1"; }
-_bench_on_exit() {
-    local rc=$?
-    [[ -n "$MOUNT_PID" ]] && unmount_fs
-    # lib.sh's handler: stops the mount (registered) and the server, removes the scratch data,
-    # exits with status rc.
-    _bench_exit_status "$rc" || _on_exit
-    _on_exit
-}
-trap _bench_on_exit EXIT
+# On exit the mount is unmounted first; lib.sh then stops its process (registered) and the
+# server, and removes the scratch data.
+_unmount_on_exit() { [[ -z "$MOUNT_PID" ]] || unmount_fs; }
+on_exit_first _unmount_on_exit
 
 # start_mount BUILD PREFIX DELAY LOG: a new mount of BUILD at $mnt, with an empty cache, of
 # s3://bench/PREFIX as the writeable mount $MOUNT_ID, uploading what is written once it has been

@@ -86,15 +86,10 @@ mkdir -p -- "$src" "$logs"
 # The mount: one at a time, at $mnt, unmounted on any exit.
 MOUNT_PID=""
 
-_bench_exit_status() { return "$1"; }
-_bench_on_exit() {
-    local rc=$?
-    [[ -n "$MOUNT_PID" ]] && unmount
-    # lib.sh's handler: stops the server, removes the scratch data, exits with status rc.
-    _bench_exit_status "$rc" || _on_exit
-    _on_exit
-}
-trap _bench_on_exit EXIT
+# On exit the mount is unmounted first; lib.sh then stops the server and removes the scratch
+# data.
+_unmount_on_exit() { [[ -z "$MOUNT_PID" ]] || unmount; }
+on_exit_first _unmount_on_exit
 
 # start_mount ID PREFIX LOG: a new mount of s3://bench/PREFIX as mount ID at $mnt, with an empty
 # cache, logging at the tool's default level; returns once $mnt/ID is there.

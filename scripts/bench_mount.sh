@@ -147,9 +147,10 @@ mkdir -p "$src" "$logs"
 declare -A MOUNT_PIDS=() # mount point -> the process serving it
 MOUNT_LOG_LEVEL="info,s3_synchronizer=debug"
 
-_bench_exit_status() { return "$1"; }
+# On exit the mounts are unmounted and the logs kept (--logs) first; lib.sh then stops the
+# server and removes the scratch data.
 _bench_on_exit() {
-    local rc=$? mnt
+    local mnt
     for mnt in "${!MOUNT_PIDS[@]}"; do
         unmount "$mnt" || true
     done
@@ -161,11 +162,8 @@ _bench_on_exit() {
             log "logs kept in $logs_keep"
         fi
     fi
-    # lib.sh's handler: stops the server, removes the scratch data, exits with status rc.
-    _bench_exit_status "$rc" || _on_exit
-    _on_exit
 }
-trap _bench_on_exit EXIT
+on_exit_first _bench_on_exit
 
 # wait_mounted MNT ENTRY LOG: waits until MNT is a mount point that lists ENTRY, for at most
 # MOUNT_WAIT seconds (60 unless set).

@@ -114,18 +114,12 @@ is_mounted() {
 
 # On exit, the mount point is unmounted first, so that removing the temporary directory does not
 # reach into it; then lib.sh's handler stops the processes and removes the temporary directories.
-_return() { return "$1"; }
 _demo_on_exit() {
-    local rc=$?
     if [[ -n "$mnt" ]] && is_mounted "$mnt"; then
         fusermount3 -uz "$mnt" >/dev/null 2>&1 || umount -l "$mnt" >/dev/null 2>&1 || true
     fi
-    # lib.sh's handler exits with the status it finds in $?: hand it the script's (calling it
-    # after a failing command in both cases, so that errexit does not end this trap first).
-    _return "$rc" || _on_exit
-    _on_exit
 }
-trap _demo_on_exit EXIT
+on_exit_first _demo_on_exit
 
 # mount_failed MESSAGE: shows the mount's log, then fails with MESSAGE.
 mount_failed() {

@@ -72,9 +72,18 @@ _cleanup() {
     _CLEANUP_DIRS=()
 }
 
+# on_exit_first FUNC: FUNC runs on exit before the processes are stopped and the scratch
+# directories removed (a script unmounting what it mounted there, keeping logs); the script
+# still exits with its own status.
+_EXIT_FIRST=""
+on_exit_first() { _EXIT_FIRST="$1"; }
+
 _on_exit() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n "$_EXIT_FIRST" ]]; then
+        "$_EXIT_FIRST" || true
+    fi
     _cleanup
     exit "$rc"
 }
