@@ -43,6 +43,8 @@ pub fn mount(prefix: &str) -> Mount {
 /// The settings tests vary; the rest of [`EngineConfig`] as in sync mode.
 pub struct Setup {
     pub concurrency: usize,
+    /// [`EngineConfig::write_concurrency`]; `None`: as `concurrency`.
+    pub write_concurrency: Option<usize>,
     pub part_size: u64,
     pub readers: Option<tokio::runtime::Handle>,
     pub stream: Option<tokio::runtime::Handle>,
@@ -54,6 +56,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             concurrency: 2,
+            write_concurrency: None,
             part_size: PART,
             readers: None,
             stream: None,
@@ -80,6 +83,7 @@ impl Setup {
         };
         let config = EngineConfig {
             concurrency: self.concurrency,
+            write_concurrency: self.write_concurrency.unwrap_or(self.concurrency),
             part_size: self.part_size,
             readers: self.readers.clone(),
             stream: self.stream.clone(),

@@ -177,6 +177,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             Root::open(&config.cache_dir)?,
             &EngineConfig {
                 concurrency,
+                write_concurrency: sync.concurrency,
                 part_size: sync.part_size,
                 readers: Some(readers.handle().clone()),
                 stream: Some(stream.handle().clone()),

@@ -43,6 +43,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         cache,
         &EngineConfig {
             concurrency: config.concurrency,
+            write_concurrency: config.concurrency,
             part_size: config.part_size,
             readers: None,
             stream: None,

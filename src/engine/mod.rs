@@ -48,6 +48,11 @@ use tracing::Instrument;
 pub struct EngineConfig {
     /// GETs in flight at once, across all files and mounts.
     pub concurrency: usize,
+    /// Upload requests (PUTs, parts, copies, deletes) in flight at once, across all mounts.
+    /// Apart from `concurrency`: the mount caps its GETs to a server on this machine for the
+    /// readers' sake (a bulk GET the server keeps sending delays a reader's), which a write does
+    /// not need, as it sends what it has and holds nothing back.
+    pub write_concurrency: usize,
     /// Objects larger than this download as parallel ranged GETs of this size.
     pub part_size: u64,
     /// Where the fetches of waiting readers run. A runtime of their own keeps them off the
@@ -88,12 +93,14 @@ pub const READER_GRACE: Duration = Duration::from_millis(20);
 /// (see `download::flight`); `lanes` is atomics and semaphores; the rest is set once.
 pub(crate) struct Downloader {
     pub(crate) root: Root,
-    /// The bulk and urgent GET permits.
+    /// The bulk and urgent GET permits, and the uploads' write permits.
     pub(crate) lanes: Lanes,
     /// Downloads under way, by `<mount id>/<path>`.
     pub(crate) flights: DashMap<String, Arc<download::Flight>>,
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
+    /// Files downloading at once: twice the GETs, so one file's next GET is ready to start as
+    /// another's ends.
     pub(crate) files_in_flight: usize,
     /// Where downloads run: the runtime the engine was made in.
     pub(crate) bulk: tokio::runtime::Handle,
@@ -102,6 +109,13 @@ pub(crate) struct Downloader {
     /// Where the background download's GETs run ([`EngineConfig::stream`]).
     pub(crate) stream: Option<tokio::runtime::Handle>,
     cancel: CancellationToken,
+}
+
+impl Downloader {
+    /// Files (and deletes) uploading at once: twice the write lane, as for downloads.
+    pub(crate) fn writes_in_flight(&self) -> usize {
+        (self.lanes.write_concurrency() * 2).max(8)
+    }
 }
 
 pub struct Engine {
@@ -209,7 +223,7 @@ impl Engine {
         let engine = Self {
             downloader: Arc::new(Downloader {
                 root,
-                lanes: Lanes::new(first, concurrency),
+                lanes: Lanes::new(first, concurrency, config.write_concurrency.max(1)),
                 flights: DashMap::new(),
                 part_size: config.part_size.max(1),
                 progress,
@@ -548,7 +562,7 @@ impl Engine {
         let mut running = JoinSet::new();
         let mut refetch = Vec::new();
         loop {
-            while running.len() < self.downloader.files_in_flight {
+            while running.len() < self.downloader.writes_in_flight() {
                 let Some(job) = jobs.next() else { break };
                 let uploader = uploader.clone();
                 let span = tracing::info_span!("upload", mount = %mount.id, key = %job.key());

@@ -300,11 +300,13 @@ async fn dangerous_and_unrepresentable_keys_are_skipped() {
 }
 
 /// Records the most GETs ever in flight at once (a GET is in flight from the call until its body
-/// is dropped).
+/// is dropped), and apart from them the most PUTs.
 #[derive(Default)]
 struct Gauge {
     now: Arc<AtomicUsize>,
     peak: AtomicUsize,
+    puts_now: Arc<AtomicUsize>,
+    puts_peak: AtomicUsize,
 }
 
 struct InFlight(Arc<AtomicUsize>);
@@ -333,6 +335,21 @@ impl StoreHook for Gauge {
             let _ = &guard;
             chunk
         })))
+    }
+
+    async fn put(
+        &self,
+        inner: &MemoryStore,
+        key: &str,
+        body: bytes::Bytes,
+        cond: &crate::store::Precondition,
+        opts: &crate::store::WriteOptions,
+    ) -> Result<String, StoreError> {
+        let n = self.puts_now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _guard = InFlight(self.puts_now.clone());
+        self.puts_peak.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        inner.answer_put(key, body, cond, opts)
     }
 }
 
@@ -524,6 +541,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
         Root::open(tmp.path()).unwrap(),
         &EngineConfig {
             concurrency: SLOW_START_GETS + 3,
+            write_concurrency: SLOW_START_GETS + 3,
             part_size: PART,
             readers: None,
             stream: None,

@@ -431,15 +431,15 @@ impl Uploader {
             .map_err(local_err(&up.key))
     }
 
-    /// A write, retried while it fails for a transient reason, each try holding a GET permit of
-    /// the bulk lane (uploads and downloads share the lanes; readers go first).
+    /// A write, retried while it fails for a transient reason, each try holding a permit of the
+    /// write lane (readers go first).
     async fn write<T, F, Fut>(&self, key: &str, op: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         retry(key, || async {
-            let _permit = self.downloader.lanes.bulk_permit().await;
+            let _permit = self.downloader.lanes.write_permit().await;
             op().await
         })
         .await
@@ -655,7 +655,7 @@ impl Uploader {
         let mut done = Vec::with_capacity(count as usize);
         let mut next = 0u64;
         loop {
-            while running.len() < self.downloader.lanes.concurrency() && next < count {
+            while running.len() < self.downloader.lanes.write_concurrency() && next < count {
                 let (store, key, id) = (self.store.clone(), up.key.clone(), id.to_owned());
                 let downloader = self.downloader.clone();
                 let (file, stamp) = (file.clone(), *stamp);
@@ -672,7 +672,7 @@ impl Uploader {
                         return Ok(None);
                     };
                     let etag = retry(&key, || async {
-                        let _permit = downloader.lanes.bulk_permit().await;
+                        let _permit = downloader.lanes.write_permit().await;
                         store.upload_part(&key, &id, number, body.clone()).await
                     })
                     .await?;

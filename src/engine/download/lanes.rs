@@ -1,8 +1,9 @@
-//! The two lanes of GETs: bulk permits for the background passes, urgent ones for downloads a
-//! reader waits on; while a reader waits, bulk GETs hold back.
+//! The lanes of requests: bulk permits for the background passes' GETs, urgent ones for
+//! downloads a reader waits on, write permits for uploads; while a reader waits, bulk GETs
+//! hold back and no write starts.
 //!
-//! Lock order: no lock. The lanes are two semaphores, a counter and a `Notify`; a GET holds one
-//! permit for one attempt and takes no other permit while it holds it.
+//! Lock order: no lock. The lanes are three semaphores, a counter and a `Notify`; a request
+//! holds one permit for one attempt and takes no other permit while it holds it.
 
 use super::Job;
 use crate::engine::{Downloader, READER_GRACE};
@@ -16,36 +17,39 @@ pub(crate) struct Lanes {
     bulk: Semaphore,
     /// The priority lane: GETs of downloads a reader is waiting for.
     urgent: Semaphore,
+    /// The write lane: an upload's requests (PUTs, parts, copies, deletes).
+    writes: Semaphore,
+    /// The permits of the write lane.
+    write_concurrency: usize,
     /// Urgent downloads under way (each counted until [`READER_GRACE`] after its end); while
     /// there are any, the bulk lane starts no new GET and reads no further.
     waiting: AtomicUsize,
     /// Woken when `waiting` drops to zero.
     idle: Notify,
-    /// The permits of the urgent lane, and of the bulk one once slow start is over.
-    concurrency: usize,
 }
 
 impl Lanes {
     /// Lanes of `concurrency` GETs each, the bulk one opening with `first_bulk` of them (see
-    /// [`Lanes::open_bulk`]).
-    pub(crate) fn new(first_bulk: usize, concurrency: usize) -> Self {
+    /// [`Lanes::open_bulk`]), and of `writes` upload requests.
+    pub(crate) fn new(first_bulk: usize, concurrency: usize, writes: usize) -> Self {
         Self {
             bulk: Semaphore::new(first_bulk),
             urgent: Semaphore::new(concurrency),
+            writes: Semaphore::new(writes),
+            write_concurrency: writes,
             waiting: AtomicUsize::new(0),
             idle: Notify::new(),
-            concurrency,
         }
     }
 
-    /// The GETs each lane allows at once.
-    pub(crate) fn concurrency(&self) -> usize {
-        self.concurrency
+    /// The upload requests the write lane allows at once.
+    pub(crate) fn write_concurrency(&self) -> usize {
+        self.write_concurrency
     }
 
-    /// A permit of the bulk lane for a request that is not a download's GET (an upload's, a
-    /// delete's), taken once no reader waits, as a bulk GET takes one.
-    pub(crate) async fn bulk_permit(&self) -> SemaphorePermit<'_> {
+    /// A permit of the write lane for an upload's request (a PUT, a part, a copy, a delete),
+    /// taken once no reader waits, as a bulk GET starts.
+    pub(crate) async fn write_permit(&self) -> SemaphorePermit<'_> {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
@@ -55,7 +59,7 @@ impl Lanes {
             }
             idle.await;
         }
-        self.bulk.acquire().await.expect("never closed")
+        self.writes.acquire().await.expect("never closed")
     }
 
     /// One more GET for the bulk lane (slow start).

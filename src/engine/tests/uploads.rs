@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::store::WriteOptions;
+use crate::testing::Setup;
 use bytes::Bytes;
 use std::path::PathBuf;
 
@@ -84,6 +85,37 @@ async fn new_changed_and_deleted_files_reach_the_bucket() {
         (0, 0, 0, 0),
         "{again:?}"
     );
+}
+
+/// Uploads are not held to the GETs' concurrency (capped for a server on this machine, for the
+/// readers' sake), but to their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_run_as_many_at_once_as_the_write_lane_allows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    let gauge = Hooked::new(mem.clone(), Gauge::default());
+    let setup = Setup {
+        concurrency: 2,
+        write_concurrency: Some(6),
+        ..Setup::default()
+    };
+    let engine = setup.engine(tmp.path());
+    let replica = engine.open_mount(writeable()).unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..24 {
+        std::fs::write(dir.join(format!("f{i}")), pattern(1000 + i, i as u8)).unwrap();
+    }
+    let stats = engine.sync_mount(&replica, gauge.clone()).await.unwrap();
+
+    assert_eq!(stats.uploaded, 24, "{stats:?}");
+    for i in 0..24 {
+        let got = bytes(&mem, &format!("p/f{i}"));
+        assert!(got == Some(pattern(1000 + i, i as u8)), "p/f{i} differs");
+    }
+    let peak = gauge.puts_peak.load(Ordering::SeqCst);
+    assert!(peak <= 6, "at most 6 PUTs at once, saw {peak}");
+    assert!(peak > 2, "PUTs held to the 2 GETs at once: {peak}");
 }
 
 #[tokio::test]
