@@ -86,7 +86,15 @@ pub struct WriteOptions {
     pub bucket_owner_full_control: bool,
     /// Encrypt with SSE-KMS (`aws:kms`) under this key id or ARN.
     pub kms_key_id: Option<String>,
+    /// The MD5 of the object's whole content (hex), stored with it as the user metadata
+    /// [`MD5_METADATA`], which [`ObjectStore::stored_md5`] reads back. An object encrypted with
+    /// SSE-KMS has an ETag that is not its MD5: by this the tool still knows an object as its
+    /// own upload when the answer to the write was lost. A copy keeps its source's.
+    pub content_md5: Option<String>,
 }
+
+/// The user metadata (`x-amz-meta-` on the wire) holding [`WriteOptions::content_md5`].
+pub const MD5_METADATA: &str = "s3sync-md5";
 
 /// One uploaded part of a multipart upload, as completion lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +246,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// reader's to see. Call it on the runtime the readers' GETs run on: a connection is driven
     /// by the runtime that opened it.
     async fn warm_for_readers(&self) {}
+
+    /// The MD5 its writer stored with the object ([`WriteOptions::content_md5`]): a HEAD.
+    /// `None` when it has none, or there is no object.
+    async fn stored_md5(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     /// Writes `body` as `key` in one request if `cond` holds; the new object's ETag (unquoted).
     async fn put(

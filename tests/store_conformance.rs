@@ -503,6 +503,15 @@ const MIB: usize = 1024 * 1024;
 /// The limit and part size of a copy in parts, for an S3 store under test.
 const COPY_IN_PARTS: u64 = 5 * MIB as u64;
 
+/// The MD5 of `data`, in hex.
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// An ETag no object has.
 const STALE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -578,6 +587,12 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
     let kms = WriteOptions {
         bucket_owner_full_control: true,
         kms_key_id: Some("arn:aws:kms:us-east-1:123456789012:key/test-key".into()),
+        content_md5: None,
+    };
+    // The MD5 a write stores with an object, for `stored_md5` to read back.
+    let with_md5 = |opts: &WriteOptions, data: &[u8]| WriteOptions {
+        content_md5: Some(md5_hex(data)),
+        ..opts.clone()
     };
 
     // Put, conditional on nothing being there, then on the version read.
@@ -628,15 +643,28 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
     }
     // The bucket owner's ACL and SSE-KMS.
     let put = store
-        .put("w/kms", "k".into(), &Precondition::None, &kms)
+        .put(
+            "w/kms",
+            "k".into(),
+            &Precondition::None,
+            &with_md5(&kms, b"k"),
+        )
         .await;
     assert_eq!(put.is_ok(), caps.kms, "{put:?}");
+    // The MD5 stored with an object (by which the tool knows its own upload under SSE-KMS).
+    if caps.kms {
+        let stored = store.stored_md5("w/kms").await.unwrap();
+        assert_eq!(stored, Some(md5_hex(b"k")));
+    }
+    assert_eq!(store.stored_md5("w/p").await.unwrap(), None, "none stored");
+    assert_eq!(store.stored_md5("w/none").await.unwrap(), None, "no object");
 
     // A multipart upload of three parts, listed while open.
     let big = bytes(5 * MIB, 11);
     let parts: [&[u8]; 3] = [&big, &big[..], b"tail"];
     let opts = if caps.kms { &kms } else { &plain };
-    let (id, done) = upload(store, "w/mp", &parts, opts).await;
+    let whole = [&big[..], &big, b"tail"].concat();
+    let (id, done) = upload(store, "w/mp", &parts, &with_md5(opts, &whole)).await;
     assert_eq!(open_uploads(store, "w/mp").await, [id.as_str()]);
     let listed = store.list_multipart("w/").await.unwrap();
     let open = listed.iter().find(|u| u.upload_id == id).unwrap();
@@ -654,10 +682,9 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
         .await
         .unwrap();
     let (meta, data) = current(store, "w/mp").await;
-    assert!(
-        data == [&big[..], &big, b"tail"].concat(),
-        "multipart bytes differ"
-    );
+    assert!(data == whole, "multipart bytes differ");
+    let stored = store.stored_md5("w/mp").await.unwrap();
+    assert_eq!(stored, Some(md5_hex(&whole)), "MD5 stored at the start");
     assert_eq!(
         meta.etag == etag,
         caps.complete_etag_listed,
@@ -749,7 +776,12 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
     // Copy of the version named, to a key that needs escaping.
     let src = "w/copy src ü+%.bin";
     store
-        .put(src, "source".into(), &Precondition::None, &plain)
+        .put(
+            src,
+            "source".into(),
+            &Precondition::None,
+            &with_md5(&plain, b"source"),
+        )
         .await
         .unwrap();
     let (source, _) = current(store, src).await;
@@ -759,6 +791,8 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
         .unwrap();
     let (meta, data) = current(store, "w/copied").await;
     assert_eq!((&meta.etag, &data[..]), (&etag, &b"source"[..]));
+    let stored = store.stored_md5("w/copied").await.unwrap();
+    assert_eq!(stored, Some(md5_hex(b"source")), "a copy keeps the MD5");
     store
         .put(src, "changed".into(), &Precondition::None, &plain)
         .await

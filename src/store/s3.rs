@@ -360,6 +360,9 @@ macro_rules! stored_as {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .ssekms_key_id(key_id);
         }
+        if let Some(md5) = &opts.content_md5 {
+            request = request.metadata(crate::store::MD5_METADATA, md5);
+        }
         request
     }};
 }
@@ -395,25 +398,17 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(ObjectMeta {
-                key: key.to_owned(),
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                etag: unquote(out.e_tag().unwrap_or_default()),
-                last_modified: to_system_time(out.last_modified()),
-            })),
-            Err(e) => match self.classify(&e, Some(key)) {
-                StoreError::NoSuchKey { .. } => Ok(None),
-                other => Err(other),
-            },
-        }
+        Ok(self.head_object(key).await?.map(|out| ObjectMeta {
+            key: key.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: unquote(out.e_tag().unwrap_or_default()),
+            last_modified: to_system_time(out.last_modified()),
+        }))
+    }
+
+    async fn stored_md5(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let out = self.head_object(key).await?;
+        Ok(out.and_then(|out| out.metadata()?.get(crate::store::MD5_METADATA).cloned()))
     }
 
     async fn get(&self, key: &str, range: Range<u64>, etag: &str) -> Result<Body, StoreError> {
@@ -668,6 +663,27 @@ fn copy_error(
 }
 
 impl S3Store {
+    /// A HEAD of `key`: its answer, `None` when there is no such object.
+    async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out)),
+            Err(e) => match self.classify(&e, Some(key)) {
+                StoreError::NoSuchKey { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// Copies objects larger than `limit` bytes in parts of `part_size` (at least), instead of
     /// S3's 5 GiB and 512 MiB: for tests of the copy in parts with small objects.
     pub fn with_multipart_copy(mut self, limit: u64, part_size: u64) -> Self {

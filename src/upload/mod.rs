@@ -97,7 +97,19 @@ impl Uploader {
         WriteOptions {
             bucket_owner_full_control: true,
             kms_key_id: self.replica.mount.kms_key_id.clone(),
+            content_md5: None,
         }
+    }
+
+    /// How an upload of the bytes whose MD5 `md5` computes is stored: under SSE-KMS with that
+    /// MD5 beside them, the one sign of the tool's own upload where the ETag is not it (see
+    /// [`Uploader::is_ours`]). Without a key the MD5 is not computed at all.
+    async fn options_for(&self, md5: impl AsyncFnOnce() -> Option<String>) -> Option<WriteOptions> {
+        let mut opts = self.options();
+        if opts.kms_key_id.is_some() {
+            opts.content_md5 = Some(md5().await?);
+        }
+        Some(opts)
     }
 
     /// Uploads one local change (see the module's rules); a renamed file is copied within the
@@ -210,7 +222,7 @@ impl Uploader {
             (None, _) => Precondition::IfNoneMatch,
             (Some(c), Some(base)) if &c.etag == base => Precondition::IfMatch(base.clone()),
             (Some(c), _) => {
-                let ours = c.size == stamp.size && self.is_ours(&file, &stamp, &c.etag).await;
+                let ours = self.is_ours(&file, &stamp, c).await;
                 if ours {
                     self.record(up, c, stamp)?;
                     return Ok(Pushed::Uploaded { bytes: 0 });
@@ -265,8 +277,7 @@ impl Uploader {
     ) -> Result<Result<Pushed, Option<ObjectMeta>>, UploadError> {
         let current = self.head(&up.key).await?;
         if let Some(c) = &current
-            && c.size == stamp.size
-            && self.is_ours(file, stamp, &c.etag).await
+            && self.is_ours(file, stamp, c).await
         {
             self.record(up, c, *stamp)?;
             return Ok(Ok(Pushed::Uploaded { bytes: stamp.size }));
@@ -491,7 +502,10 @@ impl Uploader {
         if !unchanged(file, stamp).await {
             return Ok(None);
         }
-        let opts = self.options();
+        let md5 = async || Some(hex(&Md5::digest(&body)));
+        let Some(opts) = self.options_for(md5).await else {
+            return Ok(None);
+        };
         self.write(&up.key, || {
             self.store.put(&up.key, body.clone(), cond, &opts)
         })
@@ -514,7 +528,12 @@ impl Uploader {
         let store_err = store_err(&up.key);
         let local_err = local_err(&up.key);
         let part = part_size(self.downloader.part_size, stamp.size);
-        let opts = self.options();
+        // Under SSE-KMS the whole file is read once more first, for its MD5 (a file changed by
+        // the end of the upload is not completed, so the MD5 is of the bytes uploaded).
+        let md5 = async || content_md5(file, stamp.size).await;
+        let Some(opts) = self.options_for(md5).await else {
+            return Ok(None);
+        };
         let record = |upload_id| {
             let key = up.key.clone();
             self.replica
@@ -694,20 +713,47 @@ impl Uploader {
         Ok(Some(done))
     }
 
-    /// Whether `etag`, the object's, is the MD5 of the file's bytes as this tool uploads them
-    /// (one PUT, or parts of this uploader's part size): the object is the tool's own upload.
-    async fn is_ours(&self, file: &Arc<File>, stamp: &Stamp, etag: &str) -> bool {
-        let (file, stamp) = (file.clone(), *stamp);
-        let part = match etag.split_once('-') {
-            None => stamp.size.max(1),
-            Some(_) => part_size(self.downloader.part_size, stamp.size),
+    /// Whether the object `current` holds the file's bytes (the tool's own upload, whose answer
+    /// was lost): its ETag is their MD5 as this tool uploads them (one PUT, or parts of this
+    /// uploader's part size); or, under SSE-KMS, where the ETag is not, the MD5 stored with it
+    /// is theirs.
+    async fn is_ours(&self, file: &Arc<File>, stamp: &Stamp, current: &ObjectMeta) -> bool {
+        if current.size != stamp.size {
+            return false;
+        }
+        let (etag, size) = (current.etag.as_str(), stamp.size);
+        let multipart = etag.contains('-');
+        let part = match multipart {
+            false => size.max(1),
+            true => part_size(self.downloader.part_size, size),
         };
-        let etag = etag.to_owned();
-        tokio::task::spawn_blocking(move || {
-            local_etag(&file, stamp.size, part, etag.contains('-')).is_some_and(|e| e == etag)
-        })
-        .await
-        .unwrap_or(false)
+        let local = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || local_etag(&file, size, part, multipart))
+        };
+        let Some(local) = local.await.ok().flatten() else {
+            return false;
+        };
+        if local == etag {
+            return true;
+        }
+        if self.replica.mount.kms_key_id.is_none() {
+            return false;
+        }
+        let key = &current.key;
+        let stored = match retry(key, || self.store.stored_md5(key)).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(key, "could not read the object's stored MD5: {e}");
+                return false;
+            }
+        };
+        let md5 = match multipart {
+            false => Some(local),
+            true => content_md5(file, size).await,
+        };
+        md5 == Some(stored)
     }
 }
 
@@ -720,10 +766,23 @@ fn part_size(configured: u64, size: u64) -> u64 {
         .max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
 }
 
+/// The MD5 of the file's first `size` bytes, in hex (on the blocking pool); `None` if it is
+/// shorter (it changed).
+async fn content_md5(file: &Arc<File>, size: u64) -> Option<String> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || local_etag(&file, size, size, false))
+        .await
+        .ok()
+        .flatten()
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The ETag S3 gives an object of these bytes: their MD5, or for a multipart upload of parts of
 /// `part` bytes the MD5 of the parts' MD5s followed by `-<parts>`.
 fn local_etag(file: &File, size: u64, part: u64, multipart: bool) -> Option<String> {
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let mut buf = vec![0; 1 << 20];
     let mut md5_of = |start: u64, end: u64| {
         let mut md5 = Md5::new();

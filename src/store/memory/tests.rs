@@ -9,6 +9,7 @@ fn kms() -> WriteOptions {
     WriteOptions {
         bucket_owner_full_control: true,
         kms_key_id: Some("key-1".into()),
+        content_md5: None,
     }
 }
 
