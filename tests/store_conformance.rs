@@ -818,8 +818,14 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
 
     // A copy in parts.
     let large = bytes(5 * MIB + 1000, 12);
+    let large_md5 = with_md5(&plain, &large);
     store
-        .put("w/large", large.clone().into(), &Precondition::None, &plain)
+        .put(
+            "w/large",
+            large.clone().into(),
+            &Precondition::None,
+            &large_md5,
+        )
         .await
         .unwrap();
     let (source, _) = current(store, "w/large").await;
@@ -830,6 +836,11 @@ async fn write_conformance(store: Arc<dyn ObjectStore>, caps: WriteCaps) {
         let etag = copied.unwrap();
         let (meta, data) = current(store, "w/large-copy").await;
         assert!(data == large, "the copy in parts differs");
+        let stored = store.stored_md5("w/large-copy").await.unwrap();
+        assert_eq!(
+            stored, large_md5.content_md5,
+            "a copy in parts keeps the MD5"
+        );
         assert_eq!(meta.etag == etag, caps.complete_etag_listed);
         // Changed, same size: a server ignoring the condition copies the new version whole.
         let changed = bytes(large.len(), 13);

@@ -708,6 +708,14 @@ impl S3Store {
         cond: &Precondition,
         opts: &WriteOptions,
     ) -> Result<String, StoreError> {
+        // A copy keeps its source's MD5 (as a CopyObject keeps its metadata).
+        let opts = &match opts.content_md5 {
+            Some(_) => opts.clone(),
+            None => WriteOptions {
+                content_md5: self.stored_md5(&source.key).await?,
+                ..opts.clone()
+            },
+        };
         let upload_id = self.create_multipart(dest_key, opts).await?;
         let copied = self.copy_parts(source, dest_key, &upload_id).await;
         let completed = match copied {
