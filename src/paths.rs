@@ -66,6 +66,13 @@ pub fn map_key(prefix: &str, key: &str) -> Result<Mapped, Unrepresentable> {
     })
 }
 
+/// The key the path `rel` of the mount directory comes from, a directory's (`dir`) being its
+/// folder marker: the inverse of [`map_key`], so a record of a path needs no copy of its key.
+pub fn key_of(prefix: &str, rel: &str, dir: bool) -> String {
+    let slash = if dir { "/" } else { "" };
+    format!("{prefix}{rel}{slash}")
+}
+
 /// The proper ancestors of a relative path, nearest last: `a/b/c` gives `a`, `a/b`.
 pub fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').map(move |(i, _)| &rel[..i])

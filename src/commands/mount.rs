@@ -515,7 +515,7 @@ async fn first_listing(
 impl FirstListing {
     /// What earlier runs cached of the mount; `owed`: to be listed at once in the background.
     fn cached(replica: &Replica, owed: bool) -> Self {
-        let objects = replica.copy.cached_listing();
+        let objects = replica.copy.cached_listing(&replica.mount.prefix);
         Self {
             served: Served {
                 files: objects.len(),

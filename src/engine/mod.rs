@@ -499,6 +499,8 @@ impl Engine {
             }
         }
 
+        // The plan's table (a few hundred bytes an object) is not kept through the snapshot.
+        drop(jobs);
         // Partial files left now are of objects since changed or deleted: nothing to resume.
         let prefix = format!("{}/", mount.id);
         let clear = stats.failed == 0
@@ -732,7 +734,7 @@ impl Engine {
             copy.plan_writeable(|entries, scanned| {
                 let now = SystemTime::now();
                 let mut settling = 0;
-                let writes = plan::local_writes(&prefix, entries, &scanned.found, |_| true);
+                let writes = plan::local_writes(&prefix, entries, &scanned.found, |_, _| true);
                 let mut uploads: Vec<_> = writes
                     .upload
                     .into_iter()

@@ -10,7 +10,7 @@ use crate::etag::Etag;
 use crate::local::Local;
 use crate::local::dirs::Found;
 use crate::local::manifest::{Entry, Stamp};
-use crate::paths::{Layout, Unrepresentable, layout};
+use crate::paths::{Layout, Unrepresentable, key_of, layout};
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -147,10 +147,10 @@ pub struct RenamedFrom {
 }
 
 impl RenamedFrom {
-    fn of(path: &str, entry: &Entry) -> Self {
+    fn of(prefix: &str, path: &str, entry: &Entry) -> Self {
         Self {
             path: path.to_owned(),
-            key: entry.key.clone(),
+            key: key_of(prefix, path, entry.dir),
             etag: entry.etag.to_string(),
             size: entry.size,
         }
@@ -177,10 +177,10 @@ pub struct RemoteDelete {
 
 impl RemoteDelete {
     /// The delete of the object the manifest's entry `entry` at `path` was made from.
-    pub fn of(path: &str, entry: &Entry) -> Self {
+    pub fn of(prefix: &str, path: &str, entry: &Entry) -> Self {
         Self {
             path: path.to_owned(),
-            key: entry.key.clone(),
+            key: key_of(prefix, path, entry.dir),
             etag: entry.etag.to_string(),
         }
     }
@@ -281,7 +281,7 @@ pub fn local_writes(
     prefix: &str,
     manifest: &BTreeMap<String, Entry>,
     scan: &BTreeMap<String, Found>,
-    deletable: impl Fn(&Entry) -> bool,
+    deletable: impl Fn(&str, &Entry) -> bool,
 ) -> LocalWrites {
     let mut upload = local_changes(prefix, manifest, scan);
     if copy_gone(manifest, scan) {
@@ -291,9 +291,9 @@ pub fn local_writes(
         };
     }
     let deleted: Vec<(&String, &Entry)> = local_deletions(manifest, scan)
-        .filter(|(_, e)| deletable(e))
+        .filter(|(path, e)| deletable(path, e))
         .collect();
-    pair_renames(manifest, &deleted, &mut upload);
+    pair_renames(prefix, manifest, &deleted, &mut upload);
     let paired: BTreeSet<&str> = upload
         .iter()
         .filter_map(|u| u.from.as_ref().map(|f| f.path.as_str()))
@@ -301,7 +301,7 @@ pub fn local_writes(
     let remote_delete = deleted
         .into_iter()
         .filter(|(path, _)| !paired.contains(path.as_str()))
-        .map(|(path, e)| RemoteDelete::of(path, e))
+        .map(|(path, e)| RemoteDelete::of(prefix, path, e))
         .collect();
     LocalWrites {
         upload,
@@ -311,6 +311,7 @@ pub fn local_writes(
 
 /// Sets `from` on each upload of a file renamed from one of `deleted` (see [`local_writes`]).
 fn pair_renames(
+    prefix: &str,
     manifest: &BTreeMap<String, Entry>,
     deleted: &[(&String, &Entry)],
     uploads: &mut [Upload],
@@ -325,7 +326,7 @@ fn pair_renames(
         sources
             .entry(kept(&stamp))
             .and_modify(|shared| *shared = None)
-            .or_insert_with(|| Some(RenamedFrom::of(path, e)));
+            .or_insert_with(|| Some(RenamedFrom::of(prefix, path, e)));
     }
     if sources.is_empty() {
         return;
@@ -369,7 +370,10 @@ pub fn plan_writeable(
     };
     let listed: BTreeMap<&str, &ObjectMeta> = remote.iter().map(|m| (m.key.as_str(), m)).collect();
     out.copy_gone = copy_gone(manifest, scan);
-    let listed_as_was = |e: &Entry| listed.get(e.key.as_str()).is_some_and(|m| m.etag == e.etag);
+    let listed_as_was = |path: &str, e: &Entry| {
+        let key = key_of(prefix, path, e.dir);
+        listed.get(key.as_str()).is_some_and(|m| m.etag == e.etag)
+    };
     let writes = local_writes(prefix, manifest, scan, listed_as_was);
 
     // Local changes: kept from the download side, uploaded once settled. The old path of a
@@ -414,9 +418,8 @@ mod tests {
         }
     }
 
-    fn entry(key: &str, etag: &str, size: u64) -> Entry {
+    fn entry(etag: &str, size: u64) -> Entry {
         Entry {
-            key: key.into(),
             etag: etag.into(),
             size,
             mtime: 0,
@@ -439,7 +442,7 @@ mod tests {
         let folder = |made| Entry {
             dir: true,
             marker_made: made,
-            ..entry("p/d/", "m", 0)
+            ..entry("m", 0)
         };
         let scan = |empty| BTreeMap::from([("d".to_string(), Found::Dir { empty })]);
         let deleted = |e: Entry, empty| {
@@ -473,7 +476,7 @@ mod tests {
     #[test]
     fn unchanged_objects_are_not_fetched_again() {
         let remote = [obj("a", "1", 5)];
-        let manifest = BTreeMap::from([("a".to_string(), entry("a", "1", 5))]);
+        let manifest = BTreeMap::from([("a".to_string(), entry("1", 5))]);
         let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
         assert!(p.fetch.is_empty());
         assert_eq!(p.unchanged, 1);
@@ -485,7 +488,7 @@ mod tests {
     #[test]
     fn a_recorded_size_other_than_the_listed_one_fetches_again() {
         let remote = [obj("a", "1", 5)];
-        let manifest = BTreeMap::from([("a".to_string(), entry("a", "1", 6))]);
+        let manifest = BTreeMap::from([("a".to_string(), entry("1", 6))]);
         let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
         assert_eq!(fetched(&p), [("a", true)]);
         assert_eq!(p.unchanged, 0);
@@ -495,8 +498,8 @@ mod tests {
     fn changed_etag_or_missing_local_file_fetches_again() {
         let remote = [obj("a", "2", 5), obj("b", "1", 5)];
         let manifest = BTreeMap::from([
-            ("a".to_string(), entry("a", "1", 5)),
-            ("b".to_string(), entry("b", "1", 5)),
+            ("a".to_string(), entry("1", 5)),
+            ("b".to_string(), entry("1", 5)),
         ]);
         let p = plan("", &remote, &manifest, |path| match path {
             "a" => Local::File { size: 5 },
@@ -508,8 +511,8 @@ mod tests {
     #[test]
     fn deletes_only_what_the_manifest_holds() {
         let manifest = BTreeMap::from([
-            ("gone".to_string(), entry("gone", "1", 1)),
-            ("d/gone".to_string(), entry("d/gone", "1", 1)),
+            ("gone".to_string(), entry("1", 1)),
+            ("d/gone".to_string(), entry("1", 1)),
         ]);
         let p = plan("", &[], &manifest, |_| Local::File { size: 1 });
         let deleted: Vec<_> = p.delete.iter().map(|d| d.path.as_str()).collect();
@@ -545,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_folder_marker_dir_is_kept_while_files_imply_it() {
-        let mut dir = entry("d/", "0", 0);
+        let mut dir = entry("0", 0);
         dir.dir = true;
         let manifest = BTreeMap::from([("d".to_string(), dir)]);
         let p = plan("", &[obj("d/x", "1", 1)], &manifest, |_| Local::Missing);
@@ -573,8 +576,8 @@ mod tests {
         }
 
         /// The manifest entry of a file the tool wrote as `stamp(size, 1)`.
-        fn written(key: &str, etag: &str, size: u64) -> Entry {
-            entry(key, etag, size).stamped(stamp(size, 1))
+        fn written(etag: &str, size: u64) -> Entry {
+            entry(etag, size).stamped(stamp(size, 1))
         }
 
         fn paths<T>(items: &[T], path: impl Fn(&T) -> &str) -> Vec<&str> {
@@ -585,11 +588,11 @@ mod tests {
         fn changes_are_uploaded_and_never_overwritten_or_deleted() {
             let remote = [obj("p/same", "e1", 3), obj("p/edited", "e2", 3)];
             let manifest = BTreeMap::from([
-                ("same".to_owned(), written("p/same", "e1", 3)),
+                ("same".to_owned(), written("e1", 3)),
                 // Edited here, and changed remotely too (e1 -> e2): uploaded, not fetched.
-                ("edited".to_owned(), written("p/edited", "e1", 3)),
+                ("edited".to_owned(), written("e1", 3)),
                 // Gone remotely, edited here: uploaded again, not deleted.
-                ("kept".to_owned(), written("p/kept", "e1", 3)),
+                ("kept".to_owned(), written("e1", 3)),
             ]);
             let scan = BTreeMap::from([
                 ("same".to_owned(), Found::File(stamp(3, 1))),
@@ -640,7 +643,7 @@ mod tests {
         #[test]
         fn a_change_not_yet_settled_waits_untouched() {
             let remote = [obj("p/f", "e2", 3)];
-            let manifest = BTreeMap::from([("f".to_owned(), written("p/f", "e1", 3))]);
+            let manifest = BTreeMap::from([("f".to_owned(), written("e1", 3))]);
             let scan = BTreeMap::from([("f".to_owned(), Found::File(stamp(3, 9)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.mtime_ns < 5);
             assert!(w.upload.is_empty() && w.plan.fetch.is_empty());
@@ -655,10 +658,10 @@ mod tests {
                 obj("p/keep", "e1", 3),
             ];
             let manifest = BTreeMap::from([
-                ("a".to_owned(), written("p/a", "e1", 3)),
-                ("b".to_owned(), written("p/b", "e1", 3)),
-                ("gone".to_owned(), written("p/gone", "e1", 3)),
-                ("keep".to_owned(), written("p/keep", "e1", 3)),
+                ("a".to_owned(), written("e1", 3)),
+                ("b".to_owned(), written("e1", 3)),
+                ("gone".to_owned(), written("e1", 3)),
+                ("keep".to_owned(), written("e1", 3)),
             ]);
             let scan = BTreeMap::from([("keep".to_owned(), Found::File(stamp(3, 1)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
@@ -679,7 +682,7 @@ mod tests {
         #[test]
         fn a_directory_holding_none_of_the_files_is_a_lost_copy_not_deletions() {
             let remote = [obj("p/a", "e1", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written("p/a", "e1", 3))]);
+            let manifest = BTreeMap::from([("a".to_owned(), written("e1", 3))]);
             let w = plan_writeable("p/", &remote, &manifest, &BTreeMap::new(), |_| true);
             assert!(w.copy_gone);
             assert!(w.remote_delete.is_empty());
@@ -690,12 +693,12 @@ mod tests {
         fn an_entry_without_a_stamp_compares_the_size_and_the_mtime_the_tool_set() {
             let old = Entry {
                 mtime: 1,
-                ..entry("p/f", "e1", 3)
+                ..entry("e1", 3)
             };
             assert!(!old.changed_locally(&stamp(3, 1)));
             assert!(old.changed_locally(&stamp(3, 2)));
             assert!(old.changed_locally(&stamp(4, 1)));
-            let new = written("p/f", "e1", 3);
+            let new = written("e1", 3);
             // Same size and mtime, but a new inode (replaced by an editor's rename): changed.
             assert!(new.changed_locally(&Stamp {
                 ino: 8,
@@ -714,8 +717,8 @@ mod tests {
         }
 
         /// The manifest entry of a file of inode `ino` the tool wrote as `stamp(size, 1)`.
-        fn written_as(key: &str, etag: &str, size: u64, ino: u64) -> Entry {
-            entry(key, etag, size).stamped(Stamp {
+        fn written_as(etag: &str, size: u64, ino: u64) -> Entry {
+            entry(etag, size).stamped(Stamp {
                 ino,
                 ..stamp(size, 1)
             })
@@ -741,8 +744,8 @@ mod tests {
         fn a_renamed_file_is_a_copy_of_its_old_object_not_an_upload_and_a_delete() {
             let remote = [obj("p/a", "e1", 3), obj("p/keep", "e1", 3)];
             let manifest = BTreeMap::from([
-                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
-                ("keep".to_owned(), written_as("p/keep", "e1", 3, 8)),
+                ("a".to_owned(), written_as("e1", 3, 7)),
+                ("keep".to_owned(), written_as("e1", 3, 8)),
             ]);
             let scan = BTreeMap::from([
                 ("b".to_owned(), Found::File(moved(7, 3))),
@@ -776,8 +779,8 @@ mod tests {
         fn a_rename_onto_a_file_of_the_tool_replaces_that_version() {
             let remote = [obj("p/a", "e1", 3), obj("p/b", "e2", 5)];
             let manifest = BTreeMap::from([
-                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
-                ("b".to_owned(), written_as("p/b", "e2", 5, 8)),
+                ("a".to_owned(), written_as("e1", 3, 7)),
+                ("b".to_owned(), written_as("e2", 5, 8)),
             ]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
@@ -791,8 +794,8 @@ mod tests {
         fn a_rename_and_an_edit_are_an_upload_and_a_delete() {
             let remote = [obj("p/a", "e1", 3), obj("p/c", "e1", 3)];
             let manifest = BTreeMap::from([
-                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
-                ("c".to_owned(), written_as("p/c", "e1", 3, 8)),
+                ("a".to_owned(), written_as("e1", 3, 7)),
+                ("c".to_owned(), written_as("e1", 3, 8)),
             ]);
             let scan = BTreeMap::from([
                 // Renamed, then appended to.
@@ -819,9 +822,9 @@ mod tests {
                 obj("p/d/sub/z", "ez", 5),
             ];
             let manifest = BTreeMap::from([
-                ("d/x".to_owned(), written_as("p/d/x", "ex", 3, 7)),
-                ("d/y".to_owned(), written_as("p/d/y", "ey", 4, 8)),
-                ("d/sub/z".to_owned(), written_as("p/d/sub/z", "ez", 5, 9)),
+                ("d/x".to_owned(), written_as("ex", 3, 7)),
+                ("d/y".to_owned(), written_as("ey", 4, 8)),
+                ("d/sub/z".to_owned(), written_as("ez", 5, 9)),
             ]);
             let scan = BTreeMap::from([
                 ("e".to_owned(), Found::Dir { empty: false }),
@@ -848,7 +851,7 @@ mod tests {
         fn an_entry_without_a_stamp_pairs_with_nothing() {
             let remote = [obj("p/a", "e1", 3)];
             // Written by an earlier version: no inode to recognise the file by.
-            let manifest = BTreeMap::from([("a".to_owned(), entry("p/a", "e1", 3))]);
+            let manifest = BTreeMap::from([("a".to_owned(), entry("e1", 3))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
@@ -858,7 +861,7 @@ mod tests {
         #[test]
         fn a_rename_whose_old_object_changed_is_an_upload_and_a_download() {
             let remote = [obj("p/a", "e2", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
@@ -869,7 +872,7 @@ mod tests {
         #[test]
         fn a_rename_not_yet_settled_leaves_its_old_object_alone() {
             let remote = [obj("p/a", "e1", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.ctime_ns < 5);
             assert_eq!(w.settling, 1);
@@ -879,12 +882,12 @@ mod tests {
 
         #[test]
         fn a_file_linked_twice_is_paired_once() {
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("p/a", "e1", 3, 7))]);
+            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([
                 ("b".to_owned(), Found::File(moved(7, 3))),
                 ("c".to_owned(), Found::File(moved(7, 3))),
             ]);
-            let w = local_writes("p/", &manifest, &scan, |_| true);
+            let w = local_writes("p/", &manifest, &scan, |_, _| true);
             let from: Vec<_> = w.upload.iter().map(|u| u.from.is_some()).collect();
             assert_eq!(from, [true, false]);
             assert!(w.remote_delete.is_empty());
@@ -895,11 +898,11 @@ mod tests {
         #[test]
         fn the_flush_pairs_renames_as_the_pass_does() {
             let manifest = BTreeMap::from([
-                ("a".to_owned(), written_as("p/a", "e1", 3, 7)),
-                ("gone".to_owned(), written_as("p/gone", "e1", 3, 8)),
+                ("a".to_owned(), written_as("e1", 3, 7)),
+                ("gone".to_owned(), written_as("e1", 3, 8)),
             ]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = local_writes("p/", &manifest, &scan, |_| true);
+            let w = local_writes("p/", &manifest, &scan, |_, _| true);
             assert_eq!(w.upload.len(), 1);
             assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["gone"]);
@@ -968,7 +971,7 @@ mod tests {
                         .map(|(rel, (dir, size, etag))| {
                             let e = Entry {
                                 dir,
-                                ..entry(&format!("{prefix}{rel}"), etag, size)
+                                ..entry(etag, size)
                             };
                             (rel, e)
                         })

@@ -529,15 +529,15 @@ impl MountCopy {
         f(manifest.entries(), &|path| dirs::probe(&self.dir, path))
     }
 
-    /// What the copy holds, as a listing: what a mount serves while its bucket cannot be
-    /// reached.
-    pub fn cached_listing(&self) -> Vec<ObjectMeta> {
+    /// What the copy holds, as a listing of the mount's `prefix`: what a mount serves while its
+    /// bucket cannot be reached.
+    pub fn cached_listing(&self, prefix: &str) -> Vec<ObjectMeta> {
         self.manifest
             .lock()
             .entries()
-            .values()
-            .filter(|e| !e.replaced)
-            .map(Entry::object)
+            .iter()
+            .filter(|(_, e)| !e.replaced)
+            .map(|(path, e)| e.object(crate::paths::key_of(prefix, path, e.dir)))
             .collect()
     }
 
@@ -595,7 +595,7 @@ mod tests {
             !copy.holds("a/f.txt", &meta("p/a/f.txt", 3, "e2")),
             "another version"
         );
-        assert_eq!(copy.cached_listing(), std::slice::from_ref(&m));
+        assert_eq!(copy.cached_listing("p/"), std::slice::from_ref(&m));
         let mut read = String::new();
         let (mut file, _) = copy.open_held("a/f.txt", &m).unwrap();
         std::io::Read::read_to_string(&mut file, &mut read).unwrap();
@@ -610,7 +610,7 @@ mod tests {
         assert!(copy.holds("a/f.txt", &m));
         assert!(copy.remove_file("a/f.txt").unwrap());
         assert!(!copy.holds("a/f.txt", &m));
-        assert!(copy.cached_listing().is_empty());
+        assert!(copy.cached_listing("p/").is_empty());
         assert!(!tmp.path().join("m/a").exists());
     }
 

@@ -10,6 +10,7 @@
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -19,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The S3 key the path came from.
-    pub key: String,
+    // The S3 key the path came from is not kept: the mount's prefix and the path make it
+    // (`paths::key_of`). Snapshots and journals of earlier versions have it; it is ignored.
     /// Kept compactly: a manifest holds one per object for as long as its mount runs.
     pub etag: Etag,
     pub size: u64,
@@ -85,7 +86,6 @@ impl Entry {
     /// The entry of a file downloaded from `meta`.
     pub fn file(meta: &ObjectMeta) -> Self {
         Self {
-            key: meta.key.clone(),
             etag: Etag::new(&meta.etag),
             size: meta.size,
             mtime: unix_seconds(meta.last_modified),
@@ -140,15 +140,15 @@ impl Entry {
         }
     }
 
-    /// The object this entry was made from, as a listing would show it.
-    pub fn object(&self) -> ObjectMeta {
+    /// The object this entry was made from, as a listing would show it under `key`.
+    pub fn object(&self, key: String) -> ObjectMeta {
         let secs = self.mtime;
         let last_modified = match u64::try_from(secs) {
             Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
             Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
         };
         ObjectMeta {
-            key: self.key.clone(),
+            key,
             size: self.size,
             etag: self.etag.to_string(),
             last_modified,
@@ -164,8 +164,10 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
+/// The snapshot file. Written from the manifest's own maps (borrowed: a snapshot of a million
+/// entries is not copied first), read into owned ones.
 #[derive(Serialize, Deserialize)]
-struct Snapshot {
+struct Snapshot<'a> {
     version: u32,
     /// When the bucket was listed for the last pass that completed, in seconds since the Unix
     /// epoch (absent in snapshots of earlier versions).
@@ -173,11 +175,15 @@ struct Snapshot {
     listed_at: Option<u64>,
     /// What was listed then (`s3://bucket/prefix`; absent in snapshots of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    listed_from: Option<String>,
-    entries: BTreeMap<String, Entry>,
+    listed_from: Option<Cow<'a, str>>,
+    entries: Cow<'a, BTreeMap<String, Entry>>,
     /// Multipart uploads started and not yet completed or aborted, by local path.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    uploads: BTreeMap<String, Multipart>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    uploads: Cow<'a, BTreeMap<String, Multipart>>,
+}
+
+fn is_empty(uploads: &BTreeMap<String, Multipart>) -> bool {
+    uploads.is_empty()
 }
 
 /// A multipart upload under way: recorded before it is started on the server (without an id),
@@ -243,10 +249,10 @@ fn read(dir: &Path) -> Result<Read, ManifestError> {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
                 .map_err(err(&snapshot_path))?;
             Read {
-                entries: snapshot.entries,
-                uploads: snapshot.uploads,
+                entries: snapshot.entries.into_owned(),
+                uploads: snapshot.uploads.into_owned(),
                 listed_at: snapshot.listed_at,
-                listed_from: snapshot.listed_from,
+                listed_from: snapshot.listed_from.map(Cow::into_owned),
                 snapshot_bytes: bytes.len() as u64,
                 ..Read::default()
             }
@@ -489,21 +495,24 @@ impl Manifest {
             source,
         };
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let data = serde_json::to_vec(&Snapshot {
+        let snapshot = Snapshot {
             version: 1,
             listed_at: self.listed_at,
-            listed_from: self.listed_from.clone(),
-            entries: self.entries.clone(),
-            uploads: self.uploads.clone(),
-        })
-        .expect("manifest serializes");
-        {
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(&data).map_err(err)?;
+            listed_from: self.listed_from.as_deref().map(Cow::Borrowed),
+            entries: Cow::Borrowed(&self.entries),
+            uploads: Cow::Borrowed(&self.uploads),
+        };
+        // Streamed to the file, not built in memory first: at a million entries the text is
+        // over a hundred megabytes.
+        let bytes = {
+            let mut f = io::BufWriter::new(File::create(&tmp).map_err(err)?);
+            serde_json::to_writer(&mut f, &snapshot).map_err(|e| err(e.into()))?;
+            let f = f.into_inner().map_err(|e| err(e.into_error()))?;
             f.sync_all().map_err(err)?;
-        }
+            f.metadata().map_err(err)?.len()
+        };
         fs::rename(&tmp, &snapshot_path).map_err(err)?;
-        self.snapshot_bytes = data.len() as u64;
+        self.snapshot_bytes = bytes;
         self.journal_bytes = 0;
         self.journal = OpenOptions::new()
             .create(true)
@@ -521,7 +530,6 @@ mod tests {
 
     fn entry(etag: &str) -> Entry {
         Entry {
-            key: format!("k-{etag}"),
             etag: etag.into(),
             size: 3,
             mtime: 1,
@@ -606,6 +614,24 @@ mod tests {
         let m = Manifest::open(tmp.path()).unwrap();
         assert_eq!(m.listed_at(), None);
         assert_eq!(m.get("b"), Some(&entry("2")));
+    }
+
+    /// Entries of earlier versions name their key; it is not kept, and they load.
+    #[test]
+    fn a_manifest_of_an_earlier_version_with_keys_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let etag = "0123456789abcdef0123456789abcdef";
+        let snapshot = format!(
+            r#"{{"version":1,"entries":{{"a":{{"key":"p/a","etag":"{etag}","size":3,"mtime":1}}}}}}"#
+        );
+        let journal = format!(
+            r#"{{"put":{{"path":"b","entry":{{"key":"p/b","etag":"{etag}","size":3,"mtime":1}}}}}}"#
+        );
+        std::fs::write(tmp.path().join(SNAPSHOT), snapshot).unwrap();
+        std::fs::write(tmp.path().join(JOURNAL), journal + "\n").unwrap();
+        let m = Manifest::open(tmp.path()).unwrap();
+        assert_eq!(m.get("a"), Some(&entry(etag)));
+        assert_eq!(m.get("b"), Some(&entry(etag)));
     }
 
     #[test]
