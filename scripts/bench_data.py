@@ -21,6 +21,7 @@ cases: what the mount cases of bench_mount.sh read (see its --help):
                  (the server still sends every byte)
     walk-stat    ws/d-000/f-000.bin ... ws/d-099/f-099.bin: 10,000 random files of 1 KiB
     listing      ls/d-000/f-0000 ... ls/d-099/f-0999: 100,000 files of 1 byte
+    walk-100k    the same
     ls-l         lsl/all/f-000000 ... lsl/all/f-099999: 100,000 files of 1 byte in one directory
     discovery    ds/year=2020/month=1/part-00.parquet ... ds/year=2024/month=10/part-39.parquet:
                  2,000 small Parquet files of 1,000 rows in 50 hive partitions (needs pyarrow)
@@ -35,7 +36,7 @@ MiB = 1 << 20
 
 SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
 SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
-CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "listing", "ls-l", "discovery", "parquet")
+CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "walk-100k", "listing", "ls-l", "discovery", "parquet")
 
 
 def random_file(path, size):
@@ -109,7 +110,7 @@ def write_cases(root, cases):
             for i in range(100):
                 with open(os.path.join(root, "ws/d-%03d/f-%03d.bin" % (d, i)), "wb") as f:
                     f.write(os.urandom(1024))
-    if "listing" in cases:
+    if "listing" in cases or "walk-100k" in cases:
         for d in range(100):
             os.makedirs(os.path.join(root, "ls/d-%03d" % d))
             for i in range(1000):

@@ -33,6 +33,9 @@
 #   walk-stat    os.walk + os.stat of 10,000 files of 1 KiB in 100 directories: through our
 #                mount, on our complete cache directory (local disk), through rclone mount; each
 #                walked once before timing.
+#   walk-100k    the same at 100,000 files of 1 byte in 100 directories (the listing case's
+#                keys), and `find DIR -type f` of them (the whole process): both timed after a
+#                first walk, so what the kernel keeps of the tree answers them.
 #   listing      a new mount (empty cache) of 100,000 keys in 100 directories: until the first
 #                read of a file in its last directory (mounted, the directory looked for in the
 #                bucket), and until its full listing is in (split by directory, in parallel), vs
@@ -75,7 +78,7 @@ usage() {
     sed -n '2,67s/^# \{0,1\}//p' "$0"
 }
 
-all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,listing,ls-l,discovery,parquet"
+all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,walk-100k,listing,ls-l,discovery,parquet"
 cases="$all_cases"
 runs=2
 logs=""
@@ -103,6 +106,7 @@ for c in "${case_list[@]}"; do
     tail-read | tail) want[tail-read]=1 ;;
     cpu-share | cpu) want[cpu-share]=1 ;;
     walk-stat | walk) want[walk-stat]=1 ;;
+    walk-100k) want[walk-100k]=1 ;;
     listing | list) want[listing]=1 ;;
     discovery) want[discovery]=1 ;;
     ls-l | ls) want[ls-l]=1 ;;
@@ -563,6 +567,34 @@ case_walk_stat() {
     stop_readers ws
 }
 
+walk_ls() {
+    local secs t0 t1 n
+    secs="$(py walk "$1" "$src/ls")" || return
+    echo "walk-100k $secs"
+    t0="$(now)"
+    n="$(find "$1" -type f | wc -l)"
+    t1="$(now)"
+    [[ "$n" == 100000 ]] || die "WRONG LISTING: find $1 saw $n files, not 100000"
+    echo "find-100k $(elapsed "$t0" "$t1")"
+}
+
+case_walk_100k() {
+    log "walk-100k: our mount (downloading 100,000 files), rclone mount"
+    measure walk-100k - "walk-stat: os.walk + os.stat, 100,000 files in 100 dirs, walked before" \
+        ours "s3-synchronizer mount" \
+        local "our cache directory (local disk)" \
+        rclone "rclone mount --vfs-cache-mode full"
+    measure find-100k - "find -type f, the same 100,000 files, walked before" \
+        ours "s3-synchronizer mount" \
+        local "our cache directory (local disk)" \
+        rclone "rclone mount --vfs-cache-mode full"
+    start_readers walk-100k ls d-000
+    py walk "${reader_dir[ours]}" "$src/ls" >/dev/null # before the download completes: stat needs no data
+    wait_pass "$logs/ours-walk-100k.log" ls
+    time_readers walk_ls
+    stop_readers ls
+}
+
 # ---------------------------------------------------------------------------------------------
 ls_l_lsl() {
     local secs
@@ -702,6 +734,7 @@ has cached-read && case_cached_read
 if has first-byte || has tail-read; then case_backlog; fi
 has cpu-share && case_cpu_share
 has walk-stat && case_walk_stat
+has walk-100k && case_walk_100k
 has listing && case_listing
 has ls-l && case_ls_l
 has discovery && case_discovery
