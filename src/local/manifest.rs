@@ -236,6 +236,14 @@ pub struct Read {
     pub torn: bool,
 }
 
+/// `map`, rebuilt from its entries in order. A map filled one entry at a time in key order (as
+/// a listing's downloads, a snapshot's reading and a journal's replay fill it) leaves each node
+/// it splits half full; one built from sorted entries fills its nodes, which nearly halves what
+/// the map's nodes take (measurements: docs/PERFORMANCE.md, "Packed maps").
+pub fn packed<K: Ord, V>(map: BTreeMap<K, V>) -> BTreeMap<K, V> {
+    map.into_iter().collect()
+}
+
 /// Replays the journal in `dir` over its snapshot.
 fn read(dir: &Path) -> Result<Read, ManifestError> {
     let err = |path: &Path| {
@@ -343,7 +351,7 @@ impl Manifest {
         let journal_path = dir.join(JOURNAL);
         let mut manifest = Self {
             dir: dir.to_owned(),
-            entries,
+            entries: packed(entries),
             uploads,
             listed_at,
             listed_from,
@@ -512,6 +520,7 @@ impl Manifest {
             f.metadata().map_err(err)?.len()
         };
         fs::rename(&tmp, &snapshot_path).map_err(err)?;
+        self.entries = packed(std::mem::take(&mut self.entries));
         self.snapshot_bytes = bytes;
         self.journal_bytes = 0;
         self.journal = OpenOptions::new()

@@ -397,6 +397,7 @@ impl Vfs {
         // Parents come before their children in path order; an entry whose parent is not a
         // directory (a file here and a directory in the listing) is left out.
         let mut placed_dirs: HashMap<String, u64> = HashMap::from([(String::new(), mount_ino)]);
+        let mut added = 0usize;
         for (path, w) in want {
             let (parent, name) = split(&path);
             let Some(&parent) = placed_dirs.get(parent) else {
@@ -421,12 +422,16 @@ impl Vfs {
                     if self.known.contains(&parent) {
                         stale.entries.push((parent, name.to_owned()));
                     }
+                    added += 1;
                     tree.insert_in(mount, parent, name, kind)
                 }
             };
             if matches!(tree.nodes[&ino].kind, NodeKind::Dir(_)) {
                 placed_dirs.insert(path, ino);
             }
+        }
+        if added > 0 {
+            tree.pack_dirs();
         }
         // A changed version is both a name gone and a name new.
         stale.entries.sort();

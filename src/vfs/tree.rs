@@ -141,6 +141,16 @@ pub(super) fn split(path: &str) -> (&str, &str) {
 }
 
 impl Tree {
+    /// Rebuilds every directory's map of entries from its sorted entries (see
+    /// [`crate::local::manifest::packed`]): a listing fills them one name at a time, in order.
+    pub(super) fn pack_dirs(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let NodeKind::Dir(children) = &mut node.kind {
+                *children = crate::local::manifest::packed(std::mem::take(children));
+            }
+        }
+    }
+
     /// A new inode number.
     pub(super) fn new_ino(&mut self) -> u64 {
         self.next += 1;
