@@ -240,8 +240,17 @@ pub struct Read {
 /// a listing's downloads, a snapshot's reading and a journal's replay fill it) leaves each node
 /// it splits half full; one built from sorted entries fills its nodes, which nearly halves what
 /// the map's nodes take (measurements: docs/PERFORMANCE.md, "Packed maps").
-pub fn packed<K: Ord, V>(map: BTreeMap<K, V>) -> BTreeMap<K, V> {
-    map.into_iter().collect()
+///
+/// Built by `append`, which merges two maps into full nodes while it frees the old ones as it
+/// goes; `collect` would first gather every entry in a vector beside the old map.
+pub fn packed<K: Ord, V>(mut map: BTreeMap<K, V>) -> BTreeMap<K, V> {
+    let Some(first) = map.pop_first() else {
+        return map;
+    };
+    // `append` to an empty map would take the other's nodes as they are.
+    let mut out = BTreeMap::from([first]);
+    out.append(&mut map);
+    out
 }
 
 /// Replays the journal in `dir` over its snapshot.
