@@ -83,6 +83,11 @@ fn decode_hex(hex: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// A digest in lowercase hex, as S3 writes an MD5 in an ETag.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl fmt::Display for Etag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex = |f: &mut fmt::Formatter<'_>, d: &[u8; 16]| {

@@ -23,6 +23,7 @@ use super::{
     Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
     StoreError, WriteOptions,
 };
+use crate::etag::hex;
 use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -91,10 +92,6 @@ pub struct MemoryStore {
 /// S3's ETag of an object written with one PUT: the MD5 of its bytes, in hex.
 fn content_etag(data: &[u8]) -> String {
     hex(&Md5::digest(data))
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl MemoryStore {

@@ -27,6 +27,7 @@ pub use write_back::WriteBack;
 
 use crate::engine::plan::{RemoteDelete, RenamedFrom, Upload};
 use crate::engine::{Downloader, Replica};
+use crate::etag::hex;
 use crate::local::LocalError;
 use crate::local::manifest::{Multipart, Stamp};
 use crate::retry::{Transient, retry};
@@ -774,10 +775,6 @@ async fn content_md5(file: &Arc<File>, size: u64) -> Option<String> {
         .await
         .ok()
         .flatten()
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The ETag S3 gives an object of these bytes: their MD5, or for a multipart upload of parts of

@@ -26,10 +26,7 @@ async fn push(root: &Path, store: Arc<dyn ObjectStore>) -> PassStats {
 /// The MD5 of `data`, in hex.
 fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::etag::hex(&Md5::digest(data))
 }
 
 fn bytes(mem: &MemoryStore, key: &str) -> Option<Vec<u8>> {
