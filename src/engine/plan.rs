@@ -221,13 +221,9 @@ pub fn local_changes(
             (Found::Dir { empty: true }, None) => (None, None),
             (Found::Dir { .. }, _) => continue,
         };
-        let key = match stamp {
-            Some(_) => format!("{prefix}{path}"),
-            None => format!("{prefix}{path}/"),
-        };
         out.push(Upload {
             path: path.clone(),
-            key,
+            key: key_of(prefix, path, stamp.is_none()),
             base,
             stamp,
             from: None,

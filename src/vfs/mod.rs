@@ -431,7 +431,7 @@ impl Vfs {
             }
         }
         if added > 0 {
-            tree.pack_dirs();
+            tree.pack_dirs(mount);
         }
         // A changed version is both a name gone and a name new.
         stale.entries.sort();
@@ -678,7 +678,7 @@ impl Vfs {
 
     /// The key of path `path` of mount `mount`.
     fn key_of(&self, mount: usize, path: &str) -> String {
-        format!("{}{path}", self.mounted[mount].replica.mount.prefix)
+        crate::paths::key_of(&self.mounted[mount].replica.mount.prefix, path, false)
     }
 
     /// Where inode `ino` is now in its mount (`None` once it is gone from the tree).

@@ -141,10 +141,10 @@ pub(super) fn split(path: &str) -> (&str, &str) {
 }
 
 impl Tree {
-    /// Rebuilds every directory's map of entries from its sorted entries (see
+    /// Rebuilds each directory's map of entries in mount `mount` from its sorted entries (see
     /// [`crate::local::manifest::packed`]): a listing fills them one name at a time, in order.
-    pub(super) fn pack_dirs(&mut self) {
-        for node in self.nodes.values_mut() {
+    pub(super) fn pack_dirs(&mut self, mount: usize) {
+        for node in self.nodes.values_mut().filter(|n| n.mount == Some(mount)) {
             if let NodeKind::Dir(children) = &mut node.kind {
                 *children = crate::local::manifest::packed(std::mem::take(children));
             }
