@@ -24,7 +24,7 @@ use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::{DirListing, ObjectMeta, ObjectStore, StoreError};
-use crate::vfs::{Mounted, Stale, Vfs};
+use crate::vfs::{MountOf, Mounted, Stale, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -230,8 +230,14 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             let write_back = vfs.write_back(mount).clone();
             let (engine, replica, store) = (engine.clone(), m.replica.clone(), m.store.clone());
             let (delay, cancel) = (sync.upload_delay, cancel.clone());
+            let view = Arc::new(MountOf {
+                vfs: vfs.clone(),
+                mount,
+            });
             uploads.spawn(async move {
-                write_back.run(engine, replica, store, delay, cancel).await;
+                write_back
+                    .run(engine, replica, store, view, delay, cancel)
+                    .await;
             });
             // Changes an earlier run left are uploaded too.
             vfs.write_back(mount).touch();
@@ -352,10 +358,12 @@ async fn flush_writeable(engine: &Engine, vfs: &Vfs, timeout: Duration) {
     let flushes = vfs
         .mounted()
         .iter()
-        .filter(|m| m.replica.mount.writeable)
-        .map(|m| async move {
+        .enumerate()
+        .filter(|(_, m)| m.replica.mount.writeable)
+        .map(|(mount, m)| async move {
             let id = &m.replica.mount.id;
-            match engine.flush(&m.replica, m.store.clone()).await {
+            let view = MountOf { vfs, mount };
+            match engine.flush(&m.replica, m.store.clone(), Some(&view)).await {
                 Ok(stats) if stats.uploaded + stats.remote_deleted > 0 => tracing::info!(
                     mount = %id,
                     uploaded = stats.uploaded,

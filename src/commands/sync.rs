@@ -146,7 +146,7 @@ async fn flush(
         .zip(stores)
         .filter(|(replica, _)| replica.mount.writeable)
         .filter_map(|(replica, store)| Some((replica, store.clone()?)))
-        .map(|(replica, store)| async move { (replica, engine.flush(replica, store).await) })
+        .map(|(replica, store)| async move { (replica, engine.flush(replica, store, None).await) })
         .collect();
     if work.is_empty() {
         return;

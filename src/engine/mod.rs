@@ -137,6 +137,26 @@ pub struct Replica {
     pushing: tokio::sync::Mutex<()>,
 }
 
+/// What a mount's file system shows at a directory of its local copy. In mount mode the copy
+/// is a cache: a directory empty there may still hold files the mount lists but has not
+/// downloaded, so only the file system can say whether it is a new empty directory, to be kept
+/// as a folder marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirShown {
+    /// Shown empty: a directory made (or emptied) through the file system.
+    Empty,
+    /// Shown with something in it: empty only in the cache.
+    Holding,
+    /// Not known until the mount's first listing ends.
+    Unknown,
+}
+
+/// The file system of mount mode, as the uploads of a mount ask it.
+pub trait MountView: Send + Sync {
+    /// What the mount shows at directory `path` (relative to the mount).
+    fn dir(&self, path: &str) -> DirShown;
+}
+
 /// What one pass over one mount did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassStats {
@@ -620,13 +640,14 @@ impl Engine {
     /// Uploads every local change of a writeable mount now, without a listing (each write's
     /// HEAD and condition still guard it), and whether or not the engine was cancelled: what a
     /// stopping run does before it exits. Remote versions a conflict keeps are downloaded at
-    /// the next start.
+    /// the next start. `view`: the file system of a mount (none in sync mode).
     pub async fn flush(
         &self,
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
+        view: Option<&dyn MountView>,
     ) -> Result<PassStats, EngineError> {
-        let (stats, _) = self.push_local(replica, &store, Take::All).await?;
+        let (stats, _) = self.push_local(replica, &store, Take::All, view).await?;
         Ok(stats)
     }
 
@@ -638,9 +659,10 @@ impl Engine {
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         now: bool,
+        view: &dyn MountView,
     ) -> Result<PassStats, EngineError> {
         let take = if now { Take::Closed } else { Take::Settled };
-        let (mut stats, refetch) = self.push_local(replica, &store, take).await?;
+        let (mut stats, refetch) = self.push_local(replica, &store, take, Some(view)).await?;
         self.fetch_all(replica, &store, refetch, &mut stats).await;
         Ok(stats)
     }
@@ -718,12 +740,15 @@ impl Engine {
     }
 
     /// The local changes of a writeable mount, found by a walk, uploaded: those `take` says.
+    /// In mount mode (`view`), an empty directory of the cache gets a folder marker only if
+    /// the mount shows it empty; one the mount shows holding files is removed from the cache.
     /// Returns the remote versions a conflict keeps.
     async fn push_local(
         &self,
         replica: &Arc<Replica>,
         store: &Arc<dyn ObjectStore>,
         take: Take,
+        view: Option<&dyn MountView>,
     ) -> Result<(PassStats, Vec<plan::Fetch>), EngineError> {
         let mount = &replica.mount;
         let walking = replica.clone();
@@ -765,7 +790,7 @@ impl Engine {
             })
         })
         .await;
-        let (uploads, deletes, settling) = finished(found)
+        let (mut uploads, deletes, mut settling) = finished(found)
             .map_err(|_| EngineError::Cancelled {
                 mount: mount.id.clone(),
             })?
@@ -773,6 +798,23 @@ impl Engine {
                 mount: mount.id.clone(),
                 source,
             })?;
+        if let Some(view) = view {
+            let mut cache_only = Vec::new();
+            uploads.retain(|up| match (up.stamp, view.dir(&up.path)) {
+                (Some(_), _) | (None, DirShown::Empty) => true,
+                (None, DirShown::Holding) => {
+                    cache_only.push(up.path.clone());
+                    false
+                }
+                (None, DirShown::Unknown) => {
+                    settling += 1;
+                    false
+                }
+            });
+            if !cache_only.is_empty() {
+                replica.copy.remove_unmarked_dirs(&cache_only);
+            }
+        }
         let mut stats = PassStats {
             settling,
             ..PassStats::default()

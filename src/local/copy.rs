@@ -176,6 +176,18 @@ impl MountCopy {
         Ok(())
     }
 
+    /// Removes the directories `paths` if empty, but for those of folder markers: in mount
+    /// mode, directories the cache holds empty while the mount shows files in them. Their
+    /// parents are left to be judged on their own. The manifest stays locked meanwhile, so
+    /// that no download places a file in one of them as it goes.
+    pub fn remove_unmarked_dirs(&self, paths: &[String]) {
+        let manifest = self.manifest.lock();
+        for path in paths.iter().filter(|p| manifest.get(p).is_none()) {
+            // Not empty any more (a file created there since the walk): left alone.
+            let _ = dirs::unlink(&self.dir, path, true);
+        }
+    }
+
     /// Makes the directory of the folder marker `meta` at `path`, and records it.
     pub fn ensure_dir(&self, path: &str, meta: &ObjectMeta) -> Result<(), LocalError> {
         dirs::ensure_dir(&self.dir, path)?;

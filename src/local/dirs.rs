@@ -198,25 +198,33 @@ pub fn open_with(
     mode: u32,
 ) -> Result<(File, Metadata), LocalError> {
     let (parent, name) = split(rel);
-    let at = DirFd::open(dir, parent, true)?;
-    let path = at.path.join(name);
-    let name = DirFd::name(name).map_err(io_err(&path))?;
-    // SAFETY: a valid directory descriptor and a NUL-terminated name; the mode is passed as
-    // the variadic argument open(2) reads when it creates.
-    let raw = unsafe {
-        libc::openat(
-            at.fd.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
+    let c_name = DirFd::name(name).map_err(io_err(&dir.join(rel)))?;
+    // A directory left empty may be removed between its open and the create in it (the tool
+    // removes the empty directories of its own): made again, once.
+    let mut tries = if flags & libc::O_CREAT != 0 { 2 } else { 1 };
+    let (raw, path) = loop {
+        let at = DirFd::open(dir, parent, true)?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name; the mode is passed
+        // as the variadic argument open(2) reads when it creates.
+        let raw = unsafe {
+            libc::openat(
+                at.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        let path = at.path.join(name);
+        if raw >= 0 {
+            break (raw, path);
+        }
+        tries -= 1;
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ELOOP) => return Err(LocalError::NotAFile(path)),
+            e if e.kind() == io::ErrorKind::NotFound && tries > 0 => {}
+            e => return Err(io_err(&path)(e)),
+        }
     };
-    if raw < 0 {
-        return Err(match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ELOOP) => LocalError::NotAFile(path),
-            e => io_err(&path)(e),
-        });
-    }
     // SAFETY: `raw` is a descriptor just opened and owned by nobody else.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     match file.metadata() {

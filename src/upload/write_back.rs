@@ -6,7 +6,7 @@
 //! writing) is tried again after another delay. The dirty
 //! state lives in the local copy itself (the files and the manifest), so a restart finds it.
 
-use crate::engine::{Engine, Replica};
+use crate::engine::{Engine, MountView, Replica};
 use crate::store::ObjectStore;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -54,11 +54,13 @@ impl WriteBack {
     /// Uploads the mount's changes until `cancel`: a round `delay` after the first change,
     /// and one every `delay` while changes keep coming (each uploads the files quiet for
     /// `delay` by then, so a long copy into the mount uploads as it goes), or while some wait.
+    /// `view`: the mount's file system, which says which empty directories are new.
     pub async fn run(
         &self,
         engine: Arc<Engine>,
         replica: Arc<Replica>,
         store: Arc<dyn ObjectStore>,
+        view: Arc<dyn MountView>,
         delay: Duration,
         cancel: CancellationToken,
     ) {
@@ -82,7 +84,9 @@ impl WriteBack {
                 }
                 let now = self.hurry.swap(false, Ordering::Relaxed) || flushing;
                 let started = Instant::now();
-                let round = engine.write_back(&replica, store.clone(), now).await;
+                let round = engine
+                    .write_back(&replica, store.clone(), now, view.as_ref())
+                    .await;
                 let (settling, failed) = match round {
                     Ok(stats) => {
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {

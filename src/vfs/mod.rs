@@ -33,7 +33,7 @@ mod write;
 pub use error::FsError;
 pub use handle::Opened;
 pub use tree::{Attr, Kind, Name, ROOT};
-pub use write::{SetAttr, SetTime};
+pub use write::{MountOf, SetAttr, SetTime};
 
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
 use crate::local::copy::Recorded;

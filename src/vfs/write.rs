@@ -15,10 +15,38 @@
 use super::handle::Content;
 use super::tree::{NodeKind, Override, join};
 use super::{Access, Attr, FsError, Opened, Vfs};
+use crate::engine::{DirShown, MountView};
 use crate::store::ObjectMeta;
 use std::fs::{FileTimes, Permissions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::SystemTime;
+
+/// Mount `mount` of a file system (`V`: a `&Vfs` or an `Arc<Vfs>`), as its uploads ask it.
+pub struct MountOf<V> {
+    pub vfs: V,
+    pub mount: usize,
+}
+
+impl<V: std::ops::Deref<Target = Vfs> + Send + Sync> MountView for MountOf<V> {
+    fn dir(&self, path: &str) -> DirShown {
+        self.vfs.dir_shown(self.mount, path)
+    }
+}
+
+impl Vfs {
+    /// What mount `mount` shows at directory `path`; not known before its listing is whole.
+    /// A path it does not show as a directory counts as empty: nothing is known to be in it.
+    pub fn dir_shown(&self, mount: usize, path: &str) -> DirShown {
+        if !self.listed_whole(mount) {
+            return DirShown::Unknown;
+        }
+        let tree = self.tree.read();
+        match tree.find(mount, path).map(|ino| &tree.nodes[&ino].kind) {
+            Some(NodeKind::Dir(children)) if !children.is_empty() => DirShown::Holding,
+            _ => DirShown::Empty,
+        }
+    }
+}
 
 /// A time `setattr` sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -572,7 +572,7 @@ async fn a_stopping_run_copies_a_renamed_file_too() {
     let engine = engine_at(tmp.path(), 4, CancellationToken::new());
     let replica = engine.open_mount(writeable()).unwrap();
     let before = writes(&mem);
-    let stats = engine.flush(&replica, store).await.unwrap();
+    let stats = engine.flush(&replica, store, None).await.unwrap();
     let (copies, puts) = writes(&mem);
     assert_eq!((copies - before.0, puts - before.1), (1, 0), "{stats:?}");
     assert_eq!(bytes(&mem, "p/b.txt").as_deref(), Some(&b"alpha"[..]));
@@ -661,7 +661,7 @@ async fn a_listing_from_before_an_upload_neither_deletes_nor_replaces_what_was_u
     let dir = tmp.path().join("m");
     std::fs::write(dir.join("new.txt"), b"new").unwrap();
     std::fs::write(dir.join("notes.txt"), b"edited\n").unwrap();
-    let flushed = engine.flush(&replica, store.clone()).await.unwrap();
+    let flushed = engine.flush(&replica, store.clone(), None).await.unwrap();
     assert_eq!(flushed.uploaded, 2);
     engine
         .apply(&replica, store.clone(), listing)

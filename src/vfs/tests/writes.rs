@@ -56,8 +56,9 @@ async fn refresh(vfs: &Vfs) -> Stale {
 /// Uploads mount "m"'s changes, as its write-back does once they are quiet.
 async fn write_back(vfs: &Vfs, engine: &Engine) -> crate::engine::PassStats {
     let m = &vfs.mounted()[0];
+    let view = crate::vfs::MountOf { vfs, mount: 0 };
     engine
-        .write_back(&m.replica, m.store.clone(), false)
+        .write_back(&m.replica, m.store.clone(), false, &view)
         .await
         .unwrap()
 }
@@ -441,4 +442,47 @@ async fn a_new_file_stays_shown_when_a_listing_stops_showing_its_directory() {
     vfs.update(0, std::slice::from_ref(&marker));
     vfs.update(0, &[]);
     assert_eq!(read_all(&vfs, "m/out/table.csv").await.unwrap(), b"x\n1\n");
+}
+
+#[tokio::test]
+async fn a_directory_emptied_only_in_the_cache_gets_no_folder_marker() {
+    // "results" holds two objects; only table.bin is downloaded. Deleting it empties the cache's
+    // directory, not the mount's: other.bin is still there, only listed.
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/results/table.bin", &b"table"[..]);
+    mem.put("p/results/other.bin", &b"other"[..]);
+    let (vfs, engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+    assert_eq!(
+        read_all(&vfs, "m/results/table.bin").await.unwrap(),
+        b"table"
+    );
+    assert!(
+        tmp.path().join("m/results/table.bin").is_file(),
+        "downloaded"
+    );
+    assert!(
+        !tmp.path().join("m/results/other.bin").exists(),
+        "not downloaded"
+    );
+
+    vfs.remove(dir_ino(&vfs, "m/results"), "table.bin", false)
+        .unwrap();
+    let stats = write_back(&vfs, &engine).await;
+    assert_eq!(stats.remote_deleted, 1, "{stats:?}");
+    assert_eq!(keys_in(&mem, "p/"), ["p/results/other.bin"], "no marker");
+    refresh(&vfs).await;
+    assert_eq!(
+        read_all(&vfs, "m/results/other.bin").await.unwrap(),
+        b"other"
+    );
+    // Nothing is left to upload: `status` says so too.
+    let unsaved = crate::commands::status::unsaved(tmp.path(), "m").unwrap();
+    assert!(unsaved.changes.is_empty(), "{:?}", unsaved.changes);
+    assert_eq!(write_back(&vfs, &engine).await.uploaded, 0);
+
+    // A directory the mount shows empty still gets its marker.
+    vfs.mkdir(dir_ino(&vfs, "m"), "new", 0o755).unwrap();
+    write_back(&vfs, &engine).await;
+    assert_eq!(keys_in(&mem, "p/"), ["p/new/", "p/results/other.bin"]);
 }
