@@ -9,7 +9,9 @@
 //! for one version: the kernel never mixes pages of two versions, and FUSE passthrough (which
 //! binds an inode to one backing file) keeps working. An open handle holds the cache file it
 //! opened, so a reader keeps the version it opened even when a refresh replaces the file (the
-//! rename leaves the old file alive for open handles).
+//! rename leaves the old file alive for open handles). The number of a removed inode is given
+//! again only once the kernel has forgotten it, and then under another generation ([`nodes`]):
+//! no number the kernel holds ever stands for two nodes.
 //!
 //! Lock order: `tree`, then one of the maps (`known`, `retired`, `versions`: a `DashMap` shard
 //! lock for one operation), never the other way round; `handles` is taken alone. None is held
@@ -21,11 +23,12 @@
 //! The tree marks those paths ([`tree::Override`]) so the listings do not hide them until they
 //! show the uploaded version; [`WriteBack`] uploads them once quiet (see `write`).
 //!
-//! Rooms: [`tree`] (inodes and attributes), [`handle`] (open files and read-ahead), [`write`]
+//! Rooms: [`tree`] (inodes and attributes), [`nodes`] (the inode table), [`handle`] (open files and read-ahead), [`write`]
 //! (the operations of writeable mounts), [`error`] (failures and their errno).
 
 mod error;
 mod handle;
+mod nodes;
 mod partial;
 mod tree;
 mod write;
@@ -42,6 +45,7 @@ use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::WriteBack;
 use dashmap::{DashMap, DashSet};
 use handle::{Content, Handle, pread};
+use nodes::Nodes;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -176,33 +180,20 @@ impl Vfs {
     /// A file system with an empty directory per mount; [`Vfs::update`] fills them.
     pub fn new(engine: Arc<Engine>, mounted: Vec<Mounted>) -> Self {
         let mut tree = Tree {
-            next: ROOT,
-            ..Tree::default()
+            nodes: Nodes::new(),
+            mount_dirs: Vec::new(),
+            local: HashMap::new(),
+            seq: 0,
         };
-        let mut root = BTreeMap::new();
+        let root = Node::new(ROOT, "".into(), None, NodeKind::Dir(BTreeMap::new()));
+        assert_eq!(tree.nodes.insert(root), ROOT, "the first inode");
         for (mount, served) in mounted.iter().enumerate() {
-            let ino = tree.new_ino();
-            root.insert(served.replica.mount.id.as_str().into(), ino);
+            let dir = Node::new(ROOT, "".into(), Some(mount), NodeKind::Dir(BTreeMap::new()));
+            let ino = tree.nodes.insert(dir);
+            let id = served.replica.mount.id.as_str().into();
+            tree.children_mut(ROOT).insert(id, ino);
             tree.mount_dirs.push(ino);
-            tree.nodes.insert(
-                ino,
-                Node {
-                    parent: ROOT,
-                    name: "".into(),
-                    mount: Some(mount),
-                    kind: NodeKind::Dir(BTreeMap::new()),
-                },
-            );
         }
-        tree.nodes.insert(
-            ROOT,
-            Node {
-                parent: ROOT,
-                name: "".into(),
-                mount: None,
-                kind: NodeKind::Dir(root),
-            },
-        );
         let write_backs = mounted.iter().map(|_| Arc::default()).collect();
         let local = mounted
             .iter()
@@ -383,14 +374,11 @@ impl Vfs {
         }
         for ino in gone {
             for (ino, node) in tree.remove(ino) {
-                if self.known.contains(&ino) {
-                    self.retired.insert(ino, self.attr_of(ino, &node));
-                }
                 // (Only where the kernel holds the directory: elsewhere it remembers no name.)
                 if self.known.contains(&node.parent) {
                     stale.entries.push((node.parent, node.name.to_string()));
                 }
-                self.versions.remove(&ino);
+                self.retire(&mut tree, ino, &node);
             }
         }
 
@@ -444,7 +432,7 @@ impl Vfs {
     /// ([`Vfs::local_attr`]).
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
         let writeable = node
-            .mount
+            .mount()
             .is_some_and(|m| self.mounted[m].replica.mount.writeable);
         let (kind, size, mtime) = match &node.kind {
             NodeKind::Dir(_) => (Kind::Dir, 0, self.started),
@@ -479,7 +467,7 @@ impl Vfs {
         let (mount, path, listed) = {
             let tree = self.tree.read();
             let node = tree.nodes.get(&ino)?;
-            match (&node.kind, node.mount) {
+            match (&node.kind, node.mount()) {
                 (NodeKind::Local, Some(mount)) => (mount, tree.path(ino), None),
                 // A file of a writeable mount shows the mode and times kept locally (`chmod`,
                 // `cp -p`) once it is in the local copy.
@@ -511,10 +499,23 @@ impl Vfs {
             .ok_or(FsError::NotFound)
     }
 
+    /// Node `ino`, just removed from `tree`: what `getattr` shows of it while the kernel holds
+    /// its inode; its inode number is free once the kernel does not (now, or at its forget).
+    fn retire(&self, tree: &mut Tree, ino: u64, node: &Node) {
+        self.versions.remove(&ino);
+        match self.known.contains(&ino) {
+            true => drop(self.retired.insert(ino, self.attr_of(ino, node))),
+            false => tree.nodes.release(ino),
+        }
+    }
+
     /// The kernel has dropped `ino`: it will not ask about it again.
     pub fn forget(&self, ino: u64) {
         self.known.remove(&ino);
         self.retired.remove(&ino);
+        if self.tree.read().nodes.is_held(ino) {
+            self.tree.write().nodes.release(ino);
+        }
     }
 
     /// The kernel was given `ino` (a lookup, an entry of a listing with attributes): it may
@@ -618,7 +619,7 @@ impl Vfs {
     fn file_of(&self, ino: u64) -> Result<Target, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        match (&node.kind, node.mount) {
+        match (&node.kind, node.mount()) {
             (NodeKind::File(l), Some(mount)) => {
                 let path = tree.path(ino);
                 let meta = l.meta(self.key_of(mount, &path));

@@ -69,7 +69,7 @@ impl Vfs {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
         match node.kind {
-            NodeKind::Dir(_) => Ok((node.mount, tree.path(ino))),
+            NodeKind::Dir(_) => Ok((node.mount(), tree.path(ino))),
             _ => Err(FsError::NotADirectory),
         }
     }
@@ -100,7 +100,7 @@ impl Vfs {
             };
             match children.get(name) {
                 Some(&ino) => Ok(ino),
-                None => Err(node.mount),
+                None => Err(node.mount()),
             }
         };
         match found {
@@ -217,7 +217,7 @@ impl Vfs {
                 return;
             };
             let child = children.get(name).and_then(|c| tree.nodes.get(c));
-            match (node.mount, child.map(|c| &c.kind)) {
+            match (node.mount(), child.map(|c| &c.kind)) {
                 (Some(mount), Some(NodeKind::Dir(_))) => mount,
                 _ => return,
             }

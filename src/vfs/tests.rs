@@ -115,6 +115,43 @@ async fn a_changed_object_gets_a_new_inode_and_open_handles_keep_their_version()
 }
 
 #[tokio::test]
+async fn an_inode_number_is_given_again_only_once_the_kernel_has_forgotten_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    store.put("p/held", &b"one"[..]);
+    store.put("p/unseen", &b"one"[..]);
+    let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
+    let held = path_ino(&vfs, "m/held").unwrap();
+    let unseen = path_ino(&vfs, "m/unseen").unwrap();
+    vfs.looked_up(held);
+
+    // Both change, again and again: each version a new inode.
+    let mut given = vec![held, unseen];
+    for round in 0..3 {
+        let data = format!("version {round}");
+        store.put("p/held", data.as_bytes().to_vec());
+        store.put("p/unseen", data.as_bytes().to_vec());
+        vfs.update(0, &store_list(&vfs).await);
+        for path in ["m/held", "m/unseen"] {
+            let ino = path_ino(&vfs, path).unwrap();
+            assert!(!given.contains(&ino), "{path}: {ino} given twice");
+            given.push(ino);
+            assert_eq!(read_all(&vfs, path).await.unwrap(), data.as_bytes());
+        }
+        // The inode the kernel holds still shows its version.
+        assert_eq!(vfs.getattr(held).unwrap().size, 3);
+    }
+    vfs.forget(held);
+    assert!(matches!(vfs.getattr(held), Err(FsError::NotFound)));
+    store.put("p/new", &b"new"[..]);
+    vfs.update(0, &store_list(&vfs).await);
+    let new = path_ino(&vfs, "m/new").unwrap();
+    assert!(!given.contains(&new), "{new} given twice");
+    assert_eq!(vfs.getattr(new).unwrap().size, 3);
+    assert_eq!(read_all(&vfs, "m/new").await.unwrap(), b"new");
+}
+
+#[tokio::test]
 async fn a_failed_download_fails_the_open() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");

@@ -2,6 +2,7 @@
 //! writeable mount, from what was changed through the file system and not yet listed
 //! ([`Override`]).
 
+use super::nodes::Nodes;
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap};
@@ -92,9 +93,32 @@ pub(super) struct Node {
     /// Its name in its parent (shared with the parent's entry); empty for a mount's own
     /// directory and the root.
     pub(super) name: Name,
-    /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
-    pub(super) mount: Option<usize>,
     pub(super) kind: NodeKind,
+    /// The mount (an index into [`super::Vfs::mounted`]), [`NO_MOUNT`] for the root.
+    mount: u32,
+    /// The generation of its slot in the table ([`Nodes`]).
+    pub(super) generation: u16,
+}
+
+/// [`Node::mount`] of the root.
+const NO_MOUNT: u32 = u32::MAX;
+
+impl Node {
+    pub(super) fn new(parent: u64, name: Name, mount: Option<usize>, kind: NodeKind) -> Self {
+        let mount = mount.map_or(NO_MOUNT, |m| u32::try_from(m).expect("fewer mounts"));
+        Self {
+            parent,
+            name,
+            kind,
+            mount,
+            generation: 0,
+        }
+    }
+
+    /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
+    pub(super) fn mount(&self) -> Option<usize> {
+        (self.mount != NO_MOUNT).then_some(self.mount as usize)
+    }
 }
 
 /// A name in a directory.
@@ -115,12 +139,10 @@ pub(super) enum Override {
     Gone { etag: Option<String>, dir: bool },
 }
 
-#[derive(Default)]
 pub(super) struct Tree {
-    pub(super) nodes: HashMap<u64, Node>,
+    pub(super) nodes: Nodes,
     /// Each mount's directory, by mount.
     pub(super) mount_dirs: Vec<u64>,
-    pub(super) next: u64,
     /// Changes of writeable mounts the listings do not show yet, by mount and path.
     pub(super) local: HashMap<(usize, String), Override>,
     /// The last `seq` given to an [`Override::File`].
@@ -144,17 +166,12 @@ impl Tree {
     /// Rebuilds each directory's map of entries in mount `mount` from its sorted entries (see
     /// [`crate::local::manifest::packed`]): a listing fills them one name at a time, in order.
     pub(super) fn pack_dirs(&mut self, mount: usize) {
-        for node in self.nodes.values_mut().filter(|n| n.mount == Some(mount)) {
+        for node in self.nodes.values_mut().filter(|n| n.mount() == Some(mount)) {
             if let NodeKind::Dir(children) = &mut node.kind {
                 *children = crate::local::manifest::packed(std::mem::take(children));
             }
         }
-    }
-
-    /// A new inode number.
-    pub(super) fn new_ino(&mut self) -> u64 {
-        self.next += 1;
-        self.next
+        self.nodes.shrink();
     }
 
     /// The path of `ino` under its mount's directory ("" for that directory and the root).
@@ -237,22 +254,16 @@ impl Tree {
             self.nodes.get_mut(&ino).expect("a child exists").kind = kind;
             return ino;
         }
-        let ino = self.new_ino();
         let name = Name::from(name);
-        self.children_mut(parent).insert(name.clone(), ino);
-        self.nodes.insert(
-            ino,
-            Node {
-                parent,
-                name,
-                mount: Some(mount),
-                kind,
-            },
-        );
+        let ino = self
+            .nodes
+            .insert(Node::new(parent, name.clone(), Some(mount), kind));
+        self.children_mut(parent).insert(name, ino);
         ino
     }
 
-    /// Removes `ino` and everything below it; returns what was removed.
+    /// Removes `ino` and everything below it; returns what was removed. Their inode numbers
+    /// are not given again before [`Nodes::release`].
     pub(super) fn remove(&mut self, ino: u64) -> Vec<(u64, Node)> {
         let Some(node) = self.nodes.remove(&ino) else {
             return Vec::new();

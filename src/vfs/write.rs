@@ -87,7 +87,7 @@ impl Vfs {
     /// The mount directory `ino` is in (`None` for the top directory).
     fn mount_of(&self, ino: u64) -> Result<Option<usize>, FsError> {
         let tree = self.tree.read();
-        Ok(tree.nodes.get(&ino).ok_or(FsError::NotFound)?.mount)
+        Ok(tree.nodes.get(&ino).ok_or(FsError::NotFound)?.mount())
     }
 
     /// `name` in directory `parent`, which must be in a writeable mount.
@@ -97,7 +97,7 @@ impl Vfs {
         let NodeKind::Dir(children) = &node.kind else {
             return Err(FsError::NotADirectory);
         };
-        let mount = node.mount.ok_or(FsError::ReadOnly)?;
+        let mount = node.mount().ok_or(FsError::ReadOnly)?;
         if !self.mounted[mount].replica.mount.writeable {
             return Err(FsError::ReadOnly);
         }
@@ -150,7 +150,7 @@ impl Vfs {
         let (mount, path, listed) = {
             let tree = self.tree.read();
             let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-            let mount = node.mount.ok_or(FsError::ReadOnly)?;
+            let mount = node.mount().ok_or(FsError::ReadOnly)?;
             match &node.kind {
                 NodeKind::Dir(_) => return Err(FsError::IsADirectory),
                 NodeKind::File(l) => {
@@ -237,7 +237,7 @@ impl Vfs {
             // Accepted, not kept: a directory shows the same attributes always.
             let (mount, writeable) = {
                 let tree = self.tree.read();
-                let mount = tree.nodes.get(&ino).and_then(|n| n.mount);
+                let mount = tree.nodes.get(&ino).and_then(|n| n.mount());
                 (
                     mount,
                     mount.is_some_and(|m| self.mounted[m].replica.mount.writeable),
@@ -333,9 +333,7 @@ impl Vfs {
         let mut tree = self.tree.write();
         for (ino, path, dir, etag) in gone {
             for (ino, node) in tree.remove(*ino) {
-                if self.known.contains(&ino) {
-                    self.retired.insert(ino, self.attr_of(ino, &node));
-                }
+                self.retire(&mut tree, ino, &node);
             }
             let gone = Override::Gone {
                 etag: etag.clone(),
@@ -427,9 +425,7 @@ impl Vfs {
         let mut tree = self.tree.write();
         if let Some(target) = to.ino {
             for (ino, node) in tree.remove(target) {
-                if self.known.contains(&ino) {
-                    self.retired.insert(ino, self.attr_of(ino, &node));
-                }
+                self.retire(&mut tree, ino, &node);
             }
         }
         tree.rename(ino, new_parent, new_name);
