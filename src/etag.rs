@@ -53,6 +53,12 @@ impl From<&str> for Etag {
     }
 }
 
+impl From<String> for Etag {
+    fn from(etag: String) -> Self {
+        Etag::new(&etag)
+    }
+}
+
 impl PartialEq<String> for Etag {
     fn eq(&self, other: &String) -> bool {
         self.is(other)

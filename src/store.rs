@@ -17,6 +17,7 @@ pub mod local_http;
 pub mod memory;
 pub mod s3;
 
+use crate::etag::Etag;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -28,8 +29,8 @@ use std::time::SystemTime;
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
-    /// The ETag without surrounding quotes.
-    pub etag: String,
+    /// The ETag without surrounding quotes, kept compactly: a listing holds one per object.
+    pub etag: Etag,
     pub last_modified: SystemTime,
 }
 

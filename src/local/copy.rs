@@ -125,7 +125,7 @@ impl MountCopy {
         manifest: &Manifest,
         marks: &Marks,
         path: &str,
-        etag: Option<&str>,
+        etag: Option<&Etag>,
     ) -> Result<(), LocalError> {
         let kept = || Err(LocalError::Kept(self.dir.join(path)));
         if marks.writing.contains_key(path) {
@@ -139,7 +139,7 @@ impl MountCopy {
             },
             Err(LocalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 match entry {
-                    Some(e) if e.replaced && etag.is_some_and(|t| e.etag.is(t)) => kept(),
+                    Some(e) if e.replaced && etag == Some(&e.etag) => kept(),
                     _ => Ok(()),
                 }
             }

@@ -86,7 +86,7 @@ impl Entry {
     /// The entry of a file downloaded from `meta`.
     pub fn file(meta: &ObjectMeta) -> Self {
         Self {
-            etag: Etag::new(&meta.etag),
+            etag: meta.etag.clone(),
             size: meta.size,
             mtime: unix_seconds(meta.last_modified),
             dir: false,
@@ -150,7 +150,7 @@ impl Entry {
         ObjectMeta {
             key,
             size: self.size,
-            etag: self.etag.to_string(),
+            etag: self.etag.clone(),
             last_modified,
         }
     }

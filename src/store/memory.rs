@@ -172,7 +172,7 @@ impl MemoryStore {
         let meta = ObjectMeta {
             key: key.to_owned(),
             size: data.len() as u64,
-            etag,
+            etag: etag.into(),
             last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
         };
         let object = Object {
@@ -350,7 +350,7 @@ impl MemoryStore {
             .get(key)
             .map(|o| (o.meta.clone(), o.data.clone()))
             .ok_or_else(|| StoreError::NoSuchKey { key: key.into() })?;
-        if meta.etag != etag {
+        if !meta.etag.is(etag) {
             return Err(StoreError::PreconditionFailed { key: key.into() });
         }
         let end = range.end.min(meta.size) as usize;
@@ -382,7 +382,7 @@ impl MemoryStore {
         check(key, objects.get(key), cond)?;
         let (meta, object) = self.object(key, body, etag, opts.clone());
         objects.insert(key.to_owned(), object);
-        Ok(meta.etag)
+        Ok(meta.etag.to_string())
     }
 
     pub fn answer_create_multipart(
@@ -482,7 +482,7 @@ impl MemoryStore {
         uploads.remove(upload_id);
         let (meta, object) = self.object(key, data.into(), etag, opts);
         objects.insert(key.to_owned(), object);
-        Ok(meta.etag)
+        Ok(meta.etag.to_string())
     }
 
     pub fn answer_abort(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -541,7 +541,7 @@ impl MemoryStore {
         };
         let (meta, object) = self.object(dest_key, data, etag, opts);
         objects.insert(dest_key.to_owned(), object);
-        Ok(meta.etag)
+        Ok(meta.etag.to_string())
     }
 
     pub fn answer_delete(&self, key: &str, cond: &Precondition) -> Result<(), StoreError> {

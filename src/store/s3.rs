@@ -401,7 +401,7 @@ impl ObjectStore for S3Store {
         Ok(self.head_object(key).await?.map(|out| ObjectMeta {
             key: key.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: unquote(out.e_tag().unwrap_or_default()),
+            etag: unquote(out.e_tag().unwrap_or_default()).into(),
             last_modified: to_system_time(out.last_modified()),
         }))
     }
@@ -607,7 +607,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(dest_key)
             .copy_source(self.copy_source(&source.key))
-            .copy_source_if_match(quote(&source.etag));
+            .copy_source_if_match(quote(&source.etag.to_string()));
         let out = provided!(stored_as!(request, opts), cond)
             .send()
             .await
@@ -770,7 +770,7 @@ impl S3Store {
                     .upload_id(upload_id)
                     .part_number(number as i32)
                     .copy_source(self.copy_source(&source.key))
-                    .copy_source_if_match(quote(&source.etag))
+                    .copy_source_if_match(quote(&source.etag.to_string()))
                     .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
                     .customize()
                     // The request has no body, and says so: servers that route it as an

@@ -194,7 +194,7 @@ impl Uploader {
         let meta = ObjectMeta {
             key: up.key.clone(),
             size: source.size,
-            etag,
+            etag: etag.into(),
             last_modified: SystemTime::now(),
         };
         self.record(up, &meta, stamp)?;
@@ -236,7 +236,7 @@ impl Uploader {
                 let meta = ObjectMeta {
                     key: up.key.clone(),
                     size: stamp.size,
-                    etag,
+                    etag: etag.into(),
                     last_modified: SystemTime::now(),
                 };
                 self.record(up, &meta, stamp)?;
@@ -313,7 +313,7 @@ impl Uploader {
                     Ok(etag) => ObjectMeta {
                         key: up.key.clone(),
                         size: 0,
-                        etag,
+                        etag: etag.into(),
                         last_modified: SystemTime::now(),
                     },
                     // Made meanwhile by someone else: the same directory.
@@ -415,7 +415,7 @@ impl Uploader {
                 let meta = ObjectMeta {
                     key: kept.clone(),
                     size: stamp.size,
-                    etag,
+                    etag: etag.into(),
                     last_modified: SystemTime::now(),
                 };
                 self.record(&moved, &meta, stamp)?;
@@ -722,7 +722,8 @@ impl Uploader {
         if current.size != stamp.size {
             return false;
         }
-        let (etag, size) = (current.etag.as_str(), stamp.size);
+        let etag = current.etag.to_string();
+        let (etag, size) = (etag.as_str(), stamp.size);
         let multipart = etag.contains('-');
         let part = match multipart {
             false => size.max(1),

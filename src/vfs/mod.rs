@@ -258,7 +258,9 @@ impl Vfs {
         let markers = layout
             .files
             .iter()
-            .filter(|(path, meta)| meta.size == 0 && folders.get(*path) == Some(&meta.etag))
+            .filter(|(path, meta)| {
+                meta.size == 0 && folders.get(*path).is_some_and(|e| meta.etag.is(e))
+            })
             .map(|(path, _)| path);
         let is_dir: HashSet<&str> = layout
             .dirs
@@ -276,14 +278,19 @@ impl Vfs {
                 return true;
             }
             let listed = layout.files.get(path).map(|meta| &meta.etag);
+            // Whether the listing shows version `etag` (`None`: nothing).
+            let listed_as = |etag: Option<&String>| match (listed, etag) {
+                (Some(l), Some(e)) => l.is(e),
+                (l, e) => l.is_none() && e.is_none(),
+            };
             let Some((checked, r)) = recorded.get(path).filter(|(c, _)| c == o) else {
                 return true;
             };
             match checked {
-                Override::File { .. } => !(r.uploaded && listed == r.etag.as_ref()),
+                Override::File { .. } => !(r.uploaded && listed_as(r.etag.as_ref())),
                 Override::Dir => !is_dir.contains(path.as_str()),
                 Override::Gone { etag: None, dir } => *dir && is_dir.contains(path.as_str()),
-                Override::Gone { etag, dir: false } => listed == etag.as_ref() || r.etag == *etag,
+                Override::Gone { etag, dir: false } => listed_as(etag.as_ref()) || r.etag == *etag,
                 Override::Gone { etag, dir: true } => {
                     is_dir.contains(path.as_str()) || r.etag == *etag
                 }

@@ -248,7 +248,7 @@ impl Vfs {
         let markers = listed.prefixes.iter().map(|p| ObjectMeta {
             key: p.clone(),
             size: 0,
-            etag: String::new(),
+            etag: crate::etag::Etag::new(""),
             last_modified: SystemTime::UNIX_EPOCH,
         });
         let all: Vec<ObjectMeta> = listed.objects.iter().cloned().chain(markers).collect();

@@ -53,7 +53,7 @@ impl Listed {
     pub(super) fn of(meta: &ObjectMeta) -> Self {
         Self {
             size: meta.size,
-            etag: Etag::new(&meta.etag),
+            etag: meta.etag.clone(),
             modified_ns: match meta.last_modified.duration_since(UNIX_EPOCH) {
                 Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
                 Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
@@ -72,7 +72,7 @@ impl Listed {
 
     /// Whether `meta` is this version.
     pub(super) fn is(&self, meta: &ObjectMeta) -> bool {
-        self.size == meta.size && self.etag.is(&meta.etag)
+        self.size == meta.size && self.etag == meta.etag
     }
 
     /// The version as the store names it: under `key`.
@@ -80,7 +80,7 @@ impl Listed {
         ObjectMeta {
             key,
             size: self.size,
-            etag: self.etag.to_string(),
+            etag: self.etag.clone(),
             last_modified: self.last_modified(),
         }
     }

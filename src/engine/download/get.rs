@@ -57,11 +57,11 @@ async fn read_part(
     let asked = std::time::Instant::now();
     // A GET a reader waits for goes through connections of the readers' own, which the
     // readers' runtime drives (see `ObjectStore::get_for_reader`).
+    let etag = meta.etag.to_string();
     let mut body = if is_urgent(job, urgent) {
-        job.store
-            .get_for_reader(&meta.key, range.clone(), &meta.etag)
+        job.store.get_for_reader(&meta.key, range.clone(), &etag)
     } else {
-        job.store.get(&meta.key, range.clone(), &meta.etag)
+        job.store.get(&meta.key, range.clone(), &etag)
     }
     .await?;
     if is_urgent(job, urgent) {

@@ -259,10 +259,10 @@ async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<()
 /// readers.
 fn prepare(job: &Arc<Job>, meta: &ObjectMeta) -> Result<Arc<Download>, PartError> {
     let id = &job.replica.mount.id;
-    let (staged, present) = job
-        .downloader
-        .root
-        .partial(id, &meta.key, &meta.etag, meta.size)?;
+    let (staged, present) =
+        job.downloader
+            .root
+            .partial(id, &meta.key, &meta.etag.to_string(), meta.size)?;
     if !present.is_empty() {
         tracing::debug!(key = %meta.key, present = present.bytes(), "resuming a partial download");
     }

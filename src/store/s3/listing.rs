@@ -166,7 +166,7 @@ impl S3Store {
         Some(ObjectMeta {
             key: self.decoded(obj.key()?, encoded)?,
             size: obj.size().unwrap_or(0).max(0) as u64,
-            etag: super::unquote(obj.e_tag().unwrap_or_default()),
+            etag: super::unquote(obj.e_tag().unwrap_or_default()).into(),
             last_modified: super::to_system_time(obj.last_modified()),
         })
     }
