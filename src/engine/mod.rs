@@ -26,7 +26,8 @@
 pub mod download;
 pub mod plan;
 
-use crate::local::manifest::Stamp;
+use crate::local::dirs::Scanned;
+use crate::local::manifest::{Entry, Stamp};
 use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
@@ -37,6 +38,7 @@ use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
 pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
 use download::{Lanes, Outcome};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -155,6 +157,21 @@ pub enum DirShown {
 pub trait MountView: Send + Sync {
     /// What the mount shows at directory `path` (relative to the mount).
     fn dir(&self, path: &str) -> DirShown;
+
+    /// The paths (relative to the mount) changed through the file system since the listings
+    /// last showed them: what may hold changes not uploaded yet.
+    fn changed(&self) -> Vec<String>;
+}
+
+/// What a write-back round looks at for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// The paths the file system changed ([`MountView::changed`]) and their directories: the
+    /// cost of a round follows the changes, not the size of the copy.
+    Changed,
+    /// Every file and directory of the copy (a walk): what finds a change the file system
+    /// does not know of (a conflict's local version left by a failed upload, an earlier run's).
+    Everything,
 }
 
 /// What one pass over one mount did.
@@ -647,7 +664,9 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         view: Option<&dyn MountView>,
     ) -> Result<PassStats, EngineError> {
-        let (stats, _) = self.push_local(replica, &store, Take::All, view).await?;
+        let (stats, _) = self
+            .push_local(replica, &store, Take::All, None, view)
+            .await?;
         Ok(stats)
     }
 
@@ -659,10 +678,14 @@ impl Engine {
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         now: bool,
+        look: Look,
         view: &dyn MountView,
     ) -> Result<PassStats, EngineError> {
         let take = if now { Take::Closed } else { Take::Settled };
-        let (mut stats, refetch) = self.push_local(replica, &store, take, Some(view)).await?;
+        let paths = (look == Look::Changed).then(|| view.changed());
+        let (mut stats, refetch) = self
+            .push_local(replica, &store, take, paths, Some(view))
+            .await?;
         self.fetch_all(replica, &store, refetch, &mut stats).await;
         Ok(stats)
     }
@@ -739,15 +762,17 @@ impl Engine {
         fetch.await.map(drop)
     }
 
-    /// The local changes of a writeable mount, found by a walk, uploaded: those `take` says.
-    /// In mount mode (`view`), an empty directory of the cache gets a folder marker only if
-    /// the mount shows it empty; one the mount shows holding files is removed from the cache.
-    /// Returns the remote versions a conflict keeps.
+    /// The local changes of a writeable mount, found by a walk (of `paths` and their
+    /// directories alone, if given), uploaded: those `take` says. In mount mode (`view`), an
+    /// empty directory of the cache gets a folder marker only if the mount shows it empty; one
+    /// the mount shows holding files is removed from the cache. Returns the remote versions a
+    /// conflict keeps.
     async fn push_local(
         &self,
         replica: &Arc<Replica>,
         store: &Arc<dyn ObjectStore>,
         take: Take,
+        paths: Option<Vec<String>>,
         view: Option<&dyn MountView>,
     ) -> Result<(PassStats, Vec<plan::Fetch>), EngineError> {
         let mount = &replica.mount;
@@ -756,10 +781,12 @@ impl Engine {
         let found = tokio::task::spawn_blocking(move || {
             let prefix = walking.mount.prefix.clone();
             let copy = &walking.copy;
-            copy.plan_writeable(|entries, scanned| {
+            let whole = paths.is_none();
+            let plan = |entries: &BTreeMap<String, Entry>, scanned: &Scanned| {
                 let now = SystemTime::now();
                 let mut settling = 0;
-                let writes = plan::local_writes(&prefix, entries, &scanned.found, |_, _| true);
+                let writes =
+                    plan::local_writes(&prefix, entries, &scanned.found, whole, |_, _| true);
                 let mut uploads: Vec<_> = writes
                     .upload
                     .into_iter()
@@ -787,7 +814,11 @@ impl Engine {
                     .filter(|del| take == Take::All || !copy.is_writing(&del.path))
                     .collect();
                 (uploads, deletes, settling)
-            })
+            };
+            match paths {
+                Some(paths) => copy.plan_paths(&paths, plan),
+                None => copy.plan_writeable(plan),
+            }
         })
         .await;
         let (mut uploads, deletes, mut settling) = finished(found)

@@ -264,7 +264,8 @@ pub struct LocalWrites {
 }
 
 /// The uploads of [`local_changes`] and the deletes of the [`local_deletions`] that
-/// `deletable` allows, none when the copy is gone ([`copy_gone`]). A new local file (no file
+/// `deletable` allows, none when the copy is gone ([`copy_gone`]; only a walk of the whole
+/// copy, `whole`, can tell). A new local file (no file
 /// entry at its path, or the entry of another inode) whose inode, size and mtime are those
 /// the stamp of a deleted file's entry recorded is that file, renamed (`mv` keeps all three;
 /// the ctime it changes is not compared): its upload names the old entry (`from`), and the
@@ -277,10 +278,11 @@ pub fn local_writes(
     prefix: &str,
     manifest: &BTreeMap<String, Entry>,
     scan: &BTreeMap<String, Found>,
+    whole: bool,
     deletable: impl Fn(&str, &Entry) -> bool,
 ) -> LocalWrites {
     let mut upload = local_changes(prefix, manifest, scan);
-    if copy_gone(manifest, scan) {
+    if whole && copy_gone(manifest, scan) {
         return LocalWrites {
             upload,
             remote_delete: Vec::new(),
@@ -370,7 +372,7 @@ pub fn plan_writeable(
         let key = key_of(prefix, path, e.dir);
         listed.get(key.as_str()).is_some_and(|m| m.etag == e.etag)
     };
-    let writes = local_writes(prefix, manifest, scan, listed_as_was);
+    let writes = local_writes(prefix, manifest, scan, true, listed_as_was);
 
     // Local changes: kept from the download side, uploaded once settled. The old path of a
     // rename is neither downloaded again nor deleted on its own: its object goes after the
@@ -883,7 +885,7 @@ mod tests {
                 ("b".to_owned(), Found::File(moved(7, 3))),
                 ("c".to_owned(), Found::File(moved(7, 3))),
             ]);
-            let w = local_writes("p/", &manifest, &scan, |_, _| true);
+            let w = local_writes("p/", &manifest, &scan, true, |_, _| true);
             let from: Vec<_> = w.upload.iter().map(|u| u.from.is_some()).collect();
             assert_eq!(from, [true, false]);
             assert!(w.remote_delete.is_empty());
@@ -898,7 +900,7 @@ mod tests {
                 ("gone".to_owned(), written_as("e1", 3, 8)),
             ]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = local_writes("p/", &manifest, &scan, |_, _| true);
+            let w = local_writes("p/", &manifest, &scan, true, |_, _| true);
             assert_eq!(w.upload.len(), 1);
             assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["gone"]);

@@ -20,7 +20,7 @@ use super::{LocalError, Root, Staged};
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -236,6 +236,32 @@ impl MountCopy {
         let manifest = self.manifest.lock();
         let scanned = dirs::scan(&self.dir)?;
         Ok(f(manifest.entries(), &scanned))
+    }
+
+    /// [`MountCopy::plan_writeable`] over `paths` and their directories alone: the manifest's
+    /// entries there, and what a walk would find there.
+    pub fn plan_paths<T>(
+        &self,
+        paths: &[String],
+        f: impl FnOnce(&BTreeMap<String, Entry>, &Scanned) -> T,
+    ) -> Result<T, LocalError> {
+        let manifest = self.manifest.lock();
+        let mut wanted: BTreeSet<&str> = BTreeSet::new();
+        for path in paths {
+            wanted.insert(path);
+            wanted.extend(crate::paths::ancestors(path));
+        }
+        let mut entries = BTreeMap::new();
+        let mut scanned = Scanned::default();
+        for path in wanted.into_iter().filter(|p| !p.is_empty()) {
+            if let Some(e) = manifest.get(path) {
+                entries.insert(path.to_owned(), e.clone());
+            }
+            if let Some(found) = dirs::find(&self.dir, path)? {
+                scanned.found.insert(path.to_owned(), found);
+            }
+        }
+        Ok(f(&entries, &scanned))
     }
 
     /// Records that the object `meta` was made from the local file at `path`, as `stamp` found

@@ -181,6 +181,31 @@ pub fn scan(dir: &Path) -> Result<Scanned, LocalError> {
     Ok(out)
 }
 
+/// What a walk of `dir` ([`scan`]) would find at `rel` alone: a file, a directory, or nothing
+/// (also for what a walk passes over: a link, a device, a socket).
+pub fn find(dir: &Path, rel: &str) -> Result<Option<Found>, LocalError> {
+    let path = dir.join(rel);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    Ok(if meta.is_file() {
+        Some(Found::File(Stamp::of(&meta)))
+    } else if meta.is_dir() {
+        let mut entries = std::fs::read_dir(&path).map_err(io_err(&path))?;
+        Some(Found::Dir {
+            empty: entries.next().is_none(),
+        })
+    } else {
+        None
+    })
+}
+
 /// Renames the regular file `dir/from` to `dir/to`, which must not exist, following no symbolic
 /// link on the way and creating `to`'s directories as needed.
 pub fn rename_file(dir: &Path, from: &str, to: &str) -> Result<(), LocalError> {

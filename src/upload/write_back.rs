@@ -1,12 +1,13 @@
 //! The write-back of mount mode. The file system says when a mount's local copy changed (a
 //! written file closed, a file created, renamed or deleted); the upload delay later, the
 //! changes quiet that long are uploaded, and so on while changes keep coming: a file written
-//! again meanwhile waits for its own delay anew. The queue knows nothing of files: the
-//! engine's walk finds what changed, and what it leaves (written too recently, or open for
-//! writing) is tried again after another delay. The dirty
-//! state lives in the local copy itself (the files and the manifest), so a restart finds it.
+//! again meanwhile waits for its own delay anew. The queue knows nothing of files: the engine
+//! looks at the paths the file system marked as changed (and, now and then, walks the whole
+//! copy), and what it leaves (written too recently, or open for writing) is tried again after
+//! another delay. The dirty state lives in the local copy itself (the files and the manifest),
+//! so a restart finds it.
 
-use crate::engine::{Engine, MountView, Replica};
+use crate::engine::{Engine, Look, MountView, Replica};
 use crate::store::ObjectStore;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -21,8 +22,13 @@ use tokio_util::sync::CancellationToken;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The shortest pause between two rounds (each walks the mount's directory).
+/// The shortest pause between two rounds.
 const MIN_PAUSE: Duration = Duration::from_millis(200);
+
+/// How often a round walks the whole copy ([`Look::Everything`]) rather than only the paths
+/// the file system changed: the backstop for a change it does not know of. So does the first
+/// round, and a flush.
+const WALK_EVERY: Duration = Duration::from_secs(300);
 
 /// One mount's write-back queue.
 #[derive(Default)]
@@ -68,6 +74,7 @@ impl WriteBack {
         let pause = delay.max(MIN_PAUSE);
         let mut backoff = FIRST_BACKOFF;
         let mut flushing = false;
+        let mut walked: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = self.changed.notified() => {}
@@ -84,9 +91,15 @@ impl WriteBack {
                 }
                 let now = self.hurry.swap(false, Ordering::Relaxed) || flushing;
                 let started = Instant::now();
-                let round = engine
-                    .write_back(&replica, store.clone(), now, view.as_ref())
-                    .await;
+                let look = match now || walked.is_none_or(|at| at.elapsed() >= WALK_EVERY) {
+                    true => {
+                        walked = Some(started);
+                        Look::Everything
+                    }
+                    false => Look::Changed,
+                };
+                let round = engine.write_back(&replica, store.clone(), now, look, view.as_ref());
+                let round = round.await;
                 let (settling, failed) = match round {
                     Ok(stats) => {
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {

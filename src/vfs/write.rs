@@ -31,6 +31,12 @@ impl<V: std::ops::Deref<Target = Vfs> + Send + Sync> MountView for MountOf<V> {
     fn dir(&self, path: &str) -> DirShown {
         self.vfs.dir_shown(self.mount, path)
     }
+
+    fn changed(&self) -> Vec<String> {
+        let tree = self.vfs.tree.read();
+        let local = tree.local.keys().filter(|(m, _)| *m == self.mount);
+        local.map(|(_, path)| path.clone()).collect()
+    }
 }
 
 impl Vfs {

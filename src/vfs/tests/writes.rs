@@ -57,8 +57,9 @@ async fn refresh(vfs: &Vfs) -> Stale {
 async fn write_back(vfs: &Vfs, engine: &Engine) -> crate::engine::PassStats {
     let m = &vfs.mounted()[0];
     let view = crate::vfs::MountOf { vfs, mount: 0 };
+    let look = crate::engine::Look::Changed;
     engine
-        .write_back(&m.replica, m.store.clone(), false, &view)
+        .write_back(&m.replica, m.store.clone(), false, look, &view)
         .await
         .unwrap()
 }
@@ -485,4 +486,34 @@ async fn a_directory_emptied_only_in_the_cache_gets_no_folder_marker() {
     vfs.mkdir(dir_ino(&vfs, "m"), "new", 0o755).unwrap();
     write_back(&vfs, &engine).await;
     assert_eq!(keys_in(&mem, "p/"), ["p/new/", "p/results/other.bin"]);
+}
+
+#[tokio::test]
+async fn a_round_looks_at_the_changed_paths_and_a_walk_finds_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/keep.txt", &b"keep"[..]);
+    let (vfs, engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+    create(&vfs, "m", "through.txt", b"through the mount");
+    // A file the file system does not know of (as a conflict's local version whose upload
+    // failed is): only a walk finds it.
+    std::fs::write(tmp.path().join("m/beside.txt"), b"beside").unwrap();
+
+    let stats = write_back(&vfs, &engine).await;
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert_eq!(keys_in(&mem, "p/"), ["p/keep.txt", "p/through.txt"]);
+
+    let m = &vfs.mounted()[0];
+    let view = crate::vfs::MountOf {
+        vfs: &*vfs,
+        mount: 0,
+    };
+    let look = crate::engine::Look::Everything;
+    let stats = engine
+        .write_back(&m.replica, m.store.clone(), false, look, &view)
+        .await
+        .unwrap();
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert_eq!(object(&mem, "p/beside.txt").unwrap(), b"beside");
+    assert_eq!(object(&mem, "p/through.txt").unwrap(), b"through the mount");
 }
