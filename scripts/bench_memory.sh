@@ -25,6 +25,10 @@
 #               N files; its wall time) and both again; then it is unmounted.
 #   baseline    the same mount command over one/ (one object), its VmRSS at rest 2 s after its
 #               pass: an empty mount; and the peak RSS of a sync of one/.
+#   write-back  a writeable mount of mem/ (--upload-delay 1), once its cache is complete: one
+#               file written, and in the bucket; then 40 new files written into it, one every
+#               0.5 s: the CPU time the mount used over them (what its write-back costs beside a
+#               cache of N files), and the time from the last close to its object in the bucket.
 # Bytes per object = (RSS - baseline RSS) / N: a sync's peak less the one-object sync's peak;
 # every sample of the mount less the empty mount's RSS at rest. MB = 10^6 bytes.
 #
@@ -38,7 +42,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,35s/^# \{0,1\}//p' "$0"
+    sed -n '2,39s/^# \{0,1\}//p' "$0"
 }
 
 objects=100000
@@ -91,16 +95,18 @@ MOUNT_PID=""
 _unmount_on_exit() { [[ -z "$MOUNT_PID" ]] || unmount; }
 on_exit_first _unmount_on_exit
 
-# start_mount ID PREFIX LOG: a new mount of s3://bench/PREFIX as mount ID at $mnt, with an empty
-# cache, logging at the tool's default level; returns once $mnt/ID is there.
+# start_mount ID PREFIX LOG [WRITEABLE [FLAG...]]: a new mount of s3://bench/PREFIX as mount ID
+# at $mnt (writeable if WRITEABLE is "true"), with an empty cache and FLAGs, logging at the
+# tool's default level; returns once $mnt/ID is there.
 start_mount() {
-    local id="$1" prefix="$2" logfile="$3" i
+    local id="$1" prefix="$2" logfile="$3" writeable="${4:-false}" i
+    shift $(($# < 4 ? $# : 4))
     rm -rf -- "$cache"
     mkdir -p -- "$mnt" "$cache"
     spawn "$logfile" env -u RUST_LOG "$TOOL" mount \
-        --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\"}]" \
+        --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\",\"writeable\":$writeable}]" \
         --destination "$mnt" --cache-dir "$cache" --endpoint-url "$S3_ENDPOINT" \
-        --region "$S3_REGION"
+        --region "$S3_REGION" "$@"
     MOUNT_PID="$BG_PID"
     for ((i = 0; i < 12000; i++)); do
         if mountpoint -q "$mnt" && [[ -d "$mnt/$id" ]]; then
@@ -300,6 +306,44 @@ unmount
 rm -rf -- "$cache"
 
 # ---------------------------------------------------------------------------------------------
+# wait_served FILE: waits (at most 60 s) for FILE to be on the server's disk: its object is in the
+# bucket.
+wait_served() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [[ -e "$1" ]] && return 0
+        sleep 0.05
+    done
+    die "$1 did not reach the bucket within 60 s"
+}
+
+# cpu_seconds: the user and system CPU time the mount's process has used so far.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$MOUNT_PID/stat"
+}
+
+log "write-back: a writeable mount of the $objects objects, then a new file every 0.5 s"
+start_mount mem mem/ "$logs/mount-write.log" true --upload-delay 1
+wait_pass "$logs/mount-write.log" mem $((600 + objects / 100))
+mkdir -- "$mnt/mem/new"
+echo warm >"$mnt/mem/new/warm.txt"
+wait_served "$src/mem/new/warm.txt"
+sleep 2
+cpu0="$(cpu_seconds)"
+for ((i = 1; i <= 40; i++)); do
+    echo "file $i" >"$mnt/mem/new/f$i.txt"
+    sleep 0.5
+done
+t0="$(now)"
+wait_served "$src/mem/new/f40.txt"
+wb_last="$(elapsed "$t0" "$(now)")"
+wb_cpu="$(awk -v a="$cpu0" -v b="$(cpu_seconds)" 'BEGIN { printf "%.2f", b - a }')"
+n="$(find "$src/mem/new" -type f | wc -l)"
+[[ "$n" -eq 41 ]] || die "$n of the 41 files written into the mount reached the bucket"
+unmount
+rm -rf -- "$cache" "$src/mem/new"
+
+# ---------------------------------------------------------------------------------------------
 echo
 echo "$(nproc) CPUs; Linux $(uname -r); $(rclone version 2>/dev/null | head -n 1); s5cmd" \
     "$(s5cmd version 2>/dev/null); $objects objects of 1 byte in 100 directories; one run;" \
@@ -319,6 +363,9 @@ echo
 awk -v r="$resync_wall" -v s="$s5cmd_wall" 'BEGIN {
     printf "Unchanged re-sync / s5cmd ls of the same keys: %.3f s / %.3f s = %.2f\n", r, s, (s + 0 == 0) ? 0 : r / s
 }'
+echo "Write-back in a writeable mount of the $objects objects (--upload-delay 1), 40 new files" \
+    "written one every 0.5 s: the mount used $wb_cpu CPU seconds over them; the last reached" \
+    "the bucket $wb_last s after it was closed."
 echo
 echo "All runs (one run of each case; seconds, KiB):"
 for k in "${rows[@]}"; do
