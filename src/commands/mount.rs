@@ -218,7 +218,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         for (mount, listing) in listings.iter().enumerate() {
             match &listing.top {
                 Some(top) => vfs.show_top(mount, top),
-                None => drop(vfs.update(mount, &listing.objects)),
+                None => drop(vfs.show_cached(mount, &listing.objects)),
             }
         }
         Ok::<_, anyhow::Error>((vfs, listings))

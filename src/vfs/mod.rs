@@ -431,7 +431,17 @@ impl Vfs {
         // A changed version is both a name gone and a name new.
         stale.entries.sort();
         stale.entries.dedup();
+        self.listings[mount].set_cached(false);
         self.listings[mount].set_complete();
+        stale
+    }
+
+    /// [`Vfs::update`] with what the cache holds of mount `mount` (files downloaded by earlier
+    /// runs), until the bucket's listing comes: the tree does not know the files not
+    /// downloaded yet meanwhile.
+    pub fn show_cached(&self, mount: usize, cached: &[ObjectMeta]) -> Stale {
+        let stale = self.update(mount, cached);
+        self.listings[mount].set_cached(true);
         stale
     }
 

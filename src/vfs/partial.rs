@@ -31,13 +31,26 @@ use std::time::SystemTime;
 pub(super) struct Listing {
     /// `true` once a full listing is in: then the tree answers for every directory.
     complete: tokio::sync::watch::Sender<bool>,
+    /// The full listing in is the cache's ([`Vfs::show_cached`]), not the bucket's yet.
+    cached: std::sync::atomic::AtomicBool,
 }
 
 impl Listing {
     pub(super) fn new() -> Self {
         Self {
             complete: tokio::sync::watch::channel(false).0,
+            cached: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the tree shows the cache's listing, not yet one of the bucket.
+    pub(super) fn is_cached(&self) -> bool {
+        self.cached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn set_cached(&self, cached: bool) {
+        self.cached
+            .store(cached, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(super) fn is_complete(&self) -> bool {

@@ -40,10 +40,11 @@ impl<V: std::ops::Deref<Target = Vfs> + Send + Sync> MountView for MountOf<V> {
 }
 
 impl Vfs {
-    /// What mount `mount` shows at directory `path`; not known before its listing is whole.
-    /// A path it does not show as a directory counts as empty: nothing is known to be in it.
+    /// What mount `mount` shows at directory `path`; not known before a listing of the bucket
+    /// is whole (the cache's lacks the files not downloaded). A path it does not show as a
+    /// directory counts as empty: nothing is known to be in it.
     pub fn dir_shown(&self, mount: usize, path: &str) -> DirShown {
-        if !self.listed_whole(mount) {
+        if !self.listed_whole(mount) || self.listings[mount].is_cached() {
             return DirShown::Unknown;
         }
         let tree = self.tree.read();

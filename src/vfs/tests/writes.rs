@@ -517,3 +517,51 @@ async fn a_round_looks_at_the_changed_paths_and_a_walk_finds_the_rest() {
     assert_eq!(object(&mem, "p/beside.txt").unwrap(), b"beside");
     assert_eq!(object(&mem, "p/through.txt").unwrap(), b"through the mount");
 }
+
+#[tokio::test]
+async fn a_remount_served_from_its_cache_makes_no_folder_marker_before_the_bucket_is_listed() {
+    // A run stopped between the delete of the one downloaded file of "results" and its
+    // write-back: the cache's "results" is empty, and other.bin is only in the bucket.
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new("bkt");
+    mem.put("p/results/table.bin", &b"table"[..]);
+    mem.put("p/results/other.bin", &b"other"[..]);
+    let (vfs, _engine) = writeable_vfs(mem.clone(), tmp.path()).await;
+    assert_eq!(
+        read_all(&vfs, "m/results/table.bin").await.unwrap(),
+        b"table"
+    );
+    vfs.remove(dir_ino(&vfs, "m/results"), "table.bin", false)
+        .unwrap();
+    assert!(tmp.path().join("m/results").is_dir());
+    // (The cache as that run left it, for the next: this run still holds its lock.)
+    let next = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(tmp.path().join("."))
+        .arg(next.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // The next run serves what its cache holds until the bucket is listed.
+    let tmp = next;
+    let (vfs, engine) = writeable_vfs_top(mem.clone(), tmp.path()).await;
+    for (i, m) in vfs.mounted().iter().enumerate() {
+        let cached = m.replica.copy.cached_listing(&m.replica.mount.prefix);
+        vfs.show_cached(i, &cached);
+    }
+    let stats = write_back(&vfs, &engine).await;
+    assert_eq!(stats.remote_deleted, 1, "{stats:?}");
+    assert_eq!(keys_in(&mem, "p/"), ["p/results/other.bin"], "no marker");
+
+    refresh(&vfs).await;
+    write_back(&vfs, &engine).await;
+    assert_eq!(keys_in(&mem, "p/"), ["p/results/other.bin"], "no marker");
+    assert_eq!(
+        read_all(&vfs, "m/results/other.bin").await.unwrap(),
+        b"other"
+    );
+    let unsaved = crate::commands::status::unsaved(tmp.path(), "m").unwrap();
+    assert!(unsaved.changes.is_empty(), "{:?}", unsaved.changes);
+}
