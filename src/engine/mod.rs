@@ -149,7 +149,8 @@ pub enum DirShown {
     Empty,
     /// Shown with something in it: empty only in the cache.
     Holding,
-    /// Not known until the mount's first listing ends.
+    /// Not known before a listing of the bucket is whole (the cache's lacks the files not
+    /// downloaded).
     Unknown,
 }
 
