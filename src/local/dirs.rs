@@ -184,7 +184,17 @@ pub fn scan(dir: &Path) -> Result<Scanned, LocalError> {
 /// What a walk of `dir` ([`scan`]) would find at `rel` alone: a file, a directory, or nothing
 /// (also for what a walk passes over: a link, a device, a socket).
 pub fn find(dir: &Path, rel: &str) -> Result<Option<Found>, LocalError> {
-    let path = dir.join(rel);
+    let (parent, name) = split(rel);
+    // Through real directories only, as a walk goes: a link in place of one hides what is below.
+    let at = match DirFd::open(dir, parent, false) {
+        Ok(at) => at,
+        Err(LocalError::NotADirectory(_)) => return Ok(None),
+        Err(LocalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let path = at.path.join(name);
     let meta = match std::fs::symlink_metadata(&path) {
         Ok(m) => m,
         Err(e)
@@ -451,6 +461,27 @@ mod tests {
     use crate::local::Root;
     use std::fs;
     use std::time::SystemTime;
+
+    #[test]
+    fn find_sees_at_one_path_what_a_walk_sees_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::create_dir_all(dir.join("real/empty")).unwrap();
+        fs::write(dir.join("real/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let walked = scan(dir).unwrap().found;
+        for rel in [
+            "real",
+            "real/f",
+            "real/empty",
+            "link",
+            "link/f",
+            "missing",
+            "real/f/x",
+        ] {
+            assert_eq!(find(dir, rel).unwrap(), walked.get(rel).copied(), "{rel}");
+        }
+    }
 
     #[test]
     fn never_writes_or_deletes_through_a_symlink() {
