@@ -23,8 +23,9 @@
 //! The tree marks those paths ([`tree::Override`]) so the listings do not hide them until they
 //! show the uploaded version; [`WriteBack`] uploads them once quiet (see `write`).
 //!
-//! Rooms: [`tree`] (inodes and attributes), [`nodes`] (the inode table), [`handle`] (open files and read-ahead), [`write`]
-//! (the operations of writeable mounts), [`error`] (failures and their errno).
+//! Rooms: [`tree`] (inodes and attributes), [`nodes`] (the inode table), [`handle`] (open
+//! files and read-ahead), [`write`] (the operations of writeable mounts), [`error`] (failures
+//! and their errno).
 
 mod error;
 mod handle;
@@ -234,6 +235,18 @@ impl Vfs {
     /// (in a writeable mount) the changes made here that it does not show yet. Returns what
     /// the kernel must forget of what it was told before (see [`Stale`]).
     pub fn update(&self, mount: usize, remote: &[ObjectMeta]) -> Stale {
+        self.replace(mount, remote, false)
+    }
+
+    /// [`Vfs::update`] with what the cache holds of mount `mount` (files downloaded by earlier
+    /// runs), until the bucket's listing comes: the tree does not know the files not
+    /// downloaded yet meanwhile.
+    pub fn show_cached(&self, mount: usize, cached: &[ObjectMeta]) -> Stale {
+        self.replace(mount, cached, true)
+    }
+
+    /// [`Vfs::update`] with `remote`, the cache's listing if `from_cache`.
+    fn replace(&self, mount: usize, remote: &[ObjectMeta], from_cache: bool) -> Stale {
         let replica = &self.mounted[mount].replica;
         // What the local copy records of each change made here, read before the tree's lock
         // (it reads the disk).
@@ -431,17 +444,8 @@ impl Vfs {
         // A changed version is both a name gone and a name new.
         stale.entries.sort();
         stale.entries.dedup();
-        self.listings[mount].set_cached(false);
+        self.listings[mount].set_cached(from_cache);
         self.listings[mount].set_complete();
-        stale
-    }
-
-    /// [`Vfs::update`] with what the cache holds of mount `mount` (files downloaded by earlier
-    /// runs), until the bucket's listing comes: the tree does not know the files not
-    /// downloaded yet meanwhile.
-    pub fn show_cached(&self, mount: usize, cached: &[ObjectMeta]) -> Stale {
-        let stale = self.update(mount, cached);
-        self.listings[mount].set_cached(true);
         stale
     }
 

@@ -55,9 +55,17 @@ async fn refresh(vfs: &Vfs) -> Stale {
 
 /// Uploads mount "m"'s changes, as its write-back does once they are quiet.
 async fn write_back(vfs: &Vfs, engine: &Engine) -> crate::engine::PassStats {
+    write_back_looking(vfs, engine, crate::engine::Look::Changed).await
+}
+
+/// [`write_back`] of the changes a round that looks at `look` finds.
+async fn write_back_looking(
+    vfs: &Vfs,
+    engine: &Engine,
+    look: crate::engine::Look,
+) -> crate::engine::PassStats {
     let m = &vfs.mounted()[0];
     let view = crate::vfs::MountOf { vfs, mount: 0 };
-    let look = crate::engine::Look::Changed;
     engine
         .write_back(&m.replica, m.store.clone(), false, look, &view)
         .await
@@ -503,16 +511,7 @@ async fn a_round_looks_at_the_changed_paths_and_a_walk_finds_the_rest() {
     assert_eq!(stats.uploaded, 1, "{stats:?}");
     assert_eq!(keys_in(&mem, "p/"), ["p/keep.txt", "p/through.txt"]);
 
-    let m = &vfs.mounted()[0];
-    let view = crate::vfs::MountOf {
-        vfs: &*vfs,
-        mount: 0,
-    };
-    let look = crate::engine::Look::Everything;
-    let stats = engine
-        .write_back(&m.replica, m.store.clone(), false, look, &view)
-        .await
-        .unwrap();
+    let stats = write_back_looking(&vfs, &engine, crate::engine::Look::Everything).await;
     assert_eq!(stats.uploaded, 1, "{stats:?}");
     assert_eq!(object(&mem, "p/beside.txt").unwrap(), b"beside");
     assert_eq!(object(&mem, "p/through.txt").unwrap(), b"through the mount");
