@@ -9,6 +9,7 @@
 #   scripts/bench.sh --sets small --runs 5
 #   scripts/bench.sh --sets up-small,up-large     # the upload sets only
 #   scripts/bench.sh --sets mnt-small,mnt-write-small --runs 1   # writes into a mount
+#   scripts/bench.sh --sets mnt-small --upload-delay 5    # the mount's delay in mnt-* (default 1)
 #   scripts/bench.sh --tools rclone,s5cmd         # only some of the tools
 #   scripts/bench.sh --logs /tmp/bench-logs       # keep each run's output there
 #   scripts/bench.sh --sets up-large --versus /tmp/old/s3-synchronizer   # two builds side by side
@@ -49,10 +50,13 @@
 #   rclone  rclone copy --transfers 16 --s3-upload-concurrency 16, 8 MiB chunks above 8 MiB
 #   s5cmd   s5cmd --numworkers 16 cp (its default part size and per-file concurrency)
 # In mnt-small and mnt-large, ours is `s3-synchronizer mount` of a writeable mount with an empty
-# cache (--upload-delay 1: a file is uploaded once it has been closed and left alone for 1 s),
-# started before the timing and unmounted after it: `cp -r` into it, then `s3-synchronizer
-# status --wait` (which looks once a second) until every file is in S3; so the time holds the
-# write, the upload delay and the upload. `sync` (with ours) is the upload sets' ours.
+# cache, started before the timing and unmounted after it: `cp -r` into it, then
+# `s3-synchronizer status --wait` (which asks the mount to upload every closed file at once)
+# until every file is in S3; so the time holds the write and the upload. The mount's
+# --upload-delay (how long a closed file is left alone before it uploads) is this script's
+# --upload-delay, 1 s unless given: the upload then follows the `cp -r`, as with the mount's own
+# default of 5 s; with 0 a file uploads as soon as it is closed, and the write and the upload
+# compete for the CPUs and the disk. `sync` (with ours) is the upload sets' ours.
 # With --versus BUILD, that build of s3-synchronizer runs wherever ours does (sync, mount), in
 # turn with it, on a row of its own; its ratio is its time / ours (above 1: ours is faster).
 # Within each round the order of the tools rotates, so noise hits all of them alike. Each tool's
@@ -71,7 +75,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,68s/^# \{0,1\}//p' "$0"
+    sed -n '2,72s/^# \{0,1\}//p' "$0"
 }
 
 all_sets="small,large,up-small,up-large,mnt-small,mnt-large,mnt-write-small,mnt-write-large"
@@ -80,6 +84,7 @@ runs=3
 tools="ours,rclone,s5cmd"
 logs=""
 versus=""
+upload_delay=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --mount)
@@ -89,6 +94,15 @@ while [[ $# -gt 0 ]]; do
     -h | --help)
         usage
         exit 0
+        ;;
+    --upload-delay)
+        [[ $# -ge 2 ]] || die "$1 needs a value"
+        upload_delay="$2"
+        shift 2
+        ;;
+    --upload-delay=*)
+        upload_delay="${1#*=}"
+        shift
         ;;
     *)
         value_option "sets runs tools logs versus" "$@" || die "unknown argument: $1 (try --help)"
@@ -421,7 +435,7 @@ tool_label() {
     mnt-write-*:ours) echo "s3-synchronizer mount: cp -r (--upload-delay 600)" ;;
     mnt-write-*:local) echo "cp -r to a local directory" ;;
     mnt-write-*:flush) echo "then fusermount3 -u until the mount exits (it uploads)" ;;
-    mnt-*:ours) echo "s3-synchronizer mount: cp -r + status --wait (--upload-delay 1)" ;;
+    mnt-*:ours) echo "s3-synchronizer mount: cp -r + status --wait (--upload-delay $upload_delay)" ;;
     mnt-*:write) echo "of which the cp -r into the mount" ;;
     mnt-*:sync) echo "s3-synchronizer sync" ;;
     *:mount) echo "s3-synchronizer mount: its background download" ;;
@@ -468,7 +482,7 @@ for s in "${set_list[@]}"; do
             down:mount) run=(mount_download "$s" "$logs/$s-mount-$((round + 1)).log") ;;
             down:*) run=(run_tool "$t" "$s") ;;
             mnt:ours | mnt:versus)
-                start_mount "$(build_of "$t")" "$prefix" 1 "$logs/$s-$t-mount-$((round + 1)).log"
+                start_mount "$(build_of "$t")" "$prefix" "$upload_delay" "$logs/$s-$t-mount-$((round + 1)).log"
                 run=(mount_upload "$s")
                 ;;
             write:ours | write:versus)
