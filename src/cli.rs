@@ -35,9 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Copy each mount to DESTINATION/<id>/, once or on a schedule.
     Sync(SyncArgs),
-    /// Serve each mount read-only at DESTINATION/<id>/ (FUSE): every file is visible at once and
+    /// Serve each mount at DESTINATION/<id>/ (FUSE): every file is visible at once and
     /// downloaded into a local cache in the background; a read of a file not yet downloaded
-    /// fetches it first.
+    /// fetches it first. Writeable mounts upload what is written into them; the others are
+    /// read-only.
     Mount(MountArgs),
     /// Say whether the local changes of a sync destination's writeable mounts are all in S3
     /// (exit 0), still waiting for the running sync (exit 1), or waiting with no sync running

@@ -2,6 +2,7 @@
 //! summary line of a pass, the signals that stop them.
 
 pub mod mount;
+pub mod service;
 pub mod signals;
 pub mod status;
 pub mod sync;

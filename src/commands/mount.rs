@@ -15,6 +15,7 @@
 //! for that mount the command fails instead: an empty directory would look like an empty
 //! bucket.
 
+use super::service::{RunStatus, Service};
 use super::signals::{self, Signals};
 use super::status::Recorded;
 use super::{connect, log_summary};
@@ -171,6 +172,14 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         );
     }
     let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::default());
+    let service = Service::from_env();
+    let writeable = sync.mounts.iter().any(|m| m.writeable);
+    let run = Arc::new(RunStatus::new(
+        progress.clone(),
+        sync.mounts.len(),
+        writeable,
+    ));
     let engine = Arc::new({
         let _in = runtime.enter();
         Engine::new(
@@ -184,7 +193,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 slow_start: true,
                 upload_delay: sync.upload_delay,
             },
-            Arc::new(Progress::default()),
+            progress.clone(),
             cancel.clone(),
         )
     });
@@ -234,9 +243,14 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 vfs: vfs.clone(),
                 mount,
             });
+            let run = run.clone();
+            let said = move |round: &PassStats| {
+                let sent = round.uploaded + round.remote_deleted;
+                run.uploads(mount, sent, round.settling + round.failed);
+            };
             uploads.spawn(async move {
                 write_back
-                    .run(engine, replica, store, view, delay, cancel)
+                    .run(engine, replica, store, view, (delay, cancel), said)
                     .await;
             });
             // Changes an earlier run left are uploaded too.
@@ -310,14 +324,21 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     })?;
     // Started once the file system is mounted, so that a refresh can tell the kernel what
     // changed.
+    let refresh = {
+        let _in = runtime.enter();
+        signals::spawn_hangup_listener()
+    };
     runtime.spawn(refresh_loop(
         engine.clone(),
         vfs.clone(),
         session.notifier(),
         listings,
-        sync.interval,
-        sync.stop_after.map(|after| Instant::now() + after),
-        (config.cache_dir.clone(), recorded),
+        Schedule {
+            interval: sync.interval,
+            stop: sync.stop_after.map(|after| Instant::now() + after),
+            refresh,
+        },
+        (config.cache_dir.clone(), recorded, run.clone()),
     ));
     // The session runs on its own thread until the kernel ends it: at an unmount, or once the
     // last file open under a detached mount is closed.
@@ -325,15 +346,19 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         .name("fuse-session".into())
         .spawn(move || session.run())?;
     tracing::info!(destination = %sync.destination.display(), cache = %config.cache_dir.display(), "mounted");
+    service.ready(&run.line());
+    let status_line = runtime.spawn(service.keep_status(run.clone()));
 
     runtime.block_on(async {
         let mut ended = tokio::task::spawn_blocking(move || background.join());
         tokio::select! {
             result = &mut ended => {
+                service.stopping();
                 session_result(result)?;
                 tracing::info!("unmounted");
             }
             name = signals::next(&mut signals) => {
+                service.stopping();
                 tracing::info!(signal = name, "unmounting");
                 // Lazily: files still open keep working, and the session ends with the last.
                 detach(&sync.destination)?;
@@ -344,6 +369,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         Ok::<_, anyhow::Error>(())
     })?;
     cancel.cancel();
+    status_line.abort();
     uploads.block_on(flush_writeable(&engine, &vfs, sync.flush_timeout));
     engine.clear_staging();
     // Reads under way were answered or failed by the unmount; do not wait for their tasks.
@@ -667,6 +693,14 @@ fn detach(dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When the refreshes come: every `interval`, and at once when `refresh` is notified (SIGHUP),
+/// until `stop`.
+struct Schedule {
+    interval: Duration,
+    stop: Option<Instant>,
+    refresh: Arc<tokio::sync::Notify>,
+}
+
 /// Downloads everything in the background, then every interval lists again, updates the file
 /// system and downloads what changed; after `stop` (`--stop-recurring-downloads-after`), the
 /// file system keeps serving what it has without refreshing. `first` are the listings the file
@@ -677,16 +711,22 @@ async fn refresh_loop(
     vfs: Arc<Vfs>,
     kernel: fuser::Notifier,
     first: Vec<FirstListing>,
-    interval: Duration,
-    stop: Option<Instant>,
-    (cache_dir, mut recorded): (std::path::PathBuf, Recorded),
+    schedule: Schedule,
+    (cache_dir, mut recorded, run): (std::path::PathBuf, Recorded, Arc<RunStatus>),
 ) {
+    let Schedule {
+        interval,
+        stop,
+        refresh,
+    } = schedule;
     // What the file system shows of each mount.
     let mut served: Vec<Served> = first.iter().map(|l| l.served.clone()).collect();
     let mut owed: Vec<bool> = first.iter().map(|l| l.owed).collect();
     // The background download acts only on listings made by this run.
     let mut listings = vec![None; first.len()];
     loop {
+        run.progress.reset();
+        let _report = run.progress.report();
         for (mount, m) in vfs.mounted().iter().enumerate() {
             if owed[mount] {
                 let relisted = relist(&engine, &vfs, &kernel, mount, m, &mut served[mount]);
@@ -697,35 +737,43 @@ async fn refresh_loop(
             let engine = &engine;
             async move {
                 // A mount whose listing failed keeps what it has: nothing is deleted on an error.
-                let (listing, list_time) = listing?;
+                let Some((listing, list_time)) = listing else {
+                    return (None, 1);
+                };
                 let result = engine.apply(&m.replica, m.store.clone(), listing).await;
                 match result {
                     Ok(stats) => {
                         log_summary(&m.replica.mount.id, &PassStats { list_time, ..stats });
-                        Some((m.replica.mount.id.clone(), stats.conflicts))
+                        let failed = stats.failed;
+                        (Some((m.replica.mount.id.clone(), stats.conflicts)), failed)
                     }
-                    Err(EngineError::Cancelled { .. }) => None,
+                    Err(EngineError::Cancelled { .. }) => (None, 0),
                     Err(e) => {
                         tracing::error!("{e}");
-                        None
+                        (None, 1)
                     }
                 }
             }
         });
-        for (id, conflicts) in futures_util::future::join_all(passes)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            recorded.pass_done(&id, conflicts);
+        let mut failed = 0;
+        for (done, failures) in futures_util::future::join_all(passes).await {
+            failed += failures;
+            if let Some((id, conflicts)) = done {
+                recorded.pass_done(&id, conflicts);
+            }
         }
+        drop(_report);
+        run.pass_done(failed);
         super::release_freed_memory();
         super::status::record(&cache_dir, &recorded);
         if stop.is_some_and(|stop| Instant::now() + interval > stop) {
             tracing::info!("stopping refreshes as configured; serving the cache as it is");
             return;
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = refresh.notified() => tracing::info!("SIGHUP: refreshing every mount now"),
+        }
         listings = vec![None; owed.len()];
         owed = vec![true; owed.len()];
     }

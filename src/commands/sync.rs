@@ -4,7 +4,8 @@
 //! A mount that fails (bucket missing, access denied, server away) does not stop the others; in
 //! recurring mode it is connected and tried again on the next pass.
 
-use super::signals::Signals;
+use super::service::{RunStatus, Service};
+use super::signals::{Signals, spawn_hangup_listener};
 use super::status::{self, Recorded};
 use super::{connect, log_summary};
 use crate::cli::SyncConfig;
@@ -76,6 +77,12 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
     let mut recorded = Recorded::starting(&config.mounts, None);
     status::record(&config.destination, &recorded);
     let mut changes = watch_writeable(&config);
+    let service = Service::from_env();
+    let writeable = config.mounts.iter().any(|m| m.writeable);
+    let run = Arc::new(RunStatus::new(progress.clone(), mounts.len(), writeable));
+    service.ready(&run.line());
+    let status_line = tokio::spawn(service.keep_status(run.clone()));
+    let refresh = spawn_hangup_listener();
     let mut connectors: HashMap<Option<String>, Arc<S3Connector>> = HashMap::new();
     let mut stores: Vec<Option<Arc<dyn ObjectStore>>> = vec![None; mounts.len()];
     let outcome = loop {
@@ -89,10 +96,12 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
                 &mut stores,
                 &mut connectors,
                 &mut recorded,
+                &run,
             )
             .await
         };
         status::record(&config.destination, &recorded);
+        run.pass_done(failed);
         engine.clear_staging();
         if cancel.is_cancelled() {
             break if config.recurring || !signalled.is_cancelled() {
@@ -102,7 +111,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
             };
         }
         if !config.recurring {
-            break if failed {
+            break if failed > 0 {
                 SyncOutcome::Failed
             } else {
                 SyncOutcome::Complete
@@ -123,9 +132,12 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         tokio::select! {
             () = tokio::time::sleep(next) => {}
             () = changed => tracing::debug!("local changes settled: the next pass starts now"),
+            () = refresh.notified() => tracing::info!("SIGHUP: the next pass starts now"),
             () = cancel.cancelled() => break SyncOutcome::Complete,
         }
     };
+    service.stopping();
+    status_line.abort();
     if cancel.is_cancelled() {
         flush(&engine, &config, &mounts, &stores, &again).await;
     }
@@ -214,8 +226,8 @@ fn watch_writeable(config: &SyncConfig) -> Option<Changes> {
 
 /// How a pass over every mount ended.
 struct PassEnd {
-    /// Something failed (the run exits non-zero when it is not recurring).
-    failed: bool,
+    /// Files and mounts that failed (the run exits non-zero when it is not recurring).
+    failed: usize,
     /// A writeable mount has local changes that were too recent to upload.
     settling: bool,
 }
@@ -228,9 +240,12 @@ async fn run_pass(
     stores: &mut [Option<Arc<dyn ObjectStore>>],
     connectors: &mut HashMap<Option<String>, Arc<S3Connector>>,
     recorded: &mut Recorded,
+    run: &RunStatus,
 ) -> PassEnd {
-    let mut failed = false;
-    let mut settling = false;
+    let mut end = PassEnd {
+        failed: 0,
+        settling: false,
+    };
     for (replica, slot) in mounts.iter().zip(stores.iter_mut()) {
         if slot.is_some() {
             continue;
@@ -238,33 +253,38 @@ async fn run_pass(
         match connect(&replica.mount, config, connectors).await {
             Ok(store) => *slot = Some(store),
             Err(err) => {
-                failed = true;
+                end.failed += 1;
                 tracing::error!("{err}");
             }
         }
     }
-    let passes = mounts
-        .iter()
-        .zip(stores.iter())
-        .filter_map(|(replica, store)| Some((replica, store.clone()?)))
-        .map(|(replica, store)| async move { (replica, engine.sync_mount(replica, store).await) });
-    for (replica, result) in futures_util::future::join_all(passes).await {
+    let passes =
+        mounts
+            .iter()
+            .zip(stores.iter())
+            .enumerate()
+            .filter_map(|(i, (replica, store))| Some((i, replica, store.clone()?)))
+            .map(|(i, replica, store)| async move {
+                (i, replica, engine.sync_mount(replica, store).await)
+            });
+    for (i, replica, result) in futures_util::future::join_all(passes).await {
         match result {
             Ok(stats) => {
-                failed |= stats.failed > 0;
-                settling |= stats.settling > 0;
+                end.failed += stats.failed;
+                end.settling |= stats.settling > 0;
+                run.uploads(i, stats.uploaded + stats.remote_deleted, stats.settling);
                 log_summary(&replica.mount.id, &stats);
                 recorded.pass_done(&replica.mount.id, stats.conflicts);
             }
             Err(EngineError::Cancelled { .. }) => {}
             Err(e) => {
-                failed = true;
+                end.failed += 1;
                 tracing::error!("{e}");
             }
         }
     }
     super::release_freed_memory();
-    PassEnd { failed, settling }
+    end
 }
 
 /// Cancels on SIGINT or SIGTERM; the first token returned tells whether a signal arrived, the

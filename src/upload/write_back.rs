@@ -7,7 +7,7 @@
 //! another delay. The dirty state lives in the local copy itself (the files and the manifest),
 //! so a restart finds it.
 
-use crate::engine::{Engine, Look, MountView, Replica};
+use crate::engine::{Engine, Look, MountView, PassStats, Replica};
 use crate::store::ObjectStore;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -60,15 +60,16 @@ impl WriteBack {
     /// Uploads the mount's changes until `cancel`: a round `delay` after the first change,
     /// and one every `delay` while changes keep coming (each uploads the files quiet for
     /// `delay` by then, so a long copy into the mount uploads as it goes), or while some wait.
-    /// `view`: the mount's file system, which says which empty directories are new.
+    /// `view`: the mount's file system, which says which empty directories are new; `said`
+    /// hears what each round did.
     pub async fn run(
         &self,
         engine: Arc<Engine>,
         replica: Arc<Replica>,
         store: Arc<dyn ObjectStore>,
         view: Arc<dyn MountView>,
-        delay: Duration,
-        cancel: CancellationToken,
+        (delay, cancel): (Duration, CancellationToken),
+        said: impl Fn(&PassStats) + Send,
     ) {
         let mount = &replica.mount.id;
         let pause = delay.max(MIN_PAUSE);
@@ -102,6 +103,7 @@ impl WriteBack {
                 let round = round.await;
                 let (settling, failed) = match round {
                     Ok(stats) => {
+                        said(&stats);
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {
                             tracing::info!(
                                 mount = %mount,

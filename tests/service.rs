@@ -1,0 +1,186 @@
+//! Running as a service: systemd's notify protocol (against a real datagram socket standing
+//! for systemd's) and SIGHUP's refresh, for `mount` (through real FUSE mounts) and recurring
+//! `sync`, against a real S3-compatible server on loopback.
+
+mod common;
+
+use common::mount::*;
+use common::proxy::SlowProxy;
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A datagram socket where the tool's notifications arrive, as systemd's would.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self { socket, path }
+    }
+
+    /// The next message, if one comes within 200 ms.
+    fn next(&self) -> Option<String> {
+        let mut buf = vec![0; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8(buf[..n].to_vec()).unwrap())
+    }
+
+    /// Messages until one has a line that `wanted` (returned last), for at most `secs` s.
+    #[track_caller]
+    fn until(
+        &self,
+        secs: u64,
+        wanted: impl Fn(&str) -> bool,
+        log: impl Fn() -> String,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut got = Vec::new();
+        loop {
+            if let Some(m) = self.next() {
+                let done = m.lines().any(&wanted);
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not within {secs} s; got {got:?}; the tool's log:\n{}",
+                log()
+            );
+        }
+    }
+}
+
+/// A line that is `line`.
+fn is(line: &'static str) -> impl Fn(&str) -> bool {
+    move |l| l == line
+}
+
+/// A status line saying a pass ended with no failure.
+fn passed(line: &str) -> bool {
+    line.starts_with("STATUS=") && line.contains("last pass at ") && line.ends_with(", 0 failed")
+}
+
+/// The STATUS= lines among `messages`.
+fn statuses(messages: &[String]) -> Vec<String> {
+    let lines = messages.iter().flat_map(|m| m.lines());
+    let status = lines.filter_map(|l| l.strip_prefix("STATUS="));
+    status.map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_tells_systemd_it_is_ready_how_far_it_is_and_that_it_stops() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    for i in 0..12 {
+        s3.put("bkt", &format!("d/f{i:02}"), &bytes(256 * 1024, i))
+            .await;
+    }
+    // Slow enough that the background download lasts several status lines.
+    let proxy = SlowProxy::start(&s3.endpoint, 256 * 1024).await;
+    let root = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(root.path());
+    let mut cmd = tool_at(&proxy.endpoint);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let mut m = Mounted::start_with(cmd, root.path(), &mounts, &["--concurrency", "2"]);
+
+    let log = || std::fs::read_to_string(root.path().join("mount-0.log")).unwrap_or_default();
+    let first = notify.until(10, is("READY=1"), log);
+    // READY came once the file system was mounted (Mounted::start waited for that, and the
+    // tool sends READY after mounting: nothing came before it).
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(is_mount_point(&m.dest));
+    let mut seen = statuses(&first);
+    // Status lines while the files download, then the pass's end.
+    let rest = notify.until(60, passed, log);
+    seen.extend(statuses(&rest));
+    let downloading: Vec<_> = seen
+        .iter()
+        .filter(|s| s.starts_with("downloading "))
+        .collect();
+    assert!(
+        downloading.iter().any(|s| s.contains(" of 3.0 MiB")),
+        "no downloading status of the 12 files: {seen:?}"
+    );
+    assert!(downloading.len() >= 2, "the status did not move: {seen:?}");
+    assert_eq!(tree(&m.dest.join("m")).len(), 12);
+
+    m.unmount();
+    let end = notify.until(10, is("STOPPING=1"), log);
+    assert!(statuses(&end).contains(&"stopping".to_owned()), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_makes_a_mount_list_its_buckets_again_at_once() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "old.txt", b"old").await;
+    let root = tempfile::tempdir().unwrap();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let interval = ["--download-interval", "3600"];
+    let m = Mounted::start(&s3, root.path(), &mounts, &interval);
+    m.wait_until(30, "the first pass", || m.passes() >= 1);
+    s3.put("bkt", "new.txt", b"new").await;
+    assert!(
+        !m.dest.join("m/new.txt").exists(),
+        "shown before any refresh"
+    );
+
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(m.child.id() as i32, libc::SIGHUP) };
+    m.wait_until(30, "new.txt after SIGHUP", || {
+        std::fs::read(m.dest.join("m/new.txt")).is_ok_and(|b| b == b"new")
+    });
+    assert!(m.log().contains("SIGHUP"), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recurring_sync_tells_systemd_and_refreshes_on_sighup() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "old.txt", b"old").await;
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("dest");
+    let notify = NotifySocket::bind(root.path());
+    let log_path = root.path().join("sync.log");
+    let mut cmd: Command = s3.tool();
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .args([
+            "sync",
+            "--recurring-downloads",
+            "--download-interval",
+            "3600",
+        ])
+        .args(["--default-s3-mounts", &mounts_json(&[("m", "bkt", "")])])
+        .arg("--destination")
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    notify.until(10, is("READY=1"), log);
+    notify.until(30, passed, log);
+    assert_eq!(std::fs::read(dest.join("m/old.txt")).unwrap(), b"old");
+
+    s3.put("bkt", "new.txt", b"new").await;
+    // SAFETY: sending a signal to the child process we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(30, "new.txt after SIGHUP", || {
+        std::fs::read(dest.join("m/new.txt")).is_ok_and(|b| b == b"new")
+    });
+
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    notify.until(10, is("STOPPING=1"), log);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", log());
+}
