@@ -210,6 +210,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_passthrough: bool,
 
+    /// Serve every mount read-only, writeable ones too (mount(8)'s `ro`).
+    #[arg(long)]
+    pub read_only: bool,
+
     /// On SIGINT or SIGTERM with files under the mount still open: how long to keep serving
     /// them (the mount is detached at once) before exiting anyway. A second signal exits at once.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
@@ -243,6 +247,9 @@ pub struct SyncConfig {
     pub flush_timeout: Duration,
     pub s3: S3Options,
 }
+
+/// Set in the environment of the background process `mount --daemon` starts.
+pub const DAEMON_CHILD: &str = "S3SYNC_DAEMON_CHILD";
 
 /// Everything `mount` needs, validated.
 #[derive(Debug, Clone)]
@@ -327,6 +334,11 @@ impl MountArgs {
         )?
         .with_uploads(self.upload_delay, self.flush_timeout);
         let mut sync = self.common.into_config(self.destination, schedule)?;
+        if self.read_only {
+            for m in &mut sync.mounts {
+                m.writeable = false;
+            }
+        }
         let cache_dir = match self.cache_dir {
             Some(dir) => dir,
             None => default_cache_dir(&sync.destination).ok_or(ConfigError::NoCacheDir)?,
@@ -340,7 +352,9 @@ impl MountArgs {
             allow_non_empty: self.allow_non_empty,
             allow_other: self.allow_other,
             allow_root: self.allow_root,
-            daemon: self.daemon,
+            // The background process `--daemon` starts runs in the foreground, whatever its
+            // arguments say.
+            daemon: self.daemon && std::env::var_os(DAEMON_CHILD).is_none(),
             passthrough: !self.no_passthrough,
             open_files_timeout: Duration::from_secs(self.open_files_timeout),
         })
@@ -487,7 +501,131 @@ fn default_cache_dir(destination: &std::path::Path) -> Option<PathBuf> {
 
 /// Parses the process arguments, accepting the original Go-style spellings.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
-    Cli::try_parse_from(normalize_args(args.into_iter().collect()))
+    let args: Vec<OsString> = args.into_iter().collect();
+    let args = match helper_form(&args) {
+        Some(converted) => converted?,
+        None => normalize_args(args),
+    };
+    Cli::try_parse_from(args)
+}
+
+/// Options of mount(8), systemd and fuse3's `mount.fuse3` that a mount helper is given and this
+/// file system has no use for: ignored, as other FUSE file systems do. `x-*` and `X-*` too.
+const IGNORED_MOUNT_OPTIONS: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "silent",
+    "loud",
+    "default_permissions",
+];
+
+/// The form mount(8) runs a file system's helper in, through fuse3's `mount.fuse3` (an fstab
+/// line of type `fuse.s3-synchronizer`): `SOURCE MOUNTPOINT [-o OPT[,OPT=VALUE]...]`, where
+/// SOURCE is a mounts JSON file and each option is a `mount` flag named without its dashes
+/// (`_` accepted for `-`, as in `allow_other`), `ro` being `--read-only`. It is `mount
+/// --daemon` (mount(8) waits for its helper to return, once mounted). `None` when `args` are
+/// not in that form (a subcommand, or flags, come first).
+fn helper_form(args: &[OsString]) -> Option<Result<Vec<OsString>, clap::Error>> {
+    let first = args.get(1)?.to_str()?;
+    let subcommands = Cli::command();
+    let named = subcommands.get_subcommands().any(|s| s.get_name() == first);
+    if args.len() < 3 || first.starts_with('-') || named || first == "help" {
+        return None;
+    }
+    let mut out: Vec<OsString> = ["s3-synchronizer", "mount", "--daemon", "--mounts-file"]
+        .map(OsString::from)
+        .into();
+    out.push(args[1].clone());
+    out.push("--destination".into());
+    out.push(args[2].clone());
+    let mount_flags: Vec<String> = subcommands
+        .find_subcommand("mount")
+        .expect("mount is a subcommand")
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect();
+    let mut rest = args[3..].iter();
+    while let Some(arg) = rest.next() {
+        let options = match arg.to_str() {
+            Some("-o") => rest.next().and_then(|o| o.to_str()).unwrap_or_default(),
+            Some(o) if o.starts_with("-o") => &o[2..],
+            _ => {
+                let shown = arg.to_string_lossy();
+                return Some(Err(helper_error(format!(
+                    "unexpected argument '{shown}' (mount(8)'s form: SOURCE MOUNTPOINT -o OPTIONS)"
+                ))));
+            }
+        };
+        for option in options.split(',') {
+            let (name, value) = match option.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (option, None),
+            };
+            let ignored = IGNORED_MOUNT_OPTIONS.contains(&name)
+                || name.is_empty()
+                || name.starts_with("x-")
+                || name.starts_with("X-")
+                || name == "comment";
+            if ignored {
+                continue;
+            }
+            let flag = match name {
+                "ro" => "read-only".to_owned(),
+                _ => name.replace('_', "-"),
+            };
+            if !mount_flags.contains(&flag) || ["daemon", "destination"].contains(&&*flag) {
+                return Some(Err(helper_error(format!(
+                    "unknown mount option '{name}' (the options are the flags of \
+                     `s3-synchronizer mount --help`, without their dashes)"
+                ))));
+            }
+            out.push(match value {
+                Some(v) => format!("--{flag}={v}").into(),
+                None => format!("--{flag}").into(),
+            });
+        }
+    }
+    Some(Ok(out))
+}
+
+/// The arguments (without the program's name) that run the command of `args` in the
+/// foreground: what `mount --daemon` starts its background process with.
+pub fn foreground_args(args: Vec<OsString>) -> Vec<OsString> {
+    let args = match helper_form(&args) {
+        Some(Ok(converted)) => converted,
+        _ => args,
+    };
+    let daemon = |a: &OsString| a == "--daemon" || a == "-daemon";
+    args.into_iter().skip(1).filter(|a| !daemon(a)).collect()
+}
+
+fn helper_error(message: String) -> clap::Error {
+    Cli::command().error(clap::error::ErrorKind::InvalidValue, message)
 }
 
 fn long_flag_names() -> Vec<String> {
@@ -605,6 +743,88 @@ mod tests {
     }
 
     const MOUNTS: &str = r#"[{"id":"a","bucket":"b"}]"#;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_8s_form_is_a_mount_in_the_background_with_its_options_as_flags() {
+        let argv = os(&[
+            "s3-synchronizer",
+            "/etc/s3/mounts.json",
+            "/mnt/data",
+            "-o",
+            "rw,allow_other,endpoint_url=http://127.0.0.1:9000,part-size=16MiB,_netdev,nofail,\
+             x-systemd.automount,dev,suid",
+        ]);
+        let Command::Mount(args) = parse(argv.clone()).unwrap().command else {
+            panic!("not a mount");
+        };
+        assert!(args.daemon && args.allow_other && !args.read_only);
+        assert_eq!(args.destination, PathBuf::from("/mnt/data"));
+        assert_eq!(
+            args.common.mounts_file,
+            Some(PathBuf::from("/etc/s3/mounts.json"))
+        );
+        let endpoint = args.common.endpoint_url.as_deref();
+        assert_eq!(endpoint, Some("http://127.0.0.1:9000"));
+        assert_eq!(args.common.part_size, 16 << 20);
+        // The background process gets the same, in the foreground.
+        let child = foreground_args(argv);
+        assert!(!child.contains(&OsString::from("--daemon")), "{child:?}");
+        assert_eq!(child[0], "mount");
+        // `ro`, and options given in several -o.
+        let argv = os(&["x", "m.json", "/mnt", "-o", "ro", "-odebug"]);
+        let Command::Mount(args) = parse(argv).unwrap().command else {
+            panic!("not a mount");
+        };
+        assert!(args.read_only && args.common.debug);
+    }
+
+    #[test]
+    fn ro_serves_a_writeable_mount_read_only() {
+        let json = r#"[{"id":"m","bucket":"b","writeable":true}]"#;
+        let writeable = |ro: &[&str]| {
+            let mut argv = os(&["x", "mount", "--destination", "/mnt", "--cache-dir", "/c"]);
+            argv.extend(os(&["--default-s3-mounts", json]));
+            argv.extend(os(ro));
+            let Command::Mount(args) = parse(argv).unwrap().command else {
+                panic!("not a mount");
+            };
+            args.into_config().unwrap().sync.mounts[0].writeable
+        };
+        assert!(writeable(&[]));
+        assert!(!writeable(&["--read-only"]));
+    }
+
+    #[test]
+    fn a_mistyped_mount_option_is_named() {
+        let argv = os(&["x", "m.json", "/mnt", "-o", "rw,endpoint_ulr=http://h"]);
+        let err = parse(argv).unwrap_err().to_string();
+        assert!(err.contains("unknown mount option 'endpoint_ulr'"), "{err}");
+        let err = parse(os(&["x", "m.json", "/mnt", "-o", "daemon"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown mount option 'daemon'"), "{err}");
+        let err = parse(os(&["x", "m.json", "/mnt", "extra"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unexpected argument 'extra'"), "{err}");
+    }
+
+    #[test]
+    fn subcommands_and_flags_are_not_mount_8s_form() {
+        for argv in [
+            os(&["x", "mount", "--destination", "/mnt"]),
+            os(&["x", "-destination", "/d", "-defaultS3Mounts", "[]"]),
+            os(&["x", "status", "--destination", "/d"]),
+        ] {
+            assert!(helper_form(&argv).is_none(), "{argv:?}");
+        }
+        let child = foreground_args(os(&["x", "mount", "--daemon", "--destination", "/m"]));
+        assert_eq!(child, os(&["mount", "--destination", "/m"]));
+    }
 
     #[test]
     fn go_style_invocation_means_sync() {

@@ -184,3 +184,133 @@ async fn a_recurring_sync_tells_systemd_and_refreshes_on_sighup() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}\n{}", log());
 }
+
+/// Runs mount(8) or umount(8) with `args` and the test server's credentials; its helper's
+/// background process keeps what it inherits, so the output goes to `log`.
+#[track_caller]
+fn run_mount8(program: &str, args: &[&str], log: &Path) {
+    let status = Command::new(program)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env("RUST_LOG", "s3_synchronizer=debug,warn")
+        .stdin(Stdio::null())
+        .stdout(
+            std::fs::File::options()
+                .append(true)
+                .create(true)
+                .open(log)
+                .unwrap(),
+        )
+        .stderr(
+            std::fs::File::options()
+                .append(true)
+                .create(true)
+                .open(log)
+                .unwrap(),
+        )
+        .status()
+        .unwrap();
+    let output = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "{program} {args:?}: {status}\n{output}");
+}
+
+/// The mount made by mount(8) serves the bucket; umount(8) ends it, and its process exits.
+#[track_caller]
+fn serves_then_ends_at_umount(dest: &Path, cache: &Path, log: &Path) {
+    assert!(
+        is_mount_point(dest),
+        "{}",
+        std::fs::read_to_string(log).unwrap()
+    );
+    assert_eq!(std::fs::read(dest.join("m/d/f.txt")).unwrap(), b"hello");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join(".s3-synchronizer/status.json")).unwrap())
+            .unwrap();
+    let pid = status["pid"].as_u64().expect("the mount's pid");
+    run_mount8("umount", &[dest.to_str().unwrap()], log);
+    assert!(!is_mount_point(dest));
+    // Exited (a zombie until something reaps it, where no init does).
+    wait_for(30, "the mount's process to exit", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+        })
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_8_and_an_fstab_line_mount_it_and_umount_ends_it() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "d/f.txt", b"hello").await;
+    let root = tempfile::tempdir().unwrap();
+    let (dest, cache) = dirs(root.path());
+    let log = root.path().join("mount8.log");
+    let mounts = root.path().join("mounts.json");
+    std::fs::write(&mounts, mounts_json(&[("m", "bkt", "")])).unwrap();
+    let (dest_s, cache_s) = (dest.to_str().unwrap(), cache.to_str().unwrap());
+    // Flags as options (`_` for `-` too), and what mount(8), systemd and fstab lines add.
+    let options = format!(
+        "rw,endpoint_url={},cache-dir={cache_s},download-interval=30,_netdev,nofail,\
+         x-systemd.after=network-online.target",
+        s3.endpoint
+    );
+    // mount(8) runs helpers without a PATH of their own: fuse3's `fuse` type with
+    // PROGRAM#SOURCE names the program by its path.
+    let bin = env!("CARGO_BIN_EXE_s3-synchronizer");
+    let source = format!("{bin}#{}", mounts.display());
+    run_mount8(
+        "mount",
+        &["-t", "fuse", &source, dest_s, "-o", &options],
+        &log,
+    );
+    serves_then_ends_at_umount(&dest, &cache, &log);
+
+    // The same as an fstab line.
+    let fstab = root.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!("{source} {dest_s} fuse {options},noauto 0 0\n"),
+    )
+    .unwrap();
+    run_mount8("mount", &["-T", fstab.to_str().unwrap(), dest_s], &log);
+    serves_then_ends_at_umount(&dest, &cache, &log);
+
+    // `-t fuse.s3-synchronizer` runs `s3-synchronizer` from the standard PATH: tried with
+    // this build put there, unless another is there already.
+    let installed = Path::new("/usr/local/bin/s3-synchronizer");
+    if installed.symlink_metadata().is_err() && std::os::unix::fs::symlink(bin, installed).is_ok() {
+        struct Remove<'a>(&'a Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+        let _remove = Remove(installed);
+        let mounts_s = mounts.to_str().unwrap();
+        let args = [
+            "-t",
+            "fuse.s3-synchronizer",
+            mounts_s,
+            dest_s,
+            "-o",
+            &options,
+        ];
+        run_mount8("mount", &args, &log);
+        serves_then_ends_at_umount(&dest, &cache, &log);
+    }
+
+    // A mistyped option: one clear line, nothing mounted.
+    let out = Command::new("mount")
+        .args(["-t", "fuse", &source, dest_s, "-o", "endpoint_ulr=http://x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown mount option 'endpoint_ulr'"), "{err}");
+    assert!(!is_mount_point(&dest));
+}

@@ -81,11 +81,11 @@ pub fn daemonize(config: &MountConfig) -> anyhow::Result<Daemonized> {
     let dest = &config.sync.destination;
     check_destination(dest, config.allow_non_empty)?;
     let before = std::fs::metadata(dest)?.dev();
-    let args = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--daemon" && a != "-daemon");
+    let args = crate::cli::foreground_args(std::env::args_os().collect());
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(args).stdin(std::process::Stdio::null());
+    cmd.args(args)
+        .env(crate::cli::DAEMON_CHILD, "1")
+        .stdin(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe and touches no memory of this process.
     unsafe {
         cmd.pre_exec(|| {
