@@ -107,6 +107,11 @@ pub struct CommonArgs {
     /// Objects larger than this download as parallel ranged GETs of this size (e.g. 8MiB).
     #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
     pub part_size: u64,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; off unless
+    /// given).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `sync`: the original program's flags.
@@ -245,6 +250,8 @@ pub struct SyncConfig {
     pub upload_delay: Duration,
     /// How long a stopping run may go on uploading writeable mounts' changes.
     pub flush_timeout: Duration,
+    /// Where the metrics are served, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub s3: S3Options,
 }
 
@@ -400,6 +407,7 @@ impl CommonArgs {
             stop_after: schedule.stop_after,
             upload_delay: schedule.upload_delay,
             flush_timeout: schedule.flush_timeout,
+            metrics_addr: self.metrics_addr,
             s3: S3Options {
                 region: self.region,
                 profile: self.profile,

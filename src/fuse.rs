@@ -11,6 +11,7 @@
 //! id serves all open handles of an inode: the kernel binds an inode to one backing file, and
 //! `vfs` gives a changed object a new inode, so they always hold the same bytes.
 
+use crate::metrics;
 use crate::vfs::{Attr, FsError, Kind, Opened, SetAttr, SetTime, Vfs};
 use fuser::{
     BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -278,6 +279,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = metrics::OpTimer::start("lookup");
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
@@ -288,6 +290,7 @@ impl Filesystem for FuseFs {
             None => {
                 let (vfs, name) = (self.vfs.clone(), name.to_owned());
                 self.runtime.spawn(async move {
+                    let _op = _op;
                     let found = vfs.lookup(parent.0, &name).await;
                     reply_entry(found, &ttl, &attr, reply);
                 });
@@ -300,6 +303,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = metrics::OpTimer::start("getattr");
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -307,12 +311,14 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = metrics::OpTimer::start("open");
         let (table, passthrough) = (self.backing.clone(), self.passthrough);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             // May download the file first, off the FUSE threads.
             let vfs = self.vfs.clone();
             let truncate = flags.0 & libc::O_TRUNC != 0;
             self.runtime.spawn(async move {
+                let _op = _op;
                 let result = vfs.open_write(ino.0, truncate).await;
                 reply_open(&vfs, &table, passthrough, ino.0, result, reply);
             });
@@ -324,6 +330,7 @@ impl Filesystem for FuseFs {
             None => {
                 let vfs = self.vfs.clone();
                 self.runtime.spawn(async move {
+                    let _op = _op;
                     let result = vfs.open(ino.0).await;
                     reply_open(&vfs, &table, passthrough, ino.0, result, reply);
                 });
@@ -342,6 +349,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = metrics::OpTimer::start("read");
         let done = |result: Result<Vec<u8>, FsError>, reply: ReplyData| match result {
             Ok(data) => reply.data(&data),
             Err(e) => {
@@ -357,6 +365,7 @@ impl Filesystem for FuseFs {
             None => {
                 let vfs = self.vfs.clone();
                 self.runtime.spawn(async move {
+                    let _op = _op;
                     done(vfs.read(fh.0, offset, size).await, reply);
                 });
             }
@@ -373,6 +382,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::OpTimer::start("release");
         self.vfs.release(fh.0);
         let mut table = self.backing.lock();
         if table.by_handle.remove(&fh.0).is_none()
@@ -403,6 +413,7 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = metrics::OpTimer::start("create");
         let Some(name) = name.to_str() else {
             return reply.error(Errno::EINVAL);
         };
@@ -447,6 +458,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = metrics::OpTimer::start("write");
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -471,6 +483,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = metrics::OpTimer::start("setattr");
         let set = SetAttr {
             size,
             mode,
@@ -481,6 +494,7 @@ impl Filesystem for FuseFs {
         };
         let (vfs, ttl, attr_of) = (self.vfs.clone(), self.ttl, self.attr_maker());
         self.runtime.spawn(async move {
+            let _op = _op;
             match vfs.setattr(ino.0, &set).await {
                 Ok(a) => reply.attr(&ttl, &attr_of(&a)),
                 Err(e) => {
@@ -500,6 +514,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::OpTimer::start("mkdir");
         let Some(name) = name.to_str() else {
             return reply.error(Errno::EINVAL);
         };
@@ -510,6 +525,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::OpTimer::start("unlink");
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
@@ -517,6 +533,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::OpTimer::start("rmdir");
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
@@ -526,6 +543,7 @@ impl Filesystem for FuseFs {
         // Empty in the tree only once listed: listed first, off the FUSE threads.
         let (vfs, name) = (self.vfs.clone(), name.to_owned());
         self.runtime.spawn(async move {
+            let _op = _op;
             let removed = match vfs.list_dir(ino).await {
                 Ok(()) => vfs.remove(parent.0, &name, true),
                 Err(e) => Err(e),
@@ -544,6 +562,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::OpTimer::start("rename");
         let (Some(name), Some(newname)) = (name.to_str(), newname.to_str()) else {
             return reply.error(Errno::EINVAL);
         };
@@ -554,6 +573,7 @@ impl Filesystem for FuseFs {
         let (vfs, name, newname) = (self.vfs.clone(), name.to_owned(), newname.to_owned());
         // May download what it moves first, off the FUSE threads.
         self.runtime.spawn(async move {
+            let _op = _op;
             let result = vfs
                 .rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await;
@@ -569,6 +589,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::OpTimer::start("fsync");
         // Waits for the upload, off the FUSE threads.
         let vfs = self.vfs.clone();
         self.runtime
@@ -576,12 +597,14 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = metrics::OpTimer::start("opendir");
         if self.vfs.dir_ready(ino.0) {
             return reply_opendir(&self.vfs, ino.0, reply);
         }
         // Not listed yet: listed first, off the FUSE threads.
         let vfs = self.vfs.clone();
         self.runtime.spawn(async move {
+            let _op = _op;
             match vfs.list_dir(ino.0).await {
                 Ok(()) => reply_opendir(&vfs, ino.0, reply),
                 Err(e) => {
@@ -600,6 +623,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = metrics::OpTimer::start("readdir");
         match self.vfs.readdir(ino.0) {
             Ok(entries) => {
                 for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -625,6 +649,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = metrics::OpTimer::start("readdirplus");
         match self.vfs.readdir(ino.0) {
             Ok(entries) => {
                 for (i, (child, _, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -706,6 +731,7 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = metrics::OpTimer::start("statfs");
         let (files, dirs) = self.vfs.counts();
         reply.statfs(0, 0, 0, files + dirs, 0, 1 << 20, 255, 1 << 20);
     }

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod etag;
 pub mod fuse;
 pub mod local;
+pub mod metrics;
 pub mod mounts;
 pub mod paths;
 pub mod progress;

@@ -43,6 +43,9 @@ where
         match op().await {
             Err(e) if e.is_transient() && attempt + 1 < MAX_ATTEMPTS => {
                 tracing::debug!(what, attempt, error = %e, "retrying");
+                if let Some(m) = crate::metrics::get() {
+                    m.retries.inc();
+                }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }

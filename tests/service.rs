@@ -314,3 +314,105 @@ async fn mount_8_and_an_fstab_line_mount_it_and_umount_ends_it() {
     assert!(err.contains("unknown mount option 'endpoint_ulr'"), "{err}");
     assert!(!is_mount_point(&dest));
 }
+
+/// The text of `http://addr/path`, with its status line.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in `text`; 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    line.map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A free port on loopback, for the tool to listen on.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_the_requests_the_server_answered() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    for i in 0..5 {
+        s3.put("bkt", &format!("d/f{i}"), &bytes(100_000, i)).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mounts = mounts_json(&[("m", "bkt", "")]);
+    let args = ["--metrics-addr", &addr, "--download-interval", "3600"];
+    let m = Mounted::start(&s3, root.path(), &mounts, &args);
+    m.wait_until(30, "the first pass", || m.passes() >= 1);
+    assert_eq!(
+        std::fs::read(m.dest.join("m/d/f3")).unwrap(),
+        bytes(100_000, 3)
+    );
+
+    let gets = "s3sync_s3_requests_total{operation=\"GetObject\",outcome=\"ok\"}";
+    let lists = "s3sync_s3_requests_total{operation=\"ListObjectsV2\",outcome=\"ok\"}";
+    let mut text = String::new();
+    // The server writes its log as it answers: the two agree once both are written.
+    m.wait_until(
+        10,
+        "the metrics to count the server's GETs and LISTs",
+        || {
+            text = http_get(&addr, "/metrics");
+            sample(&text, gets) == s3.gets() as f64 && sample(&text, lists) == s3.lists() as f64
+        },
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(s3.gets() >= 5 && s3.lists() >= 1, "{text}");
+    assert_eq!(sample(&text, "s3sync_downloaded_bytes_total"), 500_000.0);
+    let figure = |state: &str| {
+        sample(
+            &text,
+            &format!("s3sync_objects{{mount=\"m\",state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(
+        (figure("listed"), figure("present"), figure("pending")),
+        (5.0, 5.0, 0.0)
+    );
+    let present = "s3sync_objects_bytes{mount=\"m\",state=\"present\"}";
+    assert_eq!(sample(&text, present), 500_000.0);
+    // The file system's operations, the open above among them (its reads may go straight to
+    // the cache file, through passthrough).
+    let opens = "s3sync_fuse_operation_seconds_count{operation=\"open\"}";
+    assert!(sample(&text, opens) >= 1.0, "{text}");
+    assert!(
+        sample(&text, "s3sync_get_first_byte_seconds_count") >= 5.0,
+        "{text}"
+    );
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metrics_address_in_use_is_one_clear_line() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let out = run(s3
+        .tool()
+        .args(["sync", "--metrics-addr", &addr, "--destination"])
+        .arg(root.path())
+        .args(["--default-s3-mounts", &mounts_json(&[("m", "bkt", "")])]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot serve metrics at {addr}")),
+        "{err}"
+    );
+}

@@ -198,6 +198,11 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         )
     });
 
+    if let Some(addr) = sync.metrics_addr {
+        runtime
+            .block_on(crate::metrics::serve(addr))
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+    }
     // Connect and list every mount before mounting: all files are visible from the start.
     let (vfs, listings) = runtime.block_on(async {
         let mut connectors = HashMap::new();

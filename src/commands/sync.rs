@@ -15,6 +15,7 @@ use crate::local::watch::Changes;
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 use crate::store::s3::S3Connector;
+use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,11 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         )
     })?;
     let cache = Root::open(&config.destination)?;
+    if let Some(addr) = config.metrics_addr {
+        crate::metrics::serve(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+    }
     let cancel = CancellationToken::new();
     let progress = Arc::new(Progress::default());
     let engine = Engine::new(

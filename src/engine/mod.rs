@@ -358,7 +358,10 @@ impl Engine {
         replica.copy.listing_begins();
         let listed = tokio::select! {
             listed = retry("list", || store.list(&mount.prefix)) => {
-                listed.map_err(|source| EngineError::store(mount, source))?
+                listed.map_err(|source| {
+                    crate::metrics::count(|m| &m.failures, "listing");
+                    EngineError::store(mount, source)
+                })?
             }
             () = self.downloader.cancel.cancelled() => return Err(EngineError::Cancelled {
                 mount: mount.id.clone(),
@@ -417,6 +420,7 @@ impl Engine {
             mount: mount.id.clone(),
         };
         let cancel = &self.downloader.cancel;
+        let listed = crate::metrics::get().map(|_| files_and_bytes(&remote));
         let planning = replica.clone();
         let delay = self.upload_delay;
         let planned = tokio::task::spawn_blocking(move || {
@@ -532,6 +536,7 @@ impl Engine {
                 Ok(Outcome::Gone) => {}
                 Err(FetchError { key, reason, .. }) => {
                     stats.failed += 1;
+                    crate::metrics::count(|m| &m.failures, "download");
                     tracing::error!(mount = %mount.id, bucket = %mount.bucket, key, "download failed: {reason}");
                 }
             }
@@ -551,6 +556,13 @@ impl Engine {
         let compacted = tokio::task::spawn_blocking(move || {
             if clear {
                 downloader.root.clear_partials(&finishing.mount.id);
+            }
+            if let (Some(m), Some(listed)) = (crate::metrics::get(), listed) {
+                let present = finishing.copy.plan(|entries, _| {
+                    let held = entries.values().filter(|e| !e.dir && !e.replaced);
+                    held.fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.size))
+                });
+                m.mount_figures(&finishing.mount.id, listed, present);
             }
             finishing
                 .copy
@@ -638,6 +650,9 @@ impl Engine {
                 Ok(Pushed::Uploaded { bytes }) => {
                     stats.uploaded += 1;
                     stats.bytes_uploaded += bytes;
+                    if let Some(m) = crate::metrics::get() {
+                        m.uploaded_bytes.inc_by(bytes);
+                    }
                 }
                 Ok(Pushed::Changed) => stats.settling += 1,
                 Ok(Pushed::Conflict { remote, .. }) => {
@@ -648,6 +663,7 @@ impl Engine {
                 Ok(Pushed::KeptRemote { remote }) => refetch.push(again(remote)),
                 Err(e) => {
                     stats.failed += 1;
+                    crate::metrics::count(|m| &m.failures, "upload");
                     tracing::error!(mount = %mount.id, bucket = %mount.bucket, "{e}");
                 }
             }
@@ -884,11 +900,18 @@ impl Engine {
                 Err(FetchError { key, reason, .. }) => {
                     stats.failed += 1;
                     let mount = &replica.mount;
+                    crate::metrics::count(|m| &m.failures, "download");
                     tracing::error!(mount = %mount.id, bucket = %mount.bucket, key, "download failed: {reason}");
                 }
             }
         }
     }
+}
+
+/// How many files a listing holds (folder markers aside), and their bytes.
+fn files_and_bytes(listing: &[ObjectMeta]) -> (u64, u64) {
+    let files = listing.iter().filter(|o| !o.key.ends_with('/'));
+    files.fold((0, 0), |(n, bytes), o| (n + 1, bytes + o.size))
 }
 
 /// Which local changes [`Engine::push_local`] uploads.

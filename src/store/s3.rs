@@ -9,6 +9,7 @@
 
 mod compat;
 mod listing;
+mod metered;
 
 use super::{
     Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
@@ -119,6 +120,7 @@ impl S3Connector {
         let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
             .force_path_style(self.opts.force_path_style)
             .interceptor(compat::WrongRootNames)
+            .interceptor(metered::Metered)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()

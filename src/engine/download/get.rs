@@ -89,6 +89,9 @@ async fn read_part(
                 .into());
             }
             progress.add_bytes(chunk.len() as u64);
+            if let Some(m) = crate::metrics::get() {
+                m.downloaded_bytes.inc_by(chunk.len() as u64);
+            }
             batched += chunk.len();
             batch.push(chunk);
             let full = batched >= WRITE_BATCH
@@ -120,8 +123,10 @@ async fn read_part(
         Ok(batch)
     }
     .await;
-    if result.is_err() {
-        progress.sub_bytes(batched as u64);
+    match (&result, crate::metrics::get()) {
+        (Err(_), _) => progress.sub_bytes(batched as u64),
+        (Ok(_), Some(m)) => m.get_duration.observe(asked.elapsed().as_secs_f64()),
+        (Ok(_), None) => {}
     }
     result
 }

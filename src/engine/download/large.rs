@@ -285,6 +285,7 @@ impl Download {
             return Ok(());
         }
         tracing::debug!(key = %self.meta.key, ?range, "read waits for its range");
+        let waited = std::time::Instant::now();
         // Bytes the background download has already claimed go to the priority lane too (if
         // they wait for a permit, to fetch or to retry), and keep streaming while other bulk
         // GETs hold back, or this reader would wait behind the backlog it pauses.
@@ -308,6 +309,9 @@ impl Download {
             })
             .await;
         tracing::debug!(key = %self.meta.key, ?range, ok = result.is_ok(), "read waited");
+        if let Some(m) = crate::metrics::get() {
+            m.reader_waits.observe(waited.elapsed().as_secs_f64());
+        }
         result
     }
 }

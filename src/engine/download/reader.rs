@@ -28,9 +28,12 @@ pub(crate) async fn reader(
 ) -> Result<Reader, FetchError> {
     if is_small(&downloader, &meta) {
         let base = replica.copy.version_at(&path);
-        return fetch(downloader, replica, store, meta, path, base, true)
-            .await
-            .map(|_| Reader::Complete);
+        let waited = std::time::Instant::now();
+        let fetched = fetch(downloader, replica, store, meta, path, base, true).await;
+        if let Some(m) = crate::metrics::get() {
+            m.reader_waits.observe(waited.elapsed().as_secs_f64());
+        }
+        return fetched.map(|_| Reader::Complete);
     }
     let meta_etag = meta.etag.clone();
     let flight = match start_reader(&downloader, replica, store, meta, path) {
