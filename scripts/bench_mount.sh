@@ -8,6 +8,9 @@
 #   scripts/bench_mount.sh --cases first-byte,tail-read --runs 5
 #   scripts/bench_mount.sh --logs /tmp/bench-logs       # keep the mounts' and server's logs
 #   OURS_FLAGS="--concurrency 8" scripts/bench_mount.sh   # more flags for every mount of ours
+#   THIS_BUILD_FLAGS="--metrics-addr 127.0.0.1:9464" SCRAPE=127.0.0.1:9464 scripts/bench_mount.sh \
+#       --cases first-byte,tail-read --versus OLD   # flags for this build's mounts only (not the
+#                          # --versus build's); SCRAPE: GET http://SCRAPE/metrics twice a second
 #   S3SYNC_TOOL=/tmp/old/s3-synchronizer scripts/bench_mount.sh   # another build, e.g. to compare
 #   scripts/bench_mount.sh --cases first-byte,tail-read --runs 15 --versus /tmp/old/s3-synchronizer
 #                          # this build and another side by side: each run mounts both, in turn
@@ -150,6 +153,12 @@ mkdir -p "$src" "$logs"
 
 declare -A MOUNT_PIDS=() # mount point -> the process serving it
 MOUNT_LOG_LEVEL="info,s3_synchronizer=debug"
+# A scrape of this build's metrics twice a second, for the whole run (SCRAPE=HOST:PORT).
+if [[ -n "${SCRAPE:-}" ]]; then
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    spawn "$logs/scrape.log" bash -c \
+        'while sleep 0.5; do curl -s -o /dev/null "http://$0/metrics" || true; done' "$SCRAPE"
+fi
 
 # On exit the mounts are unmounted and the logs kept (--logs) first; lib.sh then stops the
 # server and removes the scratch data.
@@ -194,11 +203,13 @@ start_ours() {
     local id="$1" prefix="$2" mnt="$3" cache="$4" logfile="$5"
     shift 5
     mkdir -p -- "$mnt" "$cache"
-    # shellcheck disable=SC2086 # OURS_FLAGS holds flags, split on purpose
+    local own=""
+    [[ -z "${MOUNT_TOOL:-}" || "${MOUNT_TOOL:-}" == "$TOOL" ]] && own="${THIS_BUILD_FLAGS:-}"
+    # shellcheck disable=SC2086 # OURS_FLAGS and THIS_BUILD_FLAGS hold flags, split on purpose
     spawn "$logfile" env RUST_LOG="$MOUNT_LOG_LEVEL" "${MOUNT_TOOL:-$TOOL}" mount \
         --default-s3-mounts "[{\"id\":\"$id\",\"bucket\":\"bench\",\"prefix\":\"$prefix\"}]" \
         --destination "$mnt" --cache-dir "$cache" --endpoint-url "$S3_ENDPOINT" \
-        --region "$S3_REGION" "$@" ${OURS_FLAGS:-}
+        --region "$S3_REGION" "$@" ${OURS_FLAGS:-} $own
     MOUNT_PIDS[$mnt]="$BG_PID"
     wait_mounted "$mnt" "$id" "$logfile"
 }
