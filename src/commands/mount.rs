@@ -249,13 +249,13 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
                 mount,
             });
             let run = run.clone();
-            let said = move |round: &PassStats| {
+            let on_round = move |round: &PassStats| {
                 let sent = round.uploaded + round.remote_deleted;
                 run.uploads(mount, sent, round.settling + round.failed);
             };
             uploads.spawn(async move {
                 write_back
-                    .run(engine, replica, store, view, (delay, cancel), said)
+                    .run(engine, replica, store, view, (delay, cancel), on_round)
                     .await;
             });
             // Changes an earlier run left are uploaded too.

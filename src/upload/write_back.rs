@@ -60,7 +60,7 @@ impl WriteBack {
     /// Uploads the mount's changes until `cancel`: a round `delay` after the first change,
     /// and one every `delay` while changes keep coming (each uploads the files quiet for
     /// `delay` by then, so a long copy into the mount uploads as it goes), or while some wait.
-    /// `view`: the mount's file system, which says which empty directories are new; `said`
+    /// `view`: the mount's file system, which says which empty directories are new; `on_round`
     /// hears what each round did.
     pub async fn run(
         &self,
@@ -69,7 +69,7 @@ impl WriteBack {
         store: Arc<dyn ObjectStore>,
         view: Arc<dyn MountView>,
         (delay, cancel): (Duration, CancellationToken),
-        said: impl Fn(&PassStats) + Send,
+        on_round: impl Fn(&PassStats) + Send,
     ) {
         let mount = &replica.mount.id;
         let pause = delay.max(MIN_PAUSE);
@@ -103,7 +103,7 @@ impl WriteBack {
                 let round = round.await;
                 let (settling, failed) = match round {
                     Ok(stats) => {
-                        said(&stats);
+                        on_round(&stats);
                         if stats.uploaded + stats.remote_deleted + stats.conflicts > 0 {
                             tracing::info!(
                                 mount = %mount,
