@@ -184,6 +184,22 @@ impl Metrics {
             self.object_bytes.get_or_create(&labels).set(bytes as i64);
         }
     }
+
+    /// A new file of `bytes` bytes is now present in mount `mount`'s local copy.
+    pub fn file_present(&self, mount: &str, bytes: u64) {
+        let labels = |state| MountLabels {
+            mount: mount.to_owned(),
+            state,
+        };
+        self.objects.get_or_create(&labels("present")).inc();
+        self.objects.get_or_create(&labels("pending")).dec();
+        self.object_bytes
+            .get_or_create(&labels("present"))
+            .inc_by(bytes as i64);
+        self.object_bytes
+            .get_or_create(&labels("pending"))
+            .dec_by(bytes as i64);
+    }
 }
 
 /// What an HTTP status (`None`: no answer) says of a request.
@@ -302,12 +318,13 @@ mod tests {
         };
         m.s3_requests.get_or_create(&labels).inc();
         m.downloaded_bytes.inc_by(42);
-        m.mount_figures("raw", (10, 1000), (4, 400));
+        m.mount_figures("raw", (10, 1000), (4, 300));
+        m.file_present("raw", 100);
         let text = m.encode();
         for line in [
             "s3sync_s3_requests_total{operation=\"GetObject\",outcome=\"ok\"} 1",
             "s3sync_downloaded_bytes_total 42",
-            "s3sync_objects{mount=\"raw\",state=\"pending\"} 6",
+            "s3sync_objects{mount=\"raw\",state=\"pending\"} 5",
             "s3sync_objects_bytes{mount=\"raw\",state=\"present\"} 400",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");

@@ -456,6 +456,13 @@ impl Engine {
             })
         })
         .await;
+        // The figures as the downloads begin; each file downloaded moves them (below), and the
+        // pass's end sets them exactly.
+        if let (Some(m), Some(listed)) = (crate::metrics::get(), listed) {
+            let copy = replica.clone();
+            let present = tokio::task::spawn_blocking(move || held(&copy.copy)).await;
+            m.mount_figures(&mount.id, listed, present.unwrap_or_default());
+        }
         let (write, mut stats) = finished(planned)
             .map_err(|_| cancelled())?
             .map_err(|source| EngineError::Local {
@@ -531,6 +538,9 @@ impl Engine {
                         stats.updated += 1;
                     } else {
                         stats.downloaded += 1;
+                        if let Some(m) = crate::metrics::get() {
+                            m.file_present(&mount.id, bytes);
+                        }
                     }
                 }
                 Ok(Outcome::Gone) => {}
@@ -558,11 +568,7 @@ impl Engine {
                 downloader.root.clear_partials(&finishing.mount.id);
             }
             if let (Some(m), Some(listed)) = (crate::metrics::get(), listed) {
-                let present = finishing.copy.plan(|entries, _| {
-                    let held = entries.values().filter(|e| !e.dir && !e.replaced);
-                    held.fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.size))
-                });
-                m.mount_figures(&finishing.mount.id, listed, present);
+                m.mount_figures(&finishing.mount.id, listed, held(&finishing.copy));
             }
             finishing
                 .copy
@@ -906,6 +912,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// How many files the local copy holds (as the manifest says), and their bytes.
+fn held(copy: &MountCopy) -> (u64, u64) {
+    copy.plan(|entries, _| {
+        let held = entries.values().filter(|e| !e.dir && !e.replaced);
+        held.fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.size))
+    })
 }
 
 /// How many files a listing holds (folder markers aside), and their bytes.
