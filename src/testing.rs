@@ -43,6 +43,8 @@ pub fn mount(prefix: &str) -> Mount {
 /// The settings tests vary; the rest of [`EngineConfig`] as in sync mode.
 pub struct Setup {
     pub concurrency: usize,
+    /// [`EngineConfig::tiny_concurrency`]; `None`: as `concurrency`.
+    pub tiny_concurrency: Option<usize>,
     /// [`EngineConfig::write_concurrency`]; `None`: as `concurrency`.
     pub write_concurrency: Option<usize>,
     pub part_size: u64,
@@ -56,6 +58,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             concurrency: 2,
+            tiny_concurrency: None,
             write_concurrency: None,
             part_size: PART,
             readers: None,
@@ -83,6 +86,7 @@ impl Setup {
         };
         let config = EngineConfig {
             concurrency: self.concurrency,
+            tiny_concurrency: self.tiny_concurrency.unwrap_or(self.concurrency),
             write_concurrency: self.write_concurrency.unwrap_or(self.concurrency),
             part_size: self.part_size,
             readers: self.readers.clone(),

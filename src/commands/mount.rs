@@ -142,7 +142,8 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
         .context("cannot start the readers' runtime")?;
     // The background download's bytes stream on threads that take only idle CPU: the readers,
     // the FUSE threads and the user's programs preempt them the moment they wake (see
-    // [`idle_thread_priority`]). Listing, planning and committing stay on `runtime`.
+    // [`idle_thread_priority`]). Listing, planning, committing and the GETs of tiny objects
+    // (whose bodies arrive in one piece) stay on `runtime`.
     let stream = tokio::runtime::Builder::new_multi_thread()
         .thread_name("stream")
         .on_thread_start(idle_thread_priority)
@@ -186,6 +187,7 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
             Root::open(&config.cache_dir)?,
             &EngineConfig {
                 concurrency,
+                tiny_concurrency: sync.concurrency,
                 write_concurrency: sync.concurrency,
                 part_size: sync.part_size,
                 readers: Some(readers.handle().clone()),
@@ -628,6 +630,7 @@ fn age(at: Option<SystemTime>, now: SystemTime) -> String {
 /// CPUs with us, so a few streams already take all it can send, and each GET the background
 /// download pauses for a reader lets the server fill its send buffer first, which it copies
 /// while the reader's GET waits (measurements: docs/PERFORMANCE.md, "GETs to a local server").
+/// GETs of tiny objects still run the requested number at once (see `download::lanes`).
 fn local_server_concurrency(requested: usize, endpoint: Option<&str>, cpus: usize) -> usize {
     if endpoint.is_some_and(crate::store::local_http::is_local_http) {
         requested.min(2 * cpus)

@@ -50,6 +50,7 @@ pub async fn sync(config: SyncConfig) -> anyhow::Result<SyncOutcome> {
         cache,
         &EngineConfig {
             concurrency: config.concurrency,
+            tiny_concurrency: config.concurrency,
             write_concurrency: config.concurrency,
             part_size: config.part_size,
             readers: None,

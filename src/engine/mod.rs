@@ -50,6 +50,10 @@ use tracing::Instrument;
 pub struct EngineConfig {
     /// GETs in flight at once, across all files and mounts.
     pub concurrency: usize,
+    /// GETs of tiny objects in flight at once in the background, in `concurrency`'s stead (at
+    /// least as many; tiny: `download::lanes::TINY_BODY`): the requested concurrency, where
+    /// the mount caps `concurrency` for a server on this machine.
+    pub tiny_concurrency: usize,
     /// Upload requests (PUTs, parts, copies, deletes) in flight at once, across all mounts.
     /// Apart from `concurrency`: the mount caps its GETs to a server on this machine for the
     /// readers' sake (a bulk GET the server keeps sending delays a reader's), which a write does
@@ -61,9 +65,10 @@ pub struct EngineConfig {
     /// threads busy with the background download (which may run at a lower CPU priority);
     /// `None`: the engine's own runtime.
     pub readers: Option<tokio::runtime::Handle>,
-    /// Where the bytes of the background download stream: its GETs and their writes to the
-    /// cache (in mount mode a runtime whose threads take only idle CPU). Listing, planning and
-    /// committing files stay on the engine's runtime. `None`: the engine's own runtime.
+    /// Where the bytes of the background download stream: its GETs (but of tiny objects) and
+    /// their writes to the cache (in mount mode a runtime whose threads take only idle CPU).
+    /// Listing, planning and committing files stay on the engine's runtime. `None`: the
+    /// engine's own runtime.
     pub stream: Option<tokio::runtime::Handle>,
     /// Start the bulk lane with [`SLOW_START_GETS`] GETs and add one every
     /// [`SLOW_START_STEP`] up to `concurrency` (mount mode): a new mount's first reads come
@@ -102,7 +107,8 @@ pub(crate) struct Downloader {
     pub(crate) part_size: u64,
     pub(crate) progress: Arc<Progress>,
     /// Files downloading at once: twice the GETs, so one file's next GET is ready to start as
-    /// another's ends.
+    /// another's ends (of tiny files, as many times more as the lanes take tiny GETs in a
+    /// stream's stead).
     pub(crate) files_in_flight: usize,
     /// Where downloads run: the runtime the engine was made in.
     pub(crate) bulk: tokio::runtime::Handle,
@@ -261,7 +267,12 @@ impl Engine {
         let engine = Self {
             downloader: Arc::new(Downloader {
                 root,
-                lanes: Lanes::new(first, concurrency, config.write_concurrency.max(1)),
+                lanes: Lanes::new(
+                    first,
+                    concurrency,
+                    config.tiny_concurrency,
+                    config.write_concurrency.max(1),
+                ),
                 flights: DashMap::new(),
                 part_size: config.part_size.max(1),
                 progress,
@@ -502,11 +513,20 @@ impl Engine {
             plan.fetch.len() as u64,
             plan.fetch.iter().map(|f| f.meta.size).sum(),
         );
-        let mut jobs = plan.fetch.into_iter();
+        let mut jobs = plan.fetch.into_iter().peekable();
         let mut running = JoinSet::new();
+        // Files in flight, in the bulk lane's units (see `Lanes::units`): more tiny ones at
+        // once than others, as their GETs are.
+        let lanes = &self.downloader.lanes;
+        let units = |job: &plan::Fetch| lanes.units(job.meta.size) as usize;
+        let capacity = self.downloader.files_in_flight * lanes.stream_units() as usize;
+        let mut load = 0;
         loop {
-            while running.len() < self.downloader.files_in_flight {
-                let Some(job) = jobs.next() else { break };
+            while let Some(job) =
+                jobs.next_if(|job| running.is_empty() || load + units(job) <= capacity)
+            {
+                let units = units(&job);
+                load += units;
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);
                 let update = job.update;
                 let task = download::fetch(
@@ -518,7 +538,7 @@ impl Engine {
                     job.base,
                     false,
                 );
-                running.spawn(async move { (update, task.await) }.instrument(span));
+                running.spawn(async move { (update, units, task.await) }.instrument(span));
             }
             let done = tokio::select! {
                 done = running.join_next() => done,
@@ -529,7 +549,8 @@ impl Engine {
                 }
             };
             let Some(done) = done else { break };
-            let (update, result) = finished(done).map_err(|_| cancelled())?;
+            let (update, units, result) = finished(done).map_err(|_| cancelled())?;
+            load -= units;
             progress.file_done();
             match result {
                 Ok(Outcome::Written { bytes }) => {

@@ -6,7 +6,7 @@ use crate::local::Root;
 use crate::mounts::STATE_DIR;
 use crate::store::Body;
 use crate::store::memory::{Fault, Faults, Hooked, MemoryStore, Request, StoreHook};
-use crate::testing::{PART, engine_at, mount, pattern};
+use crate::testing::{PART, Setup, engine_at, mount, pattern};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -374,6 +374,45 @@ async fn concurrency_bounds_the_gets_in_flight() {
     }
 }
 
+/// Where the GETs that stream are capped below the requested concurrency (a mount against a
+/// server on this machine), tiny objects still download the requested number at once, and
+/// larger ones no more than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiny_objects_download_at_the_requested_concurrency_beside_a_capped_stream_lane() {
+    let inner = MemoryStore::new("bkt");
+    for i in 0..40 {
+        inner.put(&format!("tiny/f{i}"), pattern(1_000 + i, i as u8));
+        inner.put(&format!("big/f{i}"), pattern(150_000 + i, i as u8));
+    }
+    for (prefix, most, least) in [("tiny/", 8, 3), ("big/", 2, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Setup {
+            concurrency: 2,
+            tiny_concurrency: Some(8),
+            ..Setup::default()
+        }
+        .engine(tmp.path());
+        let gauge = Hooked::new(inner.clone(), Gauge::default());
+        let replica = engine.open_mount(mount(prefix)).unwrap();
+        let stats = engine.sync_mount(&replica, gauge.clone()).await.unwrap();
+        assert_eq!(stats.downloaded, 40, "{prefix}");
+        let peak = gauge.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= most,
+            "{prefix}: at most {most} GETs at once, saw {peak}"
+        );
+        assert!(
+            peak >= least,
+            "{prefix}: at least {least} GETs at once, saw {peak}"
+        );
+        let size = if prefix == "tiny/" { 1_000 } else { 150_000 };
+        for i in 0..40 {
+            let got = std::fs::read(tmp.path().join(format!("m/f{i}"))).unwrap();
+            assert!(got == pattern(size + i, i as u8), "{prefix}f{i} differs");
+        }
+    }
+}
+
 /// Bodies of `key` from byte `from` on send their first chunk and never end.
 struct Stall {
     key: &'static str,
@@ -541,6 +580,7 @@ async fn slow_start_opens_the_bulk_lane_one_get_at_a_time() {
         Root::open(tmp.path()).unwrap(),
         &EngineConfig {
             concurrency: SLOW_START_GETS + 3,
+            tiny_concurrency: SLOW_START_GETS + 3,
             write_concurrency: SLOW_START_GETS + 3,
             part_size: PART,
             readers: None,

@@ -36,7 +36,7 @@ pub(super) async fn download_part(
         let given = first_permit.lock().take();
         let _permit = match given {
             Some(p) => p,
-            None => permit(job, urgent).await,
+            None => permit(job, urgent, range.end - written.load(Ordering::SeqCst)).await,
         };
         let from = written.load(Ordering::SeqCst);
         read_part(job, meta, from..range.end, to, written, urgent).await

@@ -2,6 +2,12 @@
 //! downloads a reader waits on, write permits for uploads; while a reader waits, bulk GETs
 //! hold back and no write starts.
 //!
+//! The bulk lane counts in units: a GET of a tiny body ([`TINY_BODY`]) takes one, any other
+//! GET [`Lanes::stream_units`]. Where the GETs whose bodies stream are capped below the
+//! requested concurrency (a server on this machine), the requested number of tiny GETs still
+//! run at once: the cap is for bodies a server keeps sending while a reader waits, and a tiny
+//! object's cost is its request, which only more requests at once hide.
+//!
 //! Lock order: no lock. The lanes are three semaphores, a counter and a `Notify`; a request
 //! holds one permit for one attempt and takes no other permit while it holds it.
 
@@ -11,10 +17,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
+/// The most bytes a GET may ask for to count as one unit of the bulk lane: with the requested
+/// concurrency of them in flight they are about as many bytes as the capped streams' receive
+/// buffers hold (see `store::local_http`), so a reader waits no longer behind them.
+pub(crate) const TINY_BODY: u64 = 64 << 10;
+
 /// The GET permits of one engine, and whether a reader waits.
 pub(crate) struct Lanes {
-    /// The bulk lane: GETs of the background passes (opened gradually under slow start).
+    /// The bulk lane: GETs of the background passes (opened gradually under slow start), in
+    /// units.
     bulk: Semaphore,
+    /// The units of the bulk lane a GET takes whose body streams (more than [`TINY_BODY`]).
+    stream_units: u32,
     /// The priority lane: GETs of downloads a reader is waiting for.
     urgent: Semaphore,
     /// The write lane: an upload's requests (PUTs, parts, copies, deletes).
@@ -30,10 +44,13 @@ pub(crate) struct Lanes {
 
 impl Lanes {
     /// Lanes of `concurrency` GETs each, the bulk one opening with `first_bulk` of them (see
-    /// [`Lanes::open_bulk`]), and of `writes` upload requests.
-    pub(crate) fn new(first_bulk: usize, concurrency: usize, writes: usize) -> Self {
+    /// [`Lanes::open_bulk`]) and taking `tiny` GETs of tiny bodies in their stead (at least
+    /// one for each), and of `writes` upload requests.
+    pub(crate) fn new(first_bulk: usize, concurrency: usize, tiny: usize, writes: usize) -> Self {
+        let stream_units = (tiny / concurrency.max(1)).max(1);
         Self {
-            bulk: Semaphore::new(first_bulk),
+            bulk: Semaphore::new(first_bulk * stream_units),
+            stream_units: u32::try_from(stream_units).unwrap_or(u32::MAX),
             urgent: Semaphore::new(concurrency),
             writes: Semaphore::new(writes),
             write_concurrency: writes,
@@ -64,7 +81,29 @@ impl Lanes {
 
     /// One more GET for the bulk lane (slow start).
     pub(crate) fn open_bulk(&self) {
-        self.bulk.add_permits(1);
+        self.bulk.add_permits(self.stream_units as usize);
+    }
+
+    /// The units of the bulk lane a GET of `bytes` takes.
+    pub(crate) fn units(&self, bytes: u64) -> u32 {
+        match bytes <= TINY_BODY {
+            true => 1,
+            false => self.stream_units,
+        }
+    }
+
+    /// The units of the bulk lane a GET whose body streams takes: as many tiny GETs run in its
+    /// stead.
+    pub(crate) fn stream_units(&self) -> u32 {
+        self.stream_units
+    }
+
+    /// A permit of the bulk lane for a GET of `bytes`.
+    async fn bulk_permit(&self, bytes: u64) -> SemaphorePermit<'_> {
+        self.bulk
+            .acquire_many(self.units(bytes))
+            .await
+            .expect("never closed")
     }
 
     /// Whether a download a reader waits on is under way (or ended less than a grace ago);
@@ -160,12 +199,13 @@ pub(super) async fn hold_back(job: &Job, urgent: &(dyn Fn() -> bool + Sync)) {
     }
 }
 
-/// A GET permit: from the priority lane once the download or these bytes are `urgent` (also
-/// when they become urgent while still queueing: a reader now waits for them); otherwise from
-/// the bulk lane, after [`hold_back`].
+/// A GET permit for `bytes`: from the priority lane once the download or these bytes are
+/// `urgent` (also when they become urgent while still queueing: a reader now waits for them);
+/// otherwise from the bulk lane, after [`hold_back`].
 pub(super) async fn permit<'a>(
     job: &'a Job,
     urgent: &(dyn Fn() -> bool + Sync),
+    bytes: u64,
 ) -> SemaphorePermit<'a> {
     let lanes = &job.downloader.lanes;
     loop {
@@ -177,7 +217,7 @@ pub(super) async fn permit<'a>(
             return lanes.urgent.acquire().await.expect("never closed");
         }
         tokio::select! {
-            permit = lanes.bulk.acquire() => return permit.expect("never closed"),
+            permit = lanes.bulk_permit(bytes) => return permit,
             () = &mut woken => {}
         }
     }

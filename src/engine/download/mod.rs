@@ -31,7 +31,7 @@ mod large;
 mod reader;
 
 pub(crate) use flight::Flight;
-pub(crate) use lanes::Lanes;
+pub(crate) use lanes::{Lanes, TINY_BODY};
 pub use large::{Download, ReadAhead};
 pub use reader::Reader;
 pub(crate) use reader::{reader, reader_now};
@@ -228,19 +228,25 @@ async fn download(
 }
 
 /// A small object is read into memory with one GET, then staged, written and committed in one
-/// blocking call: one hand-off to the blocking pool per file instead of three.
+/// blocking call: one hand-off to the blocking pool per file instead of three. In the
+/// background its GET streams on the idle threads ([`EngineConfig::stream`]), unless its body
+/// is tiny ([`TINY_BODY`]): such a body arrives in one piece, with nothing to stream
+/// that a reader should preempt, and its cost is the request's, which a hand-off to other
+/// threads and back for each file only adds to (measurements: docs/PERFORMANCE.md, "Tiny
+/// objects").
+///
+/// [`EngineConfig::stream`]: crate::engine::EngineConfig::stream
 async fn fetch_small(job: &Arc<Job>, meta: &ObjectMeta, path: &str) -> Result<(), PartError> {
     let data = match &job.downloader.stream {
         _ if meta.size == 0 => Vec::new(),
-        // In the background: streamed on its runtime. (When a reader waits for the file, or
-        // there is no such runtime, fetched here.)
-        Some(stream) if !is_urgent(job, &|| false) => {
+        Some(stream) if meta.size > TINY_BODY && !is_urgent(job, &|| false) => {
             let (job, meta) = (job.clone(), meta.clone());
             joined(stream.spawn(async move {
                 download_part(&job, &meta, 0..meta.size, None, &|| false, None).await
             }))
             .await??
         }
+        // Tiny, a reader waits for it, or there is no such runtime: fetched here.
         _ => download_part(job, meta, 0..meta.size, None, &|| false, None).await?,
     };
     let (job, meta, path) = (job.clone(), meta.clone(), path.to_owned());
@@ -299,7 +305,8 @@ async fn fetch_large(
         workers.spawn_on(
             async move {
                 loop {
-                    let permit = permit(&job, &|| false).await;
+                    // A large object's piece streams.
+                    let permit = permit(&job, &|| false, u64::MAX).await;
                     let Some(piece) = download.claim_next() else {
                         return;
                     };

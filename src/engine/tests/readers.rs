@@ -3,6 +3,7 @@
 //! gets its bytes even when the background download's fetch of them fails or is cancelled.
 
 use super::*;
+use crate::engine::download::TINY_BODY;
 use crate::testing::{Held, Setup, named_runtime, occupy, wait_until_cached};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -423,36 +424,50 @@ fn a_waiting_read_does_not_need_the_blocking_pool() {
     readers.shutdown_background();
 }
 
-/// A background pass streams every GET, of small and large files alike, on the streaming
-/// runtime, and the files it writes are whole.
+/// A background pass streams the GETs of small and large files on the streaming runtime, and
+/// those of tiny files where the pass runs; the files it writes are whole.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_background_pass_streams_on_the_streaming_runtime() {
+async fn a_background_pass_streams_on_the_streaming_runtime_but_tiny_files() {
     let stream = named_runtime("test-stream");
     let tmp = tempfile::tempdir().unwrap();
     let mem = MemoryStore::new("bkt");
-    let large = pattern((5 * PART) as usize, 7);
+    let part = 4 * TINY_BODY;
+    let large = pattern((part + part / 2) as usize, 7);
     mem.put("p/large", large.clone());
-    for i in 0..5u8 {
-        mem.put(&format!("p/small-{i}"), vec![i; 100]);
+    let sizes = |i: u8| match i % 2 {
+        0 => 100,
+        _ => TINY_BODY as usize + 100,
+    };
+    for i in 0..6u8 {
+        mem.put(&format!("p/small-{i}"), vec![i; sizes(i)]);
     }
     let held = Held::new(mem.clone(), |_, _| false);
     let setup = Setup {
         stream: Some(stream.handle().clone()),
+        part_size: part,
         ..Setup::default()
     };
     let (engine, replica) = setup.open(tmp.path());
     let stats = engine.sync_mount(&replica, held.clone()).await.unwrap();
-    assert_eq!(stats.downloaded, 6);
+    assert_eq!(stats.downloaded, 7);
     assert!(std::fs::read(tmp.path().join("m/large")).unwrap() == large);
-    for i in 0..5u8 {
+    for i in 0..6u8 {
         assert_eq!(
             std::fs::read(tmp.path().join(format!("m/small-{i}"))).unwrap(),
-            vec![i; 100]
+            vec![i; sizes(i)]
         );
     }
     let asked = held.asked.lock().clone();
-    assert!(asked.len() >= 10, "{asked:?}");
-    assert!(asked.iter().all(|(_, t)| t == "test-stream"), "{asked:?}");
+    let on = |t: &str, tiny: bool| {
+        asked
+            .iter()
+            .filter(|(r, at)| at == t && (r.end - r.start <= TINY_BODY) == tiny)
+            .count()
+    };
+    // The large file's two parts, three small files, three tiny ones.
+    assert_eq!(on("test-stream", false), 5, "{asked:?}");
+    assert_eq!(on("test-stream", true), 0, "{asked:?}");
+    assert_eq!(asked.len(), 8, "{asked:?}");
     stream.shutdown_background();
 }
 
