@@ -19,6 +19,8 @@ cases: what the mount cases of bench_mount.sh read (see its --help):
     tail-read    bl/zz/tail-1GiB.bin, random, and the backlog
     cpu-share    the backlog: bl/backlog/obj-000.bin ... obj-127.bin, 32 MiB each, sparse on disk
                  (the server still sends every byte)
+    tiny-backlog (with any of the three above) a backlog of tiny objects instead:
+                 bl/backlog/d-000/f-00000 ... d-099/f-39999, 40,000 random objects of 1 KiB
     walk-stat    ws/d-000/f-000.bin ... ws/d-099/f-099.bin: 10,000 random files of 1 KiB
     listing      ls/d-000/f-0000 ... ls/d-099/f-0999: 100,000 files of 1 byte
     walk-100k    the same
@@ -36,7 +38,7 @@ MiB = 1 << 20
 
 SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
 SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
-CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "walk-100k", "listing", "ls-l", "discovery", "parquet")
+CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "walk-100k", "listing", "ls-l", "discovery", "parquet", "tiny-backlog")
 
 
 def random_file(path, size):
@@ -93,7 +95,13 @@ def write_partitions(top):
 def write_cases(root, cases):
     if "cached-read" in cases:
         random_file(os.path.join(root, "cr/big-1GiB.bin"), 1024 * MiB)
-    if "first-byte" in cases or "tail-read" in cases or "cpu-share" in cases:
+    if not {"first-byte", "tail-read", "cpu-share"}.isdisjoint(cases) and "tiny-backlog" in cases:
+        for d in range(100):
+            os.makedirs(os.path.join(root, "bl/backlog/d-%03d" % d))
+            for i in range(d * 400, (d + 1) * 400):
+                with open(os.path.join(root, "bl/backlog/d-%03d/f-%05d" % (d, i)), "wb") as f:
+                    f.write(os.urandom(1024))
+    elif not {"first-byte", "tail-read", "cpu-share"}.isdisjoint(cases):
         # The backlog: sparse on the server's disk (it still sends every byte).
         os.makedirs(os.path.join(root, "bl/backlog"), exist_ok=True)
         for i in range(128):

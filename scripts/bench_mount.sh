@@ -14,6 +14,8 @@
 #   S3SYNC_TOOL=/tmp/old/s3-synchronizer scripts/bench_mount.sh   # another build, e.g. to compare
 #   scripts/bench_mount.sh --cases first-byte,tail-read --runs 15 --versus /tmp/old/s3-synchronizer
 #                          # this build and another side by side: each run mounts both, in turn
+#   scripts/bench_mount.sh --cases first-byte,tail-read,cpu-share --backlog tiny
+#                          # the backlog of 40,000 tiny objects instead (see first-byte)
 #   scripts/bench.sh --mount --cases walk-stat          # the same, through bench.sh
 #
 # Cases (bucket `bench`, data written to the server's disk before it starts):
@@ -29,7 +31,8 @@
 #                the targets: more files than a mount downloads at once, so the targets' own
 #                downloads have not started yet, as in a large bucket) is under way; vs one GET
 #                of the same object on the idle server: curl (to its first byte; to its last) and
-#                s5cmd cat.
+#                s5cmd cat. With --backlog tiny, the backlog of this case, tail-read and cpu-share
+#                is 40,000 objects of 1 KiB in 100 directories instead (a dataset of tiny files).
 #   tail-read    the last 1 MiB of a 1 GiB random file (open, seek, read) in the same new mount
 #                under the same backlog (read after the first byte, before the whole 64 MiB), vs
 #                one 1 MiB ranged GET on the idle server: curl, and rclone cat --offset --count.
@@ -78,13 +81,14 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,67s/^# \{0,1\}//p' "$0"
+    sed -n '2,78s/^# \{0,1\}//p' "$0"
 }
 
 all_cases="cached-read,first-byte,tail-read,cpu-share,walk-stat,walk-100k,listing,ls-l,discovery,parquet"
 cases="$all_cases"
 runs=2
 logs=""
+backlog=large
 while [[ $# -gt 0 ]]; do
     case "$1" in
     -h | --help)
@@ -92,7 +96,7 @@ while [[ $# -gt 0 ]]; do
         exit 0
         ;;
     *)
-        value_option "cases runs logs versus" "$@" || die "unknown argument: $1 (try --help)"
+        value_option "cases runs logs versus backlog" "$@" || die "unknown argument: $1 (try --help)"
         shift "$OPT_SHIFT"
         ;;
     esac
@@ -118,6 +122,11 @@ for c in "${case_list[@]}"; do
     esac
 done
 need_positive_int --runs "$runs"
+case "$backlog" in
+large) backlog_label="4 GiB backlog" ;;
+tiny) backlog_label="backlog of 40,000 tiny objects" ;;
+*) die "--backlog is large or tiny, not '$backlog'" ;;
+esac
 has() { [[ -n "${want[$1]:-}" ]]; }
 versus="${versus:-}"
 if [[ -n "$versus" ]]; then
@@ -253,7 +262,9 @@ helper="$REPO_ROOT/scripts/bench_mount_timing.py"
 py() { python3 "$helper" "$@" || die "python3 $helper $* failed (exit code $?)"; }
 
 log "writing the data under $work"
-python3 "$REPO_ROOT/scripts/bench_data.py" cases "$src" "${!want[@]}" ||
+tiny_backlog=()
+[[ "$backlog" == tiny ]] && tiny_backlog=(tiny-backlog)
+python3 "$REPO_ROOT/scripts/bench_data.py" cases "$src" "${!want[@]}" "${tiny_backlog[@]}" ||
     die "python3 scripts/bench_data.py failed (exit code $?)"
 sync
 
@@ -358,7 +369,7 @@ case_backlog() {
     has first-byte && first=1
     has tail-read && tail=1
     local f64=bl/zz/first-64MiB.bin w64=bl/zz/whole-64MiB.bin t1g=bl/zz/tail-1GiB.bin
-    local ours="s3-synchronizer mount, new, 4 GiB backlog downloading"
+    local ours="s3-synchronizer mount, new, $backlog_label downloading"
     local range="$((big - one))-$((big - 1))" builds=(ours) versus_row=()
     if [[ -n "$versus" ]]; then
         builds+=(versus)
@@ -477,7 +488,7 @@ case_backlog() {
 # ---------------------------------------------------------------------------------------------
 case_cpu_share() {
     local round t mnt="$work/mnt-cpu" cache="$work/cache-cpu" dir="$work/s5cmd-cpu" mlog
-    measure cpu-share - "cpu-share: a CPU-bound Python loop, 1 s into a 4 GiB download" \
+    measure cpu-share - "cpu-share: a CPU-bound Python loop, 1 s into the download of a $backlog_label" \
         ours "during s3-synchronizer mount's background download (new mount)" \
         s5cmd "during s5cmd cp of the same objects (its defaults)" \
         idle "nothing downloading"
@@ -508,7 +519,8 @@ case_cpu_share() {
                 kill -0 "$BG_PID" 2>/dev/null ||
                     notes+=("cpu-share run $((round + 1)): WARNING: s5cmd was done before the loop ended")
                 stop_pid "$BG_PID"
-                rm -rf -- "$dir"
+                # Its last files may still land while the first removal runs.
+                rm -rf -- "$dir" 2>/dev/null || { sleep 1 && rm -rf -- "$dir"; }
                 ;;
             idle) record cpu-share idle "$round" "$(py cpu)" ;;
             esac

@@ -42,17 +42,22 @@ die() {
 # Cleanup: stop what we started, remove our temporary directories.
 
 # stop_pid PID: stops a process we started (its process group when it leads one, else the
-# process alone): SIGTERM, up to 5 s to go, then SIGKILL.
+# process alone): SIGTERM, up to 5 s to go, then SIGKILL, and returns once it has exited (up to
+# 5 s more), so that nothing it writes lands after.
 stop_pid() {
     local pid="$1"
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
+            running "$pid" || break
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if running "$pid"; then
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do
+                running "$pid" || break
+                sleep 0.1
+            done
         fi
     fi
     wait "$pid" 2>/dev/null || true
