@@ -108,9 +108,9 @@ pub struct CommonArgs {
     #[arg(long, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
     pub part_size: u64,
 
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; off unless
-    /// given).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464 or
+    /// localhost:9464; off unless given).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -695,6 +695,27 @@ fn parse_go_bool(s: &str) -> Result<bool, String> {
 }
 
 /// `8388608`, `8M`, `8MiB`, `512K`, `1G` (units are powers of 1024).
+/// An address to listen on: an IP address and port, or a host name (as `localhost`) and port,
+/// which listens on the host's first address.
+fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+    else {
+        return Err("expected HOST:PORT, e.g. 127.0.0.1:9464".into());
+    };
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{host} names no address to listen on"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -736,6 +757,20 @@ fn needs_path_style(endpoint: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listen_address_is_an_ip_or_a_host_name_with_a_port() {
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        let named = parse_listen_addr("localhost:9464").unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 9464, "{named}");
+        for bad in ["localhost", "9464", "127.0.0.1", "localhost:http"] {
+            let e = parse_listen_addr(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
 
     fn sync_args(args: &[&str]) -> SyncArgs {
         let argv = std::iter::once("s3-synchronizer")
