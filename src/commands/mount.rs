@@ -169,7 +169,10 @@ pub fn mount(config: MountConfig, runtime: &tokio::runtime::Runtime) -> anyhow::
     if concurrency < sync.concurrency {
         tracing::info!(
             concurrency,
-            "the server is on this machine: {concurrency} GETs at once (two per CPU)"
+            "the server is on this machine: {concurrency} GETs at once (two per CPU; {} of \
+             objects up to {} KiB)",
+            sync.concurrency,
+            crate::engine::download::TINY_BODY >> 10
         );
     }
     let cancel = CancellationToken::new();

@@ -34,11 +34,12 @@ pub(super) async fn download_part(
     let written = &AtomicU64::new(range.start);
     retry(&meta.key, || async {
         let given = first_permit.lock().take();
+        // Only this GET's tries move `written`, one after another.
+        let from = written.load(Ordering::SeqCst);
         let _permit = match given {
             Some(p) => p,
-            None => permit(job, urgent, range.end - written.load(Ordering::SeqCst)).await,
+            None => permit(job, urgent, range.end - from).await,
         };
-        let from = written.load(Ordering::SeqCst);
         read_part(job, meta, from..range.end, to, written, urgent).await
     })
     .await
