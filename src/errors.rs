@@ -7,16 +7,21 @@
 /// which repeats the chain as nested structs.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
+    for e in causes(err).skip(1) {
         let text = e.to_string();
         if !text.is_empty() && !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
-        source = e.source();
     }
     line
+}
+
+/// An error, then its sources in turn.
+pub fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
 }
 
 #[cfg(test)]

@@ -139,6 +139,14 @@ pub enum StoreError {
         credentials_hint(.code).unwrap_or("check the access key and secret key")
     )]
     Credentials { code: String },
+    /// No credentials anywhere the SDK looks for them, so nothing to sign a request with (not a
+    /// provider that failed: an instance-metadata timeout may pass, and stays transient).
+    #[error(
+        "no AWS credentials found (not in the environment, the profile files, a web identity \
+         token, ECS or EC2 instance metadata): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+         or AWS_PROFILE to a profile that has them"
+    )]
+    NoCredentials,
     #[error("object \"{key}\" does not exist")]
     NoSuchKey { key: String },
     /// The object is not the version a read or a write expected (another ETag, or, for

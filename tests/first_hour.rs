@@ -241,6 +241,36 @@ async fn wrong_keys_missing_permissions_and_missing_buckets_read_differently() {
     }
 }
 
+/// No credentials anywhere (no keys, no profile, no instance metadata): one line that says so
+/// and how to give them, not a store that cannot be reached; nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_credentials_are_named_in_one_line() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    s3.put("bkt", "a.txt", b"a").await;
+    let dest = tempfile::tempdir().unwrap();
+    let mut cmd = s3.tool();
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        // No request leaves loopback: instance metadata is not asked.
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = sync_once(&mut cmd, dest.path(), &mounts_json(&[("m", "bkt", "")]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let problems = problems(&out);
+    assert_eq!(problems.len(), 1, "{}", stderr(&out));
+    let line = &problems[0];
+    assert!(line.contains("mount \"m\" (s3://bkt/)"), "{line}");
+    assert!(line.contains("no AWS credentials found"), "{line}");
+    assert!(
+        line.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{line}"
+    );
+    assert!(!dest.path().join("m/a.txt").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mount_of_a_missing_bucket_names_the_cause_once() {
     let s3 = S3Server::start(&["bkt"]).await;

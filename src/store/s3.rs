@@ -23,6 +23,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -264,6 +265,14 @@ where
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().unwrap_or_default();
+    if errors::causes(err).any(|e| {
+        matches!(
+            e.downcast_ref(),
+            Some(CredentialsError::CredentialsNotLoaded(_))
+        )
+    }) {
+        return StoreError::NoCredentials;
+    }
     let detail = errors::chain(err);
     match (status, code) {
         (Some(412), _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed {
@@ -915,6 +924,21 @@ mod tests {
             let err = classified(400, code);
             assert!(matches!(err, StoreError::Permanent(_)), "{code}: {err:?}");
         }
+    }
+
+    #[test]
+    fn missing_credentials_are_said_so_and_a_provider_that_timed_out_stays_transient() {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        let dispatched = |e: CredentialsError| {
+            let err: SdkError<PutObjectError, HttpResponse> =
+                SdkError::dispatch_failure(ConnectorError::other(Box::new(e), None));
+            classify(&err, "bkt", None, "http://127.0.0.1:1")
+        };
+        let none = dispatched(CredentialsError::not_loaded("no credentials in the chain"));
+        assert_eq!(none, StoreError::NoCredentials);
+        assert!(!none.is_transient());
+        let timed_out = dispatched(CredentialsError::provider_timed_out(Duration::from_secs(1)));
+        assert!(timed_out.is_transient(), "{timed_out:?}");
     }
 
     #[test]
