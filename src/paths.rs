@@ -6,15 +6,16 @@
 //! whole listing, the one layout both `sync` (on disk) and `mount` (in the file system) use.
 
 use crate::store::ObjectMeta;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-/// Where a key lands under the mount directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mapped {
+/// Where a key lands under the mount directory: a path is the key less the mount's prefix (and
+/// a folder marker's trailing slash), so it is borrowed from the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapped<'k> {
     /// A regular file at this relative path.
-    File(String),
+    File(&'k str),
     /// A directory (the key ends in `/`: a folder marker).
-    Dir(String),
+    Dir(&'k str),
     /// The folder marker of the mount's prefix itself.
     Root,
 }
@@ -39,7 +40,7 @@ pub enum Unrepresentable {
 pub const NAME_MAX: usize = 255;
 
 /// Maps `key` (which starts with `prefix`) to its place under the mount directory.
-pub fn map_key(prefix: &str, key: &str) -> Result<Mapped, Unrepresentable> {
+pub fn map_key<'k>(prefix: &str, key: &'k str) -> Result<Mapped<'k>, Unrepresentable> {
     let rest = key.strip_prefix(prefix).unwrap_or(key);
     if rest.is_empty() {
         return Ok(Mapped::Root);
@@ -58,11 +59,10 @@ pub fn map_key(prefix: &str, key: &str) -> Result<Mapped, Unrepresentable> {
             _ => {}
         }
     }
-    let rel = body.to_owned();
     Ok(if is_dir {
-        Mapped::Dir(rel)
+        Mapped::Dir(body)
     } else {
-        Mapped::File(rel)
+        Mapped::File(body)
     })
 }
 
@@ -79,49 +79,93 @@ pub fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
 }
 
 /// How a listing lays out under the mount directory: which paths are files and which are
-/// directories, and which keys cannot be represented.
+/// directories, and which keys cannot be represented. Its paths are borrowed from the listing's
+/// keys, and its tables are sorted vectors, not maps: a pass builds one for every object of the
+/// bucket (see docs/PERFORMANCE.md, "Planning tables").
 #[derive(Debug, Default)]
 pub struct Layout<'a> {
-    pub files: BTreeMap<String, &'a ObjectMeta>,
+    pub files: Table<'a>,
     /// Directories from folder markers.
-    pub dirs: BTreeMap<String, &'a ObjectMeta>,
+    pub dirs: Table<'a>,
     /// Directories that exist because something is below them.
-    pub implied_dirs: BTreeSet<String>,
+    pub implied_dirs: BTreeSet<&'a str>,
     pub skipped: Vec<(String, Unrepresentable)>,
 }
 
+/// Paths of a listing with their objects, sorted by path, each path once.
+#[derive(Debug, Default)]
+pub struct Table<'a>(Vec<(&'a str, &'a ObjectMeta)>);
+
+impl<'a> Table<'a> {
+    /// The table of `rows`, which may come in any order; of a path listed twice, the first.
+    fn of(mut rows: Vec<(&'a str, &'a ObjectMeta)>) -> Self {
+        // A listing comes in key order, and so its paths: this is one pass over sorted rows.
+        rows.sort_by_key(|(path, _)| *path);
+        rows.dedup_by_key(|(path, _)| *path);
+        rows.shrink_to_fit();
+        Self(rows)
+    }
+
+    pub fn get(&self, path: &str) -> Option<&'a ObjectMeta> {
+        let at = self.0.binary_search_by_key(&path, |(p, _)| p).ok()?;
+        Some(self.0[at].1)
+    }
+
+    pub fn contains_key(&self, path: &str) -> bool {
+        self.get(path).is_some()
+    }
+
+    /// The rows in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.0.iter().map(|(path, _)| *path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
-    let mut out = Layout::default();
+    let (mut files, mut dirs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for meta in remote {
         match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => {
-                out.files.insert(path, meta);
-            }
-            Ok(Mapped::Dir(path)) => {
-                out.dirs.insert(path, meta);
-            }
+            Ok(Mapped::File(path)) => files.push((path, meta)),
+            Ok(Mapped::Dir(path)) => dirs.push((path, meta)),
             Ok(Mapped::Root) => {}
-            Err(reason) => out.skipped.push((meta.key.clone(), reason)),
+            Err(reason) => skipped.push((meta.key.clone(), reason)),
         }
     }
-    out.implied_dirs = out
-        .files
-        .keys()
-        .chain(out.dirs.keys())
-        .flat_map(|p| ancestors(p).map(str::to_owned))
-        .collect();
-    let conflicts: Vec<String> = out
-        .files
-        .keys()
-        .filter(|p| out.dirs.contains_key(*p) || out.implied_dirs.contains(*p))
-        .cloned()
-        .collect();
-    for path in conflicts {
-        let meta = out.files.remove(&path).expect("conflict is a file");
-        out.skipped
-            .push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+    let dirs = Table::of(dirs);
+    let mut implied_dirs = BTreeSet::new();
+    for path in files.iter().map(|(p, _)| *p).chain(dirs.keys()) {
+        // Nearest first: once one is there, so are the ones above it.
+        for (at, _) in path.rmatch_indices('/') {
+            if !implied_dirs.insert(&path[..at]) {
+                break;
+            }
+        }
     }
-    out
+    files.retain(|(path, meta)| {
+        let conflict = dirs.contains_key(path) || implied_dirs.contains(path);
+        if conflict {
+            skipped.push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+        }
+        !conflict
+    });
+    Layout {
+        files: Table::of(files),
+        dirs,
+        implied_dirs,
+        skipped,
+    }
 }
 
 #[cfg(test)]
@@ -131,15 +175,12 @@ mod tests {
 
     #[test]
     fn maps_plain_keys() {
-        assert_eq!(
-            map_key("p/", "p/a/b.txt"),
-            Ok(Mapped::File("a/b.txt".into()))
-        );
-        assert_eq!(map_key("p/", "p/a/"), Ok(Mapped::Dir("a".into())));
+        assert_eq!(map_key("p/", "p/a/b.txt"), Ok(Mapped::File("a/b.txt")));
+        assert_eq!(map_key("p/", "p/a/"), Ok(Mapped::Dir("a")));
         assert_eq!(map_key("p/", "p/"), Ok(Mapped::Root));
         assert_eq!(
             map_key("", "with space/ü.csv"),
-            Ok(Mapped::File("with space/ü.csv".into()))
+            Ok(Mapped::File("with space/ü.csv"))
         );
     }
 
@@ -152,10 +193,8 @@ mod tests {
         assert_eq!(map_key("", "a/./b"), Err(Unrepresentable::Dot));
         assert_eq!(map_key("", &"x".repeat(256)), Err(Unrepresentable::TooLong));
         assert_eq!(map_key("", "a\0b"), Err(Unrepresentable::Nul));
-        assert_eq!(
-            map_key("", &"x".repeat(255)),
-            Ok(Mapped::File("x".repeat(255)))
-        );
+        let long = "x".repeat(255);
+        assert_eq!(map_key("", &long), Ok(Mapped::File(long.as_str())));
     }
 
     #[test]

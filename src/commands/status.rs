@@ -133,7 +133,7 @@ pub fn unsaved(root: &Path, id: &str) -> Result<Unsaved, StatusError> {
     Ok(Unsaved {
         changes: local_changes("", &read.entries, &scanned.found),
         deleted: local_deletions(&read.entries, &scanned.found)
-            .map(|(path, _)| path.clone())
+            .map(|(path, _)| path.to_owned())
             .collect(),
         open: read.uploads.len(),
     })

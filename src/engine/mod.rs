@@ -27,7 +27,7 @@ pub mod download;
 pub mod plan;
 
 use crate::local::dirs::Scanned;
-use crate::local::manifest::{Entry, Stamp};
+use crate::local::manifest::{Entries, Stamp};
 use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
@@ -38,7 +38,6 @@ use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
 pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
 use download::{Lanes, Outcome};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -455,7 +454,7 @@ impl Engine {
                 let fresh = copy.recorded_since_listing();
                 if !fresh.is_empty() {
                     let plan = &mut write.plan;
-                    plan.fetch.retain(|f| !fresh.contains(&f.path));
+                    plan.fetch.retain(|f| !fresh.contains(f.path()));
                     plan.delete.retain(|d| !fresh.contains(&d.path));
                 }
                 // A file open for writing through the file system waits until it is closed.
@@ -529,12 +528,13 @@ impl Engine {
                 load += units;
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);
                 let update = job.update;
+                let path = job.path().to_owned();
                 let task = download::fetch(
                     self.downloader.clone(),
                     replica.clone(),
                     store.clone(),
                     job.meta,
-                    job.path,
+                    path,
                     job.base,
                     false,
                 );
@@ -667,11 +667,9 @@ impl Engine {
             let (job, pushed) = finished(done).map_err(|_| EngineError::Cancelled {
                 mount: mount.id.clone(),
             })?;
-            let again = |remote: ObjectMeta| plan::Fetch {
-                path: job.path().to_owned(),
-                meta: remote,
-                update: false,
-                base: replica.copy.version_at(job.path()),
+            let again = |remote: ObjectMeta| {
+                let base = replica.copy.version_at(job.path());
+                plan::Fetch::new(job.path(), remote, false, base)
             };
             match pushed {
                 Ok(Pushed::Uploaded { bytes }) => {
@@ -826,7 +824,7 @@ impl Engine {
             let prefix = walking.mount.prefix.clone();
             let copy = &walking.copy;
             let whole = paths.is_none();
-            let plan = |entries: &BTreeMap<String, Entry>, scanned: &Scanned| {
+            let plan = |entries: &Entries, scanned: &Scanned| {
                 let now = SystemTime::now();
                 let mut settling = 0;
                 let writes =
@@ -909,12 +907,13 @@ impl Engine {
         stats: &mut PassStats,
     ) {
         for f in fetches {
+            let path = f.path().to_owned();
             let fetched = download::fetch(
                 self.downloader.clone(),
                 replica.clone(),
                 store.clone(),
                 f.meta,
-                f.path,
+                path,
                 f.base,
                 false,
             );

@@ -9,20 +9,41 @@
 use crate::etag::Etag;
 use crate::local::Local;
 use crate::local::dirs::Found;
-use crate::local::manifest::{Entry, Stamp};
+use crate::local::manifest::{Entries, Entry, Stamp};
 use crate::paths::{Layout, Unrepresentable, key_of, layout};
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
-    pub path: String,
     pub meta: ObjectMeta,
+    /// Where the path starts in the key (see [`Fetch::path`]).
+    path_at: usize,
     /// The path already holds an older version the tool downloaded.
     pub update: bool,
     /// The version the manifest records at the path as this is planned: the download is
     /// kept out of a writeable copy where anything else is recorded by the time it ends.
     pub base: Option<Etag>,
+}
+
+impl Fetch {
+    /// The download of `meta` to `path`, a file's path, which ends its key (the key less the
+    /// mount's prefix, [`crate::paths::map_key`]): kept as a place in the key, not a string of
+    /// its own, since a first pass plans a download for every object.
+    pub fn new(path: &str, meta: ObjectMeta, update: bool, base: Option<Etag>) -> Self {
+        assert!(meta.key.ends_with(path), "a file's path ends its key");
+        Self {
+            path_at: meta.key.len() - path.len(),
+            meta,
+            update,
+            base,
+        }
+    }
+
+    /// The path the object downloads to.
+    pub fn path(&self) -> &str {
+        &self.meta.key[self.path_at..]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +74,7 @@ pub fn own_marker(entry: &Entry, meta: &ObjectMeta) -> bool {
 pub fn plan(
     prefix: &str,
     remote: &[ObjectMeta],
-    manifest: &BTreeMap<String, Entry>,
+    manifest: &Entries,
     local: impl Fn(&str) -> Local,
 ) -> Plan {
     let mut out = Plan {
@@ -78,7 +99,7 @@ pub fn plan(
         };
         if !wanted {
             out.delete.push(Delete {
-                path: path.clone(),
+                path: path.to_owned(),
                 dir: entry.dir,
             });
         }
@@ -87,16 +108,16 @@ pub fn plan(
     out.delete
         .sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.path.cmp(&b.path)));
 
-    for (path, meta) in dirs {
-        out.dirs.push((path, meta.clone()));
+    for (path, meta) in dirs.iter() {
+        out.dirs.push((path.to_owned(), meta.clone()));
     }
-    for (path, meta) in files {
-        if manifest.get(&path).is_some_and(|e| own_marker(e, meta)) {
+    for (path, meta) in files.iter() {
+        if manifest.get(path).is_some_and(|e| own_marker(e, meta)) {
             out.unchanged += 1;
             continue;
         }
-        let have = manifest.get(&path).filter(|e| !e.dir);
-        let on_disk = local(&path);
+        let have = manifest.get(path).filter(|e| !e.dir);
+        let on_disk = local(path);
         match (have, on_disk) {
             // The recorded version is the listed one, and the file on disk has its size: the
             // same rule as `MountCopy::holds`, which a mount's open follows.
@@ -105,18 +126,12 @@ pub fn plan(
             {
                 out.unchanged += 1;
             }
-            (Some(_), Local::File { .. }) => out.fetch.push(Fetch {
-                base: manifest.get(&path).map(|e| e.etag.clone()),
+            (have, _) => out.fetch.push(Fetch::new(
                 path,
-                meta: meta.clone(),
-                update: true,
-            }),
-            _ => out.fetch.push(Fetch {
-                base: manifest.get(&path).map(|e| e.etag.clone()),
-                path,
-                meta: meta.clone(),
-                update: false,
-            }),
+                meta.clone(),
+                have.is_some() && matches!(on_disk, Local::File { .. }),
+                manifest.get(path).map(|e| e.etag.clone()),
+            )),
         }
     }
     out
@@ -205,7 +220,7 @@ pub struct WritePlan {
 /// directories. Deleted files are not among them (see [`plan_writeable`]).
 pub fn local_changes(
     prefix: &str,
-    manifest: &BTreeMap<String, Entry>,
+    manifest: &Entries,
     scan: &BTreeMap<String, Found>,
 ) -> Vec<Upload> {
     let mut out = Vec::new();
@@ -236,9 +251,9 @@ pub fn local_changes(
 /// markers of directories deleted, or of those the tool made markers for that now hold
 /// something ([`Entry::marker_made`]).
 pub fn local_deletions<'a>(
-    manifest: &'a BTreeMap<String, Entry>,
+    manifest: &'a Entries,
     scan: &'a BTreeMap<String, Found>,
-) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+) -> impl Iterator<Item = (&'a str, &'a Entry)> {
     manifest
         .iter()
         .filter(|(path, e)| match (e.dir, scan.get(*path)) {
@@ -251,7 +266,7 @@ pub fn local_deletions<'a>(
 
 /// Whether the manifest lists files and the walk found none: the local copy is gone as a whole
 /// (a wiped or unmounted disk), which is no reason to delete anything remotely.
-pub fn copy_gone(manifest: &BTreeMap<String, Entry>, scan: &BTreeMap<String, Found>) -> bool {
+pub fn copy_gone(manifest: &Entries, scan: &BTreeMap<String, Found>) -> bool {
     manifest.values().any(Entry::claims_file) && !scan.values().any(|f| matches!(f, Found::File(_)))
 }
 
@@ -276,7 +291,7 @@ pub struct LocalWrites {
 /// here, so that they cannot disagree.
 pub fn local_writes(
     prefix: &str,
-    manifest: &BTreeMap<String, Entry>,
+    manifest: &Entries,
     scan: &BTreeMap<String, Found>,
     whole: bool,
     deletable: impl Fn(&str, &Entry) -> bool,
@@ -288,7 +303,7 @@ pub fn local_writes(
             remote_delete: Vec::new(),
         };
     }
-    let deleted: Vec<(&String, &Entry)> = local_deletions(manifest, scan)
+    let deleted: Vec<(&str, &Entry)> = local_deletions(manifest, scan)
         .filter(|(path, e)| deletable(path, e))
         .collect();
     pair_renames(prefix, manifest, &deleted, &mut upload);
@@ -298,7 +313,7 @@ pub fn local_writes(
         .collect();
     let remote_delete = deleted
         .into_iter()
-        .filter(|(path, _)| !paired.contains(path.as_str()))
+        .filter(|(path, _)| !paired.contains(path))
         .map(|(path, e)| RemoteDelete::of(prefix, path, e))
         .collect();
     LocalWrites {
@@ -310,8 +325,8 @@ pub fn local_writes(
 /// Sets `from` on each upload of a file renamed from one of `deleted` (see [`local_writes`]).
 fn pair_renames(
     prefix: &str,
-    manifest: &BTreeMap<String, Entry>,
-    deleted: &[(&String, &Entry)],
+    manifest: &Entries,
+    deleted: &[(&str, &Entry)],
     uploads: &mut [Upload],
 ) {
     // What a rename keeps of a file; `None` once taken, or when two deleted files share it.
@@ -353,7 +368,7 @@ fn pair_renames(
 pub fn plan_writeable(
     prefix: &str,
     remote: &[ObjectMeta],
-    manifest: &BTreeMap<String, Entry>,
+    manifest: &Entries,
     scan: &BTreeMap<String, Found>,
     settled: impl Fn(&Stamp) -> bool,
 ) -> WritePlan {
@@ -395,7 +410,7 @@ pub fn plan_writeable(
 
     let plan = &mut out.plan;
     plan.fetch
-        .retain(|f| !changed.contains(f.path.as_str()) && !deleted.contains(f.path.as_str()));
+        .retain(|f| !changed.contains(f.path()) && !deleted.contains(f.path()));
     plan.delete.retain(|d| !changed.contains(d.path.as_str()));
     plan.dirs
         .retain(|(path, _)| !deleted.contains(path.as_str()));
@@ -429,10 +444,7 @@ mod tests {
     }
 
     fn fetched(p: &Plan) -> Vec<(&str, bool)> {
-        p.fetch
-            .iter()
-            .map(|f| (f.path.as_str(), f.update))
-            .collect()
+        p.fetch.iter().map(|f| (f.path(), f.update)).collect()
     }
 
     #[test]
@@ -444,7 +456,7 @@ mod tests {
         };
         let scan = |empty| BTreeMap::from([("d".to_string(), Found::Dir { empty })]);
         let deleted = |e: Entry, empty| {
-            let manifest = BTreeMap::from([("d".to_string(), e)]);
+            let manifest = Entries::from([("d".to_string(), e)]);
             local_deletions(&manifest, &scan(empty)).count()
         };
         assert_eq!(
@@ -458,14 +470,14 @@ mod tests {
             0,
             "someone else's marker stays"
         );
-        let manifest = BTreeMap::from([("d".to_string(), folder(false))]);
+        let manifest = Entries::from([("d".to_string(), folder(false))]);
         assert_eq!(local_deletions(&manifest, &BTreeMap::new()).count(), 1);
     }
 
     #[test]
     fn first_run_fetches_everything_under_the_prefix() {
         let remote = [obj("p/a", "1", 1), obj("p/d/b", "2", 2), obj("p/", "0", 0)];
-        let p = plan("p/", &remote, &BTreeMap::new(), |_| Local::Missing);
+        let p = plan("p/", &remote, &Entries::new(), |_| Local::Missing);
         assert_eq!(fetched(&p), [("a", false), ("d/b", false)]);
         assert!(p.delete.is_empty());
         assert_eq!(p.listed, 3);
@@ -474,7 +486,7 @@ mod tests {
     #[test]
     fn unchanged_objects_are_not_fetched_again() {
         let remote = [obj("a", "1", 5)];
-        let manifest = BTreeMap::from([("a".to_string(), entry("1", 5))]);
+        let manifest = Entries::from([("a".to_string(), entry("1", 5))]);
         let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
         assert!(p.fetch.is_empty());
         assert_eq!(p.unchanged, 1);
@@ -486,7 +498,7 @@ mod tests {
     #[test]
     fn a_recorded_size_other_than_the_listed_one_fetches_again() {
         let remote = [obj("a", "1", 5)];
-        let manifest = BTreeMap::from([("a".to_string(), entry("1", 6))]);
+        let manifest = Entries::from([("a".to_string(), entry("1", 6))]);
         let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
         assert_eq!(fetched(&p), [("a", true)]);
         assert_eq!(p.unchanged, 0);
@@ -495,7 +507,7 @@ mod tests {
     #[test]
     fn changed_etag_or_missing_local_file_fetches_again() {
         let remote = [obj("a", "2", 5), obj("b", "1", 5)];
-        let manifest = BTreeMap::from([
+        let manifest = Entries::from([
             ("a".to_string(), entry("1", 5)),
             ("b".to_string(), entry("1", 5)),
         ]);
@@ -508,7 +520,7 @@ mod tests {
 
     #[test]
     fn deletes_only_what_the_manifest_holds() {
-        let manifest = BTreeMap::from([
+        let manifest = Entries::from([
             ("gone".to_string(), entry("1", 1)),
             ("d/gone".to_string(), entry("1", 1)),
         ]);
@@ -525,7 +537,7 @@ mod tests {
             obj("c", "3", 1),
             obj("c/", "4", 0),
         ];
-        let p = plan("", &remote, &BTreeMap::new(), |_| Local::Missing);
+        let p = plan("", &remote, &Entries::new(), |_| Local::Missing);
         assert_eq!(fetched(&p), [("a/b", false)]);
         let skipped: Vec<_> = p.skipped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(skipped, ["a", "c"]);
@@ -539,7 +551,7 @@ mod tests {
             obj("a/../../x", "1", 1),
             obj("/abs", "1", 1),
         ];
-        let p = plan("", &remote, &BTreeMap::new(), |_| Local::Missing);
+        let p = plan("", &remote, &Entries::new(), |_| Local::Missing);
         assert!(p.fetch.is_empty());
         assert_eq!(p.skipped.len(), 3);
     }
@@ -548,7 +560,7 @@ mod tests {
     fn a_folder_marker_dir_is_kept_while_files_imply_it() {
         let mut dir = entry("0", 0);
         dir.dir = true;
-        let manifest = BTreeMap::from([("d".to_string(), dir)]);
+        let manifest = Entries::from([("d".to_string(), dir)]);
         let p = plan("", &[obj("d/x", "1", 1)], &manifest, |_| Local::Missing);
         assert!(p.delete.is_empty());
         let p = plan("", &[], &manifest, |_| Local::Missing);
@@ -585,7 +597,7 @@ mod tests {
         #[test]
         fn changes_are_uploaded_and_never_overwritten_or_deleted() {
             let remote = [obj("p/same", "e1", 3), obj("p/edited", "e2", 3)];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("same".to_owned(), written("e1", 3)),
                 // Edited here, and changed remotely too (e1 -> e2): uploaded, not fetched.
                 ("edited".to_owned(), written("e1", 3)),
@@ -641,7 +653,7 @@ mod tests {
         #[test]
         fn a_change_not_yet_settled_waits_untouched() {
             let remote = [obj("p/f", "e2", 3)];
-            let manifest = BTreeMap::from([("f".to_owned(), written("e1", 3))]);
+            let manifest = Entries::from([("f".to_owned(), written("e1", 3))]);
             let scan = BTreeMap::from([("f".to_owned(), Found::File(stamp(3, 9)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.mtime_ns < 5);
             assert!(w.upload.is_empty() && w.plan.fetch.is_empty());
@@ -655,7 +667,7 @@ mod tests {
                 obj("p/b", "e9", 3),
                 obj("p/keep", "e1", 3),
             ];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("a".to_owned(), written("e1", 3)),
                 ("b".to_owned(), written("e1", 3)),
                 ("gone".to_owned(), written("e1", 3)),
@@ -672,7 +684,7 @@ mod tests {
                 }]
             );
             // b changed remotely: downloaded again instead; gone: only forgotten.
-            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["b"]);
+            assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["b"]);
             assert_eq!(paths(&w.plan.delete, |d| &d.path), ["gone"]);
             assert!(w.upload.is_empty());
         }
@@ -680,11 +692,11 @@ mod tests {
         #[test]
         fn a_directory_holding_none_of_the_files_is_a_lost_copy_not_deletions() {
             let remote = [obj("p/a", "e1", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written("e1", 3))]);
+            let manifest = Entries::from([("a".to_owned(), written("e1", 3))]);
             let w = plan_writeable("p/", &remote, &manifest, &BTreeMap::new(), |_| true);
             assert!(w.copy_gone);
             assert!(w.remote_delete.is_empty());
-            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["a"]);
+            assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
         }
 
         #[test]
@@ -741,7 +753,7 @@ mod tests {
         #[test]
         fn a_renamed_file_is_a_copy_of_its_old_object_not_an_upload_and_a_delete() {
             let remote = [obj("p/a", "e1", 3), obj("p/keep", "e1", 3)];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("a".to_owned(), written_as("e1", 3, 7)),
                 ("keep".to_owned(), written_as("e1", 3, 8)),
             ]);
@@ -776,7 +788,7 @@ mod tests {
         #[test]
         fn a_rename_onto_a_file_of_the_tool_replaces_that_version() {
             let remote = [obj("p/a", "e1", 3), obj("p/b", "e2", 5)];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("a".to_owned(), written_as("e1", 3, 7)),
                 ("b".to_owned(), written_as("e2", 5, 8)),
             ]);
@@ -791,7 +803,7 @@ mod tests {
         #[test]
         fn a_rename_and_an_edit_are_an_upload_and_a_delete() {
             let remote = [obj("p/a", "e1", 3), obj("p/c", "e1", 3)];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("a".to_owned(), written_as("e1", 3, 7)),
                 ("c".to_owned(), written_as("e1", 3, 8)),
             ]);
@@ -819,7 +831,7 @@ mod tests {
                 obj("p/d/y", "ey", 4),
                 obj("p/d/sub/z", "ez", 5),
             ];
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("d/x".to_owned(), written_as("ex", 3, 7)),
                 ("d/y".to_owned(), written_as("ey", 4, 8)),
                 ("d/sub/z".to_owned(), written_as("ez", 5, 9)),
@@ -849,7 +861,7 @@ mod tests {
         fn an_entry_without_a_stamp_pairs_with_nothing() {
             let remote = [obj("p/a", "e1", 3)];
             // Written by an earlier version: no inode to recognise the file by.
-            let manifest = BTreeMap::from([("a".to_owned(), entry("e1", 3))]);
+            let manifest = Entries::from([("a".to_owned(), entry("e1", 3))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
@@ -859,18 +871,18 @@ mod tests {
         #[test]
         fn a_rename_whose_old_object_changed_is_an_upload_and_a_download() {
             let remote = [obj("p/a", "e2", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
+            let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
             assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
-            assert_eq!(paths(&w.plan.fetch, |f| &f.path), ["a"]);
+            assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
         }
 
         #[test]
         fn a_rename_not_yet_settled_leaves_its_old_object_alone() {
             let remote = [obj("p/a", "e1", 3)];
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
+            let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
             let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.ctime_ns < 5);
             assert_eq!(w.settling, 1);
@@ -880,7 +892,7 @@ mod tests {
 
         #[test]
         fn a_file_linked_twice_is_paired_once() {
-            let manifest = BTreeMap::from([("a".to_owned(), written_as("e1", 3, 7))]);
+            let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([
                 ("b".to_owned(), Found::File(moved(7, 3))),
                 ("c".to_owned(), Found::File(moved(7, 3))),
@@ -895,7 +907,7 @@ mod tests {
         /// rename pairs; the uploader's conditions guard them.
         #[test]
         fn the_flush_pairs_renames_as_the_pass_does() {
-            let manifest = BTreeMap::from([
+            let manifest = Entries::from([
                 ("a".to_owned(), written_as("e1", 3, 7)),
                 ("gone".to_owned(), written_as("e1", 3, 8)),
             ]);
@@ -997,8 +1009,8 @@ mod tests {
                 (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
             for o in &c.remote {
                 match map_key(&c.prefix, &o.key) {
-                    Ok(Mapped::File(p)) => drop(files.insert(p, o)),
-                    Ok(Mapped::Dir(p)) => drop(dirs.insert(p, o)),
+                    Ok(Mapped::File(p)) => drop(files.insert(p.to_owned(), o)),
+                    Ok(Mapped::Dir(p)) => drop(dirs.insert(p.to_owned(), o)),
                     Ok(Mapped::Root) => {}
                     Err(_) => drop(skipped.insert(o.key.clone())),
                 }
@@ -1068,12 +1080,13 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(512))]
             #[test]
             fn the_plan_is_what_the_rules_say(c in case()) {
-                let got = plan(&c.prefix, &c.remote, &c.manifest, |p| {
+                let manifest: Entries = c.manifest.iter().map(|(p, e)| (p, e.clone())).collect();
+                let got = plan(&c.prefix, &c.remote, &manifest, |p| {
                     c.local.get(p).copied().unwrap_or(Local::Missing)
                 });
                 let want = expected(&c);
                 let fetch: BTreeMap<String, bool> =
-                    got.fetch.iter().map(|f| (f.path.clone(), f.update)).collect();
+                    got.fetch.iter().map(|f| (f.path().to_owned(), f.update)).collect();
                 prop_assert_eq!(fetch.len(), got.fetch.len(), "a path fetched twice");
                 prop_assert_eq!(fetch, want.fetch);
                 let delete: BTreeSet<(String, bool)> =

@@ -15,12 +15,12 @@
 //! is held across an `.await`.
 
 use super::dirs::{self, Found, Local, Scanned};
-use super::manifest::{Entry, Manifest, Multipart, Stamp};
+use super::manifest::{Entries, Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -231,7 +231,7 @@ impl MountCopy {
     /// manifest locked: what a plan of a writeable mount needs.
     pub fn plan_writeable<T>(
         &self,
-        f: impl FnOnce(&BTreeMap<String, Entry>, &Scanned) -> T,
+        f: impl FnOnce(&Entries, &Scanned) -> T,
     ) -> Result<T, LocalError> {
         let manifest = self.manifest.lock();
         let scanned = dirs::scan(&self.dir)?;
@@ -243,7 +243,7 @@ impl MountCopy {
     pub fn plan_paths<T>(
         &self,
         paths: &[String],
-        f: impl FnOnce(&BTreeMap<String, Entry>, &Scanned) -> T,
+        f: impl FnOnce(&Entries, &Scanned) -> T,
     ) -> Result<T, LocalError> {
         let manifest = self.manifest.lock();
         let mut wanted: BTreeSet<&str> = BTreeSet::new();
@@ -251,11 +251,11 @@ impl MountCopy {
             wanted.insert(path);
             wanted.extend(crate::paths::ancestors(path));
         }
-        let mut entries = BTreeMap::new();
+        let mut entries = Entries::new();
         let mut scanned = Scanned::default();
         for path in wanted.into_iter().filter(|p| !p.is_empty()) {
             if let Some(e) = manifest.get(path) {
-                entries.insert(path.to_owned(), e.clone());
+                entries.insert(path, e.clone());
             }
             if let Some(found) = dirs::find(&self.dir, path)? {
                 scanned.found.insert(path.to_owned(), found);
@@ -483,7 +483,7 @@ impl MountCopy {
                     replaced: true,
                     ..e.clone()
                 };
-                (p.clone(), entry)
+                (p.to_owned(), entry)
             })
             .collect();
         for (path, entry) in moved {
@@ -527,7 +527,7 @@ impl MountCopy {
         let manifest = self.manifest.lock();
         let folders = manifest.entries().iter().filter(|(_, e)| e.dir);
         folders
-            .map(|(p, e)| (p.clone(), e.etag.to_string()))
+            .map(|(p, e)| (p.to_owned(), e.etag.to_string()))
             .collect()
     }
 
@@ -559,10 +559,7 @@ impl MountCopy {
 
     /// `f` of the manifest's entries and a probe of what is on disk at a path (no link
     /// followed), with the manifest locked: what a plan needs.
-    pub fn plan<T>(
-        &self,
-        f: impl FnOnce(&BTreeMap<String, Entry>, &dyn Fn(&str) -> Local) -> T,
-    ) -> T {
+    pub fn plan<T>(&self, f: impl FnOnce(&Entries, &dyn Fn(&str) -> Local) -> T) -> T {
         let manifest = self.manifest.lock();
         f(manifest.entries(), &|path| dirs::probe(&self.dir, path))
     }

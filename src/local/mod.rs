@@ -26,6 +26,7 @@
 
 pub mod copy;
 pub mod dirs;
+pub mod entries;
 pub mod manifest;
 pub mod root;
 pub mod watch;

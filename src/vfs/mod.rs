@@ -48,8 +48,10 @@ use dashmap::{DashMap, DashSet};
 use handle::{Content, Handle, pread};
 use nodes::Nodes;
 use parking_lot::RwLock;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
+use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +153,7 @@ fn changes_left(replica: &Replica) -> Vec<(String, Override)> {
                     etag: Some(e.etag.to_string()),
                     dir: e.dir,
                 };
-                (path.clone(), gone)
+                (path.to_owned(), gone)
             });
             out.extend(deleted);
         }
@@ -278,9 +280,8 @@ impl Vfs {
         let is_dir: HashSet<&str> = layout
             .dirs
             .keys()
-            .chain(layout.implied_dirs.iter())
+            .chain(layout.implied_dirs.iter().copied())
             .chain(markers)
-            .map(String::as_str)
             .collect();
 
         let mut tree = self.tree.write();
@@ -310,13 +311,14 @@ impl Vfs {
             }
         });
 
-        let mut want: BTreeMap<String, Want> = BTreeMap::new();
+        // The listing's paths borrowed from its keys: the map has a row for every object.
+        let mut want: BTreeMap<Cow<str>, Want> = BTreeMap::new();
         for dir in &is_dir {
-            want.insert((*dir).to_owned(), Want::Dir);
+            want.insert(Cow::Borrowed(*dir), Want::Dir);
         }
-        for (path, meta) in &layout.files {
-            if !is_dir.contains(path.as_str()) {
-                want.insert(path.clone(), Want::File(meta));
+        for (path, meta) in layout.files.iter() {
+            if !is_dir.contains(path) {
+                want.insert(Cow::Borrowed(path), Want::File(meta));
             }
         }
         let mut gone_dirs = Vec::new();
@@ -329,20 +331,20 @@ impl Vfs {
             if matches!(o, Override::File { .. } | Override::Dir) {
                 let mut dir = split(path).0;
                 while !dir.is_empty() {
-                    want.insert(dir.to_owned(), Want::Dir);
+                    want.insert(Cow::Owned(dir.to_owned()), Want::Dir);
                     dir = split(dir).0;
                 }
             }
             match o {
                 Override::File { .. } => {
-                    want.insert(path.clone(), Want::Local);
+                    want.insert(Cow::Owned(path.clone()), Want::Local);
                 }
                 Override::Dir => {
-                    want.insert(path.clone(), Want::Dir);
+                    want.insert(Cow::Owned(path.clone()), Want::Dir);
                 }
                 Override::Gone { dir: false, .. } => {
-                    if matches!(want.get(path), Some(Want::File(_))) {
-                        want.remove(path);
+                    if matches!(want.get(path.as_str()), Some(Want::File(_))) {
+                        want.remove(path.as_str());
                     }
                 }
                 Override::Gone { dir: true, .. } => gone_dirs.push(path.clone()),
@@ -353,11 +355,11 @@ impl Vfs {
         for dir in gone_dirs {
             let below = format!("{dir}/");
             let empty = !want
-                .range(below.clone()..)
+                .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded))
                 .next()
                 .is_some_and(|(p, _)| p.starts_with(&below));
-            if empty && matches!(want.get(&dir), Some(Want::Dir)) {
-                want.remove(&dir);
+            if empty && matches!(want.get(dir.as_str()), Some(Want::Dir)) {
+                want.remove(dir.as_str());
             }
         }
 
@@ -373,7 +375,7 @@ impl Vfs {
             };
             for (name, &ino) in children {
                 let path = tree::join(&path, name);
-                let same = match (&tree.nodes[&ino].kind, want.get(&path)) {
+                let same = match (&tree.nodes[&ino].kind, want.get(path.as_str())) {
                     (NodeKind::Dir(_), Some(Want::Dir)) => true,
                     (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
                     // Written here, and still, or now listed as the version uploaded from it
@@ -435,7 +437,7 @@ impl Vfs {
                 }
             };
             if matches!(tree.nodes[&ino].kind, NodeKind::Dir(_)) {
-                placed_dirs.insert(path, ino);
+                placed_dirs.insert(path.into_owned(), ino);
             }
         }
         if added > 0 {

@@ -266,11 +266,13 @@ impl Vfs {
         });
         let all: Vec<ObjectMeta> = listed.objects.iter().cloned().chain(markers).collect();
         let layout = layout(&replica.mount.prefix, &all);
-        let dirs = layout.dirs.keys().chain(layout.implied_dirs.iter());
-        let mut want: BTreeMap<&str, Option<&ObjectMeta>> =
-            dirs.map(|d| (d.as_str(), None)).collect();
-        for (path, meta) in &layout.files {
-            want.entry(path.as_str()).or_insert(Some(*meta));
+        let dirs = layout
+            .dirs
+            .keys()
+            .chain(layout.implied_dirs.iter().copied());
+        let mut want: BTreeMap<&str, Option<&ObjectMeta>> = dirs.map(|d| (d, None)).collect();
+        for (path, meta) in layout.files.iter() {
+            want.entry(path).or_insert(Some(meta));
         }
         let mut tree = self.tree.write();
         if self.listings[mount].is_complete() {

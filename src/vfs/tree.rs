@@ -162,13 +162,30 @@ pub(super) fn split(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("", path))
 }
 
+/// `map`, rebuilt from its entries in order. A map filled one entry at a time in key order (as
+/// a listing fills a directory's) leaves each node it splits half full; one built from sorted
+/// entries fills its nodes, which nearly halves what the map's nodes take (measurements:
+/// docs/PERFORMANCE.md, "Packed maps").
+///
+/// Built by `append`, which merges two maps into full nodes while it frees the old ones as it
+/// goes; `collect` would first gather every entry in a vector beside the old map.
+fn packed<K: Ord, V>(mut map: BTreeMap<K, V>) -> BTreeMap<K, V> {
+    let Some(first) = map.pop_first() else {
+        return map;
+    };
+    // `append` to an empty map would take the other's nodes as they are.
+    let mut out = BTreeMap::from([first]);
+    out.append(&mut map);
+    out
+}
+
 impl Tree {
     /// Rebuilds each directory's map of entries in mount `mount` from its sorted entries (see
-    /// [`crate::local::manifest::packed`]): a listing fills them one name at a time, in order.
+    /// [`packed`]): a listing fills them one name at a time, in order.
     pub(super) fn pack_dirs(&mut self, mount: usize) {
         for node in self.nodes.values_mut().filter(|n| n.mount() == Some(mount)) {
             if let NodeKind::Dir(children) = &mut node.kind {
-                *children = crate::local::manifest::packed(std::mem::take(children));
+                *children = packed(std::mem::take(children));
             }
         }
         self.nodes.shrink();

@@ -74,13 +74,19 @@ impl S3Store {
         }
         whole.extend(open);
         let asked: Vec<_> = whole.iter().map(|p| self.list_whole(p)).collect();
-        let parts: Vec<Vec<ObjectMeta>> = stream::iter(asked)
-            .buffer_unordered(LISTS_AT_ONCE)
-            .try_collect()
-            .await?;
-        out.extend(parts.into_iter().flatten());
-        // Sorted runs, one per part: a stable sort merges them in about linear time.
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut parts = stream::iter(asked).buffer_unordered(LISTS_AT_ONCE);
+        // The listing is a row per object of the bucket: each part joins it as it comes, so
+        // that no more than the parts in flight are held twice; and it is sorted in place (a
+        // stable sort's buffer would be half of it again; keys are unique, so no order among
+        // equals is lost).
+        while let Some(part) = parts.try_next().await? {
+            match out.is_empty() {
+                true => out = part,
+                false => out.extend(part),
+            }
+        }
+        out.shrink_to_fit();
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
