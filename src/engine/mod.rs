@@ -682,10 +682,10 @@ impl Engine {
                 Ok(Pushed::Changed) => stats.settling += 1,
                 Ok(Pushed::Conflict { remote, .. }) => {
                     stats.conflicts += 1;
-                    refetch.extend(remote.map(again));
+                    refetch.extend(remote.and_then(again));
                 }
                 Ok(Pushed::Deleted) => stats.remote_deleted += 1,
-                Ok(Pushed::KeptRemote { remote }) => refetch.push(again(remote)),
+                Ok(Pushed::KeptRemote { remote }) => refetch.extend(again(remote)),
                 Err(e) => {
                     stats.failed += 1;
                     crate::metrics::count(|m| &m.failures, "upload");

@@ -29,15 +29,16 @@ pub struct Fetch {
 impl Fetch {
     /// The download of `meta` to `path`, a file's path, which ends its key (the key less the
     /// mount's prefix, [`crate::paths::map_key`]): kept as a place in the key, not a string of
-    /// its own, since a first pass plans a download for every object.
-    pub fn new(path: &str, meta: ObjectMeta, update: bool, base: Option<Etag>) -> Self {
-        assert!(meta.key.ends_with(path), "a file's path ends its key");
-        Self {
-            path_at: meta.key.len() - path.len(),
+    /// its own, since a first pass plans a download for every object. `None` where `path`
+    /// does not end the key: a folder marker's (`dir/`), a directory, not a file to download.
+    pub fn new(path: &str, meta: ObjectMeta, update: bool, base: Option<Etag>) -> Option<Self> {
+        let path_at = meta.key.strip_suffix(path)?.len();
+        Some(Self {
+            path_at,
             meta,
             update,
             base,
-        }
+        })
     }
 
     /// The path the object downloads to.
@@ -126,7 +127,7 @@ pub fn plan(
             {
                 out.unchanged += 1;
             }
-            (have, _) => out.fetch.push(Fetch::new(
+            (have, _) => out.fetch.extend(Fetch::new(
                 path,
                 meta.clone(),
                 have.is_some() && matches!(on_disk, Local::File { .. }),
@@ -472,6 +473,15 @@ mod tests {
         );
         let manifest = Entries::from([("d".to_string(), folder(false))]);
         assert_eq!(local_deletions(&manifest, &BTreeMap::new()).count(), 1);
+    }
+
+    #[test]
+    fn a_download_keeps_its_path_as_the_end_of_its_key() {
+        let f = Fetch::new("d/b", obj("p/d/b", "2", 2), false, None).expect("a file");
+        assert_eq!(f.path(), "d/b");
+        assert_eq!(f.meta.key, "p/d/b");
+        // A folder marker is a directory, not a file to download at "d".
+        assert_eq!(Fetch::new("d", obj("p/d/", "0", 0), false, None), None);
     }
 
     #[test]
