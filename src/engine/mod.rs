@@ -512,7 +512,10 @@ impl Engine {
             plan.fetch.len() as u64,
             plan.fetch.iter().map(|f| f.meta.size).sum(),
         );
-        let mut jobs = plan.fetch.into_iter().peekable();
+        // Taken from the end, so that the plan's table (a row per object to download) gives
+        // back its room as the downloads start.
+        let mut jobs = plan.fetch;
+        jobs.reverse();
         let mut running = JoinSet::new();
         // Files in flight, in the bulk lane's units (see `Lanes::units`): more tiny ones at
         // once than others, as their GETs are.
@@ -522,8 +525,11 @@ impl Engine {
         let mut load = 0;
         loop {
             while let Some(job) =
-                jobs.next_if(|job| running.is_empty() || load + units(job) <= capacity)
+                jobs.pop_if(|job| running.is_empty() || load + units(job) <= capacity)
             {
+                if jobs.capacity() > 2 * jobs.len() + 1024 {
+                    jobs.shrink_to_fit();
+                }
                 let units = units(&job);
                 load += units;
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);
@@ -573,7 +579,6 @@ impl Engine {
             }
         }
 
-        // The plan's table (a few hundred bytes an object) is not kept through the snapshot.
         drop(jobs);
         // Partial files left now are of objects since changed or deleted: nothing to resume.
         let prefix = format!("{}/", mount.id);

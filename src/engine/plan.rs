@@ -433,15 +433,7 @@ mod tests {
     }
 
     fn entry(etag: &str, size: u64) -> Entry {
-        Entry {
-            etag: etag.into(),
-            size,
-            mtime: 0,
-            dir: false,
-            local: None,
-            replaced: false,
-            marker_made: false,
-        }
+        Entry::new(etag.into(), size, 0)
     }
 
     fn fetched(p: &Plan) -> Vec<(&str, bool)> {

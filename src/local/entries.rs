@@ -47,15 +47,7 @@ impl Row {
         Self {
             start: 0,
             len: 0,
-            entry: Entry {
-                etag: Etag::Md5([0; 16]),
-                size: 0,
-                mtime: 0,
-                dir: false,
-                local: None,
-                replaced: false,
-                marker_made: false,
-            },
+            entry: Entry::new(Etag::Md5([0; 16]), 0, 0),
         }
     }
 }
@@ -379,15 +371,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(size: u64) -> Entry {
-        Entry {
-            etag: "e".into(),
-            size,
-            mtime: 0,
-            dir: false,
-            local: None,
-            replaced: false,
-            marker_made: false,
-        }
+        Entry::new("e".into(), size, 0)
     }
 
     #[derive(Debug, Clone)]

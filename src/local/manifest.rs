@@ -84,17 +84,27 @@ impl Stamp {
 }
 
 impl Entry {
-    /// The entry of a file downloaded from `meta`.
-    pub fn file(meta: &ObjectMeta) -> Self {
+    /// The entry of a file of version `etag`, `size` bytes, last modified at `mtime` (seconds
+    /// since the Unix epoch), as downloaded.
+    pub fn new(etag: Etag, size: u64, mtime: i64) -> Self {
         Self {
-            etag: meta.etag.clone(),
-            size: meta.size,
-            mtime: unix_seconds(meta.last_modified),
+            etag,
+            size,
+            mtime,
             dir: false,
             local: None,
             replaced: false,
             marker_made: false,
         }
+    }
+
+    /// The entry of a file downloaded from `meta`.
+    pub fn file(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.etag.clone(),
+            meta.size,
+            unix_seconds(meta.last_modified),
+        )
     }
 
     /// The entry of the version `meta` the user deleted or replaced through the file system.
@@ -534,15 +544,7 @@ mod tests {
     use super::*;
 
     fn entry(etag: &str) -> Entry {
-        Entry {
-            etag: etag.into(),
-            size: 3,
-            mtime: 1,
-            dir: false,
-            local: None,
-            replaced: false,
-            marker_made: false,
-        }
+        Entry::new(etag.into(), 3, 1)
     }
 
     #[test]
