@@ -60,19 +60,34 @@ fn runtime(on_thread_start: fn()) -> Result<tokio::runtime::Runtime, ExitCode> {
 /// threads that allocate at once arenas of their own, up to eight per core, and memory freed in
 /// one is not reused by another, so the runtime's many threads grow resident memory for no gain
 /// in speed (measurements: docs/PERFORMANCE.md, "Malloc arenas").
-fn cap_malloc_arenas() {
+///
+/// And maps every allocation of 1 MiB or more on its own (unless `MALLOC_MMAP_THRESHOLD_` says
+/// otherwise): those are a pass's tables, a row per object (the listing, its layout, the
+/// planned downloads, the manifest's rows), and memory so mapped goes back to the system when
+/// it is freed, and grows and shrinks without a copy. glibc's own threshold starts at 128 KiB
+/// but rises to the size of each such block freed, up to 32 MiB, after which the tables come
+/// from the heap, where they stay resident when freed and leave holes among what stays
+/// (measurements: docs/PERFORMANCE.md, "Large blocks"). Reads, writes and downloads use
+/// smaller buffers.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
+        let unset = |name| std::env::var_os(name).is_none();
         // SAFETY: mallopt only sets an allocator parameter; called before any other thread
         // exists.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            if unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+            if unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
-    cap_malloc_arenas();
+    tune_malloc();
     let cli = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Sync(args) => {
