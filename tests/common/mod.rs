@@ -366,24 +366,38 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// Every regular file under `dir` (relative path -> bytes), skipping the tool's state directory.
+/// A file or directory removed while it is read (a running tool deleting it) is not in it: the
+/// callers that poll a tree a running tool changes read it again.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn gone<T>(read: std::io::Result<T>) -> Option<T> {
+        match read {
+            Ok(v) => Some(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("reading the tree: {e}"),
+        }
+    }
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
+        let Some(entries) = gone(std::fs::read_dir(dir)) else {
+            return;
+        };
+        for entry in entries {
+            let Some(entry) = gone(entry) else { continue };
             let path = entry.path();
             if entry.file_name() == ".s3-synchronizer" {
                 continue;
             }
-            let ft = entry.file_type().unwrap();
+            let Some(ft) = gone(entry.file_type()) else {
+                continue;
+            };
             if ft.is_dir() {
                 walk(base, &path, out);
-            } else {
+            } else if let Some(bytes) = gone(std::fs::read(&path)) {
                 let rel = path
                     .strip_prefix(base)
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
-                out.insert(rel, std::fs::read(&path).unwrap());
+                out.insert(rel, bytes);
             }
         }
     }
