@@ -234,11 +234,13 @@ async fn a_remount_serves_the_cache_without_downloading_again() {
         &mounts,
         &[&args[..], &["--debug"]].concat(),
     );
-    // Wait for the background download to fill the cache.
+    // Wait for the background download to fill the cache, and its pass to record it all (a
+    // file is in place a moment before its record).
     let cached = root.path().join("cache/all");
     wait_for(60, "the cache to fill", || {
         tree(&cached) == tree(&s3.bucket_dir("bkt"))
     });
+    m.wait_until(60, "the pass to complete", || m.passes() >= 1);
     assert!(m.unmount().success(), "{}", m.log());
     // A clean run and unmount: no error, and no warning from the file system, even with --debug.
     let log = m.log();
