@@ -123,14 +123,6 @@ impl<'a> Table<'a> {
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.0.iter().map(|(path, _)| *path)
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {

@@ -113,11 +113,12 @@ pub fn plan(
         out.dirs.push((path.to_owned(), meta.clone()));
     }
     for (path, meta) in files.iter() {
-        if manifest.get(path).is_some_and(|e| own_marker(e, meta)) {
+        let recorded = manifest.get(path);
+        if recorded.is_some_and(|e| own_marker(e, meta)) {
             out.unchanged += 1;
             continue;
         }
-        let have = manifest.get(path).filter(|e| !e.dir);
+        let have = recorded.filter(|e| !e.dir);
         let on_disk = local(path);
         match (have, on_disk) {
             // The recorded version is the listed one, and the file on disk has its size: the
@@ -131,7 +132,7 @@ pub fn plan(
                 path,
                 meta.clone(),
                 have.is_some() && matches!(on_disk, Local::File { .. }),
-                manifest.get(path).map(|e| e.etag.clone()),
+                recorded.map(|e| e.etag.clone()),
             )),
         }
     }

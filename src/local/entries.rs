@@ -116,11 +116,14 @@ impl Entries {
 
     /// Sets `path` to `to`; returns what was there.
     fn change(&mut self, path: &str, to: Option<Entry>) -> Option<Entry> {
-        let (was, now) = (
-            usize::from(self.contains_key(path)),
-            usize::from(to.is_some()),
-        );
-        self.len = self.len + now - was;
+        let now = usize::from(to.is_some());
+        let old = self.set(path, to);
+        self.len = self.len + now - usize::from(old.is_some());
+        old
+    }
+
+    /// [`Entries::change`], but for the count.
+    fn set(&mut self, path: &str, to: Option<Entry>) -> Option<Entry> {
         if let Some(change) = self.changes.get_mut(path) {
             return std::mem::replace(change, to);
         }
