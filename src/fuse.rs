@@ -624,19 +624,15 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         let _op = metrics::OpTimer::start("readdir");
-        match self.vfs.readdir(ino.0) {
-            Ok(entries) => {
-                for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    let kind = match kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
-                    if reply.add(INodeNo(*child), (i + 1) as u64, kind, &**name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let read = self.vfs.read_dir(ino.0, offset, |child, at, kind, name| {
+            let kind = match kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            };
+            reply.add(INodeNo(child), at + 1, kind, name)
+        });
+        match read {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -650,30 +646,27 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _op = metrics::OpTimer::start("readdirplus");
-        match self.vfs.readdir(ino.0) {
-            Ok(entries) => {
-                for (i, (child, _, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    // Gone since the listing was taken: the next read of the directory says.
-                    let Ok(attr) = self.vfs.getattr(*child) else {
-                        continue;
-                    };
-                    if reply.add(
-                        INodeNo(*child),
-                        (i + 1) as u64,
-                        &**name,
-                        &self.ttl,
-                        &self.file_attr(&attr),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                    // The kernel now holds the entry as if looked up (but "." and "..").
-                    if i >= 2 {
-                        self.vfs.looked_up(*child);
-                    }
-                }
-                reply.ok();
+        let read = self.vfs.read_dir(ino.0, offset, |child, at, _, name| {
+            // Gone since the listing was taken: the next read of the directory says.
+            let Ok(attr) = self.vfs.getattr(child) else {
+                return false;
+            };
+            let full = reply.add(
+                INodeNo(child),
+                at + 1,
+                name,
+                &self.ttl,
+                &self.file_attr(&attr),
+                Generation(0),
+            );
+            // The kernel now holds the entry as if looked up (but "." and "..").
+            if !full && at >= 2 {
+                self.vfs.looked_up(child);
             }
+            full
+        });
+        match read {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -29,6 +29,7 @@
 
 mod error;
 mod handle;
+mod names;
 mod nodes;
 mod partial;
 mod tree;
@@ -36,7 +37,7 @@ mod write;
 
 pub use error::FsError;
 pub use handle::Opened;
-pub use tree::{Attr, Kind, Name, ROOT};
+pub use tree::{Attr, Kind, ROOT};
 pub use write::{MountOf, SetAttr, SetTime};
 
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
@@ -46,7 +47,6 @@ use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::WriteBack;
 use dashmap::{DashMap, DashSet};
 use handle::{Content, Handle, pread};
-use nodes::Nodes;
 use parking_lot::RwLock;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -182,20 +182,9 @@ enum Want<'a> {
 impl Vfs {
     /// A file system with an empty directory per mount; [`Vfs::update`] fills them.
     pub fn new(engine: Arc<Engine>, mounted: Vec<Mounted>) -> Self {
-        let mut tree = Tree {
-            nodes: Nodes::new(),
-            mount_dirs: Vec::new(),
-            local: HashMap::new(),
-            seq: 0,
-        };
-        let root = Node::new(ROOT, "".into(), None, NodeKind::Dir(BTreeMap::new()));
-        assert_eq!(tree.nodes.insert(root), ROOT, "the first inode");
-        for (mount, served) in mounted.iter().enumerate() {
-            let dir = Node::new(ROOT, "".into(), Some(mount), NodeKind::Dir(BTreeMap::new()));
-            let ino = tree.nodes.insert(dir);
-            let id = served.replica.mount.id.as_str().into();
-            tree.children_mut(ROOT).insert(id, ino);
-            tree.mount_dirs.push(ino);
+        let mut tree = Tree::new();
+        for served in &mounted {
+            tree.add_mount(&served.replica.mount.id);
         }
         let write_backs = mounted.iter().map(|_| Arc::default()).collect();
         let local = mounted
@@ -370,11 +359,11 @@ impl Vfs {
         let mut gone = Vec::new();
         let mut walk = vec![(mount_ino, String::new())];
         while let Some((dir, path)) = walk.pop() {
-            let NodeKind::Dir(children) = &tree.nodes[&dir].kind else {
+            let Some(children) = tree.children(dir) else {
                 continue;
             };
-            for (name, &ino) in children {
-                let path = tree::join(&path, name);
+            for &ino in children {
+                let path = tree::join(&path, tree.name(ino));
                 let same = match (&tree.nodes[&ino].kind, want.get(path.as_str())) {
                     (NodeKind::Dir(_), Some(Want::Dir)) => true,
                     (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
@@ -394,14 +383,12 @@ impl Vfs {
                 }
             }
         }
-        for ino in gone {
-            for (ino, node) in tree.remove(ino) {
-                // (Only where the kernel holds the directory: elsewhere it remembers no name.)
-                if self.known.contains(&node.parent) {
-                    stale.entries.push((node.parent, node.name.to_string()));
-                }
-                self.retire(&mut tree, ino, &node);
+        for (ino, node) in tree.remove_all(&gone) {
+            // (Only where the kernel holds the directory: elsewhere it remembers no name.)
+            if self.known.contains(&node.parent) {
+                stale.entries.push((node.parent, tree.name_of(&node).to_owned()));
             }
+            self.retire(&mut tree, ino, &node);
         }
 
         // Parents come before their children in path order; an entry whose parent is not a
@@ -414,13 +401,13 @@ impl Vfs {
                 continue;
             };
             let kind = match w {
-                Want::Dir => NodeKind::Dir(BTreeMap::new()),
+                Want::Dir => NodeKind::dir(),
                 Want::File(meta) => NodeKind::File(Listed::of(meta)),
                 Want::Local => NodeKind::Local,
             };
-            let ino = match tree.children_mut(parent).get(name) {
+            let ino = match tree.child(parent, name) {
                 // Kept above: the same directory (with its entries), or file.
-                Some(&ino) => {
+                Some(ino) => {
                     let node = tree.nodes.get_mut(&ino).expect("a child exists");
                     if !matches!(node.kind, NodeKind::Dir(_)) {
                         node.kind = kind;
@@ -440,8 +427,9 @@ impl Vfs {
                 placed_dirs.insert(path.into_owned(), ino);
             }
         }
-        if added > 0 {
-            tree.pack_dirs(mount);
+        match added > 0 {
+            true => tree.shrink(mount),
+            false => tree.tidy(),
         }
         // A changed version is both a name gone and a name new.
         stale.entries.sort();
@@ -547,25 +535,60 @@ impl Vfs {
         self.known.insert(ino);
     }
 
-    /// The entries of a directory, `.` and `..` first.
-    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, Name)>, FsError> {
+    /// The entries of directory `ino` from place `offset` on, at most `max` of them: `.` and
+    /// `..` first, then its names in order. A directory of a million entries is read a reply
+    /// at a time, so each call takes its places only.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: usize,
+        max: usize,
+    ) -> Result<Vec<(u64, Kind, String)>, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        let NodeKind::Dir(children) = &node.kind else {
-            return Err(FsError::NotADirectory);
-        };
-        let mut out = vec![
-            (ino, Kind::Dir, ".".into()),
-            (node.parent, Kind::Dir, "..".into()),
-        ];
-        for (name, &child) in children {
+        let children = tree.children(ino).ok_or(FsError::NotADirectory)?;
+        let dots = [(ino, "."), (node.parent, "..")].map(|(i, n)| (i, Kind::Dir, n.to_owned()));
+        let named = children.iter().map(|&child| {
             let kind = match tree.nodes[&child].kind {
                 NodeKind::Dir(_) => Kind::Dir,
                 NodeKind::File(_) | NodeKind::Local => Kind::File,
             };
-            out.push((child, kind, name.clone()));
+            (child, kind, tree.name(child).to_owned())
+        });
+        let skip_named = offset.saturating_sub(dots.len());
+        let dots = dots.into_iter().skip(offset);
+        Ok(dots.chain(named.skip(skip_named)).take(max).collect())
+    }
+
+    /// Gives `add` the entries of directory `ino` from place `offset` on, with their places,
+    /// until it says the reply is full ([`Vfs::readdir`], a part at a time, without the tree's
+    /// lock while `add` runs). An error after the first entry ends the reply instead.
+    pub fn read_dir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &str) -> bool,
+    ) -> Result<(), FsError> {
+        /// Entries taken from the tree at a time: more than a reply holds, mostly.
+        const PART: usize = 512;
+        let mut at = offset;
+        loop {
+            let part = match self.readdir(ino, at as usize, PART) {
+                Ok(part) => part,
+                Err(_) if at > offset => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let last = part.len() < PART;
+            for (child, kind, name) in part {
+                if add(child, at, kind, &name) {
+                    return Ok(());
+                }
+                at += 1;
+            }
+            if last {
+                return Ok(());
+            }
         }
-        Ok(out)
     }
 
     /// Opens a file for reading. A file the cache does not hold yet starts downloading (or its

@@ -108,11 +108,11 @@ impl Vfs {
             let Some(node) = tree.nodes.get(&parent) else {
                 return Some(Err(FsError::NotFound));
             };
-            let NodeKind::Dir(children) = &node.kind else {
+            if tree.children(parent).is_none() {
                 return Some(Err(FsError::NotADirectory));
-            };
-            match children.get(name) {
-                Some(&ino) => Ok(ino),
+            }
+            match tree.child(parent, name) {
+                Some(ino) => Ok(ino),
                 None => Err(node.mount()),
             }
         };
@@ -198,7 +198,7 @@ impl Vfs {
                     continue;
                 }
                 let kind = match dir {
-                    true => NodeKind::Dir(BTreeMap::new()),
+                    true => NodeKind::dir(),
                     false => NodeKind::Local,
                 };
                 tree.insert(mount, &path, kind);
@@ -226,10 +226,7 @@ impl Vfs {
             let Some(node) = tree.nodes.get(&parent) else {
                 return;
             };
-            let NodeKind::Dir(children) = &node.kind else {
-                return;
-            };
-            let child = children.get(name).and_then(|c| tree.nodes.get(c));
+            let child = tree.child(parent, name).and_then(|c| tree.nodes.get(&c));
             match (node.mount(), child.map(|c| &c.kind)) {
                 (Some(mount), Some(NodeKind::Dir(_))) => mount,
                 _ => return,
@@ -245,10 +242,7 @@ impl Vfs {
     pub fn unlisted_child(&self, parent: u64, name: &str) -> Option<u64> {
         let ino = {
             let tree = self.tree.read();
-            let NodeKind::Dir(children) = &tree.nodes.get(&parent)?.kind else {
-                return None;
-            };
-            *children.get(name)?
+            tree.child(parent, name)?
         };
         (!self.dir_ready(ino)).then_some(ino)
     }
@@ -289,7 +283,7 @@ impl Vfs {
             }
             let kind = match meta {
                 Some(meta) => NodeKind::File(Listed::of(meta)),
-                None => NodeKind::Dir(BTreeMap::new()),
+                None => NodeKind::dir(),
             };
             tree.insert(mount, path, kind);
         }

@@ -43,7 +43,7 @@ async fn lists_before_downloading_and_reads_on_demand() {
     let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
 
     let names: Vec<String> = vfs
-        .readdir(path_ino(&vfs, "m").unwrap())
+        .readdir(path_ino(&vfs, "m").unwrap(), 0, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|e| e.2.to_string())
@@ -289,7 +289,7 @@ async fn lookup_path(vfs: &Vfs, path: &str) -> Result<u64, FsError> {
 }
 
 fn names(vfs: &Vfs, ino: u64) -> Vec<String> {
-    vfs.readdir(ino)
+    vfs.readdir(ino, 0, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|e| e.2.to_string())
@@ -386,3 +386,43 @@ async fn wait_until_cached(vfs: &Vfs, path: &str) {
 }
 
 mod writes;
+
+#[tokio::test]
+async fn a_large_directory_reads_whole_a_reply_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    for i in 0..1_300 {
+        store.put(&format!("p/d/f-{i:04}"), &b"x"[..]);
+    }
+    store.put("p/d/a-1", &b"x"[..]);
+    store.put("p/d/a/x", &b"x"[..]);
+    let (vfs, _engine) = vfs_over(store.clone(), tmp.path()).await;
+    let d = path_ino(&vfs, "m/d").unwrap();
+
+    let mut expected = vec![".".to_string(), "..".into(), "a".into(), "a-1".into()];
+    expected.extend((0..1_300).map(|i| format!("f-{i:04}")));
+    // Replies that hold 100 entries each, as the kernel asks for them: from the place after
+    // the last entry of the reply before. As with a FUSE reply, an entry that finds the reply
+    // full is not in it (`true`).
+    let mut read = Vec::new();
+    loop {
+        let offset = read.len() as u64;
+        let mut reply = Vec::new();
+        vfs.read_dir(d, offset, |ino, at, _, name| {
+            assert_eq!(at, offset + reply.len() as u64, "places in order");
+            if reply.len() == 100 {
+                return true;
+            }
+            reply.push((ino, name.to_string()));
+            false
+        })
+        .unwrap();
+        if reply.is_empty() {
+            break;
+        }
+        read.extend(reply);
+    }
+    let names: Vec<&str> = read.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, expected);
+    assert_eq!(read[10].0, path_ino(&vfs, "m/d/f-0006").unwrap());
+}

@@ -2,11 +2,11 @@
 //! writeable mount, from what was changed through the file system and not yet listed
 //! ([`Override`]).
 
+use super::names::{NameRef, Names};
 use super::nodes::Nodes;
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::SystemTime;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -29,11 +29,11 @@ pub struct Attr {
     pub perm: u16,
 }
 
-/// What an inode is: a directory (its entries by name), a file showing a version in the
-/// bucket, or a file of the local copy whose bytes are the truth (written here, and not yet
-/// listed as uploaded).
+/// What an inode is: a directory (its entries), a file showing a version in the bucket, or a
+/// file of the local copy whose bytes are the truth (written here, and not yet listed as
+/// uploaded).
 pub(super) enum NodeKind {
-    Dir(BTreeMap<Name, u64>),
+    Dir(Children),
     File(Listed),
     Local,
 }
@@ -86,13 +86,24 @@ impl Listed {
     }
 }
 
+/// A directory's entries: their inodes, in the order of their names. A directory holds no
+/// name of its own for them; a search compares the names of the nodes ([`Tree::child`]).
+pub(super) type Children = Vec<u64>;
+
+impl NodeKind {
+    /// An empty directory.
+    pub(super) fn dir() -> Self {
+        NodeKind::Dir(Children::new())
+    }
+}
+
 /// An inode. Its path is not kept: the names up the parent chain make it ([`Tree::path`]),
 /// so a tree of a million files holds each name once, and a directory rename changes one node.
 pub(super) struct Node {
     pub(super) parent: u64,
-    /// Its name in its parent (shared with the parent's entry); empty for a mount's own
-    /// directory and the root.
-    pub(super) name: Name,
+    /// Its name in its parent ([`Tree::name`]): a mount's id for a mount's own directory,
+    /// empty for the root.
+    pub(super) name: NameRef,
     pub(super) kind: NodeKind,
     /// The mount (an index into [`super::Vfs::mounted`]), [`NO_MOUNT`] for the root.
     mount: u32,
@@ -104,7 +115,7 @@ pub(super) struct Node {
 const NO_MOUNT: u32 = u32::MAX;
 
 impl Node {
-    pub(super) fn new(parent: u64, name: Name, mount: Option<usize>, kind: NodeKind) -> Self {
+    pub(super) fn new(parent: u64, name: NameRef, mount: Option<usize>, kind: NodeKind) -> Self {
         let mount = mount.map_or(NO_MOUNT, |m| u32::try_from(m).expect("fewer mounts"));
         Self {
             parent,
@@ -120,9 +131,6 @@ impl Node {
         (self.mount != NO_MOUNT).then_some(self.mount as usize)
     }
 }
-
-/// A name in a directory.
-pub type Name = Arc<str>;
 
 /// A change made through the file system that the listings do not show yet; a refresh applies
 /// it over the listing until the listing catches up.
@@ -141,6 +149,8 @@ pub(super) enum Override {
 
 pub(super) struct Tree {
     pub(super) nodes: Nodes,
+    /// The nodes' names.
+    names: Names,
     /// Each mount's directory, by mount.
     pub(super) mount_dirs: Vec<u64>,
     /// Changes of writeable mounts the listings do not show yet, by mount and path.
@@ -162,33 +172,77 @@ pub(super) fn split(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("", path))
 }
 
-/// `map`, rebuilt from its entries in order. A map filled one entry at a time in key order (as
-/// a listing fills a directory's) leaves each node it splits half full; one built from sorted
-/// entries fills its nodes, which nearly halves what the map's nodes take (measurements:
-/// docs/PERFORMANCE.md, "Packed maps").
-///
-/// Built by `append`, which merges two maps into full nodes while it frees the old ones as it
-/// goes; `collect` would first gather every entry in a vector beside the old map.
-fn packed<K: Ord, V>(mut map: BTreeMap<K, V>) -> BTreeMap<K, V> {
-    let Some(first) = map.pop_first() else {
-        return map;
-    };
-    // `append` to an empty map would take the other's nodes as they are.
-    let mut out = BTreeMap::from([first]);
-    out.append(&mut map);
-    out
-}
-
 impl Tree {
-    /// Rebuilds each directory's map of entries in mount `mount` from its sorted entries (see
-    /// [`packed`]): a listing fills them one name at a time, in order.
-    pub(super) fn pack_dirs(&mut self, mount: usize) {
+    /// A tree of the root alone (inode [`ROOT`]).
+    pub(super) fn new() -> Self {
+        let mut tree = Self {
+            nodes: Nodes::new(),
+            names: Names::default(),
+            mount_dirs: Vec::new(),
+            local: HashMap::new(),
+            seq: 0,
+        };
+        let root = Node::new(ROOT, NameRef::EMPTY, None, NodeKind::dir());
+        assert_eq!(tree.nodes.insert(root), ROOT, "the first inode");
+        tree
+    }
+
+    /// Adds the next mount's directory, named `id`, under the root.
+    pub(super) fn add_mount(&mut self, id: &str) {
+        let mount = self.mount_dirs.len();
+        let ino = self.insert_in(mount, ROOT, id, NodeKind::dir());
+        self.mount_dirs.push(ino);
+    }
+
+    /// The name of `node`.
+    pub(super) fn name_of(&self, node: &Node) -> &str {
+        self.names.get(node.name)
+    }
+
+    /// The name of node `ino` ("" if there is none).
+    pub(super) fn name(&self, ino: u64) -> &str {
+        self.nodes.get(&ino).map_or("", |n| self.name_of(n))
+    }
+
+    /// The entries of directory `ino`; `None` if it is not a directory (or not there).
+    pub(super) fn children(&self, ino: u64) -> Option<&[u64]> {
+        match &self.nodes.get(&ino)?.kind {
+            NodeKind::Dir(children) => Some(children),
+            NodeKind::File(_) | NodeKind::Local => None,
+        }
+    }
+
+    /// Where `name` is among `children` (`Err`: where it would go).
+    fn place_in(&self, children: &[u64], name: &str) -> Result<usize, usize> {
+        children.binary_search_by(|c| self.name(*c).cmp(name))
+    }
+
+    /// The entry `name` of directory `dir`.
+    pub(super) fn child(&self, dir: u64, name: &str) -> Option<u64> {
+        let children = self.children(dir)?;
+        let at = self.place_in(children, name).ok()?;
+        Some(children[at])
+    }
+
+    /// Gives back the room the tree's tables reserved ahead as they grew: after a listing, a
+    /// tree mostly stays as it is.
+    pub(super) fn shrink(&mut self, mount: usize) {
         for node in self.nodes.values_mut().filter(|n| n.mount() == Some(mount)) {
             if let NodeKind::Dir(children) = &mut node.kind {
-                *children = packed(std::mem::take(children));
+                children.shrink_to_fit();
             }
         }
         self.nodes.shrink();
+        self.tidy();
+        self.names.shrink();
+    }
+
+    /// Rewrites the names once most of their bytes are of nodes removed or renamed.
+    pub(super) fn tidy(&mut self) {
+        if self.names.wasteful() {
+            let live = self.nodes.values_mut().map(|n| &mut n.name);
+            self.names.repack(live);
+        }
     }
 
     /// The path of `ino` under its mount's directory ("" for that directory and the root).
@@ -199,7 +253,7 @@ impl Tree {
             && node.parent != ROOT
             && at != ROOT
         {
-            names.push(&*node.name);
+            names.push(self.name_of(node));
             at = node.parent;
         }
         names.reverse();
@@ -213,10 +267,7 @@ impl Tree {
             return Some(at);
         }
         for name in path.split('/') {
-            let NodeKind::Dir(children) = &self.nodes.get(&at)?.kind else {
-                return None;
-            };
-            at = *children.get(name)?;
+            at = self.child(at, name)?;
         }
         Some(at)
     }
@@ -230,7 +281,7 @@ impl Tree {
         !blocked && node(path).is_none()
     }
 
-    pub(super) fn children_mut(&mut self, ino: u64) -> &mut BTreeMap<Name, u64> {
+    fn children_mut(&mut self, ino: u64) -> &mut Children {
         match &mut self.nodes.get_mut(&ino).expect("parent exists").kind {
             NodeKind::Dir(children) => children,
             NodeKind::File(_) | NodeKind::Local => unreachable!("parents are directories"),
@@ -247,7 +298,7 @@ impl Tree {
     pub(super) fn dir_at(&mut self, mount: usize, path: &str) -> u64 {
         match self.find(mount, path) {
             Some(ino) => ino,
-            None => self.insert(mount, path, NodeKind::Dir(BTreeMap::new())),
+            None => self.insert(mount, path, NodeKind::dir()),
         }
     }
 
@@ -267,37 +318,64 @@ impl Tree {
         name: &str,
         kind: NodeKind,
     ) -> u64 {
-        if let Some(&ino) = self.children_mut(parent).get(name) {
-            self.nodes.get_mut(&ino).expect("a child exists").kind = kind;
-            return ino;
-        }
-        let name = Name::from(name);
+        let children = self.children(parent).expect("parents are directories");
+        // A listing adds a directory's names in order: most go last.
+        let last = children.last().map(|&c| self.name(c));
+        let place = match last {
+            Some(last) if last < name => Err(children.len()),
+            _ => self.place_in(children, name),
+        };
+        let at = match place {
+            Ok(at) => {
+                let ino = children[at];
+                self.nodes.get_mut(&ino).expect("a child exists").kind = kind;
+                return ino;
+            }
+            Err(at) => at,
+        };
+        let name = self.names.add(name);
         let ino = self
             .nodes
-            .insert(Node::new(parent, name.clone(), Some(mount), kind));
-        self.children_mut(parent).insert(name, ino);
+            .insert(Node::new(parent, name, Some(mount), kind));
+        self.children_mut(parent).insert(at, ino);
         ino
     }
 
     /// Removes `ino` and everything below it; returns what was removed. Their inode numbers
-    /// are not given again before [`Nodes::release`].
+    /// are not given again before [`Nodes::release`]; their names stay readable until the
+    /// next [`Tree::tidy`].
     pub(super) fn remove(&mut self, ino: u64) -> Vec<(u64, Node)> {
-        let Some(node) = self.nodes.remove(&ino) else {
-            return Vec::new();
-        };
-        if let Some(parent) = self.nodes.get_mut(&node.parent)
-            && let NodeKind::Dir(children) = &mut parent.kind
-            && children.get(&*node.name) == Some(&ino)
-        {
-            children.remove(&*node.name);
-        }
+        self.remove_all(&[ino])
+    }
+
+    /// [`Tree::remove`] of each of `inos`, with one pass over each directory they leave (a
+    /// refresh may remove most of a large directory's entries).
+    pub(super) fn remove_all(&mut self, inos: &[u64]) -> Vec<(u64, Node)> {
         let mut removed = Vec::new();
-        if let NodeKind::Dir(children) = &node.kind {
-            for &child in children.values() {
-                removed.extend(self.remove(child));
+        let mut left = Vec::new();
+        let mut below = inos.to_vec();
+        while let Some(ino) = below.pop() {
+            let Some(node) = self.nodes.remove(&ino) else {
+                continue;
+            };
+            left.push(node.parent);
+            if let NodeKind::Dir(children) = &node.kind {
+                below.extend(children);
             }
+            self.names.drop_name(node.name);
+            removed.push((ino, node));
         }
-        removed.push((ino, node));
+        left.sort_unstable();
+        left.dedup();
+        for dir in left {
+            let Some(NodeKind::Dir(children)) = self.nodes.get_mut(&dir).map(|n| &mut n.kind)
+            else {
+                continue;
+            };
+            let mut children = std::mem::take(children);
+            children.retain(|c| self.nodes.contains_key(c));
+            *self.children_mut(dir) = children;
+        }
         removed
     }
 
@@ -306,14 +384,22 @@ impl Tree {
     pub(super) fn rename(&mut self, ino: u64, parent: u64, name: &str) {
         let (old_parent, old_name) = {
             let node = &self.nodes[&ino];
-            (node.parent, node.name.clone())
+            (node.parent, node.name)
         };
-        self.children_mut(old_parent).remove(&*old_name);
-        let name = Name::from(name);
-        self.children_mut(parent).insert(name.clone(), ino);
+        let old = self.children(old_parent).expect("parents are directories");
+        if let Ok(at) = self.place_in(old, self.names.get(old_name)) {
+            self.children_mut(old_parent).remove(at);
+        }
+        self.names.drop_name(old_name);
+        let new_name = self.names.add(name);
         let node = self.nodes.get_mut(&ino).expect("moved");
         node.parent = parent;
-        node.name = name;
+        node.name = new_name;
+        let children = self.children(parent).expect("parents are directories");
+        match self.place_in(children, name) {
+            Ok(at) => self.children_mut(parent)[at] = ino,
+            Err(at) => self.children_mut(parent).insert(at, ino),
+        }
     }
 
     /// `ino` and everything below it, as (inode, path, is a directory).
@@ -324,12 +410,77 @@ impl Tree {
             let node = &self.nodes[&ino];
             let dir = matches!(node.kind, NodeKind::Dir(_));
             if let NodeKind::Dir(children) = &node.kind {
-                for (name, &child) in children {
-                    stack.push((child, join(&path, name)));
+                for &child in children {
+                    stack.push((child, join(&path, self.name(child))));
                 }
             }
             out.push((ino, path, dir));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_in(tree: &Tree, dir: u64) -> Vec<&str> {
+        let children = tree.children(dir).unwrap();
+        children.iter().map(|&c| tree.name(c)).collect()
+    }
+
+    #[test]
+    fn entries_stay_in_name_order_through_inserts_removals_and_renames() {
+        let mut tree = Tree::new();
+        tree.add_mount("m");
+        // Out of order, as a listing's keys give them ("a-1" before "a/x"), and as writes do.
+        for path in ["d/a-1", "d/a/x", "d/c", "d/b", "e", "d/a/w"] {
+            tree.insert(0, path, NodeKind::Local);
+        }
+        let d = tree.find(0, "d").unwrap();
+        assert_eq!(names_in(&tree, d), ["a", "a-1", "b", "c"]);
+        assert_eq!(tree.path(tree.find(0, "d/a/w").unwrap()), "d/a/w");
+        assert_eq!(tree.child(d, "zz"), None);
+        assert_eq!(tree.child(tree.find(0, "e").unwrap(), "x"), None, "not a directory");
+
+        let b = tree.find(0, "d/b").unwrap();
+        tree.rename(b, tree.mount_dirs[0], "0-first");
+        assert_eq!(names_in(&tree, d), ["a", "a-1", "c"]);
+        assert_eq!(tree.find(0, "0-first"), Some(b), "same inode");
+        assert_eq!(tree.path(b), "0-first");
+
+        let a = tree.find(0, "d/a").unwrap();
+        let removed = tree.remove_all(&[a, tree.find(0, "d/c").unwrap()]);
+        assert_eq!(removed.len(), 4, "d/a, its two files and d/c");
+        assert_eq!(names_in(&tree, d), ["a-1"]);
+        assert_eq!(tree.find(0, "d/a/x"), None);
+    }
+
+    #[test]
+    fn a_large_directory_keeps_its_names_through_removals_and_a_repack() {
+        let mut tree = Tree::new();
+        tree.add_mount("m");
+        let long = "n".repeat(100);
+        for i in (0..5_000).rev() {
+            tree.insert(0, &format!("big/{long}-{i:05}"), NodeKind::Local);
+        }
+        let big = tree.find(0, "big").unwrap();
+        let gone: Vec<u64> = (0..5_000)
+            .filter(|i| i % 5 != 0)
+            .map(|i| tree.find(0, &format!("big/{long}-{i:05}")).unwrap())
+            .collect();
+        let removed = tree.remove_all(&gone);
+        // Removed names read until the tree is tidied.
+        assert!(removed.iter().all(|(_, n)| tree.name_of(n).starts_with(&long)));
+        assert!(tree.names.wasteful());
+        tree.tidy();
+        assert!(!tree.names.wasteful());
+        let left: Vec<String> = (0..5_000)
+            .filter(|i| i % 5 == 0)
+            .map(|i| format!("{long}-{i:05}"))
+            .collect();
+        assert_eq!(names_in(&tree, big), left);
+        assert!(left.iter().all(|n| tree.find(0, &format!("big/{n}")).is_some()));
+        assert_eq!(tree.name(tree.mount_dirs[0]), "m");
     }
 }

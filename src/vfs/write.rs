@@ -101,9 +101,9 @@ impl Vfs {
     fn place(&self, parent: u64, name: &str) -> Result<Place, FsError> {
         let tree = self.tree.read();
         let node = tree.nodes.get(&parent).ok_or(FsError::NotFound)?;
-        let NodeKind::Dir(children) = &node.kind else {
+        if tree.children(parent).is_none() {
             return Err(FsError::NotADirectory);
-        };
+        }
         let mount = node.mount().ok_or(FsError::ReadOnly)?;
         if !self.mounted[mount].replica.mount.writeable {
             return Err(FsError::ReadOnly);
@@ -111,7 +111,7 @@ impl Vfs {
         Ok(Place {
             mount,
             path: join(&tree.path(parent), name),
-            ino: children.get(name).copied(),
+            ino: tree.child(parent, name),
         })
     }
 
@@ -301,7 +301,7 @@ impl Vfs {
         let ino = {
             let mut tree = self.tree.write();
             Self::mark(&mut tree, place.mount, &place.path, Override::Dir);
-            tree.insert(place.mount, &place.path, NodeKind::Dir(Default::default()))
+            tree.insert(place.mount, &place.path, NodeKind::dir())
         };
         self.known.insert(ino);
         self.write_backs[place.mount].touch();

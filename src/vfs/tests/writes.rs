@@ -292,7 +292,7 @@ async fn changes_an_earlier_run_left_show_before_the_full_listing() {
     let (vfs, _engine) = writeable_vfs_top(mem.clone(), tmp.path()).await;
     let m = dir_ino(&vfs, "m");
     let names: Vec<String> = vfs
-        .readdir(m)
+        .readdir(m, 0, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|e| e.2.to_string())
