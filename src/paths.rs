@@ -92,23 +92,28 @@ pub struct Layout<'a> {
     pub skipped: Vec<(String, Unrepresentable)>,
 }
 
-/// Paths of a listing with their objects, sorted by path, each path once.
+/// Paths of a listing with their objects, sorted by path, each path once. A row is the path
+/// (borrowed from the key) and the object's place in the listing.
 #[derive(Debug, Default)]
-pub struct Table<'a>(Vec<(&'a str, &'a ObjectMeta)>);
+pub struct Table<'a> {
+    rows: Vec<(&'a str, usize)>,
+    listing: &'a [ObjectMeta],
+}
 
 impl<'a> Table<'a> {
-    /// The table of `rows`, which may come in any order; of a path listed twice, the first.
-    fn of(mut rows: Vec<(&'a str, &'a ObjectMeta)>) -> Self {
+    /// The table of `rows` of `listing`, which may come in any order; of a path listed twice,
+    /// the first.
+    fn of(mut rows: Vec<(&'a str, usize)>, listing: &'a [ObjectMeta]) -> Self {
         // A listing comes in key order, and so its paths: this is one pass over sorted rows.
         rows.sort_by_key(|(path, _)| *path);
         rows.dedup_by_key(|(path, _)| *path);
         rows.shrink_to_fit();
-        Self(rows)
+        Self { rows, listing }
     }
 
     pub fn get(&self, path: &str) -> Option<&'a ObjectMeta> {
-        let at = self.0.binary_search_by_key(&path, |(p, _)| p).ok()?;
-        Some(self.0[at].1)
+        let at = self.rows.binary_search_by_key(&path, |(p, _)| p).ok()?;
+        Some(&self.listing[self.rows[at].1])
     }
 
     pub fn contains_key(&self, path: &str) -> bool {
@@ -117,25 +122,33 @@ impl<'a> Table<'a> {
 
     /// The rows in path order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
-        self.0.iter().copied()
+        self.indexed().map(|(_, path, meta)| (path, meta))
+    }
+
+    /// The rows in path order, with each object's place in the listing.
+    pub fn indexed(&self) -> impl Iterator<Item = (usize, &'a str, &'a ObjectMeta)> + '_ {
+        let listing = self.listing;
+        self.rows
+            .iter()
+            .map(move |&(path, at)| (at, path, &listing[at]))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.0.iter().map(|(path, _)| *path)
+        self.rows.iter().map(|(path, _)| *path)
     }
 }
 
 pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
     let (mut files, mut dirs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for meta in remote {
+    for (at, meta) in remote.iter().enumerate() {
         match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => files.push((path, meta)),
-            Ok(Mapped::Dir(path)) => dirs.push((path, meta)),
+            Ok(Mapped::File(path)) => files.push((path, at)),
+            Ok(Mapped::Dir(path)) => dirs.push((path, at)),
             Ok(Mapped::Root) => {}
             Err(reason) => skipped.push((meta.key.clone(), reason)),
         }
     }
-    let dirs = Table::of(dirs);
+    let dirs = Table::of(dirs, remote);
     let mut implied_dirs = BTreeSet::new();
     for path in files.iter().map(|(p, _)| *p).chain(dirs.keys()) {
         // Nearest first: once one is there, so are the ones above it.
@@ -145,15 +158,15 @@ pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
             }
         }
     }
-    files.retain(|(path, meta)| {
+    files.retain(|&(path, at)| {
         let conflict = dirs.contains_key(path) || implied_dirs.contains(path);
         if conflict {
-            skipped.push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+            skipped.push((remote[at].key.clone(), Unrepresentable::FileAndDirectory));
         }
         !conflict
     });
     Layout {
-        files: Table::of(files),
+        files: Table::of(files, remote),
         dirs,
         implied_dirs,
         skipped,

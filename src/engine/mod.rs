@@ -438,14 +438,14 @@ impl Engine {
             let copy = &planning.copy;
             let write = match planning.mount.writeable {
                 false => Ok(plan::WritePlan {
-                    plan: copy.plan(|entries, probe| plan::plan(prefix, &remote, entries, probe)),
+                    plan: copy.plan(|entries, probe| plan::plan(prefix, remote, entries, probe)),
                     ..plan::WritePlan::default()
                 }),
                 true => copy.plan_writeable(|entries, scanned| {
                     report_passed_over(&planning.mount, &scanned.passed_over);
                     let now = SystemTime::now();
                     let settled = |s: &Stamp| s.quiet_for(delay, now);
-                    plan::plan_writeable(prefix, &remote, entries, &scanned.found, settled)
+                    plan::plan_writeable(prefix, remote, entries, &scanned.found, settled)
                 }),
             };
             write.map(|mut write| {
@@ -541,7 +541,7 @@ impl Engine {
                     store.clone(),
                     job.meta,
                     path,
-                    job.base,
+                    job.base.map(|b| *b),
                     false,
                 );
                 running.spawn(async move { (update, units, task.await) }.instrument(span));
@@ -919,7 +919,7 @@ impl Engine {
                 store.clone(),
                 f.meta,
                 path,
-                f.base,
+                f.base.map(|b| *b),
                 false,
             );
             match fetched.await {

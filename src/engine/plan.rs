@@ -18,12 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Fetch {
     pub meta: ObjectMeta,
     /// Where the path starts in the key (see [`Fetch::path`]).
-    path_at: usize,
+    path_at: u32,
     /// The path already holds an older version the tool downloaded.
     pub update: bool,
     /// The version the manifest records at the path as this is planned: the download is
     /// kept out of a writeable copy where anything else is recorded by the time it ends.
-    pub base: Option<Etag>,
+    /// Boxed: most downloads have none, and a first pass has a row for every object.
+    pub base: Option<Box<Etag>>,
 }
 
 impl Fetch {
@@ -34,16 +35,16 @@ impl Fetch {
     pub fn new(path: &str, meta: ObjectMeta, update: bool, base: Option<Etag>) -> Option<Self> {
         let path_at = meta.key.strip_suffix(path)?.len();
         Some(Self {
-            path_at,
+            path_at: u32::try_from(path_at).expect("a key shorter than 4 GiB"),
             meta,
             update,
-            base,
+            base: base.map(Box::new),
         })
     }
 
     /// The path the object downloads to.
     pub fn path(&self) -> &str {
-        &self.meta.key[self.path_at..]
+        &self.meta.key[self.path_at as usize..]
     }
 }
 
@@ -72,9 +73,13 @@ pub fn own_marker(entry: &Entry, meta: &ObjectMeta) -> bool {
     entry.dir && meta.size == 0 && entry.etag == meta.etag
 }
 
+/// The plan of a pass over `remote`, a listing of the mount's `prefix`: what to download,
+/// delete and leave. It takes the listing, whose objects become the downloads: a first pass
+/// plans a download for every object, and a copy of each beside the listing would double
+/// what the pass holds.
 pub fn plan(
     prefix: &str,
-    remote: &[ObjectMeta],
+    remote: Vec<ObjectMeta>,
     manifest: &Entries,
     local: impl Fn(&str) -> Local,
 ) -> Plan {
@@ -82,60 +87,103 @@ pub fn plan(
         listed: remote.len(),
         ..Plan::default()
     };
-    let Layout {
-        files,
-        dirs,
-        implied_dirs,
-        skipped,
-    } = layout(prefix, remote);
-    out.skipped = skipped;
+    let mut picks = Vec::new();
+    {
+        let Layout {
+            files,
+            dirs,
+            implied_dirs,
+            skipped,
+        } = layout(prefix, &remote);
+        out.skipped = skipped;
 
-    for (path, entry) in manifest {
-        let wanted = if entry.dir {
-            dirs.contains_key(path)
-                || implied_dirs.contains(path)
-                || files.get(path).is_some_and(|m| own_marker(entry, m))
-        } else {
-            files.contains_key(path)
-        };
-        if !wanted {
-            out.delete.push(Delete {
-                path: path.to_owned(),
-                dir: entry.dir,
-            });
-        }
-    }
-    // Children before parents: a longer path is never an ancestor of a shorter one.
-    out.delete
-        .sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.path.cmp(&b.path)));
-
-    for (path, meta) in dirs.iter() {
-        out.dirs.push((path.to_owned(), meta.clone()));
-    }
-    for (path, meta) in files.iter() {
-        let recorded = manifest.get(path);
-        if recorded.is_some_and(|e| own_marker(e, meta)) {
-            out.unchanged += 1;
-            continue;
-        }
-        let have = recorded.filter(|e| !e.dir);
-        let on_disk = local(path);
-        match (have, on_disk) {
-            // The recorded version is the listed one, and the file on disk has its size: the
-            // same rule as `MountCopy::holds`, which a mount's open follows.
-            (Some(e), Local::File { size })
-                if e.etag == meta.etag && e.size == meta.size && size == meta.size =>
-            {
-                out.unchanged += 1;
+        for (path, entry) in manifest {
+            let wanted = if entry.dir {
+                dirs.contains_key(path)
+                    || implied_dirs.contains(path)
+                    || files.get(path).is_some_and(|m| own_marker(entry, m))
+            } else {
+                files.contains_key(path)
+            };
+            if !wanted {
+                out.delete.push(Delete {
+                    path: path.to_owned(),
+                    dir: entry.dir,
+                });
             }
-            (have, _) => out.fetch.extend(Fetch::new(
-                path,
-                meta.clone(),
-                have.is_some() && matches!(on_disk, Local::File { .. }),
-                recorded.map(|e| e.etag.clone()),
-            )),
+        }
+        // Children before parents: a longer path is never an ancestor of a shorter one.
+        out.delete
+            .sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.path.cmp(&b.path)));
+
+        for (path, meta) in dirs.iter() {
+            out.dirs.push((path.to_owned(), meta.clone()));
+        }
+        for (at, path, meta) in files.indexed() {
+            let recorded = manifest.get(path);
+            if recorded.is_some_and(|e| own_marker(e, meta)) {
+                out.unchanged += 1;
+                continue;
+            }
+            let have = recorded.filter(|e| !e.dir);
+            let on_disk = local(path);
+            match (have, on_disk) {
+                // The recorded version is the listed one, and the file on disk has its size:
+                // the same rule as `MountCopy::holds`, which a mount's open follows.
+                (Some(e), Local::File { size })
+                    if e.etag == meta.etag && e.size == meta.size && size == meta.size =>
+                {
+                    out.unchanged += 1;
+                }
+                (have, _) => picks.push(Pick {
+                    at: u32::try_from(at).expect("fewer than 2^32 objects"),
+                    path_len: u16::try_from(path.len()).expect("a path within a key"),
+                    update: have.is_some() && matches!(on_disk, Local::File { .. }),
+                    base: recorded.map(|e| e.etag.clone()),
+                }),
+            }
         }
     }
+    out.fetch = take_picked(remote, picks);
+    out
+}
+
+/// A download [`plan`] decided on, before it takes its object from the listing.
+struct Pick {
+    /// The object's place in the listing.
+    at: u32,
+    /// The length of its path, which ends its key (keys are at most 1,024 bytes).
+    path_len: u16,
+    update: bool,
+    base: Option<Etag>,
+}
+
+/// The downloads `picks` (in the listing's order), their objects moved out of `remote`. Both
+/// tables are taken from their ends and give back their room as they go, so the three
+/// together are never much more than the largest.
+fn take_picked(mut remote: Vec<ObjectMeta>, mut picks: Vec<Pick>) -> Vec<Fetch> {
+    /// Rows a table may hold unused before it gives their room back.
+    const SLACK: usize = 8192;
+    picks.sort_unstable_by_key(|p| p.at);
+    let mut out = Vec::with_capacity(picks.len());
+    while let Some(pick) = picks.pop() {
+        remote.truncate(pick.at as usize + 1);
+        let meta = remote.pop().expect("picked from the listing");
+        if remote.capacity() - remote.len() > SLACK {
+            remote.shrink_to_fit();
+        }
+        if picks.capacity() - picks.len() > SLACK {
+            picks.shrink_to_fit();
+        }
+        let path_at = meta.key.len() - usize::from(pick.path_len);
+        out.push(Fetch {
+            path_at: u32::try_from(path_at).expect("a key shorter than 4 GiB"),
+            meta,
+            update: pick.update,
+            base: pick.base.map(Box::new),
+        });
+    }
+    out.reverse();
     out
 }
 
@@ -369,7 +417,7 @@ fn pair_renames(
 /// deleted; the old path is neither downloaded again nor deleted while the new file settles.
 pub fn plan_writeable(
     prefix: &str,
-    remote: &[ObjectMeta],
+    remote: Vec<ObjectMeta>,
     manifest: &Entries,
     scan: &BTreeMap<String, Found>,
     settled: impl Fn(&Stamp) -> bool,
@@ -379,17 +427,20 @@ pub fn plan_writeable(
         Some(Found::Dir { .. }) => Local::Other,
         None => Local::Missing,
     };
+    let writes = {
+        let listed: BTreeMap<&str, &ObjectMeta> =
+            remote.iter().map(|m| (m.key.as_str(), m)).collect();
+        let listed_as_was = |path: &str, e: &Entry| {
+            let key = key_of(prefix, path, e.dir);
+            listed.get(key.as_str()).is_some_and(|m| m.etag == e.etag)
+        };
+        local_writes(prefix, manifest, scan, true, listed_as_was)
+    };
     let mut out = WritePlan {
         plan: plan(prefix, remote, manifest, probe),
+        copy_gone: copy_gone(manifest, scan),
         ..WritePlan::default()
     };
-    let listed: BTreeMap<&str, &ObjectMeta> = remote.iter().map(|m| (m.key.as_str(), m)).collect();
-    out.copy_gone = copy_gone(manifest, scan);
-    let listed_as_was = |path: &str, e: &Entry| {
-        let key = key_of(prefix, path, e.dir);
-        listed.get(key.as_str()).is_some_and(|m| m.etag == e.etag)
-    };
-    let writes = local_writes(prefix, manifest, scan, true, listed_as_was);
 
     // Local changes: kept from the download side, uploaded once settled. The old path of a
     // rename is neither downloaded again nor deleted on its own: its object goes after the
@@ -480,17 +531,66 @@ mod tests {
     #[test]
     fn first_run_fetches_everything_under_the_prefix() {
         let remote = [obj("p/a", "1", 1), obj("p/d/b", "2", 2), obj("p/", "0", 0)];
-        let p = plan("p/", &remote, &Entries::new(), |_| Local::Missing);
+        let p = plan("p/", remote.to_vec(), &Entries::new(), |_| Local::Missing);
         assert_eq!(fetched(&p), [("a", false), ("d/b", false)]);
         assert!(p.delete.is_empty());
         assert_eq!(p.listed, 3);
+    }
+
+    /// The downloads take their objects out of the listing: each download is the listed
+    /// object at its path, whatever lies between them (unchanged files, folder markers, keys
+    /// skipped), and its base is the version recorded there.
+    #[test]
+    fn each_download_takes_the_listed_object_of_its_path() {
+        let remote = vec![
+            obj("p/a", "1", 1),
+            obj("p/b", "2", 2),
+            obj("p/c/", "0", 0),
+            obj("p/c/d", "3", 3),
+            obj("p/e//f", "4", 4),
+            obj("p/g", "5", 5),
+        ];
+        let manifest = Entries::from([
+            ("b".to_string(), entry("2", 2)),
+            ("g".to_string(), entry("old", 5)),
+        ]);
+        let p = plan("p/", remote.clone(), &manifest, |path| match path {
+            "b" | "g" => Local::File {
+                size: path.len() as u64,
+            },
+            _ => Local::Missing,
+        });
+        let got: Vec<_> = p
+            .fetch
+            .iter()
+            .map(|f| {
+                (
+                    f.path(),
+                    &f.meta,
+                    f.update,
+                    f.base.as_ref().map(|e| e.to_string()),
+                )
+            })
+            .collect();
+        let listed = |i: usize| &remote[i];
+        assert_eq!(
+            got,
+            [
+                ("a", listed(0), false, None),
+                // On disk with another size: downloaded again over it.
+                ("b", listed(1), true, Some("2".into())),
+                ("c/d", listed(3), false, None),
+                ("g", listed(5), true, Some("old".into())),
+            ]
+        );
+        assert_eq!(p.skipped.len(), 1, "p/e//f");
     }
 
     #[test]
     fn unchanged_objects_are_not_fetched_again() {
         let remote = [obj("a", "1", 5)];
         let manifest = Entries::from([("a".to_string(), entry("1", 5))]);
-        let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
+        let p = plan("", remote.to_vec(), &manifest, |_| Local::File { size: 5 });
         assert!(p.fetch.is_empty());
         assert_eq!(p.unchanged, 1);
     }
@@ -502,7 +602,7 @@ mod tests {
     fn a_recorded_size_other_than_the_listed_one_fetches_again() {
         let remote = [obj("a", "1", 5)];
         let manifest = Entries::from([("a".to_string(), entry("1", 6))]);
-        let p = plan("", &remote, &manifest, |_| Local::File { size: 5 });
+        let p = plan("", remote.to_vec(), &manifest, |_| Local::File { size: 5 });
         assert_eq!(fetched(&p), [("a", true)]);
         assert_eq!(p.unchanged, 0);
     }
@@ -514,7 +614,7 @@ mod tests {
             ("a".to_string(), entry("1", 5)),
             ("b".to_string(), entry("1", 5)),
         ]);
-        let p = plan("", &remote, &manifest, |path| match path {
+        let p = plan("", remote.to_vec(), &manifest, |path| match path {
             "a" => Local::File { size: 5 },
             _ => Local::Missing,
         });
@@ -527,7 +627,7 @@ mod tests {
             ("gone".to_string(), entry("1", 1)),
             ("d/gone".to_string(), entry("1", 1)),
         ]);
-        let p = plan("", &[], &manifest, |_| Local::File { size: 1 });
+        let p = plan("", vec![], &manifest, |_| Local::File { size: 1 });
         let deleted: Vec<_> = p.delete.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(deleted, ["d/gone", "gone"]);
     }
@@ -540,7 +640,7 @@ mod tests {
             obj("c", "3", 1),
             obj("c/", "4", 0),
         ];
-        let p = plan("", &remote, &Entries::new(), |_| Local::Missing);
+        let p = plan("", remote.to_vec(), &Entries::new(), |_| Local::Missing);
         assert_eq!(fetched(&p), [("a/b", false)]);
         let skipped: Vec<_> = p.skipped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(skipped, ["a", "c"]);
@@ -554,7 +654,7 @@ mod tests {
             obj("a/../../x", "1", 1),
             obj("/abs", "1", 1),
         ];
-        let p = plan("", &remote, &Entries::new(), |_| Local::Missing);
+        let p = plan("", remote.to_vec(), &Entries::new(), |_| Local::Missing);
         assert!(p.fetch.is_empty());
         assert_eq!(p.skipped.len(), 3);
     }
@@ -564,9 +664,9 @@ mod tests {
         let mut dir = entry("0", 0);
         dir.dir = true;
         let manifest = Entries::from([("d".to_string(), dir)]);
-        let p = plan("", &[obj("d/x", "1", 1)], &manifest, |_| Local::Missing);
+        let p = plan("", vec![obj("d/x", "1", 1)], &manifest, |_| Local::Missing);
         assert!(p.delete.is_empty());
-        let p = plan("", &[], &manifest, |_| Local::Missing);
+        let p = plan("", vec![], &manifest, |_| Local::Missing);
         assert_eq!(
             p.delete,
             [Delete {
@@ -614,7 +714,7 @@ mod tests {
                 ("new".to_owned(), Found::File(stamp(1, 2))),
                 ("d".to_owned(), Found::Dir { empty: true }),
             ]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.upload,
                 [
@@ -658,7 +758,7 @@ mod tests {
             let remote = [obj("p/f", "e2", 3)];
             let manifest = Entries::from([("f".to_owned(), written("e1", 3))]);
             let scan = BTreeMap::from([("f".to_owned(), Found::File(stamp(3, 9)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.mtime_ns < 5);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |s| s.mtime_ns < 5);
             assert!(w.upload.is_empty() && w.plan.fetch.is_empty());
             assert_eq!(w.settling, 1);
         }
@@ -677,7 +777,7 @@ mod tests {
                 ("keep".to_owned(), written("e1", 3)),
             ]);
             let scan = BTreeMap::from([("keep".to_owned(), Found::File(stamp(3, 1)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.remote_delete,
                 [RemoteDelete {
@@ -696,7 +796,7 @@ mod tests {
         fn a_directory_holding_none_of_the_files_is_a_lost_copy_not_deletions() {
             let remote = [obj("p/a", "e1", 3)];
             let manifest = Entries::from([("a".to_owned(), written("e1", 3))]);
-            let w = plan_writeable("p/", &remote, &manifest, &BTreeMap::new(), |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &BTreeMap::new(), |_| true);
             assert!(w.copy_gone);
             assert!(w.remote_delete.is_empty());
             assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
@@ -770,7 +870,7 @@ mod tests {
                     }),
                 ),
             ]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.upload,
                 [Upload {
@@ -796,7 +896,7 @@ mod tests {
                 ("b".to_owned(), written_as("e2", 5, 8)),
             ]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(w.upload.len(), 1);
             assert_eq!(w.upload[0].base.as_deref(), Some("e2"));
             assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
@@ -822,7 +922,7 @@ mod tests {
                     }),
                 ),
             ]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None), ("d", None)]);
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a", "c"]);
         }
@@ -846,7 +946,7 @@ mod tests {
                 ("e/x".to_owned(), Found::File(moved(7, 3))),
                 ("e/y".to_owned(), Found::File(moved(8, 4))),
             ]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(
                 sources(&w),
                 [
@@ -866,7 +966,7 @@ mod tests {
             // Written by an earlier version: no inode to recognise the file by.
             let manifest = Entries::from([("a".to_owned(), entry("e1", 3))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a"]);
         }
@@ -876,7 +976,7 @@ mod tests {
             let remote = [obj("p/a", "e2", 3)];
             let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
             assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
             assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
@@ -887,7 +987,7 @@ mod tests {
             let remote = [obj("p/a", "e1", 3)];
             let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", &remote, &manifest, &scan, |s| s.ctime_ns < 5);
+            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |s| s.ctime_ns < 5);
             assert_eq!(w.settling, 1);
             assert!(w.upload.is_empty() && w.remote_delete.is_empty());
             assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
@@ -1084,7 +1184,7 @@ mod tests {
             #[test]
             fn the_plan_is_what_the_rules_say(c in case()) {
                 let manifest: Entries = c.manifest.iter().map(|(p, e)| (p, e.clone())).collect();
-                let got = plan(&c.prefix, &c.remote, &manifest, |p| {
+                let got = plan(&c.prefix, c.remote.clone(), &manifest, |p| {
                     c.local.get(p).copied().unwrap_or(Local::Missing)
                 });
                 let want = expected(&c);

@@ -386,7 +386,9 @@ impl Vfs {
         for (ino, node) in tree.remove_all(&gone) {
             // (Only where the kernel holds the directory: elsewhere it remembers no name.)
             if self.known.contains(&node.parent) {
-                stale.entries.push((node.parent, tree.name_of(&node).to_owned()));
+                stale
+                    .entries
+                    .push((node.parent, tree.name_of(&node).to_owned()));
             }
             self.retire(&mut tree, ino, &node);
         }

@@ -100,7 +100,11 @@ mod tests {
             (names.get(a), names.get(b), names.get(empty)),
             ("alpha", "β-名前", "")
         );
-        assert_eq!(names.text.len(), "alphaβ-名前".len(), "the dropped name is gone");
+        assert_eq!(
+            names.text.len(),
+            "alphaβ-名前".len(),
+            "the dropped name is gone"
+        );
     }
 
     #[test]

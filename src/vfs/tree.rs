@@ -441,7 +441,11 @@ mod tests {
         assert_eq!(names_in(&tree, d), ["a", "a-1", "b", "c"]);
         assert_eq!(tree.path(tree.find(0, "d/a/w").unwrap()), "d/a/w");
         assert_eq!(tree.child(d, "zz"), None);
-        assert_eq!(tree.child(tree.find(0, "e").unwrap(), "x"), None, "not a directory");
+        assert_eq!(
+            tree.child(tree.find(0, "e").unwrap(), "x"),
+            None,
+            "not a directory"
+        );
 
         let b = tree.find(0, "d/b").unwrap();
         tree.rename(b, tree.mount_dirs[0], "0-first");
@@ -471,7 +475,11 @@ mod tests {
             .collect();
         let removed = tree.remove_all(&gone);
         // Removed names read until the tree is tidied.
-        assert!(removed.iter().all(|(_, n)| tree.name_of(n).starts_with(&long)));
+        assert!(
+            removed
+                .iter()
+                .all(|(_, n)| tree.name_of(n).starts_with(&long))
+        );
         assert!(tree.names.wasteful());
         tree.tidy();
         assert!(!tree.names.wasteful());
@@ -480,7 +488,10 @@ mod tests {
             .map(|i| format!("{long}-{i:05}"))
             .collect();
         assert_eq!(names_in(&tree, big), left);
-        assert!(left.iter().all(|n| tree.find(0, &format!("big/{n}")).is_some()));
+        assert!(
+            left.iter()
+                .all(|n| tree.find(0, &format!("big/{n}")).is_some())
+        );
         assert_eq!(tree.name(tree.mount_dirs[0]), "m");
     }
 }
