@@ -22,6 +22,7 @@ pub mod progress;
 pub mod ranges;
 pub mod retry;
 pub mod store;
+pub mod strings;
 pub mod tasks;
 #[cfg(test)]
 mod testing;

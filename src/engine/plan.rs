@@ -380,7 +380,7 @@ fn pair_renames(
     uploads: &mut [Upload],
 ) {
     // What a rename keeps of a file; `None` once taken, or when two deleted files share it.
-    let kept = |s: &Stamp| (s.ino, s.size, s.mtime_ns);
+    let kept = |s: &Stamp| (s.ino.get(), s.size, s.mtime_ns);
     let mut sources: BTreeMap<(u64, u64, i64), Option<RenamedFrom>> = BTreeMap::new();
     for (path, e) in deleted {
         let Some(stamp) = e.local.filter(|s| !e.dir && s.size == e.size) else {
@@ -473,6 +473,7 @@ pub fn plan_writeable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::manifest::inode;
     use std::time::SystemTime;
 
     fn obj(key: &str, etag: &str, size: u64) -> ObjectMeta {
@@ -684,7 +685,7 @@ mod tests {
                 size,
                 mtime_ns: changed_s * 1_000_000_000,
                 ctime_ns: changed_s * 1_000_000_000,
-                ino: 7,
+                ino: inode(7),
             }
         }
 
@@ -814,7 +815,7 @@ mod tests {
             let new = written("e1", 3);
             // Same size and mtime, but a new inode (replaced by an editor's rename): changed.
             assert!(new.changed_locally(&Stamp {
-                ino: 8,
+                ino: inode(8),
                 ..stamp(3, 1)
             }));
         }
@@ -823,7 +824,7 @@ mod tests {
         /// rename moved its ctime only.
         fn moved(ino: u64, size: u64) -> Stamp {
             Stamp {
-                ino,
+                ino: inode(ino),
                 ctime_ns: 9_000_000_000,
                 ..stamp(size, 1)
             }
@@ -832,7 +833,7 @@ mod tests {
         /// The manifest entry of a file of inode `ino` the tool wrote as `stamp(size, 1)`.
         fn written_as(etag: &str, size: u64, ino: u64) -> Entry {
             entry(etag, size).stamped(Stamp {
-                ino,
+                ino: inode(ino),
                 ..stamp(size, 1)
             })
         }
@@ -865,7 +866,7 @@ mod tests {
                 (
                     "keep".to_owned(),
                     Found::File(Stamp {
-                        ino: 8,
+                        ino: inode(8),
                         ..stamp(3, 1)
                     }),
                 ),

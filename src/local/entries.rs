@@ -12,6 +12,7 @@
 
 use super::manifest::Entry;
 use crate::etag::Etag;
+use crate::strings::{Span, Strings};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -21,10 +22,8 @@ use std::iter::Peekable;
 
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
-    /// The paths of `rows`, in no particular order, and `garbage` bytes of paths of rows since
-    /// removed.
-    paths: String,
-    garbage: usize,
+    /// The paths of `rows`, in no particular order.
+    paths: Strings,
     rows: Vec<Row>,
     /// Changes since `rows` were built, by path: the entry put there, or `None` for a path
     /// removed.
@@ -35,9 +34,8 @@ pub struct Entries {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Row {
-    /// Where the row's path is in `paths`.
-    start: usize,
-    len: u32,
+    /// The row's path, in `paths`.
+    path: Span,
     entry: Entry,
 }
 
@@ -45,8 +43,7 @@ impl Row {
     /// A row that is no entry's, for the slots a fold fills.
     fn placeholder() -> Self {
         Self {
-            start: 0,
-            len: 0,
+            path: Span::EMPTY,
             entry: Entry::new(Etag::Md5([0; 16]), 0, 0),
         }
     }
@@ -58,16 +55,8 @@ const FOLD_SHARE: usize = 8;
 const MIN_CHANGES: usize = 1024;
 
 /// The path of `row`, in `paths`.
-fn path_of<'a>(paths: &'a str, row: &Row) -> &'a str {
-    &paths[row.start..row.start + row.len as usize]
-}
-
-/// Appends `path` to `paths`; returns where it is.
-fn add_path(paths: &mut String, path: &str) -> (usize, u32) {
-    let start = paths.len();
-    paths.push_str(path);
-    let len = u32::try_from(path.len()).expect("a path of less than 4 GiB");
-    (start, len)
+fn path_of<'a>(paths: &'a Strings, row: &Row) -> &'a str {
+    paths.get(row.path)
 }
 
 impl Entries {
@@ -133,8 +122,8 @@ impl Entries {
             // a row of its own at once.
             Err(at) if at == self.rows.len() => {
                 if let Some(entry) = to {
-                    let (start, len) = add_path(&mut self.paths, path);
-                    self.rows.push(Row { start, len, entry });
+                    let path = self.paths.add(path);
+                    self.rows.push(Row { path, entry });
                 }
                 return None;
             }
@@ -166,7 +155,7 @@ impl Entries {
     /// The table, folded, without room kept for growth.
     fn finished(mut self) -> Self {
         self.fold();
-        self.paths.shrink_to_fit();
+        self.paths.shrink();
         self.rows.shrink_to_fit();
         self
     }
@@ -181,6 +170,7 @@ impl Entries {
         // Front to back: rows changed or removed, kept rows moved up over the removed ones;
         // the paths the rows do not hold set aside, in order.
         let mut added = Vec::new();
+        let mut removed = Vec::new();
         let mut kept = 0;
         for at in 0..rows.len() {
             let path = path_of(paths, &rows[at]);
@@ -193,7 +183,7 @@ impl Entries {
                     true
                 }
                 Some((_, None)) => {
-                    self.garbage += path.len();
+                    removed.push(rows[at].path);
                     false
                 }
                 None => true,
@@ -205,9 +195,13 @@ impl Entries {
         }
         rows.truncate(kept);
         added.extend(changes.filter_map(|(p, change)| Some((p, change?))));
+        for path in removed {
+            self.paths.release(path);
+        }
         self.merge(added);
-        if self.garbage > self.paths.len() / 2 {
-            self.pack_paths();
+        if self.paths.wasteful() {
+            self.paths
+                .repack(self.rows.iter_mut().map(|row| &mut row.path));
         }
     }
 
@@ -216,9 +210,9 @@ impl Entries {
     fn merge(&mut self, added: Vec<(Box<str>, Entry)>) {
         let mut added: Vec<Row> = added
             .into_iter()
-            .map(|(path, entry)| {
-                let (start, len) = add_path(&mut self.paths, &path);
-                Row { start, len, entry }
+            .map(|(path, entry)| Row {
+                path: self.paths.add(&path),
+                entry,
             })
             .collect();
         let (paths, rows) = (&self.paths, &mut self.rows);
@@ -234,17 +228,6 @@ impl Entries {
                 rows[to] = added.pop().expect("a last one");
             }
         }
-    }
-
-    /// Drops the bytes of removed rows' paths from `paths`.
-    fn pack_paths(&mut self) {
-        let mut paths = String::with_capacity(self.paths.len() - self.garbage);
-        for row in &mut self.rows {
-            let (start, _) = add_path(&mut paths, path_of(&self.paths, row));
-            row.start = start;
-        }
-        self.paths = paths;
-        self.garbage = 0;
     }
 
     /// The entries in path order.
@@ -444,10 +427,8 @@ mod tests {
         assert_eq!(paths, want);
         table.fold();
         assert!(
-            table.garbage <= table.paths.len() / 2,
-            "{} of {}",
-            table.garbage,
-            table.paths.len()
+            !table.paths.wasteful(),
+            "the removed rows' paths are dropped"
         );
         assert_eq!(table.iter().count(), 2500);
     }

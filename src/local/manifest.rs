@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::num::NonZeroU64;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -56,7 +57,30 @@ pub struct Stamp {
     /// Modification and status-change times, in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     pub ctime_ns: i64,
-    pub ino: u64,
+    /// The inode number ([`inode`]): never 0, so an entry's `Option<Stamp>` takes no room
+    /// beside the stamp's own (an entry per object, for as long as a mount runs).
+    #[serde(with = "inode_number")]
+    pub ino: NonZeroU64,
+}
+
+/// Inode number `n` as a [`Stamp`] keeps it: 0, which no file has on the file systems Linux
+/// serves (it means none), as the largest number.
+pub fn inode(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap_or(NonZeroU64::MAX)
+}
+
+/// [`Stamp::ino`] as a number in snapshots and journals (0 read as [`inode`] reads it).
+mod inode_number {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::num::NonZeroU64;
+
+    pub fn serialize<S: Serializer>(ino: &NonZeroU64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(ino.get())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D::Error> {
+        u64::deserialize(d).map(super::inode)
+    }
 }
 
 impl Stamp {
@@ -65,7 +89,7 @@ impl Stamp {
             size: m.len(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
             ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-            ino: m.ino(),
+            ino: inode(m.ino()),
         }
     }
 
@@ -545,6 +569,26 @@ mod tests {
 
     fn entry(etag: &str) -> Entry {
         Entry::new(etag.into(), 3, 1)
+    }
+
+    /// A stamp reads back as it was written, its inode number too; an inode number 0 (which
+    /// no file has) reads as the number a stamp keeps for it.
+    #[test]
+    fn stamps_read_back_with_their_inode_numbers() {
+        let stamp = |ino| Stamp {
+            size: 3,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino: inode(ino),
+        };
+        for ino in [1, 4_000_000_123, u64::MAX] {
+            let json = serde_json::to_string(&stamp(ino)).unwrap();
+            assert!(json.contains(&format!("\"ino\":{ino}")), "{json}");
+            assert_eq!(serde_json::from_str::<Stamp>(&json).unwrap(), stamp(ino));
+        }
+        let zero = r#"{"size":3,"mtime_ns":1,"ctime_ns":2,"ino":0}"#;
+        assert_eq!(serde_json::from_str::<Stamp>(zero).unwrap(), stamp(0));
+        assert_eq!(stamp(0).ino.get(), u64::MAX);
     }
 
     #[test]

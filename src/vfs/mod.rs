@@ -29,7 +29,6 @@
 
 mod error;
 mod handle;
-mod names;
 mod nodes;
 mod partial;
 mod tree;

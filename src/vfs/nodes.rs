@@ -156,11 +156,11 @@ impl std::ops::Index<&u64> for Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::names::NameRef;
+    use crate::strings::Span;
     use crate::vfs::tree::NodeKind;
 
     fn file() -> Node {
-        Node::new(1, NameRef::EMPTY, Some(0), NodeKind::Local)
+        Node::new(1, Span::EMPTY, Some(0), NodeKind::Local)
     }
 
     #[test]

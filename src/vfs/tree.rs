@@ -2,10 +2,10 @@
 //! writeable mount, from what was changed through the file system and not yet listed
 //! ([`Override`]).
 
-use super::names::{NameRef, Names};
 use super::nodes::Nodes;
 use crate::etag::Etag;
 use crate::store::ObjectMeta;
+use crate::strings::{Span, Strings};
 use std::collections::HashMap;
 use std::time::SystemTime;
 use std::time::{Duration, UNIX_EPOCH};
@@ -103,7 +103,7 @@ pub(super) struct Node {
     pub(super) parent: u64,
     /// Its name in its parent ([`Tree::name`]): a mount's id for a mount's own directory,
     /// empty for the root.
-    pub(super) name: NameRef,
+    pub(super) name: Span,
     pub(super) kind: NodeKind,
     /// The mount (an index into [`super::Vfs::mounted`]), [`NO_MOUNT`] for the root.
     mount: u32,
@@ -115,7 +115,7 @@ pub(super) struct Node {
 const NO_MOUNT: u32 = u32::MAX;
 
 impl Node {
-    pub(super) fn new(parent: u64, name: NameRef, mount: Option<usize>, kind: NodeKind) -> Self {
+    pub(super) fn new(parent: u64, name: Span, mount: Option<usize>, kind: NodeKind) -> Self {
         let mount = mount.map_or(NO_MOUNT, |m| u32::try_from(m).expect("fewer mounts"));
         Self {
             parent,
@@ -150,7 +150,7 @@ pub(super) enum Override {
 pub(super) struct Tree {
     pub(super) nodes: Nodes,
     /// The nodes' names.
-    names: Names,
+    names: Strings,
     /// Each mount's directory, by mount.
     pub(super) mount_dirs: Vec<u64>,
     /// Changes of writeable mounts the listings do not show yet, by mount and path.
@@ -177,12 +177,12 @@ impl Tree {
     pub(super) fn new() -> Self {
         let mut tree = Self {
             nodes: Nodes::new(),
-            names: Names::default(),
+            names: Strings::default(),
             mount_dirs: Vec::new(),
             local: HashMap::new(),
             seq: 0,
         };
-        let root = Node::new(ROOT, NameRef::EMPTY, None, NodeKind::dir());
+        let root = Node::new(ROOT, Span::EMPTY, None, NodeKind::dir());
         assert_eq!(tree.nodes.insert(root), ROOT, "the first inode");
         tree
     }
@@ -362,7 +362,7 @@ impl Tree {
             if let NodeKind::Dir(children) = &node.kind {
                 below.extend(children);
             }
-            self.names.drop_name(node.name);
+            self.names.release(node.name);
             removed.push((ino, node));
         }
         left.sort_unstable();
@@ -390,7 +390,7 @@ impl Tree {
         if let Ok(at) = self.place_in(old, self.names.get(old_name)) {
             self.children_mut(old_parent).remove(at);
         }
-        self.names.drop_name(old_name);
+        self.names.release(old_name);
         let new_name = self.names.add(name);
         let node = self.nodes.get_mut(&ino).expect("moved");
         node.parent = parent;
