@@ -527,9 +527,7 @@ impl Engine {
             while let Some(job) =
                 jobs.pop_if(|job| running.is_empty() || load + units(job) <= capacity)
             {
-                if jobs.capacity() > 2 * jobs.len() + 1024 {
-                    jobs.shrink_to_fit();
-                }
+                plan::give_back(&mut jobs);
                 let units = units(&job);
                 load += units;
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);

@@ -162,19 +162,13 @@ struct Pick {
 /// tables are taken from their ends and give back their room as they go, so the three
 /// together are never much more than the largest.
 fn take_picked(mut remote: Vec<ObjectMeta>, mut picks: Vec<Pick>) -> Vec<Fetch> {
-    /// Rows a table may hold unused before it gives their room back.
-    const SLACK: usize = 8192;
     picks.sort_unstable_by_key(|p| p.at);
     let mut out = Vec::with_capacity(picks.len());
     while let Some(pick) = picks.pop() {
         remote.truncate(pick.at as usize + 1);
         let meta = remote.pop().expect("picked from the listing");
-        if remote.capacity() - remote.len() > SLACK {
-            remote.shrink_to_fit();
-        }
-        if picks.capacity() - picks.len() > SLACK {
-            picks.shrink_to_fit();
-        }
+        give_back(&mut remote);
+        give_back(&mut picks);
         let path_at = meta.key.len() - usize::from(pick.path_len);
         out.push(Fetch {
             path_at: u32::try_from(path_at).expect("a key shorter than 4 GiB"),
@@ -185,6 +179,18 @@ fn take_picked(mut remote: Vec<ObjectMeta>, mut picks: Vec<Pick>) -> Vec<Fetch> 
     }
     out.reverse();
     out
+}
+
+/// Gives back the room of `table`, taken from its end, once more than a few thousand rows of
+/// it are unused: a table of a row per object is held beside the one its rows go to (the
+/// listing beside the downloads, the downloads beside the manifest), and halving it only when
+/// half of it is unused would leave that half held beside the other table's growth. The room
+/// of a large table is mapped memory, so its tail goes back without a copy.
+pub fn give_back<T>(table: &mut Vec<T>) {
+    const SLACK: usize = 8192;
+    if table.capacity() - table.len() > SLACK {
+        table.shrink_to_fit();
+    }
 }
 
 /// A local file (or empty directory) to upload: new (`base` is `None`), or changed since the

@@ -32,6 +32,7 @@ mod handle;
 mod nodes;
 mod partial;
 mod tree;
+mod wants;
 mod write;
 
 pub use error::FsError;
@@ -48,14 +49,14 @@ use dashmap::{DashMap, DashSet};
 use handle::{Content, Handle, pread};
 use parking_lot::RwLock;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 use tree::{Listed, Node, NodeKind, Override, Tree, split};
+use wants::{Want, Wants};
 
 /// What the kernel must forget after a refresh: it keeps entries and attributes between
 /// refreshes, and the tree changed under them.
@@ -169,13 +170,6 @@ fn changes_left(replica: &Replica) -> Vec<(String, Override)> {
 enum Access {
     Read,
     Write,
-}
-
-/// What a refresh puts at a path.
-enum Want<'a> {
-    Dir,
-    File(&'a ObjectMeta),
-    Local,
 }
 
 impl Vfs {
@@ -299,16 +293,14 @@ impl Vfs {
             }
         });
 
-        // The listing's paths borrowed from its keys: the map has a row for every object.
-        let mut want: BTreeMap<Cow<str>, Want> = BTreeMap::new();
-        for dir in &is_dir {
-            want.insert(Cow::Borrowed(*dir), Want::Dir);
-        }
-        for (path, meta) in layout.files.iter() {
-            if !is_dir.contains(path) {
-                want.insert(Cow::Borrowed(path), Want::File(meta));
-            }
-        }
+        // The listing's paths borrowed from its keys: a row for every object.
+        let files = layout
+            .files
+            .iter()
+            .filter(|(path, _)| !is_dir.contains(path));
+        let files = files.map(|(path, meta)| (path, Want::File(meta)));
+        let dirs = is_dir.iter().map(|dir| (*dir, Want::Dir));
+        let mut want = Wants::new(dirs.chain(files).collect());
         let mut gone_dirs = Vec::new();
         for ((m, path), o) in &tree.local {
             if *m != mount {
@@ -331,8 +323,8 @@ impl Vfs {
                     want.insert(Cow::Owned(path.clone()), Want::Dir);
                 }
                 Override::Gone { dir: false, .. } => {
-                    if matches!(want.get(path.as_str()), Some(Want::File(_))) {
-                        want.remove(path.as_str());
+                    if matches!(want.get(path), Some(Want::File(_))) {
+                        want.remove(path);
                     }
                 }
                 Override::Gone { dir: true, .. } => gone_dirs.push(path.clone()),
@@ -341,13 +333,8 @@ impl Vfs {
         // A directory removed here stays hidden while nothing shows below it.
         gone_dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
         for dir in gone_dirs {
-            let below = format!("{dir}/");
-            let empty = !want
-                .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded))
-                .next()
-                .is_some_and(|(p, _)| p.starts_with(&below));
-            if empty && matches!(want.get(dir.as_str()), Some(Want::Dir)) {
-                want.remove(dir.as_str());
+            if !want.any_below(&dir) && matches!(want.get(&dir), Some(Want::Dir)) {
+                want.remove(&dir);
             }
         }
 
@@ -363,7 +350,7 @@ impl Vfs {
             };
             for &ino in children {
                 let path = tree::join(&path, tree.name(ino));
-                let same = match (&tree.nodes[&ino].kind, want.get(path.as_str())) {
+                let same = match (&tree.nodes[&ino].kind, want.get(&path)) {
                     (NodeKind::Dir(_), Some(Want::Dir)) => true,
                     (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
                     // Written here, and still, or now listed as the version uploaded from it
@@ -396,8 +383,8 @@ impl Vfs {
         // directory (a file here and a directory in the listing) is left out.
         let mut placed_dirs: HashMap<String, u64> = HashMap::from([(String::new(), mount_ino)]);
         let mut added = 0usize;
-        for (path, w) in want {
-            let (parent, name) = split(&path);
+        for (path, w) in want.iter() {
+            let (parent, name) = split(path);
             let Some(&parent) = placed_dirs.get(parent) else {
                 continue;
             };
@@ -425,7 +412,7 @@ impl Vfs {
                 }
             };
             if matches!(tree.nodes[&ino].kind, NodeKind::Dir(_)) {
-                placed_dirs.insert(path.into_owned(), ino);
+                placed_dirs.insert(path.to_owned(), ino);
             }
         }
         match added > 0 {

@@ -1,0 +1,140 @@
+//! What a refresh puts at each path of a mount: the listing's files and directories, and over
+//! them the changes made here that the listing does not show yet. The listing's part is a
+//! sorted table of borrowed paths (a row per object, built once); the changes, few, a map. A
+//! map of every path would hold a B-tree slot per object, in nodes half full, since a listing
+//! fills it in order.
+
+use crate::store::ObjectMeta;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// What a refresh puts at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want<'a> {
+    Dir,
+    File(&'a ObjectMeta),
+    Local,
+}
+
+pub(super) struct Wants<'a> {
+    /// The listing's, sorted by path, each path once.
+    listed: Vec<(&'a str, Want<'a>)>,
+    /// The changes over it: what is put at a path, or `None` where nothing is.
+    over: BTreeMap<Cow<'a, str>, Option<Want<'a>>>,
+}
+
+impl<'a> Wants<'a> {
+    /// The listing's `listed`, in any order, each path once.
+    pub(super) fn new(mut listed: Vec<(&'a str, Want<'a>)>) -> Self {
+        listed.sort_unstable_by_key(|(path, _)| *path);
+        Self {
+            listed,
+            over: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn get(&self, path: &str) -> Option<Want<'a>> {
+        match self.over.get(path) {
+            Some(over) => *over,
+            None => self.listed_at(path),
+        }
+    }
+
+    fn listed_at(&self, path: &str) -> Option<Want<'a>> {
+        let at = self.listed.binary_search_by(|(p, _)| (*p).cmp(path)).ok()?;
+        Some(self.listed[at].1)
+    }
+
+    pub(super) fn insert(&mut self, path: Cow<'a, str>, want: Want<'a>) {
+        self.over.insert(path, Some(want));
+    }
+
+    pub(super) fn remove(&mut self, path: &str) {
+        self.over.insert(Cow::Owned(path.to_owned()), None);
+    }
+
+    /// Whether anything is put below directory `dir`.
+    pub(super) fn any_below(&self, dir: &str) -> bool {
+        let below = format!("{dir}/");
+        let start = self.listed.partition_point(|(p, _)| *p < below.as_str());
+        let listed = self.listed[start..].iter().map(|(p, _)| *p);
+        let mut listed = listed.take_while(|p| p.starts_with(&below));
+        let over = (Bound::Included(below.as_str()), Bound::Unbounded);
+        let mut over = self.over.range::<str, _>(over);
+        listed.any(|p| !matches!(self.over.get(p), Some(None)))
+            || over.any(|(p, w)| p.starts_with(&below) && w.is_some())
+    }
+
+    /// Every path with what is put there, in path order: a directory before what is in it.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Want<'a>)> + '_ {
+        let mut listed = self.listed.iter().peekable();
+        let mut over = self.over.iter().peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let order = match (listed.peek(), over.peek()) {
+                    (None, None) => return None,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some((l, _)), Some((o, _))) => (*l).cmp(o.as_ref()),
+                };
+                if order == Ordering::Less {
+                    return listed.next().map(|(p, w)| (*p, *w));
+                }
+                if order == Ordering::Equal {
+                    listed.next();
+                }
+                if let Some((path, Some(want))) = over.next() {
+                    return Some((path.as_ref(), *want));
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_stand_over_the_listing_in_path_order() {
+        let meta = |key: &str| ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let (a, b) = (meta("a-1"), meta("d/b"));
+        let mut wants = Wants::new(vec![
+            ("d/b", Want::File(&b)),
+            ("d", Want::Dir),
+            ("a-1", Want::File(&a)),
+            ("gone", Want::Dir),
+            ("gone/x", Want::Dir),
+        ]);
+        wants.insert(Cow::Borrowed("d/b"), Want::Local);
+        wants.insert(Cow::Owned("a".into()), Want::Dir);
+        wants.insert(Cow::Owned("a/new".into()), Want::Local);
+        wants.remove("gone/x");
+        let all: Vec<_> = wants.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("a", Want::Dir),
+                // Byte order: '-' before '/'.
+                ("a-1", Want::File(&a)),
+                ("a/new", Want::Local),
+                ("d", Want::Dir),
+                ("d/b", Want::Local),
+                ("gone", Want::Dir),
+            ]
+        );
+        assert_eq!(wants.get("d/b"), Some(Want::Local));
+        assert_eq!(wants.get("a-1"), Some(Want::File(&a)));
+        assert_eq!(wants.get("gone/x"), None);
+        assert!(wants.any_below("d") && wants.any_below("a"));
+        assert!(!wants.any_below("gone"), "its one entry removed");
+        assert!(!wants.any_below("a-1"));
+    }
+}
