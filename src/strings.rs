@@ -3,7 +3,7 @@
 //! 10-byte name takes 32 bytes) and a pointer, length and capacity where it is held; here each
 //! is its bytes in the string, found by a place and a length packed in 8 bytes ([`Span`]). A
 //! string no longer used leaves its bytes unused until [`Strings::repack`] rewrites the string
-//! with the live ones.
+//! with the live ones (measurements: docs/PERFORMANCE.md, "The tree's names and entries").
 
 /// Where a string is in [`Strings`]: its start in the upper 48 bits, its length in the lower
 /// 16 (names are at most 255 bytes, S3 keys 1,024).

@@ -13,8 +13,8 @@
 //! again only once the kernel has forgotten it, and then under another generation ([`nodes`]):
 //! no number the kernel holds ever stands for two nodes.
 //!
-//! Lock order: `tree`, then one of the maps (`known`, `retired`, `versions`: a `DashMap` shard
-//! lock for one operation), never the other way round; `handles` is taken alone. None is held
+//! Lock order: `tree`, then one of the maps (`retired`, `versions`: a `DashMap` shard lock for
+//! one operation), never the other way round; `handles` is taken alone. None is held
 //! across an `.await`, file I/O, or a call into the engine or a mount's local copy (whose own
 //! locks, described in `engine` and `local::copy`, are therefore never taken under these).
 //!
@@ -45,7 +45,7 @@ use crate::local::copy::Recorded;
 use crate::paths::layout;
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::WriteBack;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use handle::{Content, Handle, pread};
 use parking_lot::RwLock;
 use std::borrow::Cow;
@@ -98,8 +98,6 @@ pub struct Vfs {
     handles: DashMap<u64, Arc<Handle>>,
     /// The version (cache file inode) each inode was last opened at.
     versions: DashMap<u64, u64>,
-    /// Inodes the kernel has looked up and not yet forgotten.
-    known: DashSet<u64>,
     /// The last attributes of known inodes that a refresh replaced or removed.
     retired: DashMap<u64, Attr>,
     /// The next handle number.
@@ -199,7 +197,6 @@ impl Vfs {
             engine,
             handles: DashMap::new(),
             versions: DashMap::new(),
-            known: DashSet::new(),
             retired: DashMap::new(),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
@@ -369,9 +366,16 @@ impl Vfs {
                 }
             }
         }
-        for (ino, node) in tree.remove_all(&gone) {
+        let removed = tree.remove_all(&gone);
+        // Directories removed with what was in them, which the kernel holds.
+        let known_removed: HashSet<u64> = removed
+            .iter()
+            .filter(|(_, node)| node.is_known() && matches!(node.kind, NodeKind::Dir(_)))
+            .map(|(ino, _)| *ino)
+            .collect();
+        for (ino, node) in removed {
             // (Only where the kernel holds the directory: elsewhere it remembers no name.)
-            if self.known.contains(&node.parent) {
+            if tree.known(node.parent) || known_removed.contains(&node.parent) {
                 stale
                     .entries
                     .push((node.parent, tree.name_of(&node).to_owned()));
@@ -404,7 +408,7 @@ impl Vfs {
                 }
                 None => {
                     // New to the kernel, which may remember the name as missing.
-                    if self.known.contains(&parent) {
+                    if tree.known(parent) {
                         stale.entries.push((parent, name.to_owned()));
                     }
                     added += 1;
@@ -502,7 +506,7 @@ impl Vfs {
     /// its inode; its inode number is free once the kernel does not (now, or at its forget).
     fn retire(&self, tree: &mut Tree, ino: u64, node: &Node) {
         self.versions.remove(&ino);
-        match self.known.contains(&ino) {
+        match node.is_known() {
             true => drop(self.retired.insert(ino, self.attr_of(ino, node))),
             false => tree.nodes.release(ino),
         }
@@ -510,9 +514,15 @@ impl Vfs {
 
     /// The kernel has dropped `ino`: it will not ask about it again.
     pub fn forget(&self, ino: u64) {
-        self.known.remove(&ino);
         self.retired.remove(&ino);
-        if self.tree.read().nodes.is_held(ino) {
+        let held = {
+            let tree = self.tree.read();
+            if let Some(node) = tree.nodes.get(&ino) {
+                node.set_known(false);
+            }
+            tree.nodes.is_held(ino)
+        };
+        if held {
             self.tree.write().nodes.release(ino);
         }
     }
@@ -520,7 +530,9 @@ impl Vfs {
     /// The kernel was given `ino` (a lookup, an entry of a listing with attributes): it may
     /// ask for it until it forgets it.
     pub fn looked_up(&self, ino: u64) {
-        self.known.insert(ino);
+        if let Some(node) = self.tree.read().nodes.get(&ino) {
+            node.set_known(true);
+        }
     }
 
     /// The entries of directory `ino` from place `offset` on, at most `max` of them: `.` and

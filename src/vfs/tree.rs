@@ -7,6 +7,7 @@ use crate::etag::Etag;
 use crate::store::ObjectMeta;
 use crate::strings::{Span, Strings};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -109,6 +110,11 @@ pub(super) struct Node {
     mount: u32,
     /// The generation of its slot in the table ([`Nodes`]).
     pub(super) generation: u16,
+    /// The kernel was given its inode (a lookup, an entry of a listing with attributes) and has
+    /// not forgotten it: it may ask for it, also once it is removed. Kept in the node (in room
+    /// its other fields leave), not in a set of its own, which a walk of the tree would fill
+    /// with every inode; set under the tree's read lock.
+    known: AtomicBool,
 }
 
 /// [`Node::mount`] of the root.
@@ -123,7 +129,17 @@ impl Node {
             kind,
             mount,
             generation: 0,
+            known: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the kernel holds its inode.
+    pub(super) fn is_known(&self) -> bool {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_known(&self, known: bool) {
+        self.known.store(known, Ordering::Relaxed);
     }
 
     /// The mount (an index into [`super::Vfs::mounted`]), `None` for the root.
@@ -192,6 +208,11 @@ impl Tree {
         let mount = self.mount_dirs.len();
         let ino = self.insert_in(mount, ROOT, id, NodeKind::dir());
         self.mount_dirs.push(ino);
+    }
+
+    /// Whether the kernel holds inode `ino` of the tree.
+    pub(super) fn known(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(Node::is_known)
     }
 
     /// The name of `node`.

@@ -142,7 +142,7 @@ impl Vfs {
             Self::mark(&mut tree, place.mount, &place.path, Override::File { seq });
             tree.insert(place.mount, &place.path, NodeKind::Local)
         };
-        self.known.insert(ino);
+        self.looked_up(ino);
         // The new file's attributes as it was opened: no second walk to it.
         let attr = super::file_attr(ino, &metadata)?;
         let content = Content::Cached(file, metadata);
@@ -303,7 +303,7 @@ impl Vfs {
             Self::mark(&mut tree, place.mount, &place.path, Override::Dir);
             tree.insert(place.mount, &place.path, NodeKind::dir())
         };
-        self.known.insert(ino);
+        self.looked_up(ino);
         self.write_backs[place.mount].touch();
         self.getattr(ino)
     }
