@@ -138,6 +138,60 @@ impl<'a> Table<'a> {
     }
 }
 
+/// Two sequences in path order, merged: `changes` stands over `base` where both have a path,
+/// and a change of `None` hides it. The manifest's table and a mount's refresh both keep a
+/// sorted table with a small map of the changes over it.
+pub struct Overlay<'a, V, B, C>
+where
+    B: Iterator<Item = (&'a str, V)>,
+    C: Iterator<Item = (&'a str, Option<V>)>,
+{
+    base: std::iter::Peekable<B>,
+    changes: std::iter::Peekable<C>,
+}
+
+impl<'a, V, B, C> Overlay<'a, V, B, C>
+where
+    B: Iterator<Item = (&'a str, V)>,
+    C: Iterator<Item = (&'a str, Option<V>)>,
+{
+    pub fn new(base: B, changes: C) -> Self {
+        Self {
+            base: base.peekable(),
+            changes: changes.peekable(),
+        }
+    }
+}
+
+impl<'a, V, B, C> Iterator for Overlay<'a, V, B, C>
+where
+    B: Iterator<Item = (&'a str, V)>,
+    C: Iterator<Item = (&'a str, Option<V>)>,
+{
+    type Item = (&'a str, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.base.peek(), self.changes.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((base, _)), Some((change, _))) => base.cmp(change),
+            };
+            if order.is_lt() {
+                return self.base.next();
+            }
+            if order.is_eq() {
+                // The change stands for the base's.
+                self.base.next();
+            }
+            if let Some((path, Some(value))) = self.changes.next() {
+                return Some((path, value));
+            }
+        }
+    }
+}
+
 pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
     let (mut files, mut dirs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for (at, meta) in remote.iter().enumerate() {

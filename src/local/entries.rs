@@ -12,13 +12,13 @@
 
 use super::manifest::Entry;
 use crate::etag::Etag;
+use crate::paths::Overlay;
 use crate::strings::{Span, Strings};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::collections::btree_map;
 use std::fmt;
-use std::iter::Peekable;
 
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
@@ -70,10 +70,6 @@ impl Entries {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    fn row_path(&self, at: usize) -> &str {
-        path_of(&self.paths, &self.rows[at])
     }
 
     /// The row holding `path`, or where it would go.
@@ -231,12 +227,13 @@ impl Entries {
     }
 
     /// The entries in path order.
-    pub fn iter(&self) -> Iter<'_> {
-        Iter {
+    pub fn iter<'a>(&'a self) -> Iter<'a> {
+        let change: ChangeOf<'a> = |(path, change)| (path, change.as_ref());
+        let rows = Rows {
             entries: self,
-            row: 0,
-            changes: self.changes.iter().peekable(),
-        }
+            at: 0,
+        };
+        Overlay::new(rows, self.changes.iter().map(change))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
@@ -255,45 +252,29 @@ impl PartialEq for Entries {
 impl Eq for Entries {}
 
 /// [`Entries::iter`]: the rows and the changes, merged in path order.
-pub struct Iter<'a> {
+pub type Iter<'a> = Overlay<'a, &'a Entry, Rows<'a>, Changes<'a>>;
+
+/// The rows of a table in order, with their paths.
+pub struct Rows<'a> {
     entries: &'a Entries,
-    row: usize,
-    changes: Peekable<btree_map::Iter<'a, Box<str>, Option<Entry>>>,
+    at: usize,
 }
 
-impl<'a> Iterator for Iter<'a> {
+impl<'a> Iterator for Rows<'a> {
     type Item = (&'a str, &'a Entry);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let entries = self.entries;
-        loop {
-            let row = (self.row < entries.rows.len()).then(|| entries.row_path(self.row));
-            let change = self.changes.peek().map(|(path, _)| &***path);
-            let take_change = match (row, change) {
-                (None, None) => return None,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(row), Some(change)) => {
-                    if row == change {
-                        // The change stands for the row.
-                        self.row += 1;
-                    }
-                    change <= row
-                }
-            };
-            if take_change {
-                let (path, change) = self.changes.next().expect("peeked");
-                if let Some(entry) = change {
-                    return Some((path, entry));
-                }
-            } else {
-                let at = self.row;
-                self.row += 1;
-                return Some((entries.row_path(at), &entries.rows[at].entry));
-            }
-        }
+        let row = self.entries.rows.get(self.at)?;
+        self.at += 1;
+        Some((path_of(&self.entries.paths, row), &row.entry))
     }
 }
+
+/// The changes of a table in order.
+pub type Changes<'a> = std::iter::Map<btree_map::Iter<'a, Box<str>, Option<Entry>>, ChangeOf<'a>>;
+
+/// A change as [`Overlay`] takes it.
+type ChangeOf<'a> = fn((&'a Box<str>, &'a Option<Entry>)) -> (&'a str, Option<&'a Entry>);
 
 impl<'a> IntoIterator for &'a Entries {
     type Item = (&'a str, &'a Entry);

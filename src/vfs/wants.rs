@@ -4,9 +4,9 @@
 //! map of every path would hold a B-tree slot per object, in nodes half full, since a listing
 //! fills it in order.
 
+use crate::paths::Overlay;
 use crate::store::ObjectMeta;
 use std::borrow::Cow;
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -69,27 +69,9 @@ impl<'a> Wants<'a> {
 
     /// Every path with what is put there, in path order: a directory before what is in it.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Want<'a>)> + '_ {
-        let mut listed = self.listed.iter().peekable();
-        let mut over = self.over.iter().peekable();
-        std::iter::from_fn(move || {
-            loop {
-                let order = match (listed.peek(), over.peek()) {
-                    (None, None) => return None,
-                    (Some(_), None) => Ordering::Less,
-                    (None, Some(_)) => Ordering::Greater,
-                    (Some((l, _)), Some((o, _))) => (*l).cmp(o.as_ref()),
-                };
-                if order == Ordering::Less {
-                    return listed.next().map(|(p, w)| (*p, *w));
-                }
-                if order == Ordering::Equal {
-                    listed.next();
-                }
-                if let Some((path, Some(want))) = over.next() {
-                    return Some((path.as_ref(), *want));
-                }
-            }
-        })
+        let listed = self.listed.iter().map(|(p, w)| (*p, *w));
+        let over = self.over.iter().map(|(p, w)| (p.as_ref(), *w));
+        Overlay::new(listed, over)
     }
 }
 
