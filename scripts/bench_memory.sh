@@ -22,7 +22,9 @@
 #   mount       `s3-synchronizer mount` of mem/ with an empty cache: its wall time is from the
 #               start until it logs its complete first pass; then, 2 s later, its RSS at rest
 #               (VmRSS) and its peak so far (VmHWM); then `find MNT/mem -type f` (it must count
-#               N files; its wall time) and both again; then it is unmounted.
+#               N files; its wall time) and both again; then a refresh (SIGHUP; nothing
+#               changed, so it downloads nothing): its peak alone (VmHWM reset just before)
+#               and its RSS at rest after it; then it is unmounted.
 #   baseline    the same mount command over one/ (one object), its VmRSS at rest 2 s after its
 #               pass: an empty mount; and the peak RSS of a sync of one/.
 #   write-back  a writeable mount of mem/ (--upload-delay 1), once its cache is complete: one
@@ -42,7 +44,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,39s/^# \{0,1\}//p' "$0"
+    sed -n '2,41s/^# \{0,1\}//p' "$0"
 }
 
 objects=100000
@@ -240,6 +242,16 @@ expect_summary() {
     done
 }
 
+# wait_passes LOG ID N SECONDS: waits until LOG has N "pass complete" lines of mount ID.
+wait_passes() {
+    local i
+    for ((i = 0; i < $4 * 20; i++)); do
+        [[ "$(grep -c "pass complete mount=\"$2\"" "$1")" -ge "$3" ]] && return 0
+        sleep 0.05
+    done
+    die "mount '$2' did not complete $3 passes within $4 s (see $1)"
+}
+
 # ---------------------------------------------------------------------------------------------
 log "baseline: sync of one object"
 rm -rf -- "$dest"
@@ -302,6 +314,19 @@ walk_wall="$(elapsed "$t0" "$(now)")"
 row mount-walk "mount: find MNT/mem -type f; then its RSS (VmRSS)" "$walk_wall" \
     "$(status_kib VmRSS)" "$mount_base"
 row mount-walk-peak "mount: its peak after the walk (VmHWM)" - "$(status_kib VmHWM)" "$mount_base"
+# A refresh: the peak is counted from here (writing 5 to clear_refs resets VmHWM to VmRSS).
+echo 5 >"/proc/$MOUNT_PID/clear_refs"
+t0="$(now)"
+kill -HUP "$MOUNT_PID"
+wait_passes "$logs/mount.log" mem 2 $((600 + objects / 1000))
+refresh_wall="$(elapsed "$t0" "$(now)")"
+line="$(grep 'pass complete' "$logs/mount.log" | tail -n 1)"
+[[ " $line " == *" listed=$objects "* && " $line " == *" downloaded=0 "* && " $line " == *" unchanged=$objects "* ]] ||
+    die "the refresh of an unchanged bucket should list $objects objects and download none: $line"
+sleep 2
+row mount-refresh "mount: a refresh (SIGHUP), nothing changed: its peak (VmHWM)" "$refresh_wall" \
+    "$(status_kib VmHWM)" "$mount_base"
+row mount-refresh-rest "mount: at rest after the refresh (VmRSS)" - "$(status_kib VmRSS)" "$mount_base"
 unmount
 rm -rf -- "$cache"
 

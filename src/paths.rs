@@ -92,28 +92,73 @@ pub struct Layout<'a> {
     pub skipped: Vec<(String, Unrepresentable)>,
 }
 
-/// Paths of a listing with their objects, sorted by path, each path once. A row is the path
-/// (borrowed from the key) and the object's place in the listing.
+/// Paths of a listing with their objects, sorted by path, each path once. A row is the
+/// object's place in the listing and where its path starts in its key (a path is the end of
+/// its key, less a folder marker's trailing slash): 8 bytes, since a pass builds a row for
+/// every object of the bucket.
 #[derive(Debug, Default)]
 pub struct Table<'a> {
-    rows: Vec<(&'a str, usize)>,
+    rows: Vec<Row>,
     listing: &'a [ObjectMeta],
+    /// The paths are folder markers' (their keys end in `/`).
+    dirs: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    at: u32,
+    /// Where the path starts in the key (keys are at most 1,024 bytes).
+    path_at: u16,
+}
+
+impl Row {
+    /// The row of `path`, the path of `listing[at]` (a folder marker's if `dir`).
+    fn new(at: usize, key: &str, path: &str, dir: bool) -> Self {
+        Self {
+            at: u32::try_from(at).expect("fewer than 2^32 objects"),
+            path_at: u16::try_from(key.len() - usize::from(dir) - path.len())
+                .expect("a key of at most 1,024 bytes"),
+        }
+    }
+
+    fn path(self, listing: &[ObjectMeta], dirs: bool) -> &str {
+        let key = &listing[self.at as usize].key;
+        &key[usize::from(self.path_at)..key.len() - usize::from(dirs)]
+    }
 }
 
 impl<'a> Table<'a> {
-    /// The table of `rows` of `listing`, which may come in any order; of a path listed twice,
-    /// the first.
-    fn of(mut rows: Vec<(&'a str, usize)>, listing: &'a [ObjectMeta]) -> Self {
+    /// The table of `rows` of `listing` (folder markers' if `dirs`), which may come in any
+    /// order; of a path listed twice, the first.
+    fn of(mut rows: Vec<Row>, listing: &'a [ObjectMeta], dirs: bool) -> Self {
         // A listing comes in key order, and so its paths: this is one pass over sorted rows.
-        rows.sort_by_key(|(path, _)| *path);
-        rows.dedup_by_key(|(path, _)| *path);
+        // (Unstable, with the place as the tie-break: a stable sort's buffer would be half the
+        // table again.)
+        rows.sort_unstable_by(|a, b| {
+            let path = |r: &Row| r.path(listing, dirs);
+            path(a).cmp(path(b)).then(a.at.cmp(&b.at))
+        });
+        rows.dedup_by(|a, b| a.path(listing, dirs) == b.path(listing, dirs));
         rows.shrink_to_fit();
-        Self { rows, listing }
+        Self {
+            rows,
+            listing,
+            dirs,
+        }
+    }
+
+    fn path(&self, row: Row) -> &'a str {
+        row.path(self.listing, self.dirs)
+    }
+
+    /// Where `path` is among the rows, or where it would go.
+    fn find(&self, path: &str) -> Result<usize, usize> {
+        self.rows.binary_search_by(|row| self.path(*row).cmp(path))
     }
 
     pub fn get(&self, path: &str) -> Option<&'a ObjectMeta> {
-        let at = self.rows.binary_search_by_key(&path, |(p, _)| p).ok()?;
-        Some(&self.listing[self.rows[at].1])
+        let at = self.find(path).ok()?;
+        Some(&self.listing[self.rows[at].at as usize])
     }
 
     pub fn contains_key(&self, path: &str) -> bool {
@@ -122,19 +167,42 @@ impl<'a> Table<'a> {
 
     /// The rows in path order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
-        self.indexed().map(|(_, path, meta)| (path, meta))
+        self.iter_from(0)
+    }
+
+    /// [`Table::iter`] from the first path not before `path`.
+    pub fn iter_after(&self, path: &str) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+        self.iter_from(self.find(path).unwrap_or_else(|at| at))
+    }
+
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+        self.indexed_from(start).map(|(_, path, meta)| (path, meta))
     }
 
     /// The rows in path order, with each object's place in the listing.
     pub fn indexed(&self) -> impl Iterator<Item = (usize, &'a str, &'a ObjectMeta)> + '_ {
-        let listing = self.listing;
-        self.rows
-            .iter()
-            .map(move |&(path, at)| (at, path, &listing[at]))
+        self.indexed_from(0)
+    }
+
+    fn indexed_from(
+        &self,
+        start: usize,
+    ) -> impl Iterator<Item = (usize, &'a str, &'a ObjectMeta)> + '_ {
+        self.rows[start..].iter().map(move |&row| {
+            let at = row.at as usize;
+            (at, self.path(row), &self.listing[at])
+        })
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.rows.iter().map(|(path, _)| *path)
+        self.rows.iter().map(|row| self.path(*row))
+    }
+
+    /// Keeps the rows whose path and object `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&'a str, &'a ObjectMeta) -> bool) {
+        let (listing, dirs) = (self.listing, self.dirs);
+        self.rows
+            .retain(|row| keep(row.path(listing, dirs), &listing[row.at as usize]));
     }
 }
 
@@ -196,15 +264,16 @@ pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
     let (mut files, mut dirs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for (at, meta) in remote.iter().enumerate() {
         match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => files.push((path, at)),
-            Ok(Mapped::Dir(path)) => dirs.push((path, at)),
+            Ok(Mapped::File(path)) => files.push(Row::new(at, &meta.key, path, false)),
+            Ok(Mapped::Dir(path)) => dirs.push(Row::new(at, &meta.key, path, true)),
             Ok(Mapped::Root) => {}
             Err(reason) => skipped.push((meta.key.clone(), reason)),
         }
     }
-    let dirs = Table::of(dirs, remote);
+    let dirs = Table::of(dirs, remote, true);
+    let mut files = Table::of(files, remote, false);
     let mut implied_dirs = BTreeSet::new();
-    for path in files.iter().map(|(p, _)| *p).chain(dirs.keys()) {
+    for path in files.keys().chain(dirs.keys()) {
         // Nearest first: once one is there, so are the ones above it.
         for (at, _) in path.rmatch_indices('/') {
             if !implied_dirs.insert(&path[..at]) {
@@ -212,15 +281,15 @@ pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
             }
         }
     }
-    files.retain(|&(path, at)| {
+    files.retain(|path, meta| {
         let conflict = dirs.contains_key(path) || implied_dirs.contains(path);
         if conflict {
-            skipped.push((remote[at].key.clone(), Unrepresentable::FileAndDirectory));
+            skipped.push((meta.key.clone(), Unrepresentable::FileAndDirectory));
         }
         !conflict
     });
     Layout {
-        files: Table::of(files, remote),
+        files,
         dirs,
         implied_dirs,
         skipped,
@@ -254,6 +323,51 @@ mod tests {
         assert_eq!(map_key("", "a\0b"), Err(Unrepresentable::Nul));
         let long = "x".repeat(255);
         assert_eq!(map_key("", &long), Ok(Mapped::File(long.as_str())));
+    }
+
+    /// A layout's tables give each path its object, in path order (which is not the listing's
+    /// when a listing comes out of order), and keep the first of a key listed twice.
+    #[test]
+    fn a_layout_finds_each_path_its_object() {
+        let meta = |key: &str, size| ObjectMeta {
+            key: key.into(),
+            size,
+            etag: "e".into(),
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let listing = [
+            meta("p/d/b", 1),
+            meta("p/a", 2),
+            meta("p/", 0),
+            meta("p/d/", 0),
+            meta("p/a", 3),
+            meta("p/x/../y", 4),
+            meta("p/e/", 0),
+            meta("p/e", 5),
+            meta("p/a-1", 6),
+        ];
+        let layout = layout("p/", &listing);
+        let files: Vec<_> = layout.files.iter().map(|(p, m)| (p, m.size)).collect();
+        assert_eq!(files, [("a", 2), ("a-1", 6), ("d/b", 1)]);
+        assert_eq!(layout.dirs.keys().collect::<Vec<_>>(), ["d", "e"]);
+        assert_eq!(layout.dirs.get("e").map(|m| m.key.as_str()), Some("p/e/"));
+        assert_eq!(layout.files.get("d/b").map(|m| m.size), Some(1));
+        assert_eq!(layout.files.get("d"), None);
+        assert_eq!(layout.implied_dirs, BTreeSet::from(["d"]));
+        let after: Vec<_> = layout.files.iter_after("a/").map(|(p, _)| p).collect();
+        assert_eq!(after, ["d/b"]);
+        let skipped: Vec<_> = layout
+            .skipped
+            .iter()
+            .map(|(k, r)| (k.as_str(), *r))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("p/x/../y", Unrepresentable::DotDot),
+                ("p/e", Unrepresentable::FileAndDirectory)
+            ]
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub use write::{MountOf, SetAttr, SetTime};
 
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
 use crate::local::copy::Recorded;
-use crate::paths::layout;
+use crate::paths::{Layout, layout};
 use crate::store::{ObjectMeta, ObjectStore};
 use crate::upload::WriteBack;
 use dashmap::DashMap;
@@ -248,19 +248,20 @@ impl Vfs {
             true => replica.copy.folders(),
             false => HashMap::new(),
         };
-        let layout = layout(&replica.mount.prefix, remote);
-        let markers = layout
-            .files
-            .iter()
-            .filter(|(path, meta)| {
-                meta.size == 0 && folders.get(*path).is_some_and(|e| meta.etag.is(e))
-            })
-            .map(|(path, _)| path);
-        let is_dir: HashSet<&str> = layout
-            .dirs
+        let Layout {
+            mut files,
+            dirs,
+            implied_dirs,
+            ..
+        } = layout(&replica.mount.prefix, remote);
+        let is_marker = |path: &str, meta: &ObjectMeta| {
+            meta.size == 0 && folders.get(path).is_some_and(|e| meta.etag.is(e))
+        };
+        let markers = files.iter().filter(|(path, meta)| is_marker(path, meta));
+        let is_dir: HashSet<&str> = dirs
             .keys()
-            .chain(layout.implied_dirs.iter().copied())
-            .chain(markers)
+            .chain(implied_dirs.iter().copied())
+            .chain(markers.map(|(path, _)| path))
             .collect();
 
         let mut tree = self.tree.write();
@@ -270,7 +271,7 @@ impl Vfs {
             if *m != mount {
                 return true;
             }
-            let listed = layout.files.get(path).map(|meta| &meta.etag);
+            let listed = files.get(path).map(|meta| &meta.etag);
             // Whether the listing shows version `etag` (`None`: nothing).
             let listed_as = |etag: Option<&String>| match (listed, etag) {
                 (Some(l), Some(e)) => l.is(e),
@@ -290,14 +291,9 @@ impl Vfs {
             }
         });
 
-        // The listing's paths borrowed from its keys: a row for every object.
-        let files = layout
-            .files
-            .iter()
-            .filter(|(path, _)| !is_dir.contains(path));
-        let files = files.map(|(path, meta)| (path, Want::File(meta)));
-        let dirs = is_dir.iter().map(|dir| (*dir, Want::Dir));
-        let mut want = Wants::new(dirs.chain(files).collect());
+        // The layout's table of files (a row for every object), less the folder markers.
+        files.retain(|path, meta| !is_marker(path, meta));
+        let mut want = Wants::new(files, is_dir);
         let mut gone_dirs = Vec::new();
         for ((m, path), o) in &tree.local {
             if *m != mount {

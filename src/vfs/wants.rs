@@ -4,7 +4,7 @@
 //! map of every path would hold a B-tree slot per object, in nodes half full, since a listing
 //! fills it in order.
 
-use crate::paths::Overlay;
+use crate::paths::{Overlay, Table};
 use crate::store::ObjectMeta;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,32 +19,30 @@ pub(super) enum Want<'a> {
 }
 
 pub(super) struct Wants<'a> {
-    /// The listing's, sorted by path, each path once.
-    listed: Vec<(&'a str, Want<'a>)>,
-    /// The changes over it: what is put at a path, or `None` where nothing is.
+    /// The listing's files, the layout's table of them.
+    files: Table<'a>,
+    /// The directories, and the changes over the files: what is put at a path, or `None`
+    /// where nothing is.
     over: BTreeMap<Cow<'a, str>, Option<Want<'a>>>,
 }
 
 impl<'a> Wants<'a> {
-    /// The listing's `listed`, in any order, each path once.
-    pub(super) fn new(mut listed: Vec<(&'a str, Want<'a>)>) -> Self {
-        listed.sort_unstable_by_key(|(path, _)| *path);
+    /// The listing's `files` and directories `dirs` (no path in both).
+    pub(super) fn new(files: Table<'a>, dirs: impl IntoIterator<Item = &'a str>) -> Self {
+        let dirs = dirs
+            .into_iter()
+            .map(|d| (Cow::Borrowed(d), Some(Want::Dir)));
         Self {
-            listed,
-            over: BTreeMap::new(),
+            files,
+            over: dirs.collect(),
         }
     }
 
     pub(super) fn get(&self, path: &str) -> Option<Want<'a>> {
         match self.over.get(path) {
             Some(over) => *over,
-            None => self.listed_at(path),
+            None => self.files.get(path).map(Want::File),
         }
-    }
-
-    fn listed_at(&self, path: &str) -> Option<Want<'a>> {
-        let at = self.listed.binary_search_by(|(p, _)| (*p).cmp(path)).ok()?;
-        Some(self.listed[at].1)
     }
 
     pub(super) fn insert(&mut self, path: Cow<'a, str>, want: Want<'a>) {
@@ -58,20 +56,22 @@ impl<'a> Wants<'a> {
     /// Whether anything is put below directory `dir`.
     pub(super) fn any_below(&self, dir: &str) -> bool {
         let below = format!("{dir}/");
-        let start = self.listed.partition_point(|(p, _)| *p < below.as_str());
-        let listed = self.listed[start..].iter().map(|(p, _)| *p);
-        let mut listed = listed.take_while(|p| p.starts_with(&below));
+        let files = self.files.iter_after(&below).map(|(p, _)| p);
         let over = (Bound::Included(below.as_str()), Bound::Unbounded);
-        let mut over = self.over.range::<str, _>(over);
-        listed.any(|p| !matches!(self.over.get(p), Some(None)))
-            || over.any(|(p, w)| p.starts_with(&below) && w.is_some())
+        let over = self.over.range::<str, _>(over);
+        files
+            .take_while(|p| p.starts_with(&below))
+            .any(|p| !matches!(self.over.get(p), Some(None)))
+            || over
+                .take_while(|(p, _)| p.starts_with(&below))
+                .any(|(_, w)| w.is_some())
     }
 
     /// Every path with what is put there, in path order: a directory before what is in it.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Want<'a>)> + '_ {
-        let listed = self.listed.iter().map(|(p, w)| (*p, *w));
+        let files = self.files.iter().map(|(p, meta)| (p, Want::File(meta)));
         let over = self.over.iter().map(|(p, w)| (p.as_ref(), *w));
-        Overlay::new(listed, over)
+        Overlay::new(files, over)
     }
 }
 
@@ -87,14 +87,11 @@ mod tests {
             etag: "e".into(),
             last_modified: std::time::SystemTime::UNIX_EPOCH,
         };
-        let (a, b) = (meta("a-1"), meta("d/b"));
-        let mut wants = Wants::new(vec![
-            ("d/b", Want::File(&b)),
-            ("d", Want::Dir),
-            ("a-1", Want::File(&a)),
-            ("gone", Want::Dir),
-            ("gone/x", Want::Dir),
-        ]);
+        let listing = [meta("a-1"), meta("d/b")];
+        let (a, b) = (&listing[0], &listing[1]);
+        let files = crate::paths::layout("", &listing).files;
+        let mut wants = Wants::new(files, ["gone/x", "d", "gone"]);
+        assert_eq!(wants.get("d/b"), Some(Want::File(b)));
         wants.insert(Cow::Borrowed("d/b"), Want::Local);
         wants.insert(Cow::Owned("a".into()), Want::Dir);
         wants.insert(Cow::Owned("a/new".into()), Want::Local);
@@ -105,7 +102,7 @@ mod tests {
             [
                 ("a", Want::Dir),
                 // Byte order: '-' before '/'.
-                ("a-1", Want::File(&a)),
+                ("a-1", Want::File(a)),
                 ("a/new", Want::Local),
                 ("d", Want::Dir),
                 ("d/b", Want::Local),
@@ -113,7 +110,7 @@ mod tests {
             ]
         );
         assert_eq!(wants.get("d/b"), Some(Want::Local));
-        assert_eq!(wants.get("a-1"), Some(Want::File(&a)));
+        assert_eq!(wants.get("a-1"), Some(Want::File(a)));
         assert_eq!(wants.get("gone/x"), None);
         assert!(wants.any_below("d") && wants.any_below("a"));
         assert!(!wants.any_below("gone"), "its one entry removed");
