@@ -5,7 +5,7 @@
 //! directory. The mapping is injective: two keys never map to the same path. [`layout`] maps a
 //! whole listing, the one layout both `sync` (on disk) and `mount` (in the file system) use.
 
-use crate::store::ObjectMeta;
+use crate::store::{Listing, ObjectRef};
 use std::collections::BTreeSet;
 
 /// Where a key lands under the mount directory: a path is the key less the mount's prefix (and
@@ -82,7 +82,7 @@ pub fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
 /// directories, and which keys cannot be represented. Its paths are borrowed from the listing's
 /// keys, and its tables are sorted vectors, not maps: a pass builds one for every object of the
 /// bucket (see docs/PERFORMANCE.md, "Planning tables").
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Layout<'a> {
     pub files: Table<'a>,
     /// Directories from folder markers.
@@ -96,10 +96,10 @@ pub struct Layout<'a> {
 /// object's place in the listing and where its path starts in its key (a path is the end of
 /// its key, less a folder marker's trailing slash): 8 bytes, since a pass builds a row for
 /// every object of the bucket.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table<'a> {
     rows: Vec<Row>,
-    listing: &'a [ObjectMeta],
+    listing: &'a Listing,
     /// The paths are folder markers' (their keys end in `/`).
     dirs: bool,
 }
@@ -121,8 +121,8 @@ impl Row {
         }
     }
 
-    fn path(self, listing: &[ObjectMeta], dirs: bool) -> &str {
-        let key = &listing[self.at as usize].key;
+    fn path(self, listing: &Listing, dirs: bool) -> &str {
+        let key = listing.key(self.at as usize);
         &key[usize::from(self.path_at)..key.len() - usize::from(dirs)]
     }
 }
@@ -130,7 +130,7 @@ impl Row {
 impl<'a> Table<'a> {
     /// The table of `rows` of `listing` (folder markers' if `dirs`), which may come in any
     /// order; of a path listed twice, the first.
-    fn of(mut rows: Vec<Row>, listing: &'a [ObjectMeta], dirs: bool) -> Self {
+    fn of(mut rows: Vec<Row>, listing: &'a Listing, dirs: bool) -> Self {
         // A listing comes in key order, and so its paths: this is one pass over sorted rows.
         // (Unstable, with the place as the tie-break: a stable sort's buffer would be half the
         // table again.)
@@ -156,9 +156,9 @@ impl<'a> Table<'a> {
         self.rows.binary_search_by(|row| self.path(*row).cmp(path))
     }
 
-    pub fn get(&self, path: &str) -> Option<&'a ObjectMeta> {
+    pub fn get(&self, path: &str) -> Option<ObjectRef<'a>> {
         let at = self.find(path).ok()?;
-        Some(&self.listing[self.rows[at].at as usize])
+        Some(self.listing.get(self.rows[at].at as usize))
     }
 
     pub fn contains_key(&self, path: &str) -> bool {
@@ -166,31 +166,31 @@ impl<'a> Table<'a> {
     }
 
     /// The rows in path order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, ObjectRef<'a>)> + '_ {
         self.iter_from(0)
     }
 
     /// [`Table::iter`] from the first path not before `path`.
-    pub fn iter_after(&self, path: &str) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+    pub fn iter_after(&self, path: &str) -> impl Iterator<Item = (&'a str, ObjectRef<'a>)> + '_ {
         self.iter_from(self.find(path).unwrap_or_else(|at| at))
     }
 
-    fn iter_from(&self, start: usize) -> impl Iterator<Item = (&'a str, &'a ObjectMeta)> + '_ {
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = (&'a str, ObjectRef<'a>)> + '_ {
         self.indexed_from(start).map(|(_, path, meta)| (path, meta))
     }
 
     /// The rows in path order, with each object's place in the listing.
-    pub fn indexed(&self) -> impl Iterator<Item = (usize, &'a str, &'a ObjectMeta)> + '_ {
+    pub fn indexed(&self) -> impl Iterator<Item = (usize, &'a str, ObjectRef<'a>)> + '_ {
         self.indexed_from(0)
     }
 
     fn indexed_from(
         &self,
         start: usize,
-    ) -> impl Iterator<Item = (usize, &'a str, &'a ObjectMeta)> + '_ {
+    ) -> impl Iterator<Item = (usize, &'a str, ObjectRef<'a>)> + '_ {
         self.rows[start..].iter().map(move |&row| {
             let at = row.at as usize;
-            (at, self.path(row), &self.listing[at])
+            (at, self.path(row), self.listing.get(at))
         })
     }
 
@@ -199,10 +199,10 @@ impl<'a> Table<'a> {
     }
 
     /// Keeps the rows whose path and object `keep` accepts.
-    pub fn retain(&mut self, mut keep: impl FnMut(&'a str, &'a ObjectMeta) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&'a str, ObjectRef<'a>) -> bool) {
         let (listing, dirs) = (self.listing, self.dirs);
         self.rows
-            .retain(|row| keep(row.path(listing, dirs), &listing[row.at as usize]));
+            .retain(|row| keep(row.path(listing, dirs), listing.get(row.at as usize)));
     }
 }
 
@@ -260,14 +260,15 @@ where
     }
 }
 
-pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
+pub fn layout<'a>(prefix: &str, remote: &'a Listing) -> Layout<'a> {
     let (mut files, mut dirs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for (at, meta) in remote.iter().enumerate() {
-        match map_key(prefix, &meta.key) {
-            Ok(Mapped::File(path)) => files.push(Row::new(at, &meta.key, path, false)),
-            Ok(Mapped::Dir(path)) => dirs.push(Row::new(at, &meta.key, path, true)),
+    for (at, object) in remote.iter().enumerate() {
+        let key = object.key;
+        match map_key(prefix, key) {
+            Ok(Mapped::File(path)) => files.push(Row::new(at, key, path, false)),
+            Ok(Mapped::Dir(path)) => dirs.push(Row::new(at, key, path, true)),
             Ok(Mapped::Root) => {}
-            Err(reason) => skipped.push((meta.key.clone(), reason)),
+            Err(reason) => skipped.push((key.to_owned(), reason)),
         }
     }
     let dirs = Table::of(dirs, remote, true);
@@ -284,7 +285,7 @@ pub fn layout<'a>(prefix: &str, remote: &'a [ObjectMeta]) -> Layout<'a> {
     files.retain(|path, meta| {
         let conflict = dirs.contains_key(path) || implied_dirs.contains(path);
         if conflict {
-            skipped.push((meta.key.clone(), Unrepresentable::FileAndDirectory));
+            skipped.push((meta.key.to_owned(), Unrepresentable::FileAndDirectory));
         }
         !conflict
     });
@@ -329,13 +330,13 @@ mod tests {
     /// when a listing comes out of order), and keep the first of a key listed twice.
     #[test]
     fn a_layout_finds_each_path_its_object() {
-        let meta = |key: &str, size| ObjectMeta {
+        let meta = |key: &str, size| crate::store::ObjectMeta {
             key: key.into(),
             size,
             etag: "e".into(),
             last_modified: std::time::SystemTime::UNIX_EPOCH,
         };
-        let listing = [
+        let listing = Listing::from(vec![
             meta("p/d/b", 1),
             meta("p/a", 2),
             meta("p/", 0),
@@ -345,12 +346,12 @@ mod tests {
             meta("p/e/", 0),
             meta("p/e", 5),
             meta("p/a-1", 6),
-        ];
+        ]);
         let layout = layout("p/", &listing);
         let files: Vec<_> = layout.files.iter().map(|(p, m)| (p, m.size)).collect();
         assert_eq!(files, [("a", 2), ("a-1", 6), ("d/b", 1)]);
         assert_eq!(layout.dirs.keys().collect::<Vec<_>>(), ["d", "e"]);
-        assert_eq!(layout.dirs.get("e").map(|m| m.key.as_str()), Some("p/e/"));
+        assert_eq!(layout.dirs.get("e").map(|m| m.key), Some("p/e/"));
         assert_eq!(layout.files.get("d/b").map(|m| m.size), Some(1));
         assert_eq!(layout.files.get("d"), None);
         assert_eq!(layout.implied_dirs, BTreeSet::from(["d"]));

@@ -12,6 +12,7 @@
 //! which (its `WriteCaps` rows), and a write to a server that ignores a condition happens
 //! unconditionally.
 
+mod listing;
 pub mod local_http;
 #[cfg(any(test, feature = "test-store"))]
 pub mod memory;
@@ -21,6 +22,7 @@ use crate::etag::Etag;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+pub use listing::{Listing, ObjectRef};
 use std::ops::Range;
 use std::time::SystemTime;
 
@@ -48,18 +50,18 @@ pub struct DirListing {
 impl DirListing {
     /// The directory `prefix` as a full listing `under` (every object whose key starts with
     /// `prefix`) shows it: what a store without delimiter listings answers.
-    pub fn of(prefix: &str, under: Vec<ObjectMeta>) -> Self {
+    pub fn of(prefix: &str, under: &Listing) -> Self {
         let mut out = Self::default();
-        for meta in under {
-            let rest = &meta.key[prefix.len()..];
+        for object in under.iter() {
+            let rest = &object.key[prefix.len()..];
             match rest.find('/') {
                 Some(i) => {
-                    let sub = &meta.key[..prefix.len() + i + 1];
+                    let sub = &object.key[..prefix.len() + i + 1];
                     if out.prefixes.last().map(String::as_str) != Some(sub) {
                         out.prefixes.push(sub.to_owned());
                     }
                 }
-                None => out.objects.push(meta),
+                None => out.objects.push(object.to_meta()),
             }
         }
         out
@@ -223,13 +225,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn endpoint(&self) -> &str;
 
     /// Every object whose key starts with `prefix`, in key order.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
 
     /// One directory of the bucket: the objects directly under `prefix` (which is empty or
     /// ends in `/`) and its sub-prefixes, for a reader who needs it before the listing of the
     /// whole mount ends.
     async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
-        Ok(DirListing::of(prefix, self.list(prefix).await?))
+        Ok(DirListing::of(prefix, &self.list(prefix).await?))
     }
 
     /// The current metadata of one object, `None` when it no longer exists.

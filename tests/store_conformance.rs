@@ -11,7 +11,8 @@ use common::*;
 use s3_synchronizer::store::memory::MemoryStore;
 use s3_synchronizer::store::s3::{S3Connector, S3Options};
 use s3_synchronizer::store::{
-    CompletedPart, DirListing, ObjectMeta, ObjectStore, Precondition, StoreError, WriteOptions,
+    CompletedPart, DirListing, Listing, ObjectMeta, ObjectStore, Precondition, StoreError,
+    WriteOptions,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -60,9 +61,9 @@ where
     }
 
     let listed = store.list("dir/").await.unwrap();
-    let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+    let keys: Vec<&str> = listed.iter().map(|m| m.key).collect();
     assert_eq!(keys, ["dir/obj.bin", "dir/sub/x"]);
-    let meta = &listed[0];
+    let meta = listed.get(0);
     assert_eq!(meta.size, data.len() as u64);
     assert!(
         !meta.etag.to_string().is_empty() && !meta.etag.to_string().contains('"'),
@@ -85,7 +86,7 @@ where
     for key in tree {
         put(key.into(), key.as_bytes().to_vec()).await;
     }
-    let keys_of = |listed: Vec<ObjectMeta>| listed.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    let keys_of = |listed: Listing| listed.iter().map(|m| m.key.to_owned()).collect::<Vec<_>>();
     let mut want: Vec<String> = tree.iter().map(|k| k.to_string()).collect();
     want.sort();
     assert_eq!(keys_of(store.list("tree/").await.unwrap()), want);
@@ -97,7 +98,7 @@ where
     // One directory: its own objects and its sub-prefixes, nothing below them; a directory
     // of more than a page; the bucket's top.
     let dir = store.list_dir("tree/").await.unwrap();
-    assert_eq!(keys_of(dir.objects), ["tree/a.txt", "tree/a0"]);
+    assert_eq!(keys_of(dir.objects.into()), ["tree/a.txt", "tree/a0"]);
     assert_eq!(dir.prefixes, ["tree/a-b/", "tree/a/", "tree/z/"]);
     let dir = store.list_dir("tree/a/c/").await.unwrap();
     assert!(dir.objects.is_empty());
@@ -116,7 +117,7 @@ where
         .await
         .unwrap()
         .expect("object exists");
-    assert_eq!((head.size, &head.etag), (meta.size, &meta.etag));
+    assert_eq!((head.size, &head.etag), (meta.size, meta.etag));
     assert_eq!(store.head("dir/missing").await.unwrap(), None);
 
     assert_eq!(
@@ -546,7 +547,7 @@ async fn current(store: &dyn ObjectStore, key: &str) -> (ObjectMeta, Vec<u8>) {
     let meta = store.head(key).await.unwrap().expect("object exists");
     let listed = store.list(key).await.unwrap();
     let listed = listed.iter().find(|m| m.key == key).expect("listed");
-    assert_eq!((listed.size, &listed.etag), (meta.size, &meta.etag));
+    assert_eq!((listed.size, listed.etag), (meta.size, &meta.etag));
     let data = read(store, key, 0..meta.size, &meta.etag).await.unwrap();
     (meta, data)
 }

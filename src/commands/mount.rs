@@ -24,7 +24,7 @@ use crate::engine::{Engine, EngineConfig, EngineError, PassStats, Replica, store
 use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
-use crate::store::{DirListing, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{DirListing, Listing, ObjectStore, StoreError};
 use crate::vfs::{MountOf, Mounted, Stale, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -510,7 +510,7 @@ async fn serve_open_files(
 /// full listing runs, or what earlier runs cached.
 struct FirstListing {
     /// The cache's listing (empty with `top`).
-    objects: Vec<ObjectMeta>,
+    objects: Listing,
     /// The mount's top directory, listed just now: the mount is served before its first full
     /// listing ends, which follows at once.
     top: Option<DirListing>,
@@ -534,7 +534,7 @@ async fn first_listing(
                 files: top.objects.len(),
                 listed_at: Some(SystemTime::now()),
             },
-            objects: Vec::new(),
+            objects: Listing::new(),
             top: Some(top),
             owed: true,
         },
@@ -581,7 +581,7 @@ struct Served {
 }
 
 impl Served {
-    fn listed_now(listing: &[ObjectMeta]) -> Self {
+    fn listed_now(listing: &Listing) -> Self {
         Self {
             files: listing.len(),
             listed_at: Some(SystemTime::now()),
@@ -822,7 +822,7 @@ async fn relist(
     mount: usize,
     m: &Mounted,
     served: &mut Served,
-) -> Option<(Vec<ObjectMeta>, Duration)> {
+) -> Option<(Listing, Duration)> {
     let started = Instant::now();
     match engine.list(&m.replica, &m.store).await {
         Ok(listing) => {

@@ -32,7 +32,7 @@ use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::retry::retry;
-use crate::store::{DirListing, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{DirListing, Listing, ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
 use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
@@ -363,7 +363,7 @@ impl Engine {
         &self,
         replica: &Replica,
         store: &Arc<dyn ObjectStore>,
-    ) -> Result<Vec<ObjectMeta>, EngineError> {
+    ) -> Result<Listing, EngineError> {
         let mount = &replica.mount;
         replica.copy.listing_begins();
         let listed = tokio::select! {
@@ -421,7 +421,7 @@ impl Engine {
         &self,
         replica: &Arc<Replica>,
         store: Arc<dyn ObjectStore>,
-        remote: Vec<ObjectMeta>,
+        remote: Listing,
     ) -> Result<PassStats, EngineError> {
         let started = Instant::now();
         let listed_at = SystemTime::now();
@@ -946,7 +946,7 @@ fn held(copy: &MountCopy) -> (u64, u64) {
 }
 
 /// How many files a listing holds (folder markers aside), and their bytes.
-fn files_and_bytes(listing: &[ObjectMeta]) -> (u64, u64) {
+fn files_and_bytes(listing: &Listing) -> (u64, u64) {
     let files = listing.iter().filter(|o| !o.key.ends_with('/'));
     files.fold((0, 0), |(n, bytes), o| (n + 1, bytes + o.size))
 }

@@ -11,7 +11,7 @@ use crate::local::Local;
 use crate::local::dirs::Found;
 use crate::local::manifest::{Entries, Entry, Stamp};
 use crate::paths::{Layout, Unrepresentable, key_of, layout};
-use crate::store::ObjectMeta;
+use crate::store::{Listing, ObjectMeta, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +69,8 @@ pub struct Plan {
 /// Whether the listed `meta` is the folder marker the manifest's `entry` recorded, as a server
 /// that keeps directories rather than objects lists it: an empty object without the trailing
 /// slash (`rclone serve s3`). It stays the directory it was.
-pub fn own_marker(entry: &Entry, meta: &ObjectMeta) -> bool {
-    entry.dir && meta.size == 0 && entry.etag == meta.etag
+pub fn own_marker(entry: &Entry, meta: ObjectRef<'_>) -> bool {
+    entry.dir && meta.size == 0 && entry.etag == *meta.etag
 }
 
 /// The plan of a pass over `remote`, a listing of the mount's `prefix`: what to download,
@@ -79,7 +79,7 @@ pub fn own_marker(entry: &Entry, meta: &ObjectMeta) -> bool {
 /// what the pass holds.
 pub fn plan(
     prefix: &str,
-    remote: Vec<ObjectMeta>,
+    remote: Listing,
     manifest: &Entries,
     local: impl Fn(&str) -> Local,
 ) -> Plan {
@@ -117,7 +117,7 @@ pub fn plan(
             .sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.path.cmp(&b.path)));
 
         for (path, meta) in dirs.iter() {
-            out.dirs.push((path.to_owned(), meta.clone()));
+            out.dirs.push((path.to_owned(), meta.to_meta()));
         }
         for (at, path, meta) in files.indexed() {
             let recorded = manifest.get(path);
@@ -131,7 +131,7 @@ pub fn plan(
                 // The recorded version is the listed one, and the file on disk has its size:
                 // the same rule as `MountCopy::holds`, which a mount's open follows.
                 (Some(e), Local::File { size })
-                    if e.etag == meta.etag && e.size == meta.size && size == meta.size =>
+                    if e.etag == *meta.etag && e.size == meta.size && size == meta.size =>
                 {
                     out.unchanged += 1;
                 }
@@ -161,13 +161,13 @@ struct Pick {
 /// The downloads `picks` (in the listing's order), their objects moved out of `remote`. Both
 /// tables are taken from their ends and give back their room as they go, so the three
 /// together are never much more than the largest.
-fn take_picked(mut remote: Vec<ObjectMeta>, mut picks: Vec<Pick>) -> Vec<Fetch> {
+fn take_picked(mut remote: Listing, mut picks: Vec<Pick>) -> Vec<Fetch> {
     picks.sort_unstable_by_key(|p| p.at);
     let mut out = Vec::with_capacity(picks.len());
     while let Some(pick) = picks.pop() {
         remote.truncate(pick.at as usize + 1);
         let meta = remote.pop().expect("picked from the listing");
-        give_back(&mut remote);
+        remote.give_back();
         give_back(&mut picks);
         let path_at = meta.key.len() - usize::from(pick.path_len);
         out.push(Fetch {
@@ -423,7 +423,7 @@ fn pair_renames(
 /// deleted; the old path is neither downloaded again nor deleted while the new file settles.
 pub fn plan_writeable(
     prefix: &str,
-    remote: Vec<ObjectMeta>,
+    remote: Listing,
     manifest: &Entries,
     scan: &BTreeMap<String, Found>,
     settled: impl Fn(&Stamp) -> bool,
@@ -434,11 +434,10 @@ pub fn plan_writeable(
         None => Local::Missing,
     };
     let writes = {
-        let listed: BTreeMap<&str, &ObjectMeta> =
-            remote.iter().map(|m| (m.key.as_str(), m)).collect();
+        let listed: BTreeMap<&str, ObjectRef> = remote.iter().map(|m| (m.key, m)).collect();
         let listed_as_was = |path: &str, e: &Entry| {
             let key = key_of(prefix, path, e.dir);
-            listed.get(key.as_str()).is_some_and(|m| m.etag == e.etag)
+            listed.get(key.as_str()).is_some_and(|m| *m.etag == e.etag)
         };
         local_writes(prefix, manifest, scan, true, listed_as_was)
     };
@@ -538,7 +537,9 @@ mod tests {
     #[test]
     fn first_run_fetches_everything_under_the_prefix() {
         let remote = [obj("p/a", "1", 1), obj("p/d/b", "2", 2), obj("p/", "0", 0)];
-        let p = plan("p/", remote.to_vec(), &Entries::new(), |_| Local::Missing);
+        let p = plan("p/", remote.to_vec().into(), &Entries::new(), |_| {
+            Local::Missing
+        });
         assert_eq!(fetched(&p), [("a", false), ("d/b", false)]);
         assert!(p.delete.is_empty());
         assert_eq!(p.listed, 3);
@@ -561,7 +562,7 @@ mod tests {
             ("b".to_string(), entry("2", 2)),
             ("g".to_string(), entry("old", 5)),
         ]);
-        let p = plan("p/", remote.clone(), &manifest, |path| match path {
+        let p = plan("p/", remote.clone().into(), &manifest, |path| match path {
             "b" | "g" => Local::File {
                 size: path.len() as u64,
             },
@@ -597,7 +598,9 @@ mod tests {
     fn unchanged_objects_are_not_fetched_again() {
         let remote = [obj("a", "1", 5)];
         let manifest = Entries::from([("a".to_string(), entry("1", 5))]);
-        let p = plan("", remote.to_vec(), &manifest, |_| Local::File { size: 5 });
+        let p = plan("", remote.to_vec().into(), &manifest, |_| Local::File {
+            size: 5,
+        });
         assert!(p.fetch.is_empty());
         assert_eq!(p.unchanged, 1);
     }
@@ -609,7 +612,9 @@ mod tests {
     fn a_recorded_size_other_than_the_listed_one_fetches_again() {
         let remote = [obj("a", "1", 5)];
         let manifest = Entries::from([("a".to_string(), entry("1", 6))]);
-        let p = plan("", remote.to_vec(), &manifest, |_| Local::File { size: 5 });
+        let p = plan("", remote.to_vec().into(), &manifest, |_| Local::File {
+            size: 5,
+        });
         assert_eq!(fetched(&p), [("a", true)]);
         assert_eq!(p.unchanged, 0);
     }
@@ -621,7 +626,7 @@ mod tests {
             ("a".to_string(), entry("1", 5)),
             ("b".to_string(), entry("1", 5)),
         ]);
-        let p = plan("", remote.to_vec(), &manifest, |path| match path {
+        let p = plan("", remote.to_vec().into(), &manifest, |path| match path {
             "a" => Local::File { size: 5 },
             _ => Local::Missing,
         });
@@ -634,7 +639,7 @@ mod tests {
             ("gone".to_string(), entry("1", 1)),
             ("d/gone".to_string(), entry("1", 1)),
         ]);
-        let p = plan("", vec![], &manifest, |_| Local::File { size: 1 });
+        let p = plan("", Listing::new(), &manifest, |_| Local::File { size: 1 });
         let deleted: Vec<_> = p.delete.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(deleted, ["d/gone", "gone"]);
     }
@@ -647,7 +652,9 @@ mod tests {
             obj("c", "3", 1),
             obj("c/", "4", 0),
         ];
-        let p = plan("", remote.to_vec(), &Entries::new(), |_| Local::Missing);
+        let p = plan("", remote.to_vec().into(), &Entries::new(), |_| {
+            Local::Missing
+        });
         assert_eq!(fetched(&p), [("a/b", false)]);
         let skipped: Vec<_> = p.skipped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(skipped, ["a", "c"]);
@@ -661,7 +668,9 @@ mod tests {
             obj("a/../../x", "1", 1),
             obj("/abs", "1", 1),
         ];
-        let p = plan("", remote.to_vec(), &Entries::new(), |_| Local::Missing);
+        let p = plan("", remote.to_vec().into(), &Entries::new(), |_| {
+            Local::Missing
+        });
         assert!(p.fetch.is_empty());
         assert_eq!(p.skipped.len(), 3);
     }
@@ -671,9 +680,11 @@ mod tests {
         let mut dir = entry("0", 0);
         dir.dir = true;
         let manifest = Entries::from([("d".to_string(), dir)]);
-        let p = plan("", vec![obj("d/x", "1", 1)], &manifest, |_| Local::Missing);
+        let p = plan("", vec![obj("d/x", "1", 1)].into(), &manifest, |_| {
+            Local::Missing
+        });
         assert!(p.delete.is_empty());
-        let p = plan("", vec![], &manifest, |_| Local::Missing);
+        let p = plan("", Listing::new(), &manifest, |_| Local::Missing);
         assert_eq!(
             p.delete,
             [Delete {
@@ -721,7 +732,7 @@ mod tests {
                 ("new".to_owned(), Found::File(stamp(1, 2))),
                 ("d".to_owned(), Found::Dir { empty: true }),
             ]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.upload,
                 [
@@ -765,7 +776,9 @@ mod tests {
             let remote = [obj("p/f", "e2", 3)];
             let manifest = Entries::from([("f".to_owned(), written("e1", 3))]);
             let scan = BTreeMap::from([("f".to_owned(), Found::File(stamp(3, 9)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |s| s.mtime_ns < 5);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |s| {
+                s.mtime_ns < 5
+            });
             assert!(w.upload.is_empty() && w.plan.fetch.is_empty());
             assert_eq!(w.settling, 1);
         }
@@ -784,7 +797,7 @@ mod tests {
                 ("keep".to_owned(), written("e1", 3)),
             ]);
             let scan = BTreeMap::from([("keep".to_owned(), Found::File(stamp(3, 1)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.remote_delete,
                 [RemoteDelete {
@@ -803,7 +816,13 @@ mod tests {
         fn a_directory_holding_none_of_the_files_is_a_lost_copy_not_deletions() {
             let remote = [obj("p/a", "e1", 3)];
             let manifest = Entries::from([("a".to_owned(), written("e1", 3))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &BTreeMap::new(), |_| true);
+            let w = plan_writeable(
+                "p/",
+                remote.to_vec().into(),
+                &manifest,
+                &BTreeMap::new(),
+                |_| true,
+            );
             assert!(w.copy_gone);
             assert!(w.remote_delete.is_empty());
             assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
@@ -877,7 +896,7 @@ mod tests {
                     }),
                 ),
             ]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(
                 w.upload,
                 [Upload {
@@ -903,7 +922,7 @@ mod tests {
                 ("b".to_owned(), written_as("e2", 5, 8)),
             ]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(w.upload.len(), 1);
             assert_eq!(w.upload[0].base.as_deref(), Some("e2"));
             assert_eq!(w.upload[0].from, renamed_from("a", "e1", 3));
@@ -929,7 +948,7 @@ mod tests {
                     }),
                 ),
             ]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None), ("d", None)]);
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a", "c"]);
         }
@@ -953,7 +972,7 @@ mod tests {
                 ("e/x".to_owned(), Found::File(moved(7, 3))),
                 ("e/y".to_owned(), Found::File(moved(8, 4))),
             ]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(
                 sources(&w),
                 [
@@ -973,7 +992,7 @@ mod tests {
             // Written by an earlier version: no inode to recognise the file by.
             let manifest = Entries::from([("a".to_owned(), entry("e1", 3))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
             assert_eq!(paths(&w.remote_delete, |d| &d.path), ["a"]);
         }
@@ -983,7 +1002,7 @@ mod tests {
             let remote = [obj("p/a", "e2", 3)];
             let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |_| true);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |_| true);
             assert_eq!(sources(&w), [("b", None)]);
             assert!(w.remote_delete.is_empty(), "{:?}", w.remote_delete);
             assert_eq!(paths(&w.plan.fetch, |f| f.path()), ["a"]);
@@ -994,7 +1013,9 @@ mod tests {
             let remote = [obj("p/a", "e1", 3)];
             let manifest = Entries::from([("a".to_owned(), written_as("e1", 3, 7))]);
             let scan = BTreeMap::from([("b".to_owned(), Found::File(moved(7, 3)))]);
-            let w = plan_writeable("p/", remote.to_vec(), &manifest, &scan, |s| s.ctime_ns < 5);
+            let w = plan_writeable("p/", remote.to_vec().into(), &manifest, &scan, |s| {
+                s.ctime_ns < 5
+            });
             assert_eq!(w.settling, 1);
             assert!(w.upload.is_empty() && w.remote_delete.is_empty());
             assert!(w.plan.fetch.is_empty(), "{:?}", w.plan.fetch);
@@ -1191,7 +1212,7 @@ mod tests {
             #[test]
             fn the_plan_is_what_the_rules_say(c in case()) {
                 let manifest: Entries = c.manifest.iter().map(|(p, e)| (p, e.clone())).collect();
-                let got = plan(&c.prefix, c.remote.clone(), &manifest, |p| {
+                let got = plan(&c.prefix, c.remote.clone().into(), &manifest, |p| {
                     c.local.get(p).copied().unwrap_or(Local::Missing)
                 });
                 let want = expected(&c);

@@ -18,7 +18,7 @@ use super::dirs::{self, Found, Local, Scanned};
 use super::manifest::{Entries, Entry, Manifest, Multipart, Stamp};
 use super::{LocalError, Root, Staged};
 use crate::etag::Etag;
-use crate::store::ObjectMeta;
+use crate::store::{Listing, ObjectMeta};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, Metadata};
@@ -566,7 +566,7 @@ impl MountCopy {
 
     /// What the copy holds, as a listing of the mount's `prefix`: what a mount serves while its
     /// bucket cannot be reached.
-    pub fn cached_listing(&self, prefix: &str) -> Vec<ObjectMeta> {
+    pub fn cached_listing(&self, prefix: &str) -> Listing {
         self.manifest
             .lock()
             .entries()
@@ -630,7 +630,10 @@ mod tests {
             !copy.holds("a/f.txt", &meta("p/a/f.txt", 3, "e2")),
             "another version"
         );
-        assert_eq!(copy.cached_listing("p/"), std::slice::from_ref(&m));
+        assert_eq!(
+            copy.cached_listing("p/").to_metas(),
+            std::slice::from_ref(&m)
+        );
         let mut read = String::new();
         let (mut file, _) = copy.open_held("a/f.txt", &m).unwrap();
         std::io::Read::read_to_string(&mut file, &mut read).unwrap();

@@ -20,8 +20,8 @@
 //! (`ObjectStore::put(&*store, ...)`) are the requests of the code under test.
 
 use super::{
-    Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
-    StoreError, WriteOptions,
+    Body, CompletedPart, DirListing, Listing, MultipartUpload, ObjectMeta, ObjectStore,
+    Precondition, StoreError, WriteOptions,
 };
 use crate::etag::hex;
 use async_trait::async_trait;
@@ -222,7 +222,7 @@ impl ObjectStore for MemoryStore {
         "memory:"
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.answer_list(prefix)
     }
@@ -323,19 +323,19 @@ impl MemoryStore {
         }
     }
 
-    pub fn answer_list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    pub fn answer_list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.bucket_exists()?;
         Ok(self
             .objects
             .lock()
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, o)| o.meta.clone())
+            .map(|(_, o)| &o.meta)
             .collect())
     }
 
     pub fn answer_list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {
-        Ok(DirListing::of(prefix, self.answer_list(prefix)?))
+        Ok(DirListing::of(prefix, &self.answer_list(prefix)?))
     }
 
     pub fn answer_head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
@@ -567,7 +567,7 @@ impl MemoryStore {
 /// (`answer_*`), which is what an operation it does not override gets.
 #[async_trait]
 pub trait StoreHook: Send + Sync + 'static {
-    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Listing, StoreError> {
         inner.answer_list(prefix)
     }
 
@@ -713,7 +713,7 @@ impl<H: StoreHook> ObjectStore for Hooked<H> {
     fn endpoint(&self) -> &str {
         self.inner.endpoint()
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.hook.list(&self.inner, prefix).await
     }
@@ -939,7 +939,7 @@ impl Faults {
 
 #[async_trait]
 impl StoreHook for Faults {
-    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    async fn list(&self, inner: &MemoryStore, prefix: &str) -> Result<Listing, StoreError> {
         self.around(inner, Request::List { prefix }, || {
             inner.answer_list(prefix)
         })

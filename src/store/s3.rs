@@ -12,8 +12,8 @@ mod listing;
 mod metered;
 
 use super::{
-    Body, CompletedPart, DirListing, MultipartUpload, ObjectMeta, ObjectStore, Precondition,
-    StoreError, WriteOptions, local_http,
+    Body, CompletedPart, DirListing, Listing, MultipartUpload, ObjectMeta, ObjectStore,
+    Precondition, StoreError, WriteOptions, local_http,
 };
 use crate::errors;
 use async_trait::async_trait;
@@ -400,7 +400,7 @@ impl ObjectStore for S3Store {
         &self.endpoint
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.list_split(prefix).await
     }
 

@@ -43,7 +43,7 @@ pub use write::{MountOf, SetAttr, SetTime};
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
 use crate::local::copy::Recorded;
 use crate::paths::{Layout, layout};
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::{Listing, ObjectMeta, ObjectRef, ObjectStore};
 use crate::upload::WriteBack;
 use dashmap::DashMap;
 use handle::{Content, Handle, pread};
@@ -215,19 +215,19 @@ impl Vfs {
     /// Replaces mount `mount`'s tree with what `remote`, a fresh listing of it, describes, and
     /// (in a writeable mount) the changes made here that it does not show yet. Returns what
     /// the kernel must forget of what it was told before (see [`Stale`]).
-    pub fn update(&self, mount: usize, remote: &[ObjectMeta]) -> Stale {
+    pub fn update(&self, mount: usize, remote: &Listing) -> Stale {
         self.replace(mount, remote, false)
     }
 
     /// [`Vfs::update`] with what the cache holds of mount `mount` (files downloaded by earlier
     /// runs), until the bucket's listing comes: the tree does not know the files not
     /// downloaded yet meanwhile.
-    pub fn show_cached(&self, mount: usize, cached: &[ObjectMeta]) -> Stale {
+    pub fn show_cached(&self, mount: usize, cached: &Listing) -> Stale {
         self.replace(mount, cached, true)
     }
 
     /// [`Vfs::update`] with `remote`, the cache's listing if `from_cache`.
-    fn replace(&self, mount: usize, remote: &[ObjectMeta], from_cache: bool) -> Stale {
+    fn replace(&self, mount: usize, remote: &Listing, from_cache: bool) -> Stale {
         let replica = &self.mounted[mount].replica;
         // What the local copy records of each change made here, read before the tree's lock
         // (it reads the disk).
@@ -254,10 +254,10 @@ impl Vfs {
             implied_dirs,
             ..
         } = layout(&replica.mount.prefix, remote);
-        let is_marker = |path: &str, meta: &ObjectMeta| {
+        let is_marker = |path: &str, meta: ObjectRef| {
             meta.size == 0 && folders.get(path).is_some_and(|e| meta.etag.is(e))
         };
-        let markers = files.iter().filter(|(path, meta)| is_marker(path, meta));
+        let markers = files.iter().filter(|(path, meta)| is_marker(path, *meta));
         let is_dir: HashSet<&str> = dirs
             .keys()
             .chain(implied_dirs.iter().copied())
@@ -271,7 +271,7 @@ impl Vfs {
             if *m != mount {
                 return true;
             }
-            let listed = files.get(path).map(|meta| &meta.etag);
+            let listed = files.get(path).map(|meta| meta.etag);
             // Whether the listing shows version `etag` (`None`: nothing).
             let listed_as = |etag: Option<&String>| match (listed, etag) {
                 (Some(l), Some(e)) => l.is(e),

@@ -21,7 +21,7 @@ use super::tree::{Listed, NodeKind, Override};
 use super::{Attr, FsError, Vfs};
 use crate::paths::{ancestors, layout};
 use crate::retry::retry;
-use crate::store::{DirListing, ObjectMeta};
+use crate::store::{self, DirListing, ObjectMeta, ObjectRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -258,13 +258,14 @@ impl Vfs {
             etag: crate::etag::Etag::new(""),
             last_modified: SystemTime::UNIX_EPOCH,
         });
-        let all: Vec<ObjectMeta> = listed.objects.iter().cloned().chain(markers).collect();
+        let mut all: store::Listing = listed.objects.iter().collect();
+        markers.for_each(|marker| all.push(&marker));
         let layout = layout(&replica.mount.prefix, &all);
         let dirs = layout
             .dirs
             .keys()
             .chain(layout.implied_dirs.iter().copied());
-        let mut want: BTreeMap<&str, Option<&ObjectMeta>> = dirs.map(|d| (d, None)).collect();
+        let mut want: BTreeMap<&str, Option<ObjectRef>> = dirs.map(|d| (d, None)).collect();
         for (path, meta) in layout.files.iter() {
             want.entry(path).or_insert(Some(meta));
         }

@@ -13,7 +13,7 @@ async fn vfs_over(store: Arc<dyn ObjectStore>, dir: &std::path::Path) -> (Arc<Vf
     Setup::default().vfs(store, dir).await
 }
 
-async fn store_list(vfs: &Vfs) -> Vec<ObjectMeta> {
+async fn store_list(vfs: &Vfs) -> Listing {
     let s = &vfs.mounted()[0];
     s.store.list(&s.replica.mount.prefix).await.unwrap()
 }

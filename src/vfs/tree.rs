@@ -4,7 +4,7 @@
 
 use super::nodes::Nodes;
 use crate::etag::Etag;
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, ObjectRef};
 use crate::strings::{Span, Strings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +51,7 @@ pub(super) struct Listed {
 }
 
 impl Listed {
-    pub(super) fn of(meta: &ObjectMeta) -> Self {
+    pub(super) fn of(meta: ObjectRef<'_>) -> Self {
         Self {
             size: meta.size,
             etag: meta.etag.clone(),
@@ -72,8 +72,8 @@ impl Listed {
     }
 
     /// Whether `meta` is this version.
-    pub(super) fn is(&self, meta: &ObjectMeta) -> bool {
-        self.size == meta.size && self.etag == meta.etag
+    pub(super) fn is(&self, meta: ObjectRef<'_>) -> bool {
+        self.size == meta.size && self.etag == *meta.etag
     }
 
     /// The version as the store names it: under `key`.

@@ -5,7 +5,7 @@
 //! fills it in order.
 
 use crate::paths::{Overlay, Table};
-use crate::store::ObjectMeta;
+use crate::store::ObjectRef;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -14,7 +14,7 @@ use std::ops::Bound;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Want<'a> {
     Dir,
-    File(&'a ObjectMeta),
+    File(ObjectRef<'a>),
     Local,
 }
 
@@ -81,14 +81,14 @@ mod tests {
 
     #[test]
     fn changes_stand_over_the_listing_in_path_order() {
-        let meta = |key: &str| ObjectMeta {
+        let meta = |key: &str| crate::store::ObjectMeta {
             key: key.into(),
             size: 1,
             etag: "e".into(),
             last_modified: std::time::SystemTime::UNIX_EPOCH,
         };
-        let listing = [meta("a-1"), meta("d/b")];
-        let (a, b) = (&listing[0], &listing[1]);
+        let listing = crate::store::Listing::from(vec![meta("a-1"), meta("d/b")]);
+        let (a, b) = (listing.get(0), listing.get(1));
         let files = crate::paths::layout("", &listing).files;
         let mut wants = Wants::new(files, ["gone/x", "d", "gone"]);
         assert_eq!(wants.get("d/b"), Some(Want::File(b)));

@@ -146,8 +146,8 @@ async fn a_file_changed_on_both_sides_keeps_both_versions() {
     let kept: Vec<String> = mem
         .answer_list("p/nb/")
         .unwrap()
-        .into_iter()
-        .map(|m| m.key)
+        .iter()
+        .map(|m| m.key.to_owned())
         .filter(|k| k.contains(".conflict-"))
         .collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
@@ -182,7 +182,7 @@ async fn a_new_local_file_where_an_object_appeared_keeps_both() {
         .iter()
         .find(|m| m.key.starts_with("p/out.conflict-"))
         .expect("the local version kept");
-    assert_eq!(bytes(&mem, &kept.key).as_deref(), Some(&b"mine"[..]));
+    assert_eq!(bytes(&mem, kept.key).as_deref(), Some(&b"mine"[..]));
 }
 
 #[tokio::test]
@@ -443,8 +443,8 @@ async fn a_renamed_file_and_directory_are_copied_in_the_bucket_not_uploaded_agai
     let mut keys: Vec<String> = mem
         .answer_list("p/")
         .unwrap()
-        .into_iter()
-        .map(|m| m.key)
+        .iter()
+        .map(|m| m.key.to_owned())
         .collect();
     keys.sort();
     assert_eq!(keys, ["p/b.txt", "p/e/sub/y.bin", "p/e/x.csv"]);

@@ -12,7 +12,7 @@
 //! small one none.
 
 use super::{S3Store, url_decode};
-use crate::store::{DirListing, ObjectMeta, StoreError};
+use crate::store::{DirListing, Listing, ObjectMeta, StoreError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder;
 use aws_sdk_s3::types::EncodingType;
@@ -39,8 +39,8 @@ struct Level {
 impl S3Store {
     /// Every object under `prefix`, in key order: split into parts listed in parallel (see the
     /// module's note).
-    pub(super) async fn list_split(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let mut out = Vec::new();
+    pub(super) async fn list_split(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let mut out = Listing::new();
         // Parts listed whole, and parts that may be split further.
         let mut whole = Vec::new();
         let mut open = vec![prefix.to_owned()];
@@ -68,7 +68,7 @@ impl S3Store {
             if whole.len() + truncated.len() + below.len() > MAX_PARTS {
                 break;
             }
-            out.extend(objects);
+            objects.iter().for_each(|meta| out.push(meta));
             whole.extend(truncated);
             open = below;
         }
@@ -76,17 +76,14 @@ impl S3Store {
         let asked: Vec<_> = whole.iter().map(|p| self.list_whole(p)).collect();
         let mut parts = stream::iter(asked).buffer_unordered(LISTS_AT_ONCE);
         // The listing is a row per object of the bucket: each part joins it as it comes, so
-        // that no more than the parts in flight are held twice; and it is sorted in place (a
-        // stable sort's buffer would be half of it again; keys are unique, so no order among
-        // equals is lost).
+        // that no more than the parts in flight are held twice.
         while let Some(part) = parts.try_next().await? {
             match out.is_empty() {
                 true => out = part,
-                false => out.extend(part),
+                false => out.append(&part),
             }
         }
-        out.shrink_to_fit();
-        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.sort();
         Ok(out)
     }
 
@@ -142,7 +139,7 @@ impl S3Store {
     }
 
     /// Every object under `prefix`, in key order, by one paginated listing.
-    pub(super) async fn list_whole(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    pub(super) async fn list_whole(&self, prefix: &str) -> Result<Listing, StoreError> {
         let mut pages = self
             .client
             .list_objects_v2()
@@ -153,16 +150,18 @@ impl S3Store {
             .encoding_type(EncodingType::Url)
             .into_paginator()
             .send();
-        let mut out = Vec::new();
+        let mut out = Listing::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.classify(&e, None))?;
             // Servers that ignore the request send keys as they are, and say nothing.
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
-            out.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|obj| self.object_meta(obj, encoded)),
-            );
+            for meta in page
+                .contents()
+                .iter()
+                .filter_map(|obj| self.object_meta(obj, encoded))
+            {
+                out.push(&meta);
+            }
         }
         Ok(out)
     }

@@ -87,7 +87,7 @@ fn create(vfs: &Vfs, dir: &str, name: &str, data: &[u8]) -> u64 {
 /// The keys under `prefix`, in order.
 fn keys_in(mem: &MemoryStore, prefix: &str) -> Vec<String> {
     let listed = mem.answer_list(prefix).unwrap();
-    listed.into_iter().map(|o| o.key).collect()
+    listed.iter().map(|o| o.key.to_owned()).collect()
 }
 
 fn object(mem: &MemoryStore, key: &str) -> Option<Vec<u8>> {
@@ -395,7 +395,7 @@ async fn a_remote_change_while_a_file_is_written_keeps_both_versions() {
     assert_eq!(object(&mem, "p/report.csv").unwrap(), b"remote edit");
     let kept = listing.iter().find(|o| o.key != "p/report.csv").unwrap();
     assert!(kept.key.starts_with("p/report.conflict-") && kept.key.ends_with(".csv"));
-    assert_eq!(object(&mem, &kept.key).unwrap(), b"local edit");
+    assert_eq!(object(&mem, kept.key).unwrap(), b"local edit");
     // Both show in the mount after the next listing. The inode of the file written here now
     // holds the remote version: the kernel is told to forget what it kept of it.
     let stale = refresh(&vfs).await;
@@ -448,8 +448,8 @@ async fn a_new_file_stays_shown_when_a_listing_stops_showing_its_directory() {
     // A listing with the directory's marker (the directory override ends), then one without
     // it (the marker deleted once the directory held a file), before the file is uploaded.
     let marker = mem.put("p/out/", &b""[..]);
-    vfs.update(0, std::slice::from_ref(&marker));
-    vfs.update(0, &[]);
+    vfs.update(0, &vec![marker].into());
+    vfs.update(0, &Listing::new());
     assert_eq!(read_all(&vfs, "m/out/table.csv").await.unwrap(), b"x\n1\n");
 }
 
