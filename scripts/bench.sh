@@ -23,6 +23,8 @@
 # upload and mount sets to a local directory):
 #   small            download: 1,000 objects of 256 KiB under small/
 #   large            download: 2 objects of 512 MiB under large/
+#   tiny             download: 10,000 objects of 4 KiB in 10 directories under tiny/ (many
+#                    small files: a request and a file each, the bytes are nothing)
 #   up-small         upload: 1,000 local files of 256 KiB, to up/up-small/TOOL-ROUND/
 #   up-large         upload: 2 local files of 512 MiB, to up/up-large/TOOL-ROUND/
 #   mnt-small        write + upload: the files of up-small, `cp -r` into a writeable mount of
@@ -34,7 +36,7 @@
 #                    into a local directory on the same disk; the unmount then uploads them,
 #                    timed on a line of its own
 #   mnt-write-large  the same with the files of up-large
-# The default is every set: about 10 minutes on 2 cores (after the build), 1 for the downloads,
+# The default is every set: about 11 minutes on 2 cores (after the build), 2 for the downloads,
 # 3 for the uploads, 5 to 8 for the mount sets. The mnt-* sets need root and FUSE (/dev/fuse;
 # fuse3 is installed with apt-get when missing): without them they are skipped with a message.
 # Tools, downloading each into a new empty destination, `sync` run before each timed copy:
@@ -75,10 +77,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,72s/^# \{0,1\}//p' "$0"
+    sed -n '2,74s/^# \{0,1\}//p' "$0"
 }
 
-all_sets="small,large,up-small,up-large,mnt-small,mnt-large,mnt-write-small,mnt-write-large"
+all_sets="small,large,tiny,up-small,up-large,mnt-small,mnt-large,mnt-write-small,mnt-write-large"
 sets=""
 runs=3
 tools="ours,rclone,s5cmd"
@@ -136,7 +138,7 @@ fi
 set_list=()
 for s in "${wanted[@]}"; do
     case "$s" in
-    small | large) down_list+=("$s") ;;
+    small | large | tiny) down_list+=("$s") ;;
     up-small | up-large) up_list+=("$s") ;;
     mnt-small | mnt-large | mnt-write-small | mnt-write-large)
         if [[ -n "$no_fuse" ]]; then

@@ -9,6 +9,8 @@ ROOT is the directory of bucket `bench` (each of its top-level directories is a 
 
 sets: the sets that bench.sh copies, in the order given, each under ROOT/SET/:
     small     1,000 random objects of 256 KiB (obj-0000.bin ...)
+    tiny      10,000 random objects of 4 KiB in 10 directories (d-0/obj-0000.bin ...
+              d-9/obj-9999.bin): many small files, as in a dataset of one file per sample
     large     2 random objects of 512 MiB
     up-small  the files that bench.sh uploads (ROOT is then a local directory): as small
     up-large  as large
@@ -36,8 +38,9 @@ import os
 
 MiB = 1 << 20
 
-SETS = {"small": (1000, 256 * 1024), "large": (2, 512 * MiB)}  # name -> (objects, bytes each)
-SETS.update({"up-" + name: shape for name, shape in list(SETS.items())})  # the upload sets
+# name -> (objects, bytes each, directories they are spread over)
+SETS = {"small": (1000, 256 * 1024, 0), "large": (2, 512 * MiB, 0), "tiny": (10000, 4096, 10)}
+SETS.update({"up-" + name: SETS[name] for name in ("small", "large")})  # the upload sets
 CASES = ("cached-read", "first-byte", "tail-read", "cpu-share", "walk-stat", "walk-100k", "listing", "ls-l", "discovery", "parquet", "tiny-backlog")
 
 
@@ -54,10 +57,11 @@ def random_file(path, size):
 
 def write_sets(root, sets):
     for name in sets:
-        count, size = SETS[name]
+        count, size, dirs = SETS[name]
         os.makedirs(os.path.join(root, name), exist_ok=True)
         for i in range(count):
-            random_file(os.path.join(root, name, "obj-%04d.bin" % i), size)
+            sub = "d-%d" % (i % dirs) if dirs else ""
+            random_file(os.path.join(root, name, sub, "obj-%04d.bin" % i), size)
 
 
 def write_parquet(path):

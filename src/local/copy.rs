@@ -561,7 +561,8 @@ impl MountCopy {
     /// followed), with the manifest locked: what a plan needs.
     pub fn plan<T>(&self, f: impl FnOnce(&Entries, &dyn Fn(&str) -> Local) -> T) -> T {
         let manifest = self.manifest.lock();
-        f(manifest.entries(), &|path| dirs::probe(&self.dir, path))
+        let prober = dirs::Prober::new(&self.dir);
+        f(manifest.entries(), &|path| prober.probe(path))
     }
 
     /// What the copy holds, as a listing of the mount's `prefix`: what a mount serves while its

@@ -22,6 +22,8 @@ pub struct Root {
     staging: PathBuf,
     partial: PathBuf,
     next_staging: AtomicU64,
+    /// This process's id, which names its staging files.
+    pid: u32,
     _lock: File,
 }
 
@@ -56,6 +58,7 @@ impl Root {
             partial: state.join("partial"),
             staging,
             next_staging: AtomicU64::new(0),
+            pid: std::process::id(),
             _lock: lock,
         };
         cache.clear_staging();
@@ -101,9 +104,7 @@ impl Root {
     /// A new empty staging file of `size` bytes.
     pub fn stage(&self, size: u64) -> Result<Staged, LocalError> {
         let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .staging
-            .join(format!("{}-{n}.part", std::process::id()));
+        let path = self.staging.join(format!("{}-{n}.part", self.pid));
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -116,7 +117,10 @@ impl Root {
             record: None,
             committed: false,
         };
-        staged.file.set_len(size).map_err(io_err(&staged.path))?;
+        // A new file is empty already.
+        if size > 0 {
+            staged.file.set_len(size).map_err(io_err(&staged.path))?;
+        }
         Ok(staged)
     }
 
@@ -357,12 +361,6 @@ impl Staged {
         let (parent, name) = split(rel);
         let at = DirFd::open(dir, parent, true)?;
         let dest = at.path.join(name);
-        if at
-            .lstat(name)
-            .is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFDIR)
-        {
-            return Err(io_err(&dest)(io::Error::from(io::ErrorKind::IsADirectory)));
-        }
         at.rename_into(&self.path, name).map_err(io_err(&dest))?;
         self.committed = true;
         if let Some(record) = &mut self.record {
@@ -399,6 +397,44 @@ mod tests {
         s.commit(&dir, "x/y/z", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(fs::read(dir.join("x/y/z")).unwrap(), b"abc");
         assert_eq!(fs::read_dir(&cache.staging).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_commit_replaces_a_file_or_a_link_but_never_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let cache = Root::open(tmp.path()).unwrap();
+        let dir = cache.prepare_mount_dir("m").unwrap();
+        let commit = |rel: &str, data: &[u8]| {
+            let s = cache.stage(data.len() as u64).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&*s.file(), data, 0).unwrap();
+            s.commit(&dir, rel, SystemTime::UNIX_EPOCH)
+        };
+
+        commit("f", b"old").unwrap();
+        commit("f", b"new").unwrap();
+        assert_eq!(fs::read(dir.join("f")).unwrap(), b"new");
+
+        // A directory there stays, with what it holds; the staging file is gone.
+        fs::create_dir(dir.join("d")).unwrap();
+        fs::write(dir.join("d/inner"), b"keep").unwrap();
+        let e = commit("d", b"file").unwrap_err();
+        assert!(e.to_string().contains("d"), "{e}");
+        assert_eq!(fs::read(dir.join("d/inner")).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(&cache.staging).unwrap().count(), 0);
+
+        // A link there is replaced itself; what it pointed at is untouched.
+        fs::write(outside.path().join("target"), b"outside").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("target"), dir.join("l")).unwrap();
+        commit("l", b"mine").unwrap();
+        assert!(!fs::symlink_metadata(dir.join("l")).unwrap().is_symlink());
+        assert_eq!(fs::read(dir.join("l")).unwrap(), b"mine");
+        assert_eq!(fs::read(outside.path().join("target")).unwrap(), b"outside");
+        // Nor is a link to a directory taken for one.
+        std::os::unix::fs::symlink(outside.path(), dir.join("ld")).unwrap();
+        commit("ld", b"mine too").unwrap();
+        assert_eq!(fs::read(dir.join("ld")).unwrap(), b"mine too");
+        assert!(outside.path().join("target").exists());
     }
 
     /// The files of the partial download of key `k` of mount `m`: its data and its record's
