@@ -22,7 +22,7 @@ use crate::etag::Etag;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-pub use listing::{Listing, ObjectRef};
+pub use listing::{Listing, Nanos, ObjectRef};
 use std::ops::Range;
 use std::time::SystemTime;
 

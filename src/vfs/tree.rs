@@ -4,12 +4,11 @@
 
 use super::nodes::Nodes;
 use crate::etag::Etag;
-use crate::store::{ObjectMeta, ObjectRef};
+use crate::store::{Nanos, ObjectMeta, ObjectRef};
 use crate::strings::{Span, Strings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
-use std::time::{Duration, UNIX_EPOCH};
 
 pub const ROOT: u64 = 1;
 
@@ -46,8 +45,8 @@ pub(super) enum NodeKind {
 pub(super) struct Listed {
     pub(super) size: u64,
     pub(super) etag: Etag,
-    /// LastModified, in nanoseconds since the Unix epoch.
-    modified_ns: i64,
+    /// LastModified.
+    modified: Nanos,
 }
 
 impl Listed {
@@ -55,20 +54,13 @@ impl Listed {
         Self {
             size: meta.size,
             etag: meta.etag.clone(),
-            modified_ns: match meta.last_modified.duration_since(UNIX_EPOCH) {
-                Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-                Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
-            },
+            modified: meta.last_modified.into(),
         }
     }
 
     /// LastModified.
     pub(super) fn last_modified(&self) -> SystemTime {
-        let ns = Duration::from_nanos(self.modified_ns.unsigned_abs());
-        match self.modified_ns >= 0 {
-            true => UNIX_EPOCH + ns,
-            false => UNIX_EPOCH - ns,
-        }
+        self.modified.into()
     }
 
     /// Whether `meta` is this version.
