@@ -6,7 +6,8 @@
 //! turns flags into a configuration and [`commands`] runs it (`sync`, `mount`, `status`).
 //! Shared by all:
 //! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
-//! [`errors`] (an error as one line), [`etag`] (ETags kept compactly).
+//! [`errors`] (an error as one line), [`etag`] (ETags kept compactly), [`strings`] and [`tables`]
+//! (what is kept per object).
 
 pub mod cli;
 pub mod commands;
@@ -23,6 +24,7 @@ pub mod ranges;
 pub mod retry;
 pub mod store;
 pub mod strings;
+pub mod tables;
 pub mod tasks;
 #[cfg(test)]
 mod testing;

@@ -527,7 +527,7 @@ impl Engine {
             while let Some(job) =
                 jobs.pop_if(|job| running.is_empty() || load + units(job) <= capacity)
             {
-                plan::give_back(&mut jobs);
+                crate::tables::give_back(&mut jobs);
                 let units = units(&job);
                 load += units;
                 let span = tracing::info_span!("download", mount = %mount.id, key = %job.meta.key);

@@ -168,7 +168,7 @@ fn take_picked(mut remote: Listing, mut picks: Vec<Pick>) -> Vec<Fetch> {
         remote.truncate(pick.at as usize + 1);
         let meta = remote.pop().expect("picked from the listing");
         remote.give_back();
-        give_back(&mut picks);
+        crate::tables::give_back(&mut picks);
         let path_at = meta.key.len() - usize::from(pick.path_len);
         out.push(Fetch {
             path_at: u32::try_from(path_at).expect("a key shorter than 4 GiB"),
@@ -179,18 +179,6 @@ fn take_picked(mut remote: Listing, mut picks: Vec<Pick>) -> Vec<Fetch> {
     }
     out.reverse();
     out
-}
-
-/// Gives back the room of `table`, taken from its end, once more than a few thousand rows of
-/// it are unused: a table of a row per object is held beside the one its rows go to (the
-/// listing beside the downloads, the downloads beside the manifest), and halving it only when
-/// half of it is unused would leave that half held beside the other table's growth. The room
-/// of a large table is mapped memory, so its tail goes back without a copy.
-pub fn give_back<T>(table: &mut Vec<T>) {
-    const SLACK: usize = 8192;
-    if table.capacity() - table.len() > SLACK {
-        table.shrink_to_fit();
-    }
 }
 
 /// A local file (or empty directory) to upload: new (`base` is `None`), or changed since the

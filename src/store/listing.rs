@@ -158,9 +158,9 @@ impl Listing {
         })
     }
 
-    /// Gives back the room of objects taken out (see `engine::plan::give_back`).
+    /// Gives back the room of objects taken out (see [`crate::tables::give_back`]).
     pub fn give_back(&mut self) {
-        crate::engine::plan::give_back(&mut self.rows);
+        crate::tables::give_back(&mut self.rows);
     }
 
     /// Each object as a [`ObjectMeta`] of its own.
