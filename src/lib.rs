@@ -7,7 +7,7 @@
 //! Shared by all:
 //! [`paths`] (key -> path), [`retry`] (the retry policy), [`tasks`] (joining tasks at shutdown),
 //! [`errors`] (an error as one line), [`etag`] (ETags kept compactly), [`strings`] and [`tables`]
-//! (what is kept per object).
+//! (what is kept per object), [`unchanged`] (the parts of a refresh's listing left out).
 
 pub mod cli;
 pub mod commands;
@@ -28,5 +28,6 @@ pub mod tables;
 pub mod tasks;
 #[cfg(test)]
 mod testing;
+pub mod unchanged;
 pub mod upload;
 pub mod vfs;

@@ -36,6 +36,38 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
+/// What one part of a listing holds ([`ObjectStore::list_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cover {
+    /// Every object whose key starts with this prefix.
+    Under(String),
+    /// The objects directly in this prefix: each key the prefix and a name without `/` (or
+    /// the prefix itself), none of its sub-prefixes'.
+    Direct(String),
+}
+
+impl Cover {
+    /// Splits `whole`, a listing of `prefix`, by the first `/` after the prefix: the objects
+    /// directly in it, then each sub-prefix's. What a store that lists in one piece answers.
+    pub fn split(prefix: &str, whole: Listing) -> Vec<(Cover, Listing)> {
+        // Keys in order: a sub-prefix's keys come one after another.
+        let mut out = vec![(Cover::Direct(prefix.to_owned()), Listing::new())];
+        for object in whole.iter() {
+            let rest = &object.key[prefix.len()..];
+            let Some(i) = rest.find('/') else {
+                out[0].1.push_ref(object);
+                continue;
+            };
+            let sub = &object.key[..prefix.len() + i + 1];
+            if !matches!(out.last(), Some((Cover::Under(last), _)) if last == sub) {
+                out.push((Cover::Under(sub.to_owned()), Listing::new()));
+            }
+            out.last_mut().expect("a part").1.push_ref(object);
+        }
+        out
+    }
+}
+
 /// What a delimiter listing (`/`) of one directory shows: the objects directly in it and its
 /// sub-directories, without what lies below them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,6 +258,22 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+
+    /// Every object whose key starts with `prefix`, handed to `part` in parts as they come, in
+    /// no particular order: each part a listing of what its [`Cover`] says, together every key
+    /// under the prefix exactly once. A caller may drop a part it already holds before the
+    /// rest arrives, so that a listing of a big bucket is never held whole. A retried call
+    /// hands every part again.
+    async fn list_parts(
+        &self,
+        prefix: &str,
+        part: &(dyn Fn(Cover, Listing) + Sync),
+    ) -> Result<(), StoreError> {
+        for (cover, listing) in Cover::split(prefix, self.list(prefix).await?) {
+            part(cover, listing);
+        }
+        Ok(())
+    }
 
     /// One directory of the bucket: the objects directly under `prefix` (which is empty or
     /// ends in `/`) and its sub-prefixes, for a reader who needs it before the listing of the

@@ -187,16 +187,19 @@ async fn refresh_shows_added_changed_and_deleted_objects() {
     s3.put("bkt", "change.txt", b"before").await;
     s3.put("bkt", "gone/deleted.txt", b"bye").await;
     s3.put("bkt", "sub/one.txt", b"one").await;
+    s3.put("bkt", "keep/deep/kept.txt", b"kept").await;
     let root = tempfile::tempdir().unwrap();
     let args = ["--download-interval", "1"];
     let mut m = Mounted::start(&s3, root.path(), &mounts_json(&[("m", "bkt", "")]), &args);
     let dir = m.dest.join("m");
     assert_eq!(std::fs::read(dir.join("change.txt")).unwrap(), b"before");
+    let kept = dir.join("keep/deep/kept.txt");
+    let kept_ino = std::fs::metadata(&kept).unwrap().ino();
     let mut opened_before = File::open(dir.join("change.txt")).unwrap();
     // The kernel remembers a missing name (a negative entry) and what it read of a directory:
     // not past a refresh.
     assert!(!dir.join("added").exists());
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
     assert_eq!(names_in(&dir.join("sub")), ["one.txt"]);
 
     s3.put("bkt", "change.txt", b"after the change").await;
@@ -208,7 +211,13 @@ async fn refresh_shows_added_changed_and_deleted_objects() {
             && std::fs::read(dir.join("added/new.txt")).is_ok_and(|d| d == b"new")
             && !dir.join("gone/deleted.txt").exists()
     });
-    assert_eq!(names_in(&dir), ["added", "change.txt", "same.txt", "sub"]);
+    assert_eq!(
+        names_in(&dir),
+        ["added", "change.txt", "keep", "same.txt", "sub"]
+    );
+    // A directory the refresh found unchanged stays as it was.
+    assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
+    assert_eq!(std::fs::metadata(&kept).unwrap().ino(), kept_ino);
     // A name never looked up, in a directory the kernel had read.
     assert_eq!(names_in(&dir.join("sub")), ["fresh.txt", "one.txt"]);
     // A handle opened before the change still stats and reads the version it opened.

@@ -25,6 +25,7 @@ use crate::fuse::FuseFs;
 use crate::local::Root;
 use crate::progress::Progress;
 use crate::store::{DirListing, Listing, ObjectStore, StoreError};
+use crate::unchanged::{Scope, Unchanged};
 use crate::vfs::{MountOf, Mounted, Stale, Vfs};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -581,9 +582,9 @@ struct Served {
 }
 
 impl Served {
-    fn listed_now(listing: &Listing) -> Self {
+    fn listed_now(files: usize) -> Self {
         Self {
-            files: listing.len(),
+            files,
             listed_at: Some(SystemTime::now()),
         }
     }
@@ -748,10 +749,12 @@ async fn refresh_loop(
             let engine = &engine;
             async move {
                 // A mount whose listing failed keeps what it has: nothing is deleted on an error.
-                let Some((listing, list_time)) = listing else {
+                let Some((listing, unchanged, list_time)) = listing else {
                     return (None, 1);
                 };
-                let result = engine.apply(&m.replica, m.store.clone(), listing).await;
+                let result = engine
+                    .apply_with(&m.replica, m.store.clone(), listing, unchanged)
+                    .await;
                 match result {
                     Ok(stats) => {
                         log_summary(&m.replica.mount.id, &PassStats { list_time, ..stats });
@@ -814,7 +817,9 @@ async fn forget_stale(kernel: fuser::Notifier, stale: Stale) {
 }
 
 /// Lists mount `mount` again and shows the listing; `None` (and the file system keeps serving
-/// what it has, `served`) when it cannot be listed now.
+/// what it has, `served`) when it cannot be listed now. Once the tree shows a full listing of
+/// a read-only mount, the parts of the new one that the tree and the cache already hold are
+/// left out as they arrive ([`crate::unchanged`]): a refresh then holds only what changed.
 async fn relist(
     engine: &Engine,
     vfs: &Vfs,
@@ -822,12 +827,16 @@ async fn relist(
     mount: usize,
     m: &Mounted,
     served: &mut Served,
-) -> Option<(Listing, Duration)> {
+) -> Option<(Listing, Unchanged, Duration)> {
     let started = Instant::now();
-    match engine.list(&m.replica, &m.store).await {
-        Ok(listing) => {
-            let first = !vfs.listed_whole(mount);
-            let stale = vfs.update(mount, &listing);
+    let first = !vfs.listed_whole(mount);
+    let replica = &m.replica;
+    let leave_out = !first && !replica.mount.writeable;
+    let unchanged =
+        |scope: Scope<'_>, part: &Listing| leave_out && vfs.holds_part(mount, scope, part);
+    match engine.list_except(replica, &m.store, unchanged).await {
+        Ok((listing, left_out)) => {
+            let stale = vfs.update_with(mount, &listing, &left_out);
             if first {
                 tracing::info!(
                     mount = %m.replica.mount.id,
@@ -837,8 +846,8 @@ async fn relist(
                 );
             }
             forget_stale(kernel.clone(), stale).await;
-            *served = Served::listed_now(&listing);
-            Some((listing, started.elapsed()))
+            *served = Served::listed_now(listing.len() + left_out.objects as usize);
+            Some((listing, left_out, started.elapsed()))
         }
         // Keep serving what we have; try again next interval.
         Err(EngineError::Store { source: e, .. }) if e.is_transient() => {

@@ -32,8 +32,9 @@ use crate::local::{LocalError, MountCopy, Root};
 use crate::mounts::Mount;
 use crate::progress::Progress;
 use crate::retry::retry;
-use crate::store::{DirListing, Listing, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{Cover, DirListing, Listing, ObjectMeta, ObjectStore, StoreError};
 use crate::tasks::finished;
+use crate::unchanged::{Scope, Unchanged};
 use crate::upload::{Pushed, Uploader};
 use dashmap::DashMap;
 pub use download::{Download, FetchError, FetchKind, ReadAhead, Reader};
@@ -364,10 +365,39 @@ impl Engine {
         replica: &Replica,
         store: &Arc<dyn ObjectStore>,
     ) -> Result<Listing, EngineError> {
+        let (listed, _) = self.list_except(replica, store, |_, _| false).await?;
+        Ok(listed)
+    }
+
+    /// [`Engine::list`], leaving out each part of the listing that `unchanged` finds shows
+    /// nothing new as it arrives ([`crate::unchanged`]): the listing of the other parts, in key
+    /// order, and the covers of those left out.
+    pub async fn list_except(
+        &self,
+        replica: &Replica,
+        store: &Arc<dyn ObjectStore>,
+        unchanged: impl Fn(Scope<'_>, &Listing) -> bool + Sync,
+    ) -> Result<(Listing, Unchanged), EngineError> {
         let mount = &replica.mount;
+        let prefix = &mount.prefix;
         replica.copy.listing_begins();
-        let listed = tokio::select! {
-            listed = retry("list", || store.list(&mount.prefix)) => {
+        let kept = parking_lot::Mutex::new((Listing::new(), Unchanged::default()));
+        let take = |cover: Cover, part: Listing| {
+            let scope = Scope::of(prefix, &cover);
+            let left_out = scope.filter(|scope| !part.is_empty() && unchanged(*scope, &part));
+            let (listed, left) = &mut *kept.lock();
+            match left_out {
+                Some(scope) => left.add(scope, &part),
+                None if listed.is_empty() => *listed = part,
+                None => listed.append(&part),
+            }
+        };
+        let parts = retry("list", || {
+            *kept.lock() = Default::default();
+            store.list_parts(prefix, &take)
+        });
+        tokio::select! {
+            listed = parts => {
                 listed.map_err(|source| {
                     crate::metrics::count(|m| &m.failures, "listing");
                     EngineError::store(mount, source)
@@ -377,7 +407,12 @@ impl Engine {
                 mount: mount.id.clone(),
             }),
         };
-        if listed.is_empty() && !replica.reported_empty.swap(true, Ordering::Relaxed) {
+        let (mut listed, left_out) = kept.into_inner();
+        listed.sort();
+        if listed.is_empty()
+            && left_out.objects == 0
+            && !replica.reported_empty.swap(true, Ordering::Relaxed)
+        {
             let hint = match mount.prefix.as_str() {
                 "" => "the bucket is empty",
                 _ => "check the prefix: it is case-sensitive and matches whole path components",
@@ -395,7 +430,7 @@ impl Engine {
                 mount.prefix
             );
         }
-        Ok(listed)
+        Ok((listed, left_out))
     }
 
     /// The mount's top directory (with retries): what the file system shows of a mount while
@@ -423,6 +458,19 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         remote: Listing,
     ) -> Result<PassStats, EngineError> {
+        self.apply_with(replica, store, remote, Unchanged::default())
+            .await
+    }
+
+    /// [`Engine::apply`] with a listing that `unchanged`'s parts were left out of
+    /// ([`Engine::list_except`]; a read-only mount's): what they cover stays as it is.
+    pub async fn apply_with(
+        &self,
+        replica: &Arc<Replica>,
+        store: Arc<dyn ObjectStore>,
+        remote: Listing,
+        unchanged: Unchanged,
+    ) -> Result<PassStats, EngineError> {
         let started = Instant::now();
         let listed_at = SystemTime::now();
         let mount = &replica.mount;
@@ -430,7 +478,10 @@ impl Engine {
             mount: mount.id.clone(),
         };
         let cancel = &self.downloader.cancel;
-        let listed = crate::metrics::get().map(|_| files_and_bytes(&remote));
+        let listed = crate::metrics::get().map(|_| {
+            let (files, bytes) = files_and_bytes(&remote);
+            (files + unchanged.objects, bytes + unchanged.bytes)
+        });
         let planning = replica.clone();
         let delay = self.upload_delay;
         let planned = tokio::task::spawn_blocking(move || {
@@ -438,7 +489,9 @@ impl Engine {
             let copy = &planning.copy;
             let write = match planning.mount.writeable {
                 false => Ok(plan::WritePlan {
-                    plan: copy.plan(|entries, probe| plan::plan(prefix, remote, entries, probe)),
+                    plan: copy.plan(|entries, probe| {
+                        plan::plan_with(prefix, remote, &unchanged, entries, probe)
+                    }),
                     ..plan::WritePlan::default()
                 }),
                 true => copy.plan_writeable(|entries, scanned| {

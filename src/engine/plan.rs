@@ -10,8 +10,9 @@ use crate::etag::Etag;
 use crate::local::Local;
 use crate::local::dirs::Found;
 use crate::local::manifest::{Entries, Entry, Stamp};
-use crate::paths::{Layout, Unrepresentable, key_of, layout};
+use crate::paths::{Layout, Mapped, Unrepresentable, key_of, layout, map_key};
 use crate::store::{Listing, ObjectMeta, ObjectRef};
+use crate::unchanged::{Scope, Unchanged};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,27 +84,45 @@ pub fn plan(
     manifest: &Entries,
     local: impl Fn(&str) -> Local,
 ) -> Plan {
+    plan_with(prefix, remote, &Unchanged::default(), manifest, local)
+}
+
+/// [`plan`] of a listing that `unchanged`'s parts were left out of: what they cover stays as
+/// the manifest has it.
+pub fn plan_with(
+    prefix: &str,
+    remote: Listing,
+    unchanged: &Unchanged,
+    manifest: &Entries,
+    local: impl Fn(&str) -> Local,
+) -> Plan {
+    let left_out = usize::try_from(unchanged.objects).expect("objects in memory");
     let mut out = Plan {
-        listed: remote.len(),
+        listed: remote.len() + left_out,
+        unchanged: left_out,
         ..Plan::default()
     };
     let mut picks = Vec::new();
     {
+        let mut layout = layout(prefix, &remote);
+        unchanged.shadow(&mut layout);
         let Layout {
             files,
             dirs,
             implied_dirs,
             skipped,
-        } = layout(prefix, &remote);
+        } = layout;
         out.skipped = skipped;
 
         for (path, entry) in manifest {
+            let listed_dir = dirs.contains_key(path) || implied_dirs.contains(path);
             let wanted = if entry.dir {
-                dirs.contains_key(path)
-                    || implied_dirs.contains(path)
+                listed_dir
                     || files.get(path).is_some_and(|m| own_marker(entry, m))
+                    || unchanged.holds(path, true)
+                    || unchanged.leads_to(path)
             } else {
-                files.contains_key(path)
+                files.contains_key(path) || (unchanged.holds(path, false) && !listed_dir)
             };
             if !wanted {
                 out.delete.push(Delete {
@@ -146,6 +165,57 @@ pub fn plan(
     }
     out.fetch = take_picked(remote, picks);
     out
+}
+
+/// Whether `part`, a part of a listing of the mount's `prefix` whose scope is `scope`, shows
+/// exactly what `manifest` records there, each file whole on the disk (`local`): a plan of it
+/// would download, make and delete nothing, so a refresh may leave it out
+/// ([`crate::unchanged`]).
+pub fn part_unchanged(
+    prefix: &str,
+    scope: Scope<'_>,
+    part: &Listing,
+    manifest: &Entries,
+    local: impl Fn(&str) -> Local,
+) -> bool {
+    let mut recorded = 0;
+    for object in part.iter() {
+        let same = match map_key(prefix, object.key) {
+            Ok(Mapped::File(path)) => {
+                let same = |e: &Entry| {
+                    !e.dir && !e.replaced && e.etag == *object.etag && e.size == object.size
+                };
+                manifest.get(path).is_some_and(same)
+                    && matches!(local(path), Local::File { size } if size == object.size)
+            }
+            Ok(Mapped::Dir(path)) => manifest
+                .get(path)
+                .is_some_and(|e| e.dir && e.etag == *object.etag),
+            Ok(Mapped::Root) => continue,
+            Err(_) => false,
+        };
+        if !same {
+            return false;
+        }
+        recorded += 1;
+    }
+    recorded == records_in(manifest, scope)
+}
+
+/// The number of entries `manifest` holds in `scope`.
+fn records_in(manifest: &Entries, scope: Scope<'_>) -> usize {
+    let dir = scope.dir();
+    let own = !dir.is_empty() && manifest.get(dir).is_some_and(|e| e.dir);
+    let below = match dir {
+        "" => String::new(),
+        dir => format!("{dir}/"),
+    };
+    let under = manifest
+        .iter_from(&below)
+        .take_while(|(path, _)| path.starts_with(&below))
+        .filter(|(path, e)| scope.holds(path, e.dir))
+        .count();
+    usize::from(own) + under
 }
 
 /// A download [`plan`] decided on, before it takes its object from the listing.

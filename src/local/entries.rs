@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::collections::btree_map;
 use std::fmt;
+use std::ops::Bound;
 
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
@@ -228,12 +229,20 @@ impl Entries {
 
     /// The entries in path order.
     pub fn iter<'a>(&'a self) -> Iter<'a> {
+        self.iter_from("")
+    }
+
+    /// The entries in path order from `path` on.
+    pub fn iter_from<'a>(&'a self, path: &str) -> Iter<'a> {
         let change: ChangeOf<'a> = |(path, change)| (path, change.as_ref());
         let rows = Rows {
             entries: self,
-            at: 0,
+            at: self.find(path).unwrap_or_else(|at| at),
         };
-        Overlay::new(rows, self.changes.iter().map(change))
+        let changes = self
+            .changes
+            .range::<str, _>((Bound::Included(path), Bound::Unbounded));
+        Overlay::new(rows, changes.map(change))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
@@ -271,7 +280,7 @@ impl<'a> Iterator for Rows<'a> {
 }
 
 /// The changes of a table in order.
-pub type Changes<'a> = std::iter::Map<btree_map::Iter<'a, Box<str>, Option<Entry>>, ChangeOf<'a>>;
+pub type Changes<'a> = std::iter::Map<btree_map::Range<'a, Box<str>, Option<Entry>>, ChangeOf<'a>>;
 
 /// A change as [`Overlay`] takes it.
 type ChangeOf<'a> = fn((&'a Box<str>, &'a Option<Entry>)) -> (&'a str, Option<&'a Entry>);
@@ -378,6 +387,10 @@ mod tests {
                 prop_assert_eq!(listed, want);
                 for p in ["a", "b", "a/b", "cc", "d"] {
                     prop_assert_eq!(table.get(p), model.get(p));
+                    let from: Vec<(&str, &Entry)> = table.iter_from(p).collect();
+                    let want: Vec<(&str, &Entry)> =
+                        model.range::<str, _>((std::ops::Bound::Included(p), std::ops::Bound::Unbounded)).map(|(p, e)| (p.as_str(), e)).collect();
+                    prop_assert_eq!(from, want);
                 }
             }
             let json = serde_json::to_string(&table).unwrap();

@@ -100,7 +100,8 @@ impl Listing {
         }
     }
 
-    fn push_ref(&mut self, object: ObjectRef<'_>) {
+    /// Adds `object`, borrowed from another listing.
+    pub fn push_ref(&mut self, object: ObjectRef<'_>) {
         self.rows.push(Row {
             key: self.keys.add(object.key),
             size: object.size,

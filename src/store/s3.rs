@@ -12,7 +12,7 @@ mod listing;
 mod metered;
 
 use super::{
-    Body, CompletedPart, DirListing, Listing, MultipartUpload, ObjectMeta, ObjectStore,
+    Body, CompletedPart, Cover, DirListing, Listing, MultipartUpload, ObjectMeta, ObjectStore,
     Precondition, StoreError, WriteOptions, local_http,
 };
 use crate::errors;
@@ -402,6 +402,14 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.list_split(prefix).await
+    }
+
+    async fn list_parts(
+        &self,
+        prefix: &str,
+        part: &(dyn Fn(Cover, Listing) + Sync),
+    ) -> Result<(), StoreError> {
+        self.list_split_parts(prefix, part).await
     }
 
     async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {

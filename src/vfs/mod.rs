@@ -42,14 +42,15 @@ pub use write::{MountOf, SetAttr, SetTime};
 
 use crate::engine::{Engine, ReadAhead, Reader, Replica, plan};
 use crate::local::copy::Recorded;
-use crate::paths::{Layout, layout};
+use crate::paths::{Layout, Mapped, ancestors, layout, map_key};
 use crate::store::{Listing, ObjectMeta, ObjectRef, ObjectStore};
+use crate::unchanged::{Scope, Unchanged};
 use crate::upload::WriteBack;
 use dashmap::DashMap;
 use handle::{Content, Handle, pread};
 use parking_lot::RwLock;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -216,18 +217,83 @@ impl Vfs {
     /// (in a writeable mount) the changes made here that it does not show yet. Returns what
     /// the kernel must forget of what it was told before (see [`Stale`]).
     pub fn update(&self, mount: usize, remote: &Listing) -> Stale {
-        self.replace(mount, remote, false)
+        self.replace(mount, remote, &Unchanged::default(), false)
+    }
+
+    /// [`Vfs::update`] with a listing that `unchanged`'s parts were left out of: what they
+    /// cover stays as the tree has it.
+    pub fn update_with(&self, mount: usize, remote: &Listing, unchanged: &Unchanged) -> Stale {
+        self.replace(mount, remote, unchanged, false)
+    }
+
+    /// Whether `part`, a part of a new listing of mount `mount` whose scope is `scope`, shows
+    /// nothing new: the tree shows it and the cache holds it as it is, so a refresh may leave it
+    /// out ([`crate::unchanged`]).
+    pub fn holds_part(&self, mount: usize, scope: Scope<'_>, part: &Listing) -> bool {
+        let replica = &self.mounted[mount].replica;
+        let prefix = &replica.mount.prefix;
+        self.part_shown(mount, scope, part)
+            && replica
+                .copy
+                .plan(|entries, probe| plan::part_unchanged(prefix, scope, part, entries, probe))
+    }
+
+    /// Whether the tree shows exactly `part`, a part of a listing of mount `mount` whose scope
+    /// is `scope`: every file at its version, and nothing else there.
+    fn part_shown(&self, mount: usize, scope: Scope<'_>, part: &Listing) -> bool {
+        let prefix = &self.mounted[mount].replica.mount.prefix;
+        let tree = self.tree.read();
+        let is_dir = |ino: &u64| tree.children(*ino).is_some();
+        let Some(top) = tree.find(mount, scope.dir()).filter(is_dir) else {
+            return false;
+        };
+        let below = |path: &&str| path.len() > scope.dir().len();
+        let (mut files, mut dirs) = (0, BTreeSet::new());
+        for object in part.iter() {
+            let shown = match map_key(prefix, object.key) {
+                Ok(Mapped::File(path)) => {
+                    files += 1;
+                    if let Scope::Under(_) = scope {
+                        dirs.extend(ancestors(path).filter(below));
+                    }
+                    let node = tree.find(mount, path).map(|ino| &tree.nodes[&ino].kind);
+                    matches!(node, Some(NodeKind::File(listed)) if listed.is(object))
+                }
+                Ok(Mapped::Dir(path)) => {
+                    dirs.extend(Some(path).filter(below));
+                    tree.find(mount, path).is_some_and(|ino| is_dir(&ino))
+                }
+                Ok(Mapped::Root) => true,
+                Err(_) => false,
+            };
+            if !shown {
+                return false;
+            }
+        }
+        match scope {
+            Scope::Under(_) => tree.count_below(top) == (files, dirs.len()),
+            Scope::Direct(_) => {
+                let children = tree.children(top).unwrap_or_default();
+                children.iter().filter(|c| !is_dir(c)).count() == files
+            }
+        }
     }
 
     /// [`Vfs::update`] with what the cache holds of mount `mount` (files downloaded by earlier
     /// runs), until the bucket's listing comes: the tree does not know the files not
     /// downloaded yet meanwhile.
     pub fn show_cached(&self, mount: usize, cached: &Listing) -> Stale {
-        self.replace(mount, cached, true)
+        self.replace(mount, cached, &Unchanged::default(), true)
     }
 
-    /// [`Vfs::update`] with `remote`, the cache's listing if `from_cache`.
-    fn replace(&self, mount: usize, remote: &Listing, from_cache: bool) -> Stale {
+    /// [`Vfs::update_with`] with `remote`, the cache's listing if `from_cache`.
+    fn replace(
+        &self,
+        mount: usize,
+        remote: &Listing,
+        unchanged: &Unchanged,
+        from_cache: bool,
+    ) -> Stale {
         let replica = &self.mounted[mount].replica;
         // What the local copy records of each change made here, read before the tree's lock
         // (it reads the disk).
@@ -248,12 +314,14 @@ impl Vfs {
             true => replica.copy.folders(),
             false => HashMap::new(),
         };
+        let mut laid = layout(&replica.mount.prefix, remote);
+        unchanged.shadow(&mut laid);
         let Layout {
             mut files,
             dirs,
             implied_dirs,
             ..
-        } = layout(&replica.mount.prefix, remote);
+        } = laid;
         let is_marker = |path: &str, meta: ObjectRef| {
             meta.size == 0 && folders.get(path).is_some_and(|e| meta.etag.is(e))
         };
@@ -343,7 +411,19 @@ impl Vfs {
             };
             for &ino in children {
                 let path = tree::join(&path, tree.name(ino));
-                let same = match (&tree.nodes[&ino].kind, want.get(&path)) {
+                let node = &tree.nodes[&ino].kind;
+                let is_dir = matches!(node, NodeKind::Dir(_));
+                // A part left out keeps what it covers; a directory on the way to one stays,
+                // and what is in it is looked at. A directory the listing shows where a part
+                // left out has a file wins, as it would in one listing.
+                if is_dir && unchanged.leads_to(&path) {
+                    walk.push((ino, path));
+                    continue;
+                }
+                if unchanged.holds(&path, is_dir) && !matches!(want.get(&path), Some(Want::Dir)) {
+                    continue;
+                }
+                let same = match (node, want.get(&path)) {
                     (NodeKind::Dir(_), Some(Want::Dir)) => true,
                     (NodeKind::File(old), Some(Want::File(new))) => old.is(new),
                     // Written here, and still, or now listed as the version uploaded from it

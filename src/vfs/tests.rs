@@ -426,3 +426,127 @@ async fn a_large_directory_reads_whole_a_reply_at_a_time() {
     assert_eq!(names, expected);
     assert_eq!(read[10].0, path_ino(&vfs, "m/d/f-0006").unwrap());
 }
+
+/// A refresh as mount mode makes it once the tree shows a full listing: the parts that the
+/// tree and the cache already hold left out as they arrive. Returns what was left out.
+async fn refresh_leaving_out(vfs: &Vfs, engine: &Engine) -> crate::unchanged::Unchanged {
+    let m = &vfs.mounted()[0];
+    let unchanged =
+        |scope: crate::unchanged::Scope<'_>, part: &Listing| vfs.holds_part(0, scope, part);
+    let (listing, left_out) = engine
+        .list_except(&m.replica, &m.store, unchanged)
+        .await
+        .unwrap();
+    vfs.update_with(0, &listing, &left_out);
+    let stats = engine
+        .apply_with(&m.replica, m.store.clone(), listing, left_out.clone())
+        .await
+        .unwrap();
+    assert_eq!(stats.failed, 0);
+    left_out
+}
+
+/// The mount's tree as paths, each with its size (`None`: a directory).
+fn tree_of(vfs: &Vfs) -> Vec<(String, Option<u64>)> {
+    let tree = vfs.tree.read();
+    let mut out: Vec<_> = tree
+        .subtree(tree.mount_dirs[0])
+        .into_iter()
+        .filter(|(_, path, _)| !path.is_empty())
+        .map(|(ino, path, _)| match &tree.nodes[&ino].kind {
+            NodeKind::File(listed) => (path, Some(listed.size)),
+            _ => (path, None),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What a full listing of `store` shows under `p/`, as [`tree_of`] shows a tree, and each
+/// file's bytes in the cache at `dir`.
+fn expected(store: &MemoryStore, dir: &std::path::Path) -> Vec<(String, Option<u64>)> {
+    let mut out = std::collections::BTreeMap::new();
+    let listing = store.answer_list("p/").unwrap();
+    let keys: Vec<&str> = listing.iter().map(|o| &o.key["p/".len()..]).collect();
+    for key in &keys {
+        // A key that is also a directory's prefix is left out (the directory wins).
+        if keys.iter().any(|k| k.starts_with(&format!("{key}/"))) {
+            continue;
+        }
+        let data = store.bytes_of(&format!("p/{key}")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("m").join(key)).unwrap(),
+            data,
+            "{key} in the cache"
+        );
+        out.insert(key.to_string(), Some(data.len() as u64));
+        for dir in crate::paths::ancestors(key) {
+            out.insert(dir.to_owned(), None);
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_refresh_leaves_out_the_parts_it_holds_and_ends_as_a_full_one_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new("bkt");
+    for (key, data) in [
+        ("p/top.txt", "top"),
+        ("p/f", "a file"),
+        ("p/keep/a.txt", "a"),
+        ("p/keep/deep/b.txt", "b"),
+        ("p/change/c.txt", "c"),
+        ("p/gone/d.txt", "d"),
+    ] {
+        store.put(key, data.as_bytes().to_vec());
+    }
+    let (vfs, engine) = vfs_over(store.clone(), tmp.path()).await;
+    let m = &vfs.mounted()[0];
+    engine
+        .apply(&m.replica, m.store.clone(), store_list(&vfs).await)
+        .await
+        .unwrap();
+    let kept = path_ino(&vfs, "m/keep/deep/b.txt").unwrap();
+
+    // Nothing changed: every part is left out, and nothing moves.
+    let before = tree_of(&vfs);
+    let left_out = refresh_leaving_out(&vfs, &engine).await;
+    assert_eq!(left_out.objects, 6, "{left_out:?}");
+    assert_eq!(tree_of(&vfs), before);
+
+    // A directory changed, one gone, one new: the top's files and `keep` are left out.
+    store.put("p/change/c.txt", b"c, changed".to_vec());
+    store.delete("p/gone/d.txt");
+    store.put("p/new/n.txt", b"n".to_vec());
+    let left_out = refresh_leaving_out(&vfs, &engine).await;
+    assert_eq!(left_out.objects, 4, "{left_out:?}");
+    assert_eq!(tree_of(&vfs), expected(&store, tmp.path()));
+    assert!(
+        !tmp.path().join("m/gone").exists(),
+        "a directory gone from the bucket"
+    );
+    assert_eq!(
+        path_ino(&vfs, "m/keep/deep/b.txt").unwrap(),
+        kept,
+        "left as it was"
+    );
+    assert_eq!(
+        read_all(&vfs, "m/change/c.txt").await.unwrap(),
+        b"c, changed"
+    );
+
+    // A file left out (in the top's part) where a new part makes a directory: the directory
+    // wins, as in one listing; and a new file where a part left out holds a directory: the
+    // directory stays.
+    let file = path_ino(&vfs, "m/f").unwrap();
+    store.put("p/f/g", b"g".to_vec());
+    let left_out = refresh_leaving_out(&vfs, &engine).await;
+    assert!(left_out.objects >= 2, "{left_out:?}");
+    assert_eq!(tree_of(&vfs), expected(&store, tmp.path()));
+    assert_ne!(path_ino(&vfs, "m/f").unwrap(), file, "a directory is a new inode");
+    store.put("p/keep", b"shadowed".to_vec());
+    refresh_leaving_out(&vfs, &engine).await;
+    assert_eq!(tree_of(&vfs), expected(&store, tmp.path()));
+    assert_eq!(path_ino(&vfs, "m/keep/deep/b.txt").unwrap(), kept);
+}

@@ -415,6 +415,24 @@ impl Tree {
         }
     }
 
+    /// The files and the directories below directory `ino`.
+    pub(super) fn count_below(&self, ino: u64) -> (usize, usize) {
+        let (mut files, mut dirs) = (0, 0);
+        let mut stack = vec![ino];
+        while let Some(dir) = stack.pop() {
+            for &child in self.children(dir).unwrap_or_default() {
+                match self.children(child) {
+                    Some(_) => {
+                        dirs += 1;
+                        stack.push(child);
+                    }
+                    None => files += 1,
+                }
+            }
+        }
+        (files, dirs)
+    }
+
     /// `ino` and everything below it, as (inode, path, is a directory).
     pub(super) fn subtree(&self, ino: u64) -> Vec<(u64, String, bool)> {
         let mut out = Vec::new();

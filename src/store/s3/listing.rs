@@ -12,7 +12,7 @@
 //! small one none.
 
 use super::{S3Store, url_decode};
-use crate::store::{DirListing, Listing, ObjectMeta, StoreError};
+use crate::store::{Cover, DirListing, Listing, ObjectMeta, StoreError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder;
 use aws_sdk_s3::types::EncodingType;
@@ -38,9 +38,30 @@ struct Level {
 
 impl S3Store {
     /// Every object under `prefix`, in key order: split into parts listed in parallel (see the
-    /// module's note).
+    /// module's note), each joining the listing as it comes, so that no more than the parts in
+    /// flight are held twice.
     pub(super) async fn list_split(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let mut out = Listing::new();
+        let out = parking_lot::Mutex::new(Listing::new());
+        self.list_split_parts(prefix, &|_, part| {
+            let mut out = out.lock();
+            match out.is_empty() {
+                true => *out = part,
+                false => out.append(&part),
+            }
+        })
+        .await?;
+        let mut out = out.into_inner();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every object under `prefix`, in parts as they are listed: the objects directly in each
+    /// prefix split, and each part listed whole (see the module's note).
+    pub(super) async fn list_split_parts(
+        &self,
+        prefix: &str,
+        part: &(dyn Fn(Cover, Listing) + Sync),
+    ) -> Result<(), StoreError> {
         // Parts listed whole, and parts that may be split further.
         let mut whole = Vec::new();
         let mut open = vec![prefix.to_owned()];
@@ -55,12 +76,12 @@ impl S3Store {
                 .buffered(LISTS_AT_ONCE)
                 .try_collect()
                 .await?;
-            let (mut objects, mut truncated, mut below) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut direct, mut truncated, mut below) = (Vec::new(), Vec::new(), Vec::new());
             for (p, level) in open.iter().zip(levels) {
                 if level.truncated {
                     truncated.push(p.clone());
                 } else {
-                    objects.extend(level.dir.objects);
+                    direct.push((Cover::Direct(p.clone()), Listing::from(level.dir.objects)));
                     below.extend(level.dir.prefixes);
                 }
             }
@@ -68,23 +89,22 @@ impl S3Store {
             if whole.len() + truncated.len() + below.len() > MAX_PARTS {
                 break;
             }
-            objects.iter().for_each(|meta| out.push(meta));
+            for (cover, objects) in direct {
+                part(cover, objects);
+            }
             whole.extend(truncated);
             open = below;
         }
         whole.extend(open);
-        let asked: Vec<_> = whole.iter().map(|p| self.list_whole(p)).collect();
+        let asked: Vec<_> = whole
+            .into_iter()
+            .map(|p| async move { Ok::<_, StoreError>((self.list_whole(&p).await?, p)) })
+            .collect();
         let mut parts = stream::iter(asked).buffer_unordered(LISTS_AT_ONCE);
-        // The listing is a row per object of the bucket: each part joins it as it comes, so
-        // that no more than the parts in flight are held twice.
-        while let Some(part) = parts.try_next().await? {
-            match out.is_empty() {
-                true => out = part,
-                false => out.append(&part),
-            }
+        while let Some((listing, p)) = parts.try_next().await? {
+            part(Cover::Under(p), listing);
         }
-        out.sort();
-        Ok(out)
+        Ok(())
     }
 
     /// The first page of the delimiter listing of `prefix`.
