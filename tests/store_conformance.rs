@@ -11,7 +11,7 @@ use common::*;
 use s3_synchronizer::store::memory::MemoryStore;
 use s3_synchronizer::store::s3::{S3Connector, S3Options};
 use s3_synchronizer::store::{
-    CompletedPart, DirListing, Listing, ObjectMeta, ObjectStore, Precondition, StoreError,
+    CompletedPart, Cover, DirListing, Listing, ObjectMeta, ObjectStore, Precondition, StoreError,
     WriteOptions,
 };
 use std::sync::Arc;
@@ -94,6 +94,32 @@ where
     want.extend((0..1005).map(|i| format!("many/{i:04}")));
     want.sort();
     assert_eq!(keys_of(store.list("").await.unwrap()), want);
+    // In parts: each key once, in the part whose cover holds it.
+    for prefix in ["tree/", ""] {
+        let parts = std::sync::Mutex::new(Vec::new());
+        let take = |cover: Cover, part: Listing| parts.lock().unwrap().push((cover, part));
+        store.list_parts(prefix, &take).await.unwrap();
+        let mut keys = Vec::new();
+        for (cover, part) in parts.into_inner().unwrap() {
+            for key in keys_of(part) {
+                let holds = match &cover {
+                    Cover::Under(p) => key.starts_with(p.as_str()),
+                    Cover::Direct(p) => key
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|r| !r.contains('/')),
+                };
+                assert!(holds, "{key} in a part of {cover:?}");
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        let under: Vec<String> = want
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert_eq!(keys, under, "the parts of {prefix:?}");
+    }
 
     // One directory: its own objects and its sub-prefixes, nothing below them; a directory
     // of more than a page; the bucket's top.

@@ -1298,5 +1298,75 @@ mod tests {
                 }
             }
         }
+
+        /// A manifest and a disk as a complete pass over `remote` leaves them.
+        fn after_pass(prefix: &str, remote: &[ObjectMeta]) -> (Entries, BTreeMap<String, Local>) {
+            let done = plan(prefix, remote.to_vec().into(), &Entries::new(), |_| {
+                Local::Missing
+            });
+            let mut manifest = Entries::new();
+            let mut local = BTreeMap::new();
+            for f in &done.fetch {
+                manifest.insert(f.path(), entry(&f.meta.etag.to_string(), f.meta.size));
+                local.insert(f.path().to_owned(), Local::File { size: f.meta.size });
+            }
+            for (path, meta) in &done.dirs {
+                let e = Entry {
+                    dir: true,
+                    ..entry(&meta.etag.to_string(), 0)
+                };
+                manifest.insert(path, e);
+            }
+            (manifest, local)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// A refresh that leaves out the parts of the new listing that a pass over the old
+            /// one left as they are downloads and deletes what a plan of the whole listing does.
+            #[test]
+            fn leaving_out_unchanged_parts_plans_the_same_work(
+                old in case(),
+                new in case(),
+                kept in prop::collection::vec(any::<bool>(), 12),
+                added in 0..4usize,
+            ) {
+                let prefix = &old.prefix;
+                let rebased = |c: &Case| -> Vec<ObjectMeta> {
+                    c.remote.iter().map(|o| {
+                        let rel = &o.key[c.prefix.len()..];
+                        ObjectMeta { key: format!("{prefix}{rel}"), ..o.clone() }
+                    }).collect()
+                };
+                let (manifest, local) = after_pass(prefix, &old.remote);
+                let probe = |p: &str| local.get(p).copied().unwrap_or(Local::Missing);
+                // The old listing, less some objects, with a few others (new or changed).
+                let mut keys = BTreeSet::new();
+                let remote: Listing = rebased(&new)
+                    .into_iter()
+                    .take(added)
+                    .chain(old.remote.iter().zip(&kept).filter(|(_, k)| **k).map(|(o, _)| o.clone()))
+                    .filter(|o| keys.insert(o.key.clone()))
+                    .collect();
+                let mut remote = remote;
+                remote.sort();
+                let whole = plan(prefix, remote.clone(), &manifest, probe);
+                let (mut listing, mut unchanged) = (Listing::new(), Unchanged::default());
+                for (cover, part) in crate::store::Cover::split(prefix, remote) {
+                    let scope = Scope::of(prefix, &cover);
+                    match scope.filter(|s| !part.is_empty() && part_unchanged(prefix, *s, &part, &manifest, probe)) {
+                        Some(scope) => unchanged.add(scope, &part),
+                        None => listing.append(&part),
+                    }
+                }
+                listing.sort();
+                let parted = plan_with(prefix, listing, &unchanged, &manifest, probe);
+                let fetch = |p: &Plan| p.fetch.iter().map(|f| (f.path().to_owned(), f.update)).collect::<BTreeMap<_, _>>();
+                prop_assert_eq!(fetch(&parted), fetch(&whole));
+                let delete = |p: &Plan| p.delete.iter().map(|d| (d.path.clone(), d.dir)).collect::<BTreeSet<_>>();
+                prop_assert_eq!(delete(&parted), delete(&whole));
+                prop_assert_eq!(parted.listed, whole.listed);
+            }
+        }
     }
 }

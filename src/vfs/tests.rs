@@ -544,7 +544,11 @@ async fn a_refresh_leaves_out_the_parts_it_holds_and_ends_as_a_full_one_would() 
     let left_out = refresh_leaving_out(&vfs, &engine).await;
     assert!(left_out.objects >= 2, "{left_out:?}");
     assert_eq!(tree_of(&vfs), expected(&store, tmp.path()));
-    assert_ne!(path_ino(&vfs, "m/f").unwrap(), file, "a directory is a new inode");
+    assert_ne!(
+        path_ino(&vfs, "m/f").unwrap(),
+        file,
+        "a directory is a new inode"
+    );
     store.put("p/keep", b"shadowed".to_vec());
     refresh_leaving_out(&vfs, &engine).await;
     assert_eq!(tree_of(&vfs), expected(&store, tmp.path()));
