@@ -263,10 +263,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// no particular order: each part a listing of what its [`Cover`] says, together every key
     /// under the prefix exactly once. A caller may drop a part it already holds before the
     /// rest arrives, so that a listing of a big bucket is never held whole. A retried call
-    /// hands every part again.
+    /// hands every part again. About `expected` objects are expected (0: not known), which
+    /// a store may size its requests at once by.
     async fn list_parts(
         &self,
         prefix: &str,
+        _expected: usize,
         part: &(dyn Fn(Cover, Listing) + Sync),
     ) -> Result<(), StoreError> {
         for (cover, listing) in Cover::split(prefix, self.list(prefix).await?) {

@@ -98,7 +98,7 @@ where
     for prefix in ["tree/", ""] {
         let parts = std::sync::Mutex::new(Vec::new());
         let take = |cover: Cover, part: Listing| parts.lock().unwrap().push((cover, part));
-        store.list_parts(prefix, &take).await.unwrap();
+        store.list_parts(prefix, 0, &take).await.unwrap();
         let mut keys = Vec::new();
         for (cover, part) in parts.into_inner().unwrap() {
             for key in keys_of(part) {

@@ -392,9 +392,11 @@ impl Engine {
                 None => listed.append(&part),
             }
         };
+        // What the last pass recorded: about what this listing holds.
+        let expected = replica.copy.plan(|entries, _| entries.len());
         let parts = retry("list", || {
             *kept.lock() = Default::default();
-            store.list_parts(prefix, &take)
+            store.list_parts(prefix, expected, &take)
         });
         tokio::select! {
             listed = parts => {

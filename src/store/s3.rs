@@ -407,9 +407,10 @@ impl ObjectStore for S3Store {
     async fn list_parts(
         &self,
         prefix: &str,
+        expected: usize,
         part: &(dyn Fn(Cover, Listing) + Sync),
     ) -> Result<(), StoreError> {
-        self.list_split_parts(prefix, part).await
+        self.list_split_parts(prefix, expected, part).await
     }
 
     async fn list_dir(&self, prefix: &str) -> Result<DirListing, StoreError> {

@@ -18,8 +18,23 @@ use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder
 use aws_sdk_s3::types::EncodingType;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-/// Listings (pages of one, or parts) asked for at once.
+/// Listings (pages of one, or parts) asked for at once, ...
 const LISTS_AT_ONCE: usize = 16;
+/// ... or as few as this where the caller expects few objects (see [`lists_at_once`]).
+const FEWEST_LISTS_AT_ONCE: usize = 4;
+/// The objects expected for each listing at once.
+const OBJECTS_PER_LIST: usize = 25_000;
+
+/// How many listings to ask for at once for about `expected` objects (0: not known): a page
+/// being read and parsed takes a few hundred kilobytes, so 16 at once hold megabytes, which
+/// the listing of a small bucket does not need to go fast; with fewer, the pages in flight stay
+/// a small share of what a mount keeps for the objects.
+fn lists_at_once(expected: usize) -> usize {
+    match expected {
+        0 => LISTS_AT_ONCE,
+        n => (n / OBJECTS_PER_LIST).clamp(FEWEST_LISTS_AT_ONCE, LISTS_AT_ONCE),
+    }
+}
 
 /// A listing is split until it has this many parts, ...
 const ENOUGH_PARTS: usize = 16;
@@ -42,7 +57,7 @@ impl S3Store {
     /// flight are held twice.
     pub(super) async fn list_split(&self, prefix: &str) -> Result<Listing, StoreError> {
         let out = parking_lot::Mutex::new(Listing::new());
-        self.list_split_parts(prefix, &|_, part| {
+        self.list_split_parts(prefix, 0, &|_, part| {
             let mut out = out.lock();
             match out.is_empty() {
                 true => *out = part,
@@ -56,12 +71,15 @@ impl S3Store {
     }
 
     /// Every object under `prefix`, in parts as they are listed: the objects directly in each
-    /// prefix split, and each part listed whole (see the module's note).
+    /// prefix split, and each part listed whole (see the module's note). About `expected`
+    /// objects are expected (0: not known).
     pub(super) async fn list_split_parts(
         &self,
         prefix: &str,
+        expected: usize,
         part: &(dyn Fn(Cover, Listing) + Sync),
     ) -> Result<(), StoreError> {
+        let at_once = lists_at_once(expected);
         // Parts listed whole, and parts that may be split further.
         let mut whole = Vec::new();
         let mut open = vec![prefix.to_owned()];
@@ -72,10 +90,7 @@ impl S3Store {
             // Futures made first: a stream of a borrowing closure is not `Send` enough for
             // `async_trait`.
             let asked: Vec<_> = open.iter().map(|p| self.level(p)).collect();
-            let levels: Vec<Level> = stream::iter(asked)
-                .buffered(LISTS_AT_ONCE)
-                .try_collect()
-                .await?;
+            let levels: Vec<Level> = stream::iter(asked).buffered(at_once).try_collect().await?;
             let (mut direct, mut truncated, mut below) = (Vec::new(), Vec::new(), Vec::new());
             for (p, level) in open.iter().zip(levels) {
                 if level.truncated {
@@ -100,7 +115,7 @@ impl S3Store {
             .into_iter()
             .map(|p| async move { Ok::<_, StoreError>((self.list_whole(&p).await?, p)) })
             .collect();
-        let mut parts = stream::iter(asked).buffer_unordered(LISTS_AT_ONCE);
+        let mut parts = stream::iter(asked).buffer_unordered(at_once);
         while let Some((listing, p)) = parts.try_next().await? {
             part(Cover::Under(p), listing);
         }
@@ -207,5 +222,23 @@ impl S3Store {
             tracing::warn!(bucket = %self.bucket, key, "skipping a key that is not UTF-8 once decoded");
         }
         decoded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_of_few_objects_asks_for_fewer_lists_at_once() {
+        assert_eq!(
+            lists_at_once(0),
+            LISTS_AT_ONCE,
+            "not known: as fast as it goes"
+        );
+        assert_eq!(lists_at_once(10_000), FEWEST_LISTS_AT_ONCE);
+        assert_eq!(lists_at_once(100_000), 4);
+        assert_eq!(lists_at_once(250_000), 10);
+        assert_eq!(lists_at_once(1_000_000), LISTS_AT_ONCE);
     }
 }
