@@ -49,17 +49,6 @@ pub async fn connect(
     }
 }
 
-/// Gives the memory the passes just ended freed (their listings and plans) back to the system.
-/// glibc keeps freed memory in its heaps for later use, so a recurring sync or a mount would
-/// otherwise stay, between passes, at the size its biggest pass needed.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the heaps to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Logs the summary line of one pass: what it did, and where its time went.
 pub fn log_summary(mount: &str, s: &PassStats) {
     let seconds = |d: Duration| format!("{:.2}", d.as_secs_f64());

@@ -778,7 +778,7 @@ async fn refresh_loop(
         }
         drop(_report);
         run.pass_done(failed);
-        super::release_freed_memory();
+        crate::tables::release_freed_memory();
         super::status::record(&cache_dir, &recorded);
         if stop.is_some_and(|stop| Instant::now() + interval > stop) {
             tracing::info!("stopping refreshes as configured; serving the cache as it is");

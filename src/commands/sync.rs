@@ -290,7 +290,7 @@ async fn run_pass(
             }
         }
     }
-    super::release_freed_memory();
+    crate::tables::release_freed_memory();
     end
 }
 

@@ -411,6 +411,8 @@ impl Engine {
         };
         let (mut listed, left_out) = kept.into_inner();
         listed.sort();
+        // The listing's pages are freed: their room goes back before the plan is made.
+        crate::tables::release_freed_memory();
         if listed.is_empty()
             && left_out.objects == 0
             && !replica.reported_empty.swap(true, Ordering::Relaxed)
