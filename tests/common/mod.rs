@@ -202,15 +202,25 @@ async fn put_object(client: &Client, bucket: &str, key: &str, data: &[u8]) {
 }
 
 /// Reads a whole object through the S3 API: `None` when the server answers 404 (no such key);
-/// any other failure panics.
+/// any other failure panics. A body cut short is read again: `rclone serve s3` serves an
+/// object from its file, and an upload that replaces the object while it is read (a test
+/// polling for a version) cuts the body it was sending.
 pub async fn object_bytes(client: &Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
-    match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(got) => Some(got.body.collect().await.unwrap().into_bytes().to_vec()),
-        Err(aws_sdk_s3::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
-            None
+    for _ in 0..10 {
+        match client.get_object().bucket(bucket).key(key).send().await {
+            Ok(got) => match got.body.collect().await {
+                Ok(body) => return Some(body.into_bytes().to_vec()),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            },
+            Err(aws_sdk_s3::error::SdkError::ServiceError(e))
+                if e.raw().status().as_u16() == 404 =>
+            {
+                return None;
+            }
+            Err(e) => panic!("get {key}: {e:?}"),
         }
-        Err(e) => panic!("get {key}: {e:?}"),
     }
+    panic!("get {key}: its body was cut short ten times in a row")
 }
 
 /// Every key under `prefix` through the S3 API (all pages of the listing), in order.
