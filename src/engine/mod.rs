@@ -388,8 +388,7 @@ impl Engine {
             let (listed, left) = &mut *kept.lock();
             match left_out {
                 Some(scope) => left.add(scope, &part),
-                None if listed.is_empty() => *listed = part,
-                None => listed.append(&part),
+                None => listed.join(part),
             }
         };
         // What the last pass recorded: about what this listing holds.

@@ -92,6 +92,15 @@ impl Listing {
         });
     }
 
+    /// Adds the objects of `part`, a part of a listing joining it as it comes: taken whole
+    /// while this listing is empty, so that the first part is not copied.
+    pub fn join(&mut self, part: Listing) {
+        match self.is_empty() {
+            true => *self = part,
+            false => self.append(&part),
+        }
+    }
+
     /// Adds the objects of `other`.
     pub fn append(&mut self, other: &Listing) {
         self.rows.reserve(other.len());

@@ -57,14 +57,8 @@ impl S3Store {
     /// flight are held twice.
     pub(super) async fn list_split(&self, prefix: &str) -> Result<Listing, StoreError> {
         let out = parking_lot::Mutex::new(Listing::new());
-        self.list_split_parts(prefix, 0, &|_, part| {
-            let mut out = out.lock();
-            match out.is_empty() {
-                true => *out = part,
-                false => out.append(&part),
-            }
-        })
-        .await?;
+        self.list_split_parts(prefix, 0, &|_, part| out.lock().join(part))
+            .await?;
         let mut out = out.into_inner();
         out.sort();
         Ok(out)
